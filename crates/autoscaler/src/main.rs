@@ -1,0 +1,50 @@
+//! The webhook Lambda (API Gateway HTTP API, payload 2.0). Reads the config document and the
+//! webhook secret once per cold start, then answers each delivery from `sophons_core::webhook`.
+//!
+//! `autoscaler --check-config` validates the config document the environment names and exits:
+//! 0 when the Lambdas would accept it, 1 with the key and the fix when not.
+
+use std::sync::Arc;
+
+use lambda_http::{Error, Request, service_fn};
+use sophons_core::Config;
+use sophons_core::queue::SqsQueue;
+use sophons_core::secrets::{Secrets, SsmSecrets};
+use sophons_core::webhook::Webhook;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    sophons_core::logging::init();
+    let sdk = sophons_core::aws::load().await;
+    let ssm = SsmSecrets::new(&sdk);
+
+    if std::env::args().any(|arg| arg == "--check-config") {
+        return match Config::load(&ssm).await {
+            Ok(config) => {
+                println!(
+                    "config document accepted: deployment `{}`, {} template(s): {}",
+                    config.deployment,
+                    config.templates.len(),
+                    config.templates.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+                Ok(())
+            }
+            Err(error) => {
+                eprintln!("{error}");
+                std::process::exit(1);
+            }
+        };
+    }
+
+    let config = Config::load(&ssm).await.inspect_err(|error| tracing::error!("{error}"))?;
+    let secret = ssm
+        .get(&config.webhook_secret_param)
+        .await
+        .inspect_err(|error| tracing::error!("cannot read the webhook secret: {error}"))?;
+    let webhook = Webhook::new(Arc::new(config), secret, Arc::new(SqsQueue::new(&sdk)));
+    let webhook = &webhook;
+    lambda_http::run(service_fn(move |request: Request| async move {
+        Ok::<_, std::convert::Infallible>(webhook.handle(request).await)
+    }))
+    .await
+}

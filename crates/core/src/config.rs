@@ -1,0 +1,551 @@
+//! The config document all four Lambdas read: from `SOPHONS_CONFIG` (the JSON inline) or from the
+//! SSM parameter named by `SOPHONS_CONFIG_PARAM` (what Terraform writes). It names SSM parameters for
+//! every secret and never holds one. A bad document fails the cold start with one error naming the
+//! key and the fix.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::secrets::Secrets;
+
+pub const CONFIG_ENV: &str = "SOPHONS_CONFIG";
+pub const CONFIG_PARAM_ENV: &str = "SOPHONS_CONFIG_PARAM";
+
+/// GitHub caps webhook payloads at 25 MB; anything larger is not GitHub.
+const MAX_BODY_LIMIT: usize = 25 * 1024 * 1024;
+/// SQS's longest visibility timeout.
+const MAX_VISIBILITY_SECONDS: u32 = 12 * 60 * 60;
+/// `AWS-RunShellScript`'s longest execution timeout (48 h).
+const MAX_COMMAND_TIMEOUT_SECONDS: u32 = 172_800;
+/// A job's runner labels include `self-hosted` and the template name; GitHub takes at most 100.
+const MAX_TEMPLATE_LABELS: usize = 100;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Prefix of every name this deployment owns; the value of the `sophons:deployment` tag.
+    pub deployment: String,
+    pub queue_url: String,
+    pub dlq_url: String,
+    pub webhook_secret_param: String,
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: usize,
+    pub github: GithubConfig,
+    /// `owner/name` allow-list; empty allows every repository of `github.owner`.
+    #[serde(default)]
+    pub repositories: Vec<String>,
+    #[serde(default)]
+    pub allow_public_repositories: bool,
+    pub runner_script: RunnerScript,
+    /// How long a job handed back to the queue stays hidden (full template, capacity errors).
+    #[serde(default = "defaults::retry_delay_seconds")]
+    pub retry_delay_seconds: u32,
+    #[serde(default)]
+    pub command: CommandConfig,
+    #[serde(default)]
+    pub sweep: SweepConfig,
+    /// How many times a job whose runner died before taking it is sent back for a new runner.
+    #[serde(default = "defaults::max_job_relaunches")]
+    pub max_job_relaunches: u32,
+    pub templates: BTreeMap<String, Template>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GithubConfig {
+    #[serde(default = "defaults::api_url")]
+    pub api_url: String,
+    pub owner: String,
+    pub scope: Scope,
+    #[serde(default = "defaults::runner_group_id")]
+    pub runner_group_id: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_param: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<AppConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Runners register with the organisation `github.owner`.
+    Org,
+    /// Runners register with the job's repository.
+    Repo,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    pub app_id: u64,
+    pub installation_id: u64,
+    pub private_key_param: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunnerScript {
+    pub bucket: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandConfig {
+    #[serde(default = "defaults::command_timeout_seconds")]
+    pub timeout_seconds: u32,
+    #[serde(default = "defaults::command_log_group")]
+    pub log_group: String,
+    #[serde(default = "defaults::start_deadline_seconds")]
+    pub start_deadline_seconds: u32,
+}
+
+impl Default for CommandConfig {
+    fn default() -> Self {
+        Self {
+            timeout_seconds: defaults::command_timeout_seconds(),
+            log_group: defaults::command_log_group(),
+            start_deadline_seconds: defaults::start_deadline_seconds(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepConfig {
+    #[serde(default = "defaults::max_runner_lifetime_seconds")]
+    pub max_runner_lifetime_seconds: u32,
+    #[serde(default = "defaults::idle_runner_seconds")]
+    pub idle_runner_seconds: u32,
+}
+
+impl Default for SweepConfig {
+    fn default() -> Self {
+        Self {
+            max_runner_lifetime_seconds: defaults::max_runner_lifetime_seconds(),
+            idle_runner_seconds: defaults::idle_runner_seconds(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Template {
+    pub labels: Vec<String>,
+    pub launch_template: String,
+    pub instance_types: Vec<String>,
+    pub subnet_ids: Vec<String>,
+    pub max_runners: u32,
+    #[serde(default)]
+    pub on_demand_fallback: bool,
+}
+
+mod defaults {
+    pub fn max_body_bytes() -> usize {
+        1024 * 1024
+    }
+    pub fn api_url() -> String {
+        "https://api.github.com".into()
+    }
+    pub fn runner_group_id() -> u64 {
+        1
+    }
+    pub fn retry_delay_seconds() -> u32 {
+        900
+    }
+    pub fn command_timeout_seconds() -> u32 {
+        6 * 60 * 60
+    }
+    pub fn command_log_group() -> String {
+        "/sophons/runners".into()
+    }
+    pub fn start_deadline_seconds() -> u32 {
+        300
+    }
+    pub fn max_runner_lifetime_seconds() -> u32 {
+        8 * 60 * 60
+    }
+    pub fn idle_runner_seconds() -> u32 {
+        15 * 60
+    }
+    pub fn max_job_relaunches() -> u32 {
+        2
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error(
+        "no config document: set {CONFIG_PARAM_ENV} to the name of the SSM parameter that holds it \
+         (Terraform does this), or {CONFIG_ENV} to the JSON document itself"
+    )]
+    Missing,
+    #[error(
+        "could not read the config document from SSM parameter `{name}`: {reason}. Check that the \
+         parameter exists in this region and that the function's role may ssm:GetParameter it"
+    )]
+    Unreadable { name: String, reason: String },
+    #[error("config document, key `{key}`: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+impl Config {
+    /// Reads the document named by the environment: inline JSON wins over a parameter name.
+    pub async fn load(secrets: &dyn Secrets) -> Result<Self, ConfigError> {
+        if let Ok(json) = std::env::var(CONFIG_ENV) {
+            return Self::parse(&json);
+        }
+        let name = std::env::var(CONFIG_PARAM_ENV).map_err(|_| ConfigError::Missing)?;
+        let json = secrets
+            .get(&name)
+            .await
+            .map_err(|error| ConfigError::Unreadable {
+                name: name.clone(),
+                reason: error.to_string(),
+            })?;
+        Self::parse(&json)
+    }
+
+    /// Parses and validates a document.
+    pub fn parse(json: &str) -> Result<Self, ConfigError> {
+        let deserializer = &mut serde_json::Deserializer::from_str(json);
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            let key = error.path().to_string();
+            let key = if key == "." { "(document)".into() } else { key };
+            invalid(key, format!("{}; see the README's config document table", error.inner()))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let deployment = &self.deployment;
+        let starts_with_letter = deployment.starts_with(|c: char| c.is_ascii_lowercase());
+        if deployment.is_empty()
+            || deployment.len() > 24
+            || !starts_with_letter
+            || !deployment
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            return Err(invalid(
+                "deployment",
+                format!(
+                    "`{deployment}` is not a usable name: use 1 to 24 characters of a-z, 0-9 and -, \
+                     starting with a letter (it prefixes every resource, tag and parameter name)"
+                ),
+            ));
+        }
+        for (key, url) in [("queue_url", &self.queue_url), ("dlq_url", &self.dlq_url)] {
+            if !url.starts_with("https://") && !url.starts_with("http://") {
+                return Err(invalid(
+                    key,
+                    format!("`{url}` is not a queue URL: give the SQS queue URL (https://sqs...)"),
+                ));
+            }
+        }
+        require_parameter_name("webhook_secret_param", &self.webhook_secret_param)?;
+        if self.max_body_bytes == 0 || self.max_body_bytes > MAX_BODY_LIMIT {
+            return Err(invalid(
+                "max_body_bytes",
+                format!("{} is out of range: use 1 to {MAX_BODY_LIMIT} (GitHub's own cap)", self.max_body_bytes),
+            ));
+        }
+        self.validate_github()?;
+        for (index, repository) in self.repositories.iter().enumerate() {
+            let owner = repository.split_once('/').map(|(owner, _)| owner);
+            if !owner.is_some_and(|owner| owner.eq_ignore_ascii_case(&self.github.owner)) {
+                return Err(invalid(
+                    format!("repositories[{index}]"),
+                    format!(
+                        "`{repository}` is not a repository of `{}`: write it as `{}/<name>`",
+                        self.github.owner, self.github.owner
+                    ),
+                ));
+            }
+        }
+        if self.runner_script.bucket.is_empty() {
+            return Err(invalid("runner_script.bucket", "is empty: name the S3 bucket holding the runner script"));
+        }
+        if self.runner_script.key.is_empty() {
+            return Err(invalid("runner_script.key", "is empty: give the runner script's object key"));
+        }
+        if self.retry_delay_seconds > MAX_VISIBILITY_SECONDS {
+            return Err(invalid(
+                "retry_delay_seconds",
+                format!("{} is longer than SQS allows: use at most {MAX_VISIBILITY_SECONDS}", self.retry_delay_seconds),
+            ));
+        }
+        let command = &self.command;
+        if command.timeout_seconds == 0 || command.timeout_seconds > MAX_COMMAND_TIMEOUT_SECONDS {
+            return Err(invalid(
+                "command.timeout_seconds",
+                format!(
+                    "{} is out of range: use 1 to {MAX_COMMAND_TIMEOUT_SECONDS} (48 h, the most AWS-RunShellScript allows)",
+                    command.timeout_seconds
+                ),
+            ));
+        }
+        if command.log_group.is_empty() {
+            return Err(invalid("command.log_group", "is empty: name the CloudWatch log group for runner output"));
+        }
+        if command.start_deadline_seconds == 0 || command.start_deadline_seconds > 840 {
+            return Err(invalid(
+                "command.start_deadline_seconds",
+                format!(
+                    "{} is out of range: use 1 to 840, which keeps it inside create-runner's 15-minute Lambda limit",
+                    command.start_deadline_seconds
+                ),
+            ));
+        }
+        if self.sweep.max_runner_lifetime_seconds < command.timeout_seconds {
+            return Err(invalid(
+                "sweep.max_runner_lifetime_seconds",
+                format!(
+                    "{} is shorter than command.timeout_seconds ({}): the sweep would end runners still allowed to work",
+                    self.sweep.max_runner_lifetime_seconds, command.timeout_seconds
+                ),
+            ));
+        }
+        if self.templates.is_empty() {
+            return Err(invalid("templates", "is empty: define at least one runner template"));
+        }
+        for (name, template) in &self.templates {
+            validate_template(name, template)?;
+        }
+        Ok(())
+    }
+
+    fn validate_github(&self) -> Result<(), ConfigError> {
+        let github = &self.github;
+        if !github.api_url.starts_with("https://") && !github.api_url.starts_with("http://") {
+            return Err(invalid(
+                "github.api_url",
+                format!(
+                    "`{}` is not a URL: use https://api.github.com, or https://<host>/api/v3 for GitHub Enterprise Server",
+                    github.api_url
+                ),
+            ));
+        }
+        if github.owner.is_empty() {
+            return Err(invalid("github.owner", "is empty: give the organisation or user that owns the repositories"));
+        }
+        if github.runner_group_id == 0 {
+            return Err(invalid("github.runner_group_id", "is 0: use 1 for the Default group, or your group's id"));
+        }
+        match (&github.token_param, &github.app) {
+            (Some(_), Some(_)) => Err(invalid(
+                "github",
+                "has both `token_param` and `app`: keep one credential, the App or the token",
+            )),
+            (None, None) => Err(invalid(
+                "github",
+                "has no credential: set `token_param` (an SSM parameter holding a PAT) or `app` \
+                 ({app_id, installation_id, private_key_param})",
+            )),
+            (Some(name), None) => require_parameter_name("github.token_param", name),
+            (None, Some(app)) => {
+                if app.app_id == 0 {
+                    return Err(invalid("github.app.app_id", "is 0: give the App's id from its settings page"));
+                }
+                if app.installation_id == 0 {
+                    return Err(invalid("github.app.installation_id", "is 0: give the id of the App's installation on the owner"));
+                }
+                require_parameter_name("github.app.private_key_param", &app.private_key_param)
+            }
+        }
+    }
+}
+
+fn require_parameter_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "_.-/".contains(c);
+    if name.is_empty() || name.len() > 2048 || !name.chars().all(allowed) {
+        return Err(invalid(
+            key,
+            format!("`{name}` is not an SSM parameter name: use letters, digits and _.-/ (e.g. /sophons/github/token)"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_template(name: &str, template: &Template) -> Result<(), ConfigError> {
+    let key = |field: &str| format!("templates.{name}.{field}");
+    if name.is_empty()
+        || name.len() > 64
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(invalid(
+            format!("templates.{name}"),
+            "is not a usable template name: use 1 to 64 characters of A-Z, a-z, 0-9, _ and - \
+             (workflows name it in `runs-on`)",
+        ));
+    }
+    for (index, label) in template.labels.iter().enumerate() {
+        if label.trim().is_empty() || label.len() > 256 || label.contains(',') {
+            return Err(invalid(
+                key(&format!("labels[{index}]")),
+                format!("`{label}` is not a usable runner label: use 1 to 256 characters, no commas"),
+            ));
+        }
+    }
+    if template.labels.len() + 2 > MAX_TEMPLATE_LABELS {
+        return Err(invalid(
+            key("labels"),
+            format!("has {} labels: GitHub takes at most 98 besides `self-hosted` and the template name", template.labels.len()),
+        ));
+    }
+    if template.launch_template.is_empty() {
+        return Err(invalid(key("launch_template"), "is empty: name the EC2 launch template Terraform made for it"));
+    }
+    if template.instance_types.is_empty() {
+        return Err(invalid(key("instance_types"), "is empty: list at least one EC2 instance type"));
+    }
+    if template.subnet_ids.is_empty() {
+        return Err(invalid(key("subnet_ids"), "is empty: list at least one subnet id"));
+    }
+    if template.max_runners == 0 {
+        return Err(invalid(key("max_runners"), "is 0: allow at least one runner, or remove the template"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const EXAMPLE: &str = r#"{
+      "deployment": "sophons",
+      "queue_url": "https://sqs.eu-west-1.amazonaws.com/123456789012/sophons-jobs",
+      "dlq_url": "https://sqs.eu-west-1.amazonaws.com/123456789012/sophons-jobs-dlq",
+      "webhook_secret_param": "/sophons/github/webhook-secret",
+      "github": { "api_url": "https://api.github.com", "owner": "my-org", "scope": "org",
+                  "runner_group_id": 1, "token_param": "/sophons/github/token" },
+      "repositories": [],
+      "allow_public_repositories": false,
+      "runner_script": { "bucket": "sophons-scripts-123456789012", "key": "runner.sh" },
+      "templates": {
+        "template_cpu": { "labels": ["linux", "x64"], "launch_template": "sophons-template_cpu",
+                          "instance_types": ["c7i.large", "m7i.large"], "subnet_ids": ["subnet-0abc"],
+                          "max_runners": 20, "on_demand_fallback": true }
+      }
+    }"#;
+
+    fn with(edit: impl FnOnce(&mut serde_json::Value)) -> Result<Config, ConfigError> {
+        let mut value: serde_json::Value = serde_json::from_str(EXAMPLE).unwrap();
+        edit(&mut value);
+        Config::parse(&value.to_string())
+    }
+
+    fn key_of(result: Result<Config, ConfigError>) -> String {
+        match result {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected an invalid document, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_documented_example_is_accepted_with_defaults_filled_in() {
+        let config = Config::parse(EXAMPLE).unwrap();
+        assert_eq!(config.max_body_bytes, 1024 * 1024);
+        assert_eq!(config.retry_delay_seconds, 900);
+        assert_eq!(config.command.timeout_seconds, 21_600);
+        assert_eq!(config.command.start_deadline_seconds, 300);
+        assert_eq!(config.github.scope, Scope::Org);
+        assert_eq!(config.templates["template_cpu"].max_runners, 20);
+    }
+
+    #[test]
+    fn an_app_credential_is_accepted_in_place_of_a_token() {
+        let config = with(|v| {
+            v["github"].as_object_mut().unwrap().remove("token_param");
+            v["github"]["app"] = serde_json::json!({"app_id": 1, "installation_id": 2, "private_key_param": "/sophons/github/app-key"});
+        })
+        .unwrap();
+        assert_eq!(config.github.app.unwrap().installation_id, 2);
+    }
+
+    #[test]
+    fn both_credentials_at_once_are_refused() {
+        let result = with(|v| {
+            v["github"]["app"] = serde_json::json!({"app_id": 1, "installation_id": 2, "private_key_param": "/k"});
+        });
+        assert_eq!(key_of(result), "github");
+    }
+
+    #[test]
+    fn no_credential_is_refused() {
+        let result = with(|v| {
+            v["github"].as_object_mut().unwrap().remove("token_param");
+        });
+        assert_eq!(key_of(result), "github");
+    }
+
+    #[test]
+    fn an_unknown_scope_names_the_key_and_the_choices() {
+        let result = with(|v| v["github"]["scope"] = "orgs".into());
+        let error = result.unwrap_err().to_string();
+        assert!(error.contains("github.scope"), "{error}");
+        assert!(error.contains("`org`") && error.contains("`repo`"), "{error}");
+    }
+
+    #[test]
+    fn a_misspelt_key_is_refused_rather_than_ignored() {
+        let result = with(|v| v["templates"]["template_cpu"]["max_runner"] = 3.into());
+        let error = result.unwrap_err().to_string();
+        assert!(error.contains("templates.template_cpu"), "{error}");
+        assert!(error.contains("max_runner"), "{error}");
+    }
+
+    #[test]
+    fn a_missing_key_is_named() {
+        let result = with(|v| {
+            v.as_object_mut().unwrap().remove("queue_url");
+        });
+        let error = result.unwrap_err().to_string();
+        assert!(error.contains("queue_url"), "{error}");
+    }
+
+    #[test]
+    fn each_bad_value_names_its_key() {
+        let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Value)>)> = vec![
+            ("deployment", Box::new(|v| v["deployment"] = "Sophons Prod".into())),
+            ("deployment", Box::new(|v| v["deployment"] = "".into())),
+            ("queue_url", Box::new(|v| v["queue_url"] = "sophons-jobs".into())),
+            ("webhook_secret_param", Box::new(|v| v["webhook_secret_param"] = "a secret!".into())),
+            ("max_body_bytes", Box::new(|v| v["max_body_bytes"] = 0.into())),
+            ("github.api_url", Box::new(|v| v["github"]["api_url"] = "api.github.com".into())),
+            ("github.owner", Box::new(|v| v["github"]["owner"] = "".into())),
+            ("github.runner_group_id", Box::new(|v| v["github"]["runner_group_id"] = 0.into())),
+            ("repositories[0]", Box::new(|v| v["repositories"] = serde_json::json!(["other/repo"]))),
+            ("runner_script.bucket", Box::new(|v| v["runner_script"]["bucket"] = "".into())),
+            ("retry_delay_seconds", Box::new(|v| v["retry_delay_seconds"] = 50_000.into())),
+            ("command.timeout_seconds", Box::new(|v| v["command"] = serde_json::json!({"timeout_seconds": 200_000}))),
+            ("command.start_deadline_seconds", Box::new(|v| v["command"] = serde_json::json!({"start_deadline_seconds": 900}))),
+            ("sweep.max_runner_lifetime_seconds", Box::new(|v| v["sweep"] = serde_json::json!({"max_runner_lifetime_seconds": 60}))),
+            ("templates", Box::new(|v| v["templates"] = serde_json::json!({}))),
+            ("templates.bad name", Box::new(|v| v["templates"]["bad name"] = v["templates"]["template_cpu"].clone())),
+            ("templates.template_cpu.labels[0]", Box::new(|v| v["templates"]["template_cpu"]["labels"] = serde_json::json!(["a,b"]))),
+            ("templates.template_cpu.instance_types", Box::new(|v| v["templates"]["template_cpu"]["instance_types"] = serde_json::json!([]))),
+            ("templates.template_cpu.subnet_ids", Box::new(|v| v["templates"]["template_cpu"]["subnet_ids"] = serde_json::json!([]))),
+            ("templates.template_cpu.max_runners", Box::new(|v| v["templates"]["template_cpu"]["max_runners"] = 0.into())),
+            ("templates.template_cpu.launch_template", Box::new(|v| v["templates"]["template_cpu"]["launch_template"] = "".into())),
+        ];
+        for (expected, edit) in cases {
+            assert_eq!(key_of(with(edit)), expected);
+        }
+    }
+
+    #[test]
+    fn malformed_json_is_reported_as_the_document() {
+        let error = Config::parse("{not json").unwrap_err();
+        assert!(matches!(error, ConfigError::Invalid { .. }), "{error}");
+    }
+}

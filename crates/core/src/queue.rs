@@ -1,0 +1,74 @@
+//! SQS: the jobs queue and its dead-letter queue.
+
+use async_trait::async_trait;
+
+/// The message attribute that carries GitHub's delivery id beside the body.
+pub const DELIVERY_ID_ATTRIBUTE: &str = "delivery_id";
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum QueueError {
+    #[error("queue `{queue_url}` does not exist: check queue_url/dlq_url in the config document")]
+    NotFound { queue_url: String },
+    #[error("SQS refused the request on `{queue_url}`: {reason}")]
+    Refused { queue_url: String, reason: String },
+}
+
+#[async_trait]
+pub trait Queue: Send + Sync {
+    /// Sends one message; answers SQS's message id.
+    async fn send(&self, queue_url: &str, body: &str, delivery_id: &str) -> Result<String, QueueError>;
+}
+
+/// The real adapter over the SQS API.
+#[derive(Clone)]
+pub struct SqsQueue {
+    client: aws_sdk_sqs::Client,
+}
+
+impl SqsQueue {
+    pub fn new(sdk: &aws_config::SdkConfig) -> Self {
+        Self {
+            client: aws_sdk_sqs::Client::new(sdk),
+        }
+    }
+}
+
+fn classify<E, R>(queue_url: &str, error: &aws_sdk_sqs::error::SdkError<E, R>) -> QueueError
+where
+    E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match crate::aws::code(error) {
+        Some("AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist") => QueueError::NotFound {
+            queue_url: queue_url.into(),
+        },
+        _ => QueueError::Refused {
+            queue_url: queue_url.into(),
+            reason: crate::aws::describe(error),
+        },
+    }
+}
+
+#[async_trait]
+impl Queue for SqsQueue {
+    async fn send(&self, queue_url: &str, body: &str, delivery_id: &str) -> Result<String, QueueError> {
+        let attribute = aws_sdk_sqs::types::MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(delivery_id)
+            .build()
+            .map_err(|error| QueueError::Refused {
+                queue_url: queue_url.into(),
+                reason: error.to_string(),
+            })?;
+        let output = self
+            .client
+            .send_message()
+            .queue_url(queue_url)
+            .message_body(body)
+            .message_attributes(DELIVERY_ID_ATTRIBUTE, attribute)
+            .send()
+            .await
+            .map_err(|error| classify(queue_url, &error))?;
+        Ok(output.message_id.unwrap_or_default())
+    }
+}

@@ -1,0 +1,112 @@
+//! SSM Parameter Store: the config document, the GitHub credentials, the webhook secret and the
+//! JIT configs of runners. Values read here are never logged.
+
+use async_trait::async_trait;
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum SecretsError {
+    #[error("SSM parameter `{0}` does not exist in this region")]
+    NotFound(String),
+    #[error("SSM refused access to parameter `{name}`: {reason}")]
+    AccessDenied { name: String, reason: String },
+    #[error("SSM throttled the request for parameter `{0}`; it will be retried")]
+    Throttled(String),
+    #[error("SSM request for parameter `{name}` failed: {reason}")]
+    Failed { name: String, reason: String },
+}
+
+impl SecretsError {
+    /// Worth trying again later (the message is handed back, the step retried).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Throttled(_) | Self::Failed { .. })
+    }
+}
+
+#[async_trait]
+pub trait Secrets: Send + Sync {
+    /// The decrypted value of a parameter.
+    async fn get(&self, name: &str) -> Result<String, SecretsError>;
+    /// Writes a SecureString, replacing any earlier value.
+    async fn put_secure(&self, name: &str, value: &str) -> Result<(), SecretsError>;
+    /// Deletes a parameter; a parameter already gone is not an error.
+    async fn delete(&self, name: &str) -> Result<(), SecretsError>;
+}
+
+/// The real adapter over the SSM API.
+#[derive(Clone)]
+pub struct SsmSecrets {
+    client: aws_sdk_ssm::Client,
+}
+
+impl SsmSecrets {
+    pub fn new(sdk: &aws_config::SdkConfig) -> Self {
+        Self {
+            client: aws_sdk_ssm::Client::new(sdk),
+        }
+    }
+
+    pub fn client(&self) -> &aws_sdk_ssm::Client {
+        &self.client
+    }
+}
+
+fn classify<E, R>(name: &str, error: &aws_sdk_ssm::error::SdkError<E, R>) -> SecretsError
+where
+    E: aws_sdk_ssm::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let reason = crate::aws::describe(error);
+    match crate::aws::code(error) {
+        Some("ParameterNotFound") => SecretsError::NotFound(name.into()),
+        Some("AccessDeniedException") => SecretsError::AccessDenied {
+            name: name.into(),
+            reason,
+        },
+        Some("ThrottlingException" | "TooManyUpdates") => SecretsError::Throttled(name.into()),
+        _ => SecretsError::Failed {
+            name: name.into(),
+            reason,
+        },
+    }
+}
+
+#[async_trait]
+impl Secrets for SsmSecrets {
+    async fn get(&self, name: &str) -> Result<String, SecretsError> {
+        let output = self
+            .client
+            .get_parameter()
+            .name(name)
+            .with_decryption(true)
+            .send()
+            .await
+            .map_err(|error| classify(name, &error))?;
+        output
+            .parameter
+            .and_then(|parameter| parameter.value)
+            .ok_or_else(|| SecretsError::NotFound(name.into()))
+    }
+
+    async fn put_secure(&self, name: &str, value: &str) -> Result<(), SecretsError> {
+        self.client
+            .put_parameter()
+            .name(name)
+            .value(value)
+            .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+            .overwrite(true)
+            .send()
+            .await
+            .map_err(|error| classify(name, &error))?;
+        Ok(())
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), SecretsError> {
+        match self.client.delete_parameter().name(name).send().await {
+            Ok(_) => Ok(()),
+            Err(error) => match classify(name, &error) {
+                SecretsError::NotFound(_) => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! moto server on loopback. `make test` starts one and exports `MOTO_ENDPOINT`; without it, the
+//! first test of a process starts its own from the repository's `.venv`, and it stops when the
+//! process ends (it watches its stdin, which closes with the test process).
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const REGION: &str = "us-east-1";
+pub const ACCESS_KEY: &str = "testing";
+
+static ENDPOINT: OnceLock<String> = OnceLock::new();
+
+/// The endpoint of a running moto server (started on first use).
+pub fn endpoint() -> &'static str {
+    ENDPOINT.get_or_init(|| match std::env::var("MOTO_ENDPOINT") {
+        Ok(endpoint) if !endpoint.is_empty() => endpoint,
+        _ => start(),
+    })
+}
+
+fn start() -> String {
+    let moto = crate::workspace_root().join(".venv/bin/moto_server");
+    assert!(
+        moto.exists(),
+        "{} is missing: run `make setup` (or `make test`, which does) to install moto",
+        moto.display()
+    );
+    let port = crate::free_port();
+    let script = format!(
+        "'{}' -H 127.0.0.1 -p {port} >/dev/null 2>&1 & pid=$!; cat >/dev/null; kill $pid",
+        moto.display()
+    );
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("start moto server");
+    // Keep the pipe open for the life of the process; it closes when the process ends.
+    std::mem::forget(child);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    wait_until_up(port);
+    endpoint
+}
+
+fn wait_until_up(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::Write;
+            let _ = stream.write_all(b"GET /moto-api/ HTTP/1.0\r\n\r\n");
+            let mut buf = [0u8; 12];
+            if stream.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.") {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("moto server did not answer on port {port} within 30 s");
+}
+
+/// The environment a process needs to talk to this moto server with the standard SDK variables.
+pub fn env() -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", endpoint().to_string()),
+        ("AWS_REGION", REGION.into()),
+        ("AWS_DEFAULT_REGION", REGION.into()),
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
+        ("AWS_SECRET_ACCESS_KEY", ACCESS_KEY.into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+    ]
+}
+
+/// An SDK configuration pointed at moto.
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    let credentials = aws_credential_types::Credentials::new(ACCESS_KEY, ACCESS_KEY, None, None, "moto");
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint())
+        .region(aws_config::Region::new(REGION))
+        .credentials_provider(credentials)
+        .load()
+        .await
+}
+
+/// A name no other test in this moto server has used.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}-{}-{nanos}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
