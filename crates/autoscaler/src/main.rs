@@ -25,7 +25,12 @@ async fn main() -> Result<(), Error> {
                     "config document accepted: deployment `{}`, {} template(s): {}",
                     config.deployment,
                     config.templates.len(),
-                    config.templates.keys().cloned().collect::<Vec<_>>().join(", ")
+                    config
+                        .templates
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
                 Ok(())
             }
@@ -36,7 +41,9 @@ async fn main() -> Result<(), Error> {
         };
     }
 
-    let config = Config::load(&ssm).await.inspect_err(|error| tracing::error!("{error}"))?;
+    let config = Config::load(&ssm)
+        .await
+        .inspect_err(|error| tracing::error!("{error}"))?;
     let secret = ssm
         .get(&config.webhook_secret_param)
         .await

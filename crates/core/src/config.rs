@@ -220,7 +220,10 @@ impl Config {
         let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|error| {
             let key = error.path().to_string();
             let key = if key == "." { "(document)".into() } else { key };
-            invalid(key, format!("{}; see the README's config document table", error.inner()))
+            invalid(
+                key,
+                format!("{}; see the README's config document table", error.inner()),
+            )
         })?;
         config.validate()?;
         Ok(config)
@@ -256,7 +259,10 @@ impl Config {
         if self.max_body_bytes == 0 || self.max_body_bytes > MAX_BODY_LIMIT {
             return Err(invalid(
                 "max_body_bytes",
-                format!("{} is out of range: use 1 to {MAX_BODY_LIMIT} (GitHub's own cap)", self.max_body_bytes),
+                format!(
+                    "{} is out of range: use 1 to {MAX_BODY_LIMIT} (GitHub's own cap)",
+                    self.max_body_bytes
+                ),
             ));
         }
         self.validate_github()?;
@@ -273,15 +279,24 @@ impl Config {
             }
         }
         if self.runner_script.bucket.is_empty() {
-            return Err(invalid("runner_script.bucket", "is empty: name the S3 bucket holding the runner script"));
+            return Err(invalid(
+                "runner_script.bucket",
+                "is empty: name the S3 bucket holding the runner script",
+            ));
         }
         if self.runner_script.key.is_empty() {
-            return Err(invalid("runner_script.key", "is empty: give the runner script's object key"));
+            return Err(invalid(
+                "runner_script.key",
+                "is empty: give the runner script's object key",
+            ));
         }
         if self.retry_delay_seconds > MAX_VISIBILITY_SECONDS {
             return Err(invalid(
                 "retry_delay_seconds",
-                format!("{} is longer than SQS allows: use at most {MAX_VISIBILITY_SECONDS}", self.retry_delay_seconds),
+                format!(
+                    "{} is longer than SQS allows: use at most {MAX_VISIBILITY_SECONDS}",
+                    self.retry_delay_seconds
+                ),
             ));
         }
         let command = &self.command;
@@ -295,7 +310,10 @@ impl Config {
             ));
         }
         if command.log_group.is_empty() {
-            return Err(invalid("command.log_group", "is empty: name the CloudWatch log group for runner output"));
+            return Err(invalid(
+                "command.log_group",
+                "is empty: name the CloudWatch log group for runner output",
+            ));
         }
         if command.start_deadline_seconds == 0 || command.start_deadline_seconds > 840 {
             return Err(invalid(
@@ -316,7 +334,10 @@ impl Config {
             ));
         }
         if self.templates.is_empty() {
-            return Err(invalid("templates", "is empty: define at least one runner template"));
+            return Err(invalid(
+                "templates",
+                "is empty: define at least one runner template",
+            ));
         }
         for (name, template) in &self.templates {
             validate_template(name, template)?;
@@ -336,10 +357,16 @@ impl Config {
             ));
         }
         if github.owner.is_empty() {
-            return Err(invalid("github.owner", "is empty: give the organisation or user that owns the repositories"));
+            return Err(invalid(
+                "github.owner",
+                "is empty: give the organisation or user that owns the repositories",
+            ));
         }
         if github.runner_group_id == 0 {
-            return Err(invalid("github.runner_group_id", "is 0: use 1 for the Default group, or your group's id"));
+            return Err(invalid(
+                "github.runner_group_id",
+                "is 0: use 1 for the Default group, or your group's id",
+            ));
         }
         match (&github.token_param, &github.app) {
             (Some(_), Some(_)) => Err(invalid(
@@ -354,10 +381,16 @@ impl Config {
             (Some(name), None) => require_parameter_name("github.token_param", name),
             (None, Some(app)) => {
                 if app.app_id == 0 {
-                    return Err(invalid("github.app.app_id", "is 0: give the App's id from its settings page"));
+                    return Err(invalid(
+                        "github.app.app_id",
+                        "is 0: give the App's id from its settings page",
+                    ));
                 }
                 if app.installation_id == 0 {
-                    return Err(invalid("github.app.installation_id", "is 0: give the id of the App's installation on the owner"));
+                    return Err(invalid(
+                        "github.app.installation_id",
+                        "is 0: give the id of the App's installation on the owner",
+                    ));
                 }
                 require_parameter_name("github.app.private_key_param", &app.private_key_param)
             }
@@ -370,7 +403,9 @@ fn require_parameter_name(key: &str, name: &str) -> Result<(), ConfigError> {
     if name.is_empty() || name.len() > 2048 || !name.chars().all(allowed) {
         return Err(invalid(
             key,
-            format!("`{name}` is not an SSM parameter name: use letters, digits and _.-/ (e.g. /sophons/github/token)"),
+            format!(
+                "`{name}` is not an SSM parameter name: use letters, digits and _.-/ (e.g. /sophons/github/token)"
+            ),
         ));
     }
     Ok(())
@@ -380,7 +415,9 @@ fn validate_template(name: &str, template: &Template) -> Result<(), ConfigError>
     let key = |field: &str| format!("templates.{name}.{field}");
     if name.is_empty()
         || name.len() > 64
-        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
     {
         return Err(invalid(
             format!("templates.{name}"),
@@ -392,27 +429,44 @@ fn validate_template(name: &str, template: &Template) -> Result<(), ConfigError>
         if label.trim().is_empty() || label.len() > 256 || label.contains(',') {
             return Err(invalid(
                 key(&format!("labels[{index}]")),
-                format!("`{label}` is not a usable runner label: use 1 to 256 characters, no commas"),
+                format!(
+                    "`{label}` is not a usable runner label: use 1 to 256 characters, no commas"
+                ),
             ));
         }
     }
     if template.labels.len() + 2 > MAX_TEMPLATE_LABELS {
         return Err(invalid(
             key("labels"),
-            format!("has {} labels: GitHub takes at most 98 besides `self-hosted` and the template name", template.labels.len()),
+            format!(
+                "has {} labels: GitHub takes at most 98 besides `self-hosted` and the template name",
+                template.labels.len()
+            ),
         ));
     }
     if template.launch_template.is_empty() {
-        return Err(invalid(key("launch_template"), "is empty: name the EC2 launch template Terraform made for it"));
+        return Err(invalid(
+            key("launch_template"),
+            "is empty: name the EC2 launch template Terraform made for it",
+        ));
     }
     if template.instance_types.is_empty() {
-        return Err(invalid(key("instance_types"), "is empty: list at least one EC2 instance type"));
+        return Err(invalid(
+            key("instance_types"),
+            "is empty: list at least one EC2 instance type",
+        ));
     }
     if template.subnet_ids.is_empty() {
-        return Err(invalid(key("subnet_ids"), "is empty: list at least one subnet id"));
+        return Err(invalid(
+            key("subnet_ids"),
+            "is empty: list at least one subnet id",
+        ));
     }
     if template.max_runners == 0 {
-        return Err(invalid(key("max_runners"), "is 0: allow at least one runner, or remove the template"));
+        return Err(invalid(
+            key("max_runners"),
+            "is 0: allow at least one runner, or remove the template",
+        ));
     }
     Ok(())
 }
@@ -475,7 +529,8 @@ mod tests {
     #[test]
     fn both_credentials_at_once_are_refused() {
         let result = with(|v| {
-            v["github"]["app"] = serde_json::json!({"app_id": 1, "installation_id": 2, "private_key_param": "/k"});
+            v["github"]["app"] =
+                serde_json::json!({"app_id": 1, "installation_id": 2, "private_key_param": "/k"});
         });
         assert_eq!(key_of(result), "github");
     }
@@ -493,7 +548,10 @@ mod tests {
         let result = with(|v| v["github"]["scope"] = "orgs".into());
         let error = result.unwrap_err().to_string();
         assert!(error.contains("github.scope"), "{error}");
-        assert!(error.contains("`org`") && error.contains("`repo`"), "{error}");
+        assert!(
+            error.contains("`org`") && error.contains("`repo`"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -515,28 +573,91 @@ mod tests {
 
     #[test]
     fn each_bad_value_names_its_key() {
-        let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Value)>)> = vec![
-            ("deployment", Box::new(|v| v["deployment"] = "Sophons Prod".into())),
+        type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+        let cases: Vec<(&str, Edit)> = vec![
+            (
+                "deployment",
+                Box::new(|v| v["deployment"] = "Sophons Prod".into()),
+            ),
             ("deployment", Box::new(|v| v["deployment"] = "".into())),
-            ("queue_url", Box::new(|v| v["queue_url"] = "sophons-jobs".into())),
-            ("webhook_secret_param", Box::new(|v| v["webhook_secret_param"] = "a secret!".into())),
-            ("max_body_bytes", Box::new(|v| v["max_body_bytes"] = 0.into())),
-            ("github.api_url", Box::new(|v| v["github"]["api_url"] = "api.github.com".into())),
-            ("github.owner", Box::new(|v| v["github"]["owner"] = "".into())),
-            ("github.runner_group_id", Box::new(|v| v["github"]["runner_group_id"] = 0.into())),
-            ("repositories[0]", Box::new(|v| v["repositories"] = serde_json::json!(["other/repo"]))),
-            ("runner_script.bucket", Box::new(|v| v["runner_script"]["bucket"] = "".into())),
-            ("retry_delay_seconds", Box::new(|v| v["retry_delay_seconds"] = 50_000.into())),
-            ("command.timeout_seconds", Box::new(|v| v["command"] = serde_json::json!({"timeout_seconds": 200_000}))),
-            ("command.start_deadline_seconds", Box::new(|v| v["command"] = serde_json::json!({"start_deadline_seconds": 900}))),
-            ("sweep.max_runner_lifetime_seconds", Box::new(|v| v["sweep"] = serde_json::json!({"max_runner_lifetime_seconds": 60}))),
-            ("templates", Box::new(|v| v["templates"] = serde_json::json!({}))),
-            ("templates.bad name", Box::new(|v| v["templates"]["bad name"] = v["templates"]["template_cpu"].clone())),
-            ("templates.template_cpu.labels[0]", Box::new(|v| v["templates"]["template_cpu"]["labels"] = serde_json::json!(["a,b"]))),
-            ("templates.template_cpu.instance_types", Box::new(|v| v["templates"]["template_cpu"]["instance_types"] = serde_json::json!([]))),
-            ("templates.template_cpu.subnet_ids", Box::new(|v| v["templates"]["template_cpu"]["subnet_ids"] = serde_json::json!([]))),
-            ("templates.template_cpu.max_runners", Box::new(|v| v["templates"]["template_cpu"]["max_runners"] = 0.into())),
-            ("templates.template_cpu.launch_template", Box::new(|v| v["templates"]["template_cpu"]["launch_template"] = "".into())),
+            (
+                "queue_url",
+                Box::new(|v| v["queue_url"] = "sophons-jobs".into()),
+            ),
+            (
+                "webhook_secret_param",
+                Box::new(|v| v["webhook_secret_param"] = "a secret!".into()),
+            ),
+            (
+                "max_body_bytes",
+                Box::new(|v| v["max_body_bytes"] = 0.into()),
+            ),
+            (
+                "github.api_url",
+                Box::new(|v| v["github"]["api_url"] = "api.github.com".into()),
+            ),
+            (
+                "github.owner",
+                Box::new(|v| v["github"]["owner"] = "".into()),
+            ),
+            (
+                "github.runner_group_id",
+                Box::new(|v| v["github"]["runner_group_id"] = 0.into()),
+            ),
+            (
+                "repositories[0]",
+                Box::new(|v| v["repositories"] = serde_json::json!(["other/repo"])),
+            ),
+            (
+                "runner_script.bucket",
+                Box::new(|v| v["runner_script"]["bucket"] = "".into()),
+            ),
+            (
+                "retry_delay_seconds",
+                Box::new(|v| v["retry_delay_seconds"] = 50_000.into()),
+            ),
+            (
+                "command.timeout_seconds",
+                Box::new(|v| v["command"] = serde_json::json!({"timeout_seconds": 200_000})),
+            ),
+            (
+                "command.start_deadline_seconds",
+                Box::new(|v| v["command"] = serde_json::json!({"start_deadline_seconds": 900})),
+            ),
+            (
+                "sweep.max_runner_lifetime_seconds",
+                Box::new(|v| v["sweep"] = serde_json::json!({"max_runner_lifetime_seconds": 60})),
+            ),
+            (
+                "templates",
+                Box::new(|v| v["templates"] = serde_json::json!({})),
+            ),
+            (
+                "templates.bad name",
+                Box::new(|v| v["templates"]["bad name"] = v["templates"]["template_cpu"].clone()),
+            ),
+            (
+                "templates.template_cpu.labels[0]",
+                Box::new(|v| v["templates"]["template_cpu"]["labels"] = serde_json::json!(["a,b"])),
+            ),
+            (
+                "templates.template_cpu.instance_types",
+                Box::new(|v| {
+                    v["templates"]["template_cpu"]["instance_types"] = serde_json::json!([])
+                }),
+            ),
+            (
+                "templates.template_cpu.subnet_ids",
+                Box::new(|v| v["templates"]["template_cpu"]["subnet_ids"] = serde_json::json!([])),
+            ),
+            (
+                "templates.template_cpu.max_runners",
+                Box::new(|v| v["templates"]["template_cpu"]["max_runners"] = 0.into()),
+            ),
+            (
+                "templates.template_cpu.launch_template",
+                Box::new(|v| v["templates"]["template_cpu"]["launch_template"] = "".into()),
+            ),
         ];
         for (expected, edit) in cases {
             assert_eq!(key_of(with(edit)), expected);

@@ -36,7 +36,12 @@ impl FakeQueue {
 
 #[async_trait]
 impl Queue for FakeQueue {
-    async fn send(&self, queue_url: &str, body: &str, delivery_id: &str) -> Result<String, QueueError> {
+    async fn send(
+        &self,
+        queue_url: &str,
+        body: &str,
+        delivery_id: &str,
+    ) -> Result<String, QueueError> {
         if let Some(error) = self.refuse.lock().unwrap().clone() {
             return Err(error);
         }
@@ -58,7 +63,12 @@ pub struct FakeSecrets {
 impl FakeSecrets {
     pub fn with(values: &[(&str, &str)]) -> Self {
         Self {
-            values: Mutex::new(values.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            values: Mutex::new(
+                values
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
         }
     }
 
@@ -79,7 +89,10 @@ impl Secrets for FakeSecrets {
     }
 
     async fn put_secure(&self, name: &str, value: &str) -> Result<(), SecretsError> {
-        self.values.lock().unwrap().insert(name.into(), value.into());
+        self.values
+            .lock()
+            .unwrap()
+            .insert(name.into(), value.into());
         Ok(())
     }
 

@@ -16,7 +16,12 @@ pub enum QueueError {
 #[async_trait]
 pub trait Queue: Send + Sync {
     /// Sends one message; answers SQS's message id.
-    async fn send(&self, queue_url: &str, body: &str, delivery_id: &str) -> Result<String, QueueError>;
+    async fn send(
+        &self,
+        queue_url: &str,
+        body: &str,
+        delivery_id: &str,
+    ) -> Result<String, QueueError>;
 }
 
 /// The real adapter over the SQS API.
@@ -39,9 +44,11 @@ where
     R: std::fmt::Debug,
 {
     match crate::aws::code(error) {
-        Some("AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist") => QueueError::NotFound {
-            queue_url: queue_url.into(),
-        },
+        Some("AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist") => {
+            QueueError::NotFound {
+                queue_url: queue_url.into(),
+            }
+        }
         _ => QueueError::Refused {
             queue_url: queue_url.into(),
             reason: crate::aws::describe(error),
@@ -51,7 +58,12 @@ where
 
 #[async_trait]
 impl Queue for SqsQueue {
-    async fn send(&self, queue_url: &str, body: &str, delivery_id: &str) -> Result<String, QueueError> {
+    async fn send(
+        &self,
+        queue_url: &str,
+        body: &str,
+        delivery_id: &str,
+    ) -> Result<String, QueueError> {
         let attribute = aws_sdk_sqs::types::MessageAttributeValue::builder()
             .data_type("String")
             .string_value(delivery_id)

@@ -28,7 +28,10 @@ fn satisfies(name: &str, template: &Template, job_labels: &[impl AsRef<str>]) ->
         let label = label.as_ref();
         label.eq_ignore_ascii_case(SELF_HOSTED)
             || label.eq_ignore_ascii_case(name)
-            || template.labels.iter().any(|own| own.eq_ignore_ascii_case(label))
+            || template
+                .labels
+                .iter()
+                .any(|own| own.eq_ignore_ascii_case(label))
     })
 }
 
@@ -56,7 +59,10 @@ pub fn select<'a>(
     templates: &'a BTreeMap<String, Template>,
     job_labels: &[impl AsRef<str>],
 ) -> Result<(&'a str, &'a Template), NoMatch> {
-    if !job_labels.iter().any(|label| label.as_ref().eq_ignore_ascii_case(SELF_HOSTED)) {
+    if !job_labels
+        .iter()
+        .any(|label| label.as_ref().eq_ignore_ascii_case(SELF_HOSTED))
+    {
         return Err(NoMatch::NotSelfHosted);
     }
     templates
@@ -85,7 +91,10 @@ mod tests {
     fn templates() -> BTreeMap<String, Template> {
         BTreeMap::from([
             ("template_cpu".to_string(), template(&["linux", "x64"])),
-            ("template_gpu".to_string(), template(&["linux", "x64", "gpu"])),
+            (
+                "template_gpu".to_string(),
+                template(&["linux", "x64", "gpu"]),
+            ),
             ("b_small".to_string(), template(&["linux", "arm64"])),
             ("a_small".to_string(), template(&["linux", "arm64"])),
         ])
@@ -94,44 +103,67 @@ mod tests {
     #[test]
     fn a_job_naming_the_template_is_served_by_it() {
         let all = templates();
-        assert_eq!(select(&all, &["self-hosted", "template_gpu"]).unwrap().0, "template_gpu");
+        assert_eq!(
+            select(&all, &["self-hosted", "template_gpu"]).unwrap().0,
+            "template_gpu"
+        );
     }
 
     #[test]
     fn labels_compare_case_insensitively() {
         let all = templates();
-        assert_eq!(select(&all, &["Self-Hosted", "TEMPLATE_CPU", "Linux"]).unwrap().0, "template_cpu");
+        assert_eq!(
+            select(&all, &["Self-Hosted", "TEMPLATE_CPU", "Linux"])
+                .unwrap()
+                .0,
+            "template_cpu"
+        );
     }
 
     #[test]
     fn of_several_satisfied_templates_the_one_with_fewest_labels_wins() {
         let all = templates();
-        assert_eq!(select(&all, &["self-hosted", "linux", "x64"]).unwrap().0, "template_cpu");
+        assert_eq!(
+            select(&all, &["self-hosted", "linux", "x64"]).unwrap().0,
+            "template_cpu"
+        );
     }
 
     #[test]
     fn a_tie_in_label_count_is_broken_by_name() {
         let all = templates();
-        assert_eq!(select(&all, &["self-hosted", "arm64"]).unwrap().0, "a_small");
+        assert_eq!(
+            select(&all, &["self-hosted", "arm64"]).unwrap().0,
+            "a_small"
+        );
     }
 
     #[test]
     fn a_job_without_self_hosted_is_not_ours() {
         let all = templates();
         assert_eq!(select(&all, &["linux", "x64"]), Err(NoMatch::NotSelfHosted));
-        assert_eq!(select(&all, &["ubuntu-latest"]), Err(NoMatch::NotSelfHosted));
+        assert_eq!(
+            select(&all, &["ubuntu-latest"]),
+            Err(NoMatch::NotSelfHosted)
+        );
         assert_eq!(select(&all, &[] as &[&str]), Err(NoMatch::NotSelfHosted));
     }
 
     #[test]
     fn a_job_with_a_label_no_template_has_is_not_served() {
         let all = templates();
-        assert_eq!(select(&all, &["self-hosted", "linux", "windows"]), Err(NoMatch::NoTemplate));
+        assert_eq!(
+            select(&all, &["self-hosted", "linux", "windows"]),
+            Err(NoMatch::NoTemplate)
+        );
     }
 
     #[test]
     fn runner_labels_hold_self_hosted_the_name_and_the_labels_once_each() {
         let t = template(&["linux", "Self-Hosted", "x64", "LINUX"]);
-        assert_eq!(runner_labels("cpu", &t), vec!["self-hosted", "cpu", "linux", "x64"]);
+        assert_eq!(
+            runner_labels("cpu", &t),
+            vec!["self-hosted", "cpu", "linux", "x64"]
+        );
     }
 }

@@ -37,20 +37,29 @@ impl SignatureError {
         match self {
             Self::Missing => "X-Hub-Signature-256 header is missing: set a secret on the webhook",
             Self::Malformed => "X-Hub-Signature-256 header is not `sha256=<64 hex digits>`",
-            Self::Wrong => "signature does not match the body: the webhook's secret differs from sophons'",
+            Self::Wrong => {
+                "signature does not match the body: the webhook's secret differs from sophons'"
+            }
         }
     }
 }
 
 /// Checks `X-Hub-Signature-256` over the raw body, in constant time.
-pub fn verify_signature(secret: &[u8], body: &[u8], header: Option<&[u8]>) -> Result<(), SignatureError> {
+pub fn verify_signature(
+    secret: &[u8],
+    body: &[u8],
+    header: Option<&[u8]>,
+) -> Result<(), SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
-    let hex_digest = header.strip_prefix(b"sha256=").ok_or(SignatureError::Malformed)?;
+    let hex_digest = header
+        .strip_prefix(b"sha256=")
+        .ok_or(SignatureError::Malformed)?;
     let mut expected = [0u8; 32];
     hex::decode_to_slice(hex_digest, &mut expected).map_err(|_| SignatureError::Malformed)?;
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
     mac.update(body);
-    mac.verify_slice(&expected).map_err(|_| SignatureError::Wrong)
+    mac.verify_slice(&expected)
+        .map_err(|_| SignatureError::Wrong)
 }
 
 /// The signature GitHub would send for this body (for tests, the demo and benchmarks).
@@ -219,7 +228,12 @@ impl Webhook {
             _ => &[],
         };
         let answer = self
-            .answer(request.method(), request.uri().path(), request.headers(), body)
+            .answer(
+                request.method(),
+                request.uri().path(),
+                request.headers(),
+                body,
+            )
             .await;
         log(&answer, started.elapsed().as_micros());
         let mut response = Response::builder()
@@ -234,7 +248,13 @@ impl Webhook {
     }
 
     /// Decides a request's row of the table; sends the message when the row says so.
-    pub async fn answer(&self, method: &Method, path: &str, headers: &HeaderMap, body: &[u8]) -> Answer {
+    pub async fn answer(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Answer {
         let header_text = |name: &str| {
             headers
                 .get(name)
@@ -243,7 +263,16 @@ impl Webhook {
         };
         let delivery_id = header_text(DELIVERY_HEADER);
         let event = header_text(EVENT_HEADER);
-        let mut answer = self.decide(method, path, headers, body, event.as_deref(), delivery_id.as_deref()).await;
+        let mut answer = self
+            .decide(
+                method,
+                path,
+                headers,
+                body,
+                event.as_deref(),
+                delivery_id.as_deref(),
+            )
+            .await;
         answer.delivery_id = delivery_id;
         answer.event = event;
         answer
@@ -260,15 +289,25 @@ impl Webhook {
     ) -> Answer {
         // A stage other than $default prefixes the path with its name.
         if path != WEBHOOK_PATH && !path.ends_with(WEBHOOK_PATH) {
-            return Answer::new(Decision::NotFound, format!("no such path `{path}`: GitHub posts to {WEBHOOK_PATH}"));
+            return Answer::new(
+                Decision::NotFound,
+                format!("no such path `{path}`: GitHub posts to {WEBHOOK_PATH}"),
+            );
         }
         if method != Method::POST {
-            return Answer::new(Decision::MethodNotAllowed, format!("{method} is not allowed: GitHub posts"));
+            return Answer::new(
+                Decision::MethodNotAllowed,
+                format!("{method} is not allowed: GitHub posts"),
+            );
         }
         if body.len() > self.config.max_body_bytes {
             return Answer::new(
                 Decision::TooLarge,
-                format!("body of {} bytes is over the {}-byte limit", body.len(), self.config.max_body_bytes),
+                format!(
+                    "body of {} bytes is over the {}-byte limit",
+                    body.len(),
+                    self.config.max_body_bytes
+                ),
             );
         }
         let signature = headers.get(SIGNATURE_HEADER).map(|value| value.as_bytes());
@@ -277,24 +316,36 @@ impl Webhook {
         }
         match event {
             None => return Answer::new(Decision::BadRequest, "X-GitHub-Event header is missing"),
-            Some("ping") => return Answer::new(Decision::Pong, "pong: the webhook and its secret work"),
+            Some("ping") => {
+                return Answer::new(Decision::Pong, "pong: the webhook and its secret work");
+            }
             Some("workflow_job") => {}
             Some(other) => {
                 return Answer::new(
                     Decision::Ignored,
-                    format!("event `{other}` is not handled: subscribe the webhook to Workflow jobs only"),
+                    format!(
+                        "event `{other}` is not handled: subscribe the webhook to Workflow jobs only"
+                    ),
                 );
             }
         }
         let mut delivery: Delivery<'_> = match serde_json::from_slice(body) {
             Ok(delivery) => delivery,
-            Err(error) => return Answer::new(Decision::BadRequest, format!("body is not a workflow_job payload: {error}")),
+            Err(error) => {
+                return Answer::new(
+                    Decision::BadRequest,
+                    format!("body is not a workflow_job payload: {error}"),
+                );
+            }
         };
         let Some(action) = delivery.action.take() else {
             return Answer::new(Decision::BadRequest, "workflow_job payload has no `action`");
         };
         if action != "queued" {
-            let mut answer = Answer::new(Decision::Ignored, format!("action `{action}` needs no runner"));
+            let mut answer = Answer::new(
+                Decision::Ignored,
+                format!("action `{action}` needs no runner"),
+            );
             answer.action = Some(action.into_owned());
             answer.job_id = delivery.workflow_job.and_then(|job| job.id);
             return answer;
@@ -305,17 +356,36 @@ impl Webhook {
     }
 
     async fn queued(&self, delivery: Delivery<'_>, delivery_id: Option<&str>) -> Answer {
-        let missing = |field: &str| Answer::new(Decision::BadRequest, format!("queued workflow_job has no `{field}`"));
-        let Some(job) = delivery.workflow_job else { return missing("workflow_job") };
-        let Some(job_id) = job.id else { return missing("workflow_job.id") };
-        let Some(run_id) = job.run_id else { return missing("workflow_job.run_id") };
-        let Some(labels) = job.labels else { return missing("workflow_job.labels") };
-        let Some(repository) = delivery.repository else { return missing("repository") };
-        let Some(full_name) = repository.full_name else { return missing("repository.full_name") };
+        let missing = |field: &str| {
+            Answer::new(
+                Decision::BadRequest,
+                format!("queued workflow_job has no `{field}`"),
+            )
+        };
+        let Some(job) = delivery.workflow_job else {
+            return missing("workflow_job");
+        };
+        let Some(job_id) = job.id else {
+            return missing("workflow_job.id");
+        };
+        let Some(run_id) = job.run_id else {
+            return missing("workflow_job.run_id");
+        };
+        let Some(labels) = job.labels else {
+            return missing("workflow_job.labels");
+        };
+        let Some(repository) = delivery.repository else {
+            return missing("repository");
+        };
+        let Some(full_name) = repository.full_name else {
+            return missing("repository.full_name");
+        };
         let Some(owner) = repository.owner.and_then(|owner| owner.login) else {
             return missing("repository.owner.login");
         };
-        let Some(private) = repository.private else { return missing("repository.private") };
+        let Some(private) = repository.private else {
+            return missing("repository.private");
+        };
         let Some(delivery_id) = delivery_id else {
             return Answer::new(Decision::BadRequest, "X-GitHub-Delivery header is missing");
         };
@@ -334,7 +404,9 @@ impl Webhook {
         }
         let (template, _) = match templates::select(&self.config.templates, &labels) {
             Ok(found) => found,
-            Err(no_match) => return with_job(Answer::new(Decision::Ignored, no_match.reason(&labels))),
+            Err(no_match) => {
+                return with_job(Answer::new(Decision::Ignored, no_match.reason(&labels)));
+            }
         };
 
         let message = JobMessage {
@@ -355,11 +427,20 @@ impl Webhook {
             received_at: now_rfc3339(),
             relaunches: 0,
         };
-        let mut answer = match self.queue.send(&self.config.queue_url, &message.encode(), delivery_id).await {
-            Ok(_) => Answer::new(Decision::Enqueued, format!("job {job_id} queued for template `{template}`")),
+        let mut answer = match self
+            .queue
+            .send(&self.config.queue_url, &message.encode(), delivery_id)
+            .await
+        {
+            Ok(_) => Answer::new(
+                Decision::Enqueued,
+                format!("job {job_id} queued for template `{template}`"),
+            ),
             Err(error) => Answer::new(
                 Decision::QueueFailed,
-                format!("job {job_id} could not be queued ({error}); redeliver it from the webhook's settings"),
+                format!(
+                    "job {job_id} could not be queued ({error}); redeliver it from the webhook's settings"
+                ),
             ),
         };
         answer.template = Some(template.to_string());
@@ -369,12 +450,20 @@ impl Webhook {
     fn refuse_repository(&self, full_name: &str, owner: &str, private: bool) -> Option<String> {
         let config = &self.config;
         if !owner.eq_ignore_ascii_case(&config.github.owner) {
-            return Some(format!("repository owner `{owner}` is not `{}`", config.github.owner));
+            return Some(format!(
+                "repository owner `{owner}` is not `{}`",
+                config.github.owner
+            ));
         }
         if !config.repositories.is_empty()
-            && !config.repositories.iter().any(|allowed| allowed.eq_ignore_ascii_case(full_name))
+            && !config
+                .repositories
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(full_name))
         {
-            return Some(format!("repository `{full_name}` is not in the config's `repositories`"));
+            return Some(format!(
+                "repository `{full_name}` is not in the config's `repositories`"
+            ));
         }
         if !private && !config.allow_public_repositories {
             return Some(format!(
@@ -399,13 +488,31 @@ fn log(answer: &Answer, elapsed_us: u128) {
     let decision = answer.decision.as_str();
     if answer.decision == Decision::QueueFailed {
         tracing::error!(
-            delivery_id = fields.0, event = fields.1, action = fields.2, job_id, repository = fields.3,
-            template = fields.4, decision, status, elapsed_us = elapsed_us as u64, "{}", answer.reason
+            delivery_id = fields.0,
+            event = fields.1,
+            action = fields.2,
+            job_id,
+            repository = fields.3,
+            template = fields.4,
+            decision,
+            status,
+            elapsed_us = elapsed_us as u64,
+            "{}",
+            answer.reason
         );
     } else {
         tracing::info!(
-            delivery_id = fields.0, event = fields.1, action = fields.2, job_id, repository = fields.3,
-            template = fields.4, decision, status, elapsed_us = elapsed_us as u64, "{}", answer.reason
+            delivery_id = fields.0,
+            event = fields.1,
+            action = fields.2,
+            job_id,
+            repository = fields.3,
+            template = fields.4,
+            decision,
+            status,
+            elapsed_us = elapsed_us as u64,
+            "{}",
+            answer.reason
         );
     }
 }

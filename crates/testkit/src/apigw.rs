@@ -4,7 +4,13 @@ use serde_json::{Value, json};
 
 /// An event for `method path` with these headers and body; `base64` sends the body base64-encoded
 /// with `isBase64Encoded`, as API Gateway does for non-text content types.
-pub fn event(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8], base64: bool) -> Value {
+pub fn event(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    base64: bool,
+) -> Value {
     let headers: serde_json::Map<String, Value> = headers
         .iter()
         .map(|(name, value)| (name.to_ascii_lowercase(), Value::String(value.to_string())))
@@ -81,7 +87,13 @@ fn encode_base64(bytes: &[u8]) -> String {
 mod tests {
     #[test]
     fn base64_matches_the_rfc_vectors() {
-        for (plain, encoded) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")] {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
             assert_eq!(super::encode_base64(plain.as_bytes()), encoded);
         }
     }

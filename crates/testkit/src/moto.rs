@@ -76,7 +76,8 @@ pub fn env() -> Vec<(&'static str, String)> {
 
 /// An SDK configuration pointed at moto.
 pub async fn sdk_config() -> aws_config::SdkConfig {
-    let credentials = aws_credential_types::Credentials::new(ACCESS_KEY, ACCESS_KEY, None, None, "moto");
+    let credentials =
+        aws_credential_types::Credentials::new(ACCESS_KEY, ACCESS_KEY, None, None, "moto");
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(endpoint())
         .region(aws_config::Region::new(REGION))
@@ -93,5 +94,9 @@ pub fn unique(prefix: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos();
-    format!("{prefix}-{}-{nanos}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }

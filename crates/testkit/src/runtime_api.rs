@@ -78,11 +78,19 @@ impl LambdaProcess {
         for (key, value) in env {
             command.env(key, value);
         }
-        let mut child = command.spawn().unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
         let output: Arc<Mutex<Vec<String>>> = Arc::default();
         for stream in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
         ]
         .into_iter()
         .flatten()
@@ -114,7 +122,8 @@ impl LambdaProcess {
 
     /// Sends one event and waits for the answer: `Ok(response)` or `Err(error payload)`.
     pub async fn invoke(&mut self, event: Value) -> Outcome {
-        self.invoke_with_deadline(event, Duration::from_secs(60)).await
+        self.invoke_with_deadline(event, Duration::from_secs(60))
+            .await
     }
 
     /// As `invoke`, with the deadline the binary sees in `Lambda-Runtime-Deadline-Ms`.
@@ -123,7 +132,10 @@ impl LambdaProcess {
         let id = format!("{}-{}", self.name, self.counter);
         let (tx, rx) = oneshot::channel();
         self.shared.waiting.lock().unwrap().insert(id.clone(), tx);
-        self.sender.send((id, event, deadline)).await.expect("endpoint is running");
+        self.sender
+            .send((id, event, deadline))
+            .await
+            .expect("endpoint is running");
         tokio::select! {
             outcome = rx => outcome.unwrap_or_else(|_| Err(Value::String("answer lost".into()))),
             status = self.child.wait() => {
@@ -163,7 +175,10 @@ impl LambdaProcess {
 
     /// Waits for the binary to exit on its own (a failed cold start), with its status.
     pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        tokio::time::timeout(within, self.child.wait()).await.ok().and_then(Result::ok)
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok)
     }
 
     /// The init error the binary reported, if any.
@@ -180,7 +195,11 @@ impl Drop for LambdaProcess {
 }
 
 async fn next(State(shared): State<Shared>) -> impl IntoResponse {
-    shared.first_poll.lock().unwrap().get_or_insert_with(Instant::now);
+    shared
+        .first_poll
+        .lock()
+        .unwrap()
+        .get_or_insert_with(Instant::now);
     let received = shared.events.lock().await.recv().await;
     let Some((id, event, deadline)) = received else {
         return (StatusCode::GONE, HeaderMap::new(), String::new());
@@ -192,12 +211,20 @@ async fn next(State(shared): State<Shared>) -> impl IntoResponse {
         .as_millis();
     let mut headers = HeaderMap::new();
     headers.insert("lambda-runtime-aws-request-id", id.parse().unwrap());
-    headers.insert("lambda-runtime-deadline-ms", deadline_ms.to_string().parse().unwrap());
+    headers.insert(
+        "lambda-runtime-deadline-ms",
+        deadline_ms.to_string().parse().unwrap(),
+    );
     headers.insert(
         "lambda-runtime-invoked-function-arn",
-        "arn:aws:lambda:us-east-1:123456789012:function:local".parse().unwrap(),
+        "arn:aws:lambda:us-east-1:123456789012:function:local"
+            .parse()
+            .unwrap(),
     );
-    headers.insert("lambda-runtime-trace-id", "Root=1-00000000-000000000000000000000000".parse().unwrap());
+    headers.insert(
+        "lambda-runtime-trace-id",
+        "Root=1-00000000-000000000000000000000000".parse().unwrap(),
+    );
     (StatusCode::OK, headers, event.to_string())
 }
 
@@ -215,11 +242,19 @@ fn parse(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_string()))
 }
 
-async fn response(State(shared): State<Shared>, UrlPath(id): UrlPath<String>, body: String) -> StatusCode {
+async fn response(
+    State(shared): State<Shared>,
+    UrlPath(id): UrlPath<String>,
+    body: String,
+) -> StatusCode {
     settle(&shared, &id, Ok(parse(&body)))
 }
 
-async fn error(State(shared): State<Shared>, UrlPath(id): UrlPath<String>, body: String) -> StatusCode {
+async fn error(
+    State(shared): State<Shared>,
+    UrlPath(id): UrlPath<String>,
+    body: String,
+) -> StatusCode {
     settle(&shared, &id, Err(parse(&body)))
 }
 

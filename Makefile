@@ -1,0 +1,59 @@
+# sophons — the verbs. `make test` is what CI runs (.ci/run); `make demo` shows the whole system.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+VENV        := .venv
+PY_TOOLS    := moto[server]==5.2.1 checkov==3.3.30 cargo-lambda==1.9.2
+BINARIES    := autoscaler
+ARCH        ?= x86_64
+TFVARS      ?= terraform/terraform.tfvars
+CARGO_TEST  := cargo test --workspace --all-targets --locked
+
+.PHONY: help setup build lint test test-rust test-terraform test-scripts deploy clean
+
+help: ## list the verbs
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: Makefile
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(PY_TOOLS)
+	touch $@
+
+setup: $(VENV)/.installed ## install the pinned Python tools (moto, checkov, cargo-lambda) into .venv, and shellcheck/bats
+	@command -v shellcheck >/dev/null && command -v bats >/dev/null || \
+	  { echo "installing shellcheck and bats from Debian"; \
+	    (apt-get install -y -qq shellcheck bats >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null && apt-get install -y -qq shellcheck bats >/dev/null)); }
+
+build: setup ## release-build each Lambda into target/lambda/<name>/bootstrap.zip (ARCH=x86_64|arm64)
+	@if [ "$(ARCH)" = arm64 ] && ! rustup target list --installed | grep -q aarch64-unknown-linux-gnu; then \
+	  echo "ARCH=arm64 needs the aarch64-unknown-linux-gnu standard library: rustup target add aarch64-unknown-linux-gnu"; exit 1; fi
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cargo lambda build --release --locked \
+	  $(if $(filter arm64,$(ARCH)),--arm64,--x86-64) --output-format zip $(addprefix --bin ,$(BINARIES))
+	@ls -l target/lambda/*/bootstrap.zip
+
+lint: ## rustfmt and clippy, warnings denied
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+test-rust: setup ## the Rust tests, against one moto server started for the run
+	cargo build --workspace --all-targets --locked
+	scripts/with-moto.sh $(CARGO_TEST)
+
+test-terraform: setup ## terraform fmt/validate/checkov, apply to moto, IAM checks
+	SOPHONS_REQUIRE_CONFIG_CHECK=1 scripts/with-moto.sh scripts/check-terraform.sh
+
+test-scripts: setup ## shellcheck and tests of the runner script
+	scripts/test-runner-script.sh
+
+test: setup lint test-rust test-terraform test-scripts ## every check CI runs
+	@echo "make test: all checks passed"
+
+deploy: build ## build, then terraform apply with TFVARS (default terraform/terraform.tfvars)
+	terraform -chdir=terraform init
+	terraform -chdir=terraform apply -var-file="$(abspath $(TFVARS))"
+
+clean: ## remove build output and the venv
+	cargo clean
+	rm -rf $(VENV)

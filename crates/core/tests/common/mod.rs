@@ -1,0 +1,67 @@
+//! Shared by the core integration tests: a config, payloads and signed API Gateway events.
+#![allow(dead_code)]
+
+use lambda_http::Request;
+use serde_json::{Value, json};
+use sophons_core::Config;
+use sophons_core::webhook::sign;
+
+pub const SECRET: &str = "It's a Secret to Everybody";
+
+pub fn config_json(queue_url: &str) -> Value {
+    json!({
+        "deployment": "sophons",
+        "queue_url": queue_url,
+        "dlq_url": format!("{queue_url}-dlq"),
+        "webhook_secret_param": "/sophons/github/webhook-secret",
+        "max_body_bytes": 65536,
+        "github": { "api_url": "https://api.github.com", "owner": "my-org", "scope": "org",
+                    "runner_group_id": 1, "token_param": "/sophons/github/token" },
+        "repositories": [],
+        "allow_public_repositories": false,
+        "runner_script": { "bucket": "sophons-scripts", "key": "runner.sh" },
+        "templates": {
+            "template_cpu": { "labels": ["linux", "x64"], "launch_template": "sophons-template_cpu",
+                              "instance_types": ["c7i.large", "m7i.large"], "subnet_ids": ["subnet-0abc"],
+                              "max_runners": 20, "on_demand_fallback": true },
+            "template_gpu": { "labels": ["linux", "x64", "gpu"], "launch_template": "sophons-template_gpu",
+                              "instance_types": ["g5.xlarge"], "subnet_ids": ["subnet-0abc"],
+                              "max_runners": 2 }
+        }
+    })
+}
+
+pub fn config(queue_url: &str) -> Config {
+    Config::parse(&config_json(queue_url).to_string()).unwrap()
+}
+
+/// GitHub's documented `queued` delivery, made one of ours: owner `my-org`, private, our labels.
+pub fn queued_payload(labels: &[&str]) -> Value {
+    let mut payload = testkit::fixture("workflow_job.queued");
+    payload["workflow_job"]["labels"] = json!(labels);
+    payload["repository"]["full_name"] = json!("my-org/app");
+    payload["repository"]["name"] = json!("app");
+    payload["repository"]["owner"]["login"] = json!("my-org");
+    payload["repository"]["private"] = json!(true);
+    payload
+}
+
+pub fn signed(event: &str, delivery_id: &str, payload: &[u8]) -> Value {
+    testkit::apigw::delivery(
+        event,
+        delivery_id,
+        &sign(SECRET.as_bytes(), payload),
+        payload,
+    )
+}
+
+pub fn request(event: &Value) -> Request {
+    lambda_http::request::from_str(&event.to_string()).expect("a valid API Gateway v2 event")
+}
+
+pub fn body_of(response: &lambda_http::Response<lambda_http::Body>) -> Value {
+    match response.body() {
+        lambda_http::Body::Text(text) => serde_json::from_str(text).unwrap(),
+        other => panic!("expected a JSON text body, got {other:?}"),
+    }
+}

@@ -1,0 +1,185 @@
+//! The SQS and SSM adapters, and the webhook over them, against moto server.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use serde_json::json;
+use sophons_core::Config;
+use sophons_core::config::ConfigError;
+use sophons_core::job::JobMessage;
+use sophons_core::queue::{DELIVERY_ID_ATTRIBUTE, SqsQueue};
+use sophons_core::secrets::{Secrets, SecretsError, SsmSecrets};
+use sophons_core::webhook::Webhook;
+use testkit::moto;
+
+async fn new_queue(sdk: &aws_config::SdkConfig) -> String {
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    let name = moto::unique("jobs");
+    sqs.create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap()
+}
+
+async fn receive_all(
+    sdk: &aws_config::SdkConfig,
+    queue_url: &str,
+) -> Vec<aws_sdk_sqs::types::Message> {
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    let output = sqs
+        .receive_message()
+        .queue_url(queue_url)
+        .max_number_of_messages(10)
+        .message_attribute_names("All")
+        .send()
+        .await
+        .unwrap();
+    output.messages.unwrap_or_default()
+}
+
+#[tokio::test]
+async fn secure_parameters_are_written_read_back_and_deleted() {
+    let sdk = moto::sdk_config().await;
+    let ssm = SsmSecrets::new(&sdk);
+    let name = format!("/{}/jit/i-0123", moto::unique("t"));
+    ssm.put_secure(&name, "encoded-jit-config").await.unwrap();
+    assert_eq!(ssm.get(&name).await.unwrap(), "encoded-jit-config");
+    let kind = ssm
+        .client()
+        .get_parameter()
+        .name(&name)
+        .send()
+        .await
+        .unwrap()
+        .parameter
+        .unwrap()
+        .r#type;
+    assert_eq!(kind, Some(aws_sdk_ssm::types::ParameterType::SecureString));
+    ssm.delete(&name).await.unwrap();
+    assert_eq!(
+        ssm.get(&name).await,
+        Err(SecretsError::NotFound(name.clone()))
+    );
+    // Deleting what is gone is not an error: stop-runner and the sweep may both try.
+    ssm.delete(&name).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_config_document_is_read_from_its_ssm_parameter() {
+    let sdk = moto::sdk_config().await;
+    let ssm = SsmSecrets::new(&sdk);
+    let name = format!("/{}/config", moto::unique("t"));
+    let document = config_json("https://sqs.us-east-1.amazonaws.com/123456789012/jobs").to_string();
+    ssm.client()
+        .put_parameter()
+        .name(&name)
+        .value(&document)
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .send()
+        .await
+        .unwrap();
+    // Config::load reads the environment; this test process owns its environment.
+    unsafe {
+        std::env::remove_var(sophons_core::config::CONFIG_ENV);
+        std::env::set_var(sophons_core::config::CONFIG_PARAM_ENV, &name);
+    }
+    let config = Config::load(&ssm).await.unwrap();
+    assert_eq!(config.deployment, "sophons");
+    unsafe { std::env::set_var(sophons_core::config::CONFIG_PARAM_ENV, "/no/such/parameter") };
+    let error = Config::load(&ssm).await.unwrap_err();
+    assert!(matches!(error, ConfigError::Unreadable { .. }), "{error}");
+    assert!(error.to_string().contains("/no/such/parameter"), "{error}");
+}
+
+#[tokio::test]
+async fn a_signed_queued_job_arrives_in_sqs_as_one_message_with_the_delivery_id() {
+    let sdk = moto::sdk_config().await;
+    let queue_url = new_queue(&sdk).await;
+    let webhook = Webhook::new(
+        Arc::new(config(&queue_url)),
+        SECRET,
+        Arc::new(SqsQueue::new(&sdk)),
+    );
+    let payload = queued_payload(&["self-hosted", "template_cpu"])
+        .to_string()
+        .into_bytes();
+    let response = webhook
+        .handle(request(&signed("workflow_job", "delivery-moto", &payload)))
+        .await;
+    assert_eq!(response.status().as_u16(), 202);
+
+    let messages = receive_all(&sdk, &queue_url).await;
+    assert_eq!(messages.len(), 1);
+    let message = JobMessage::decode(messages[0].body().unwrap()).unwrap();
+    assert_eq!(
+        (message.job_id, message.template.as_str()),
+        (289782451, "template_cpu")
+    );
+    let attribute = &messages[0].message_attributes().unwrap()[DELIVERY_ID_ATTRIBUTE];
+    assert_eq!(attribute.string_value(), Some("delivery-moto"));
+}
+
+#[tokio::test]
+async fn no_bad_row_of_the_table_leaves_a_message() {
+    let sdk = moto::sdk_config().await;
+    let queue_url = new_queue(&sdk).await;
+    let webhook = Webhook::new(
+        Arc::new(config(&queue_url)),
+        SECRET,
+        Arc::new(SqsQueue::new(&sdk)),
+    );
+    let ours = queued_payload(&["self-hosted"]).to_string().into_bytes();
+    let mut public = queued_payload(&["self-hosted"]);
+    public["repository"]["private"] = json!(false);
+    let public = public.to_string().into_bytes();
+    let mut big = queued_payload(&["self-hosted"]);
+    big["padding"] = json!("x".repeat(70_000));
+    let big = big.to_string().into_bytes();
+    let hosted = queued_payload(&["ubuntu-latest"]).to_string().into_bytes();
+    let wrong = sophons_core::webhook::sign(b"wrong", &ours);
+    let events = vec![
+        (
+            401,
+            testkit::apigw::delivery("workflow_job", "d", &wrong, &ours),
+        ),
+        (413, signed("workflow_job", "d", &big)),
+        (200, signed("ping", "d", b"{}")),
+        (202, signed("workflow_job", "d", &hosted)),
+        (403, signed("workflow_job", "d", &public)),
+        (400, signed("workflow_job", "d", b"{")),
+        (
+            404,
+            testkit::apigw::event("POST", "/other", &[], b"", false),
+        ),
+        (
+            405,
+            testkit::apigw::event("PUT", "/webhook", &[], b"", false),
+        ),
+    ];
+    for (expected, event) in events {
+        let response = webhook.handle(request(&event)).await;
+        assert_eq!(response.status().as_u16(), expected);
+    }
+    assert!(receive_all(&sdk, &queue_url).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_queue_that_does_not_exist_gives_500() {
+    let sdk = moto::sdk_config().await;
+    let missing = format!("{}/123456789012/{}", moto::endpoint(), moto::unique("gone"));
+    let webhook = Webhook::new(
+        Arc::new(config(&missing)),
+        SECRET,
+        Arc::new(SqsQueue::new(&sdk)),
+    );
+    let payload = queued_payload(&["self-hosted"]).to_string().into_bytes();
+    let response = webhook
+        .handle(request(&signed("workflow_job", "d", &payload)))
+        .await;
+    assert_eq!(response.status().as_u16(), 500);
+}
