@@ -25,12 +25,7 @@ async fn main() -> Result<(), Error> {
                     "config document accepted: deployment `{}`, {} template(s): {}",
                     config.deployment,
                     config.templates.len(),
-                    config
-                        .templates
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    config.templates.keys().cloned().collect::<Vec<_>>().join(", ")
                 );
                 Ok(())
             }

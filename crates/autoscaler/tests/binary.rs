@@ -59,11 +59,7 @@ async fn deploy() -> Deployment {
         .unwrap();
     let mut env = moto::env();
     env.push(("SOPHONS_CONFIG_PARAM", config_param));
-    Deployment {
-        queue_url,
-        env,
-        sqs,
-    }
+    Deployment { queue_url, env, sqs }
 }
 
 fn binary() -> &'static Path {
@@ -88,8 +84,7 @@ async fn status_of(lambda: &mut LambdaProcess, event: Value) -> (u16, Value) {
         .invoke(event)
         .await
         .unwrap_or_else(|e| panic!("invocation failed: {e}"));
-    let body: Value =
-        serde_json::from_str(response["body"].as_str().unwrap_or("null")).unwrap_or(Value::Null);
+    let body: Value = serde_json::from_str(response["body"].as_str().unwrap_or("null")).unwrap_or(Value::Null);
     (response["statusCode"].as_u64().unwrap() as u16, body)
 }
 
@@ -108,46 +103,23 @@ async fn the_binary_answers_every_row_of_the_table_and_enqueues_only_the_served_
     let completed = testkit::fixture("workflow_job.completed.success.with-organization")
         .to_string()
         .into_bytes();
-    let delivery = |event: &str, body: &[u8], secret: &str| {
-        testkit::apigw::delivery(event, "d-bin", &sign(secret, body), body)
-    };
+    let delivery =
+        |event: &str, body: &[u8], secret: &str| testkit::apigw::delivery(event, "d-bin", &sign(secret, body), body);
 
     let rows: Vec<(u16, &str, Value)> = vec![
+        (401, "unauthorized", delivery("workflow_job", &ours, "forged")),
         (
             401,
             "unauthorized",
-            delivery("workflow_job", &ours, "forged"),
+            testkit::apigw::event("POST", "/webhook", &[("x-github-event", "workflow_job")], &ours, false),
         ),
-        (
-            401,
-            "unauthorized",
-            testkit::apigw::event(
-                "POST",
-                "/webhook",
-                &[("x-github-event", "workflow_job")],
-                &ours,
-                false,
-            ),
-        ),
-        (
-            413,
-            "too_large",
-            delivery("workflow_job", &oversized, SECRET),
-        ),
+        (413, "too_large", delivery("workflow_job", &oversized, SECRET)),
         (200, "pong", delivery("ping", &ping, SECRET)),
         (202, "ignored", delivery("workflow_job", &completed, SECRET)),
         (202, "ignored", delivery("workflow_job", &hosted, SECRET)),
         (403, "forbidden", delivery("workflow_job", &public, SECRET)),
-        (
-            400,
-            "bad_request",
-            delivery("workflow_job", b"{\"action\":", SECRET),
-        ),
-        (
-            404,
-            "not_found",
-            testkit::apigw::event("POST", "/", &[], b"", false),
-        ),
+        (400, "bad_request", delivery("workflow_job", b"{\"action\":", SECRET)),
+        (404, "not_found", testkit::apigw::event("POST", "/", &[], b"", false)),
         (
             405,
             "method_not_allowed",
@@ -189,10 +161,7 @@ async fn the_binary_answers_every_row_of_the_table_and_enqueues_only_the_served_
         .unwrap_or_default();
     assert_eq!(received.len(), 2, "one message per served delivery");
     let logs = lambda.logs();
-    assert!(
-        !logs.contains(SECRET),
-        "the webhook secret must never be logged"
-    );
+    assert!(!logs.contains(SECRET), "the webhook secret must never be logged");
     assert!(
         logs.contains("\"decision\":\"enqueued\""),
         "one JSON line per request: {logs}"
@@ -223,15 +192,10 @@ async fn the_queue_refusing_the_message_gives_500_from_the_binary() {
 #[tokio::test]
 async fn a_missing_webhook_secret_fails_the_cold_start_naming_the_parameter() {
     let mut deployment = deploy().await;
-    deployment
-        .env
-        .retain(|(key, _)| *key != "SOPHONS_CONFIG_PARAM");
-    let mut document: Value =
-        serde_json::from_str(include_str!("../../../docs/config.example.json")).unwrap();
+    deployment.env.retain(|(key, _)| *key != "SOPHONS_CONFIG_PARAM");
+    let mut document: Value = serde_json::from_str(include_str!("../../../docs/config.example.json")).unwrap();
     document["webhook_secret_param"] = json!("/does-not-exist/webhook-secret");
-    deployment
-        .env
-        .push(("SOPHONS_CONFIG", document.to_string()));
+    deployment.env.push(("SOPHONS_CONFIG", document.to_string()));
     let mut lambda = LambdaProcess::spawn(binary(), "autoscaler", &deployment.env).await;
     let status = lambda.wait_exit(std::time::Duration::from_secs(20)).await;
     assert!(
@@ -253,8 +217,7 @@ async fn a_bad_config_document_fails_the_cold_start_naming_the_key() {
         .into_iter()
         .filter(|(k, _)| *k != "SOPHONS_CONFIG_PARAM")
         .collect();
-    let mut document: Value =
-        serde_json::from_str(include_str!("../../../docs/config.example.json")).unwrap();
+    let mut document: Value = serde_json::from_str(include_str!("../../../docs/config.example.json")).unwrap();
     document["github"]["scope"] = json!("enterprise");
     env.push(("SOPHONS_CONFIG", document.to_string()));
     let mut lambda = LambdaProcess::spawn(binary(), "autoscaler", &env).await;
@@ -273,11 +236,7 @@ async fn check_config_accepts_the_documented_example_and_refuses_a_bad_one() {
         .env("AWS_REGION", "us-east-1")
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(String::from_utf8_lossy(&output.stdout).contains("template_cpu"));
 
     let output = std::process::Command::new(binary())

@@ -204,13 +204,10 @@ impl Config {
             return Self::parse(&json);
         }
         let name = std::env::var(CONFIG_PARAM_ENV).map_err(|_| ConfigError::Missing)?;
-        let json = secrets
-            .get(&name)
-            .await
-            .map_err(|error| ConfigError::Unreadable {
-                name: name.clone(),
-                reason: error.to_string(),
-            })?;
+        let json = secrets.get(&name).await.map_err(|error| ConfigError::Unreadable {
+            name: name.clone(),
+            reason: error.to_string(),
+        })?;
         Self::parse(&json)
     }
 
@@ -334,10 +331,7 @@ impl Config {
             ));
         }
         if self.templates.is_empty() {
-            return Err(invalid(
-                "templates",
-                "is empty: define at least one runner template",
-            ));
+            return Err(invalid("templates", "is empty: define at least one runner template"));
         }
         for (name, template) in &self.templates {
             validate_template(name, template)?;
@@ -403,9 +397,7 @@ fn require_parameter_name(key: &str, name: &str) -> Result<(), ConfigError> {
     if name.is_empty() || name.len() > 2048 || !name.chars().all(allowed) {
         return Err(invalid(
             key,
-            format!(
-                "`{name}` is not an SSM parameter name: use letters, digits and _.-/ (e.g. /sophons/github/token)"
-            ),
+            format!("`{name}` is not an SSM parameter name: use letters, digits and _.-/ (e.g. /sophons/github/token)"),
         ));
     }
     Ok(())
@@ -413,12 +405,7 @@ fn require_parameter_name(key: &str, name: &str) -> Result<(), ConfigError> {
 
 fn validate_template(name: &str, template: &Template) -> Result<(), ConfigError> {
     let key = |field: &str| format!("templates.{name}.{field}");
-    if name.is_empty()
-        || name.len() > 64
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
+    if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
         return Err(invalid(
             format!("templates.{name}"),
             "is not a usable template name: use 1 to 64 characters of A-Z, a-z, 0-9, _ and - \
@@ -429,9 +416,7 @@ fn validate_template(name: &str, template: &Template) -> Result<(), ConfigError>
         if label.trim().is_empty() || label.len() > 256 || label.contains(',') {
             return Err(invalid(
                 key(&format!("labels[{index}]")),
-                format!(
-                    "`{label}` is not a usable runner label: use 1 to 256 characters, no commas"
-                ),
+                format!("`{label}` is not a usable runner label: use 1 to 256 characters, no commas"),
             ));
         }
     }
@@ -457,10 +442,7 @@ fn validate_template(name: &str, template: &Template) -> Result<(), ConfigError>
         ));
     }
     if template.subnet_ids.is_empty() {
-        return Err(invalid(
-            key("subnet_ids"),
-            "is empty: list at least one subnet id",
-        ));
+        return Err(invalid(key("subnet_ids"), "is empty: list at least one subnet id"));
     }
     if template.max_runners == 0 {
         return Err(invalid(
@@ -520,7 +502,8 @@ mod tests {
     fn an_app_credential_is_accepted_in_place_of_a_token() {
         let config = with(|v| {
             v["github"].as_object_mut().unwrap().remove("token_param");
-            v["github"]["app"] = serde_json::json!({"app_id": 1, "installation_id": 2, "private_key_param": "/sophons/github/app-key"});
+            v["github"]["app"] =
+                serde_json::json!({"app_id": 1, "installation_id": 2, "private_key_param": "/sophons/github/app-key"});
         })
         .unwrap();
         assert_eq!(config.github.app.unwrap().installation_id, 2);
@@ -529,8 +512,7 @@ mod tests {
     #[test]
     fn both_credentials_at_once_are_refused() {
         let result = with(|v| {
-            v["github"]["app"] =
-                serde_json::json!({"app_id": 1, "installation_id": 2, "private_key_param": "/k"});
+            v["github"]["app"] = serde_json::json!({"app_id": 1, "installation_id": 2, "private_key_param": "/k"});
         });
         assert_eq!(key_of(result), "github");
     }
@@ -548,10 +530,7 @@ mod tests {
         let result = with(|v| v["github"]["scope"] = "orgs".into());
         let error = result.unwrap_err().to_string();
         assert!(error.contains("github.scope"), "{error}");
-        assert!(
-            error.contains("`org`") && error.contains("`repo`"),
-            "{error}"
-        );
+        assert!(error.contains("`org`") && error.contains("`repo`"), "{error}");
     }
 
     #[test]
@@ -575,31 +554,19 @@ mod tests {
     fn each_bad_value_names_its_key() {
         type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
         let cases: Vec<(&str, Edit)> = vec![
-            (
-                "deployment",
-                Box::new(|v| v["deployment"] = "Sophons Prod".into()),
-            ),
+            ("deployment", Box::new(|v| v["deployment"] = "Sophons Prod".into())),
             ("deployment", Box::new(|v| v["deployment"] = "".into())),
-            (
-                "queue_url",
-                Box::new(|v| v["queue_url"] = "sophons-jobs".into()),
-            ),
+            ("queue_url", Box::new(|v| v["queue_url"] = "sophons-jobs".into())),
             (
                 "webhook_secret_param",
                 Box::new(|v| v["webhook_secret_param"] = "a secret!".into()),
             ),
-            (
-                "max_body_bytes",
-                Box::new(|v| v["max_body_bytes"] = 0.into()),
-            ),
+            ("max_body_bytes", Box::new(|v| v["max_body_bytes"] = 0.into())),
             (
                 "github.api_url",
                 Box::new(|v| v["github"]["api_url"] = "api.github.com".into()),
             ),
-            (
-                "github.owner",
-                Box::new(|v| v["github"]["owner"] = "".into()),
-            ),
+            ("github.owner", Box::new(|v| v["github"]["owner"] = "".into())),
             (
                 "github.runner_group_id",
                 Box::new(|v| v["github"]["runner_group_id"] = 0.into()),
@@ -628,10 +595,7 @@ mod tests {
                 "sweep.max_runner_lifetime_seconds",
                 Box::new(|v| v["sweep"] = serde_json::json!({"max_runner_lifetime_seconds": 60})),
             ),
-            (
-                "templates",
-                Box::new(|v| v["templates"] = serde_json::json!({})),
-            ),
+            ("templates", Box::new(|v| v["templates"] = serde_json::json!({}))),
             (
                 "templates.bad name",
                 Box::new(|v| v["templates"]["bad name"] = v["templates"]["template_cpu"].clone()),
@@ -642,9 +606,7 @@ mod tests {
             ),
             (
                 "templates.template_cpu.instance_types",
-                Box::new(|v| {
-                    v["templates"]["template_cpu"]["instance_types"] = serde_json::json!([])
-                }),
+                Box::new(|v| v["templates"]["template_cpu"]["instance_types"] = serde_json::json!([])),
             ),
             (
                 "templates.template_cpu.subnet_ids",

@@ -54,12 +54,12 @@ impl JobMessage {
         struct Version {
             version: Option<u64>,
         }
-        let version: Version =
-            serde_json::from_str(body).map_err(|error| DecodeError::NotJson(error.to_string()))?;
+        let version: Version = serde_json::from_str(body).map_err(|error| DecodeError::NotJson(error.to_string()))?;
         match version.version {
             None => Err(DecodeError::NoVersion),
-            Some(v) if v == u64::from(MESSAGE_VERSION) => serde_json::from_str(body)
-                .map_err(|error| DecodeError::Malformed(error.to_string())),
+            Some(v) if v == u64::from(MESSAGE_VERSION) => {
+                serde_json::from_str(body).map_err(|error| DecodeError::Malformed(error.to_string()))
+            }
             Some(other) => Err(DecodeError::UnknownVersion(other)),
         }
     }
@@ -107,22 +107,13 @@ mod tests {
     #[test]
     fn an_unknown_version_is_refused_by_number() {
         let body = sample().encode().replace("\"version\":1", "\"version\":2");
-        assert_eq!(
-            JobMessage::decode(&body),
-            Err(DecodeError::UnknownVersion(2))
-        );
+        assert_eq!(JobMessage::decode(&body), Err(DecodeError::UnknownVersion(2)));
     }
 
     #[test]
     fn a_body_without_version_or_not_json_is_refused() {
-        assert_eq!(
-            JobMessage::decode("{\"job_id\":1}"),
-            Err(DecodeError::NoVersion)
-        );
-        assert!(matches!(
-            JobMessage::decode("hello"),
-            Err(DecodeError::NotJson(_))
-        ));
+        assert_eq!(JobMessage::decode("{\"job_id\":1}"), Err(DecodeError::NoVersion));
+        assert!(matches!(JobMessage::decode("hello"), Err(DecodeError::NotJson(_))));
         assert!(matches!(
             JobMessage::decode("{\"version\":1}"),
             Err(DecodeError::Malformed(_))
@@ -132,9 +123,6 @@ mod tests {
     #[test]
     fn received_at_is_rfc3339() {
         let now = now_rfc3339();
-        assert!(
-            now.len() >= 20 && now.ends_with('Z') && now.contains('T'),
-            "{now}"
-        );
+        assert!(now.len() >= 20 && now.ends_with('Z') && now.contains('T'), "{now}");
     }
 }

@@ -3,10 +3,15 @@
 //! adapter and one in-memory fake (`fakes`), so the flows can be tested without either.
 
 pub mod aws;
+pub mod commands;
 pub mod config;
+pub mod create;
 pub mod fakes;
+pub mod fleet;
+pub mod github;
 pub mod job;
 pub mod logging;
+pub mod names;
 pub mod queue;
 pub mod secrets;
 pub mod templates;

@@ -17,8 +17,5 @@ pub fn init() {
         .with_span_list(false)
         .with_target(false);
     // A second call (tests) keeps the first subscriber.
-    let _ = tracing_subscriber::registry()
-        .with(layer)
-        .with(filter)
-        .try_init();
+    let _ = tracing_subscriber::registry().with(layer).with(filter).try_init();
 }

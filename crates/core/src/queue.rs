@@ -16,12 +16,9 @@ pub enum QueueError {
 #[async_trait]
 pub trait Queue: Send + Sync {
     /// Sends one message; answers SQS's message id.
-    async fn send(
-        &self,
-        queue_url: &str,
-        body: &str,
-        delivery_id: &str,
-    ) -> Result<String, QueueError>;
+    async fn send(&self, queue_url: &str, body: &str, delivery_id: &str) -> Result<String, QueueError>;
+    /// Hides a received message for `seconds` (hands it back for later).
+    async fn hide(&self, queue_url: &str, receipt_handle: &str, seconds: u32) -> Result<(), QueueError>;
 }
 
 /// The real adapter over the SQS API.
@@ -44,11 +41,9 @@ where
     R: std::fmt::Debug,
 {
     match crate::aws::code(error) {
-        Some("AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist") => {
-            QueueError::NotFound {
-                queue_url: queue_url.into(),
-            }
-        }
+        Some("AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist") => QueueError::NotFound {
+            queue_url: queue_url.into(),
+        },
         _ => QueueError::Refused {
             queue_url: queue_url.into(),
             reason: crate::aws::describe(error),
@@ -58,12 +53,7 @@ where
 
 #[async_trait]
 impl Queue for SqsQueue {
-    async fn send(
-        &self,
-        queue_url: &str,
-        body: &str,
-        delivery_id: &str,
-    ) -> Result<String, QueueError> {
+    async fn send(&self, queue_url: &str, body: &str, delivery_id: &str) -> Result<String, QueueError> {
         let attribute = aws_sdk_sqs::types::MessageAttributeValue::builder()
             .data_type("String")
             .string_value(delivery_id)
@@ -82,5 +72,17 @@ impl Queue for SqsQueue {
             .await
             .map_err(|error| classify(queue_url, &error))?;
         Ok(output.message_id.unwrap_or_default())
+    }
+
+    async fn hide(&self, queue_url: &str, receipt_handle: &str, seconds: u32) -> Result<(), QueueError> {
+        self.client
+            .change_message_visibility()
+            .queue_url(queue_url)
+            .receipt_handle(receipt_handle)
+            .visibility_timeout(seconds as i32)
+            .send()
+            .await
+            .map_err(|error| classify(queue_url, &error))?;
+        Ok(())
     }
 }

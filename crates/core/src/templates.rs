@@ -28,10 +28,7 @@ fn satisfies(name: &str, template: &Template, job_labels: &[impl AsRef<str>]) ->
         let label = label.as_ref();
         label.eq_ignore_ascii_case(SELF_HOSTED)
             || label.eq_ignore_ascii_case(name)
-            || template
-                .labels
-                .iter()
-                .any(|own| own.eq_ignore_ascii_case(label))
+            || template.labels.iter().any(|own| own.eq_ignore_ascii_case(label))
     })
 }
 
@@ -91,10 +88,7 @@ mod tests {
     fn templates() -> BTreeMap<String, Template> {
         BTreeMap::from([
             ("template_cpu".to_string(), template(&["linux", "x64"])),
-            (
-                "template_gpu".to_string(),
-                template(&["linux", "x64", "gpu"]),
-            ),
+            ("template_gpu".to_string(), template(&["linux", "x64", "gpu"])),
             ("b_small".to_string(), template(&["linux", "arm64"])),
             ("a_small".to_string(), template(&["linux", "arm64"])),
         ])
@@ -113,9 +107,7 @@ mod tests {
     fn labels_compare_case_insensitively() {
         let all = templates();
         assert_eq!(
-            select(&all, &["Self-Hosted", "TEMPLATE_CPU", "Linux"])
-                .unwrap()
-                .0,
+            select(&all, &["Self-Hosted", "TEMPLATE_CPU", "Linux"]).unwrap().0,
             "template_cpu"
         );
     }
@@ -132,20 +124,14 @@ mod tests {
     #[test]
     fn a_tie_in_label_count_is_broken_by_name() {
         let all = templates();
-        assert_eq!(
-            select(&all, &["self-hosted", "arm64"]).unwrap().0,
-            "a_small"
-        );
+        assert_eq!(select(&all, &["self-hosted", "arm64"]).unwrap().0, "a_small");
     }
 
     #[test]
     fn a_job_without_self_hosted_is_not_ours() {
         let all = templates();
         assert_eq!(select(&all, &["linux", "x64"]), Err(NoMatch::NotSelfHosted));
-        assert_eq!(
-            select(&all, &["ubuntu-latest"]),
-            Err(NoMatch::NotSelfHosted)
-        );
+        assert_eq!(select(&all, &["ubuntu-latest"]), Err(NoMatch::NotSelfHosted));
         assert_eq!(select(&all, &[] as &[&str]), Err(NoMatch::NotSelfHosted));
     }
 
@@ -161,9 +147,6 @@ mod tests {
     #[test]
     fn runner_labels_hold_self_hosted_the_name_and_the_labels_once_each() {
         let t = template(&["linux", "Self-Hosted", "x64", "LINUX"]);
-        assert_eq!(
-            runner_labels("cpu", &t),
-            vec!["self-hosted", "cpu", "linux", "x64"]
-        );
+        assert_eq!(runner_labels("cpu", &t), vec!["self-hosted", "cpu", "linux", "x64"]);
     }
 }

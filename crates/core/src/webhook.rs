@@ -37,29 +37,20 @@ impl SignatureError {
         match self {
             Self::Missing => "X-Hub-Signature-256 header is missing: set a secret on the webhook",
             Self::Malformed => "X-Hub-Signature-256 header is not `sha256=<64 hex digits>`",
-            Self::Wrong => {
-                "signature does not match the body: the webhook's secret differs from sophons'"
-            }
+            Self::Wrong => "signature does not match the body: the webhook's secret differs from sophons'",
         }
     }
 }
 
 /// Checks `X-Hub-Signature-256` over the raw body, in constant time.
-pub fn verify_signature(
-    secret: &[u8],
-    body: &[u8],
-    header: Option<&[u8]>,
-) -> Result<(), SignatureError> {
+pub fn verify_signature(secret: &[u8], body: &[u8], header: Option<&[u8]>) -> Result<(), SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
-    let hex_digest = header
-        .strip_prefix(b"sha256=")
-        .ok_or(SignatureError::Malformed)?;
+    let hex_digest = header.strip_prefix(b"sha256=").ok_or(SignatureError::Malformed)?;
     let mut expected = [0u8; 32];
     hex::decode_to_slice(hex_digest, &mut expected).map_err(|_| SignatureError::Malformed)?;
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
     mac.update(body);
-    mac.verify_slice(&expected)
-        .map_err(|_| SignatureError::Wrong)
+    mac.verify_slice(&expected).map_err(|_| SignatureError::Wrong)
 }
 
 /// The signature GitHub would send for this body (for tests, the demo and benchmarks).
@@ -228,12 +219,7 @@ impl Webhook {
             _ => &[],
         };
         let answer = self
-            .answer(
-                request.method(),
-                request.uri().path(),
-                request.headers(),
-                body,
-            )
+            .answer(request.method(), request.uri().path(), request.headers(), body)
             .await;
         log(&answer, started.elapsed().as_micros());
         let mut response = Response::builder()
@@ -248,13 +234,7 @@ impl Webhook {
     }
 
     /// Decides a request's row of the table; sends the message when the row says so.
-    pub async fn answer(
-        &self,
-        method: &Method,
-        path: &str,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) -> Answer {
+    pub async fn answer(&self, method: &Method, path: &str, headers: &HeaderMap, body: &[u8]) -> Answer {
         let header_text = |name: &str| {
             headers
                 .get(name)
@@ -264,14 +244,7 @@ impl Webhook {
         let delivery_id = header_text(DELIVERY_HEADER);
         let event = header_text(EVENT_HEADER);
         let mut answer = self
-            .decide(
-                method,
-                path,
-                headers,
-                body,
-                event.as_deref(),
-                delivery_id.as_deref(),
-            )
+            .decide(method, path, headers, body, event.as_deref(), delivery_id.as_deref())
             .await;
         answer.delivery_id = delivery_id;
         answer.event = event;
@@ -323,9 +296,7 @@ impl Webhook {
             Some(other) => {
                 return Answer::new(
                     Decision::Ignored,
-                    format!(
-                        "event `{other}` is not handled: subscribe the webhook to Workflow jobs only"
-                    ),
+                    format!("event `{other}` is not handled: subscribe the webhook to Workflow jobs only"),
                 );
             }
         }
@@ -342,10 +313,7 @@ impl Webhook {
             return Answer::new(Decision::BadRequest, "workflow_job payload has no `action`");
         };
         if action != "queued" {
-            let mut answer = Answer::new(
-                Decision::Ignored,
-                format!("action `{action}` needs no runner"),
-            );
+            let mut answer = Answer::new(Decision::Ignored, format!("action `{action}` needs no runner"));
             answer.action = Some(action.into_owned());
             answer.job_id = delivery.workflow_job.and_then(|job| job.id);
             return answer;
@@ -356,12 +324,7 @@ impl Webhook {
     }
 
     async fn queued(&self, delivery: Delivery<'_>, delivery_id: Option<&str>) -> Answer {
-        let missing = |field: &str| {
-            Answer::new(
-                Decision::BadRequest,
-                format!("queued workflow_job has no `{field}`"),
-            )
-        };
+        let missing = |field: &str| Answer::new(Decision::BadRequest, format!("queued workflow_job has no `{field}`"));
         let Some(job) = delivery.workflow_job else {
             return missing("workflow_job");
         };
@@ -438,9 +401,7 @@ impl Webhook {
             ),
             Err(error) => Answer::new(
                 Decision::QueueFailed,
-                format!(
-                    "job {job_id} could not be queued ({error}); redeliver it from the webhook's settings"
-                ),
+                format!("job {job_id} could not be queued ({error}); redeliver it from the webhook's settings"),
             ),
         };
         answer.template = Some(template.to_string());
@@ -450,10 +411,7 @@ impl Webhook {
     fn refuse_repository(&self, full_name: &str, owner: &str, private: bool) -> Option<String> {
         let config = &self.config;
         if !owner.eq_ignore_ascii_case(&config.github.owner) {
-            return Some(format!(
-                "repository owner `{owner}` is not `{}`",
-                config.github.owner
-            ));
+            return Some(format!("repository owner `{owner}` is not `{}`", config.github.owner));
         }
         if !config.repositories.is_empty()
             && !config

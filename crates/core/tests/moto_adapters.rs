@@ -26,10 +26,7 @@ async fn new_queue(sdk: &aws_config::SdkConfig) -> String {
         .unwrap()
 }
 
-async fn receive_all(
-    sdk: &aws_config::SdkConfig,
-    queue_url: &str,
-) -> Vec<aws_sdk_sqs::types::Message> {
+async fn receive_all(sdk: &aws_config::SdkConfig, queue_url: &str) -> Vec<aws_sdk_sqs::types::Message> {
     let sqs = aws_sdk_sqs::Client::new(sdk);
     let output = sqs
         .receive_message()
@@ -61,10 +58,7 @@ async fn secure_parameters_are_written_read_back_and_deleted() {
         .r#type;
     assert_eq!(kind, Some(aws_sdk_ssm::types::ParameterType::SecureString));
     ssm.delete(&name).await.unwrap();
-    assert_eq!(
-        ssm.get(&name).await,
-        Err(SecretsError::NotFound(name.clone()))
-    );
+    assert_eq!(ssm.get(&name).await, Err(SecretsError::NotFound(name.clone())));
     // Deleting what is gone is not an error: stop-runner and the sweep may both try.
     ssm.delete(&name).await.unwrap();
 }
@@ -100,11 +94,7 @@ async fn the_config_document_is_read_from_its_ssm_parameter() {
 async fn a_signed_queued_job_arrives_in_sqs_as_one_message_with_the_delivery_id() {
     let sdk = moto::sdk_config().await;
     let queue_url = new_queue(&sdk).await;
-    let webhook = Webhook::new(
-        Arc::new(config(&queue_url)),
-        SECRET,
-        Arc::new(SqsQueue::new(&sdk)),
-    );
+    let webhook = Webhook::new(Arc::new(config(&queue_url)), SECRET, Arc::new(SqsQueue::new(&sdk)));
     let payload = queued_payload(&["self-hosted", "template_cpu"])
         .to_string()
         .into_bytes();
@@ -116,10 +106,7 @@ async fn a_signed_queued_job_arrives_in_sqs_as_one_message_with_the_delivery_id(
     let messages = receive_all(&sdk, &queue_url).await;
     assert_eq!(messages.len(), 1);
     let message = JobMessage::decode(messages[0].body().unwrap()).unwrap();
-    assert_eq!(
-        (message.job_id, message.template.as_str()),
-        (289782451, "template_cpu")
-    );
+    assert_eq!((message.job_id, message.template.as_str()), (289782451, "template_cpu"));
     let attribute = &messages[0].message_attributes().unwrap()[DELIVERY_ID_ATTRIBUTE];
     assert_eq!(attribute.string_value(), Some("delivery-moto"));
 }
@@ -128,11 +115,7 @@ async fn a_signed_queued_job_arrives_in_sqs_as_one_message_with_the_delivery_id(
 async fn no_bad_row_of_the_table_leaves_a_message() {
     let sdk = moto::sdk_config().await;
     let queue_url = new_queue(&sdk).await;
-    let webhook = Webhook::new(
-        Arc::new(config(&queue_url)),
-        SECRET,
-        Arc::new(SqsQueue::new(&sdk)),
-    );
+    let webhook = Webhook::new(Arc::new(config(&queue_url)), SECRET, Arc::new(SqsQueue::new(&sdk)));
     let ours = queued_payload(&["self-hosted"]).to_string().into_bytes();
     let mut public = queued_payload(&["self-hosted"]);
     public["repository"]["private"] = json!(false);
@@ -143,23 +126,14 @@ async fn no_bad_row_of_the_table_leaves_a_message() {
     let hosted = queued_payload(&["ubuntu-latest"]).to_string().into_bytes();
     let wrong = sophons_core::webhook::sign(b"wrong", &ours);
     let events = vec![
-        (
-            401,
-            testkit::apigw::delivery("workflow_job", "d", &wrong, &ours),
-        ),
+        (401, testkit::apigw::delivery("workflow_job", "d", &wrong, &ours)),
         (413, signed("workflow_job", "d", &big)),
         (200, signed("ping", "d", b"{}")),
         (202, signed("workflow_job", "d", &hosted)),
         (403, signed("workflow_job", "d", &public)),
         (400, signed("workflow_job", "d", b"{")),
-        (
-            404,
-            testkit::apigw::event("POST", "/other", &[], b"", false),
-        ),
-        (
-            405,
-            testkit::apigw::event("PUT", "/webhook", &[], b"", false),
-        ),
+        (404, testkit::apigw::event("POST", "/other", &[], b"", false)),
+        (405, testkit::apigw::event("PUT", "/webhook", &[], b"", false)),
     ];
     for (expected, event) in events {
         let response = webhook.handle(request(&event)).await;
@@ -172,14 +146,8 @@ async fn no_bad_row_of_the_table_leaves_a_message() {
 async fn a_queue_that_does_not_exist_gives_500() {
     let sdk = moto::sdk_config().await;
     let missing = format!("{}/123456789012/{}", moto::endpoint(), moto::unique("gone"));
-    let webhook = Webhook::new(
-        Arc::new(config(&missing)),
-        SECRET,
-        Arc::new(SqsQueue::new(&sdk)),
-    );
+    let webhook = Webhook::new(Arc::new(config(&missing)), SECRET, Arc::new(SqsQueue::new(&sdk)));
     let payload = queued_payload(&["self-hosted"]).to_string().into_bytes();
-    let response = webhook
-        .handle(request(&signed("workflow_job", "d", &payload)))
-        .await;
+    let response = webhook.handle(request(&signed("workflow_job", "d", &payload))).await;
     assert_eq!(response.status().as_u16(), 500);
 }

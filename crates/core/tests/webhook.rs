@@ -46,8 +46,7 @@ fn githubs_documented_signature_test_vector_passes() {
 #[tokio::test]
 async fn a_signed_queued_job_is_enqueued_once_naming_template_and_job() {
     let (webhook, queue) = webhook();
-    let (status, body) =
-        send_queued(&webhook, &queued_payload(&["self-hosted", "template_cpu"])).await;
+    let (status, body) = send_queued(&webhook, &queued_payload(&["self-hosted", "template_cpu"])).await;
     assert_eq!(status, 202);
     assert_eq!(body["decision"], "enqueued");
     assert_eq!(body["template"], "template_cpu");
@@ -61,10 +60,7 @@ async fn a_signed_queued_job_is_enqueued_once_naming_template_and_job() {
     assert_eq!(message.run_id, 2202229078);
     assert_eq!(message.run_attempt, 1);
     assert_eq!(message.repository, "my-org/app");
-    assert_eq!(
-        (message.owner.as_str(), message.name.as_str()),
-        ("my-org", "app")
-    );
+    assert_eq!((message.owner.as_str(), message.name.as_str()), ("my-org", "app"));
     assert_eq!(message.template, "template_cpu");
     assert_eq!(message.labels, vec!["self-hosted", "template_cpu"]);
     assert_eq!(message.workflow_name, "CodeQL");
@@ -92,10 +88,7 @@ async fn a_base64_encoded_body_is_verified_after_decoding() {
         true,
     );
     let (status, body) = send(&webhook, event).await;
-    assert_eq!(
-        (status, body["template"].as_str()),
-        (202, Some("template_gpu"))
-    );
+    assert_eq!((status, body["template"].as_str()), (202, Some("template_gpu")));
     assert_eq!(queue.sent().len(), 1);
 }
 
@@ -111,16 +104,10 @@ async fn a_missing_malformed_or_wrong_signature_is_refused_with_401() {
         vec![("x-hub-signature-256", "sha1=0123")],
         vec![("x-hub-signature-256", &good[..good.len() - 2])],
         vec![("x-hub-signature-256", &wrong)],
-        vec![(
-            "x-hub-signature",
-            "sha1=0000000000000000000000000000000000000000",
-        )],
+        vec![("x-hub-signature", "sha1=0000000000000000000000000000000000000000")],
     ];
     for signature in cases {
-        let mut headers = vec![
-            ("x-github-event", "workflow_job"),
-            ("x-github-delivery", "d"),
-        ];
+        let mut headers = vec![("x-github-event", "workflow_job"), ("x-github-delivery", "d")];
         headers.extend(signature.iter().copied());
         let (status, body) = send(
             &webhook,
@@ -156,10 +143,7 @@ async fn a_body_over_the_limit_is_refused_with_413_before_anything_else() {
     let mut payload = queued_payload(&["self-hosted"]);
     payload["padding"] = json!("x".repeat(70_000));
     let (status, body) = send_queued(&webhook, &payload).await;
-    assert_eq!(
-        (status, body["decision"].as_str()),
-        (413, Some("too_large"))
-    );
+    assert_eq!((status, body["decision"].as_str()), (413, Some("too_large")));
     assert!(queue.sent().is_empty());
 }
 
@@ -186,15 +170,8 @@ async fn other_events_and_actions_are_ignored_with_202() {
     ] {
         let payload = testkit::fixture(fixture).to_string().into_bytes();
         let (status, body) = send(&webhook, signed("workflow_job", "d", &payload)).await;
-        assert_eq!(
-            (status, body["decision"].as_str()),
-            (202, Some("ignored")),
-            "{fixture}"
-        );
-        assert!(
-            body["reason"].as_str().unwrap().contains("needs no runner"),
-            "{body}"
-        );
+        assert_eq!((status, body["decision"].as_str()), (202, Some("ignored")), "{fixture}");
+        assert!(body["reason"].as_str().unwrap().contains("needs no runner"), "{body}");
     }
     assert!(queue.sent().is_empty());
 }
@@ -209,21 +186,11 @@ async fn a_queued_job_no_template_satisfies_is_ignored_saying_why() {
     hosted["repository"]["private"] = json!(true);
     let (status, body) = send_queued(&webhook, &hosted).await;
     assert_eq!((status, body["decision"].as_str()), (202, Some("ignored")));
-    assert!(
-        body["reason"].as_str().unwrap().contains("self-hosted"),
-        "{body}"
-    );
+    assert!(body["reason"].as_str().unwrap().contains("self-hosted"), "{body}");
 
-    let (status, body) = send_queued(
-        &webhook,
-        &queued_payload(&["self-hosted", "linux", "windows"]),
-    )
-    .await;
+    let (status, body) = send_queued(&webhook, &queued_payload(&["self-hosted", "linux", "windows"])).await;
     assert_eq!((status, body["decision"].as_str()), (202, Some("ignored")));
-    assert!(
-        body["reason"].as_str().unwrap().contains("no template"),
-        "{body}"
-    );
+    assert!(body["reason"].as_str().unwrap().contains("no template"), "{body}");
     assert!(queue.sent().is_empty());
 }
 
@@ -233,10 +200,7 @@ async fn a_repository_not_allowed_is_refused_with_403() {
     listed["repositories"] = json!(["my-org/other"]);
     let (restricted, restricted_queue) = webhook_with(listed);
     let (status, body) = send_queued(&restricted, &queued_payload(&["self-hosted"])).await;
-    assert_eq!(
-        (status, body["decision"].as_str()),
-        (403, Some("forbidden"))
-    );
+    assert_eq!((status, body["decision"].as_str()), (403, Some("forbidden")));
     assert!(restricted_queue.sent().is_empty());
 
     let (webhook, queue) = webhook();
@@ -249,10 +213,7 @@ async fn a_repository_not_allowed_is_refused_with_403() {
     public["repository"]["private"] = json!(false);
     let (status, body) = send_queued(&webhook, &public).await;
     assert_eq!(status, 403);
-    assert!(
-        body["reason"].as_str().unwrap().contains("public"),
-        "{body}"
-    );
+    assert!(body["reason"].as_str().unwrap().contains("public"), "{body}");
     assert!(queue.sent().is_empty());
 
     let mut open = config_json(QUEUE);
@@ -267,24 +228,14 @@ async fn a_repository_not_allowed_is_refused_with_403() {
 async fn malformed_json_or_missing_fields_are_refused_with_400() {
     let (webhook, queue) = webhook();
     let (status, body) = send(&webhook, signed("workflow_job", "d", b"{not json")).await;
-    assert_eq!(
-        (status, body["decision"].as_str()),
-        (400, Some("bad_request"))
-    );
+    assert_eq!((status, body["decision"].as_str()), (400, Some("bad_request")));
     let (status, _) = send(&webhook, signed("workflow_job", "d", b"[1,2]")).await;
     assert_eq!(status, 400);
-    let (status, _) = send(
-        &webhook,
-        signed("workflow_job", "d", br#"{"workflow_job":{}}"#),
-    )
-    .await;
+    let (status, _) = send(&webhook, signed("workflow_job", "d", br#"{"workflow_job":{}}"#)).await;
     assert_eq!(status, 400, "no action");
     for field in ["id", "run_id", "labels"] {
         let mut payload = queued_payload(&["self-hosted"]);
-        payload["workflow_job"]
-            .as_object_mut()
-            .unwrap()
-            .remove(field);
+        payload["workflow_job"].as_object_mut().unwrap().remove(field);
         let (status, body) = send_queued(&webhook, &payload).await;
         assert_eq!(status, 400, "{field}");
         assert!(body["reason"].as_str().unwrap().contains(field), "{body}");
@@ -331,33 +282,17 @@ async fn a_queue_that_refuses_the_message_gives_500() {
         reason: "AccessDenied".into(),
     });
     let (status, body) = send_queued(&webhook, &queued_payload(&["self-hosted"])).await;
-    assert_eq!(
-        (status, body["decision"].as_str()),
-        (500, Some("queue_failed"))
-    );
-    assert!(
-        body["reason"].as_str().unwrap().contains("redeliver"),
-        "{body}"
-    );
+    assert_eq!((status, body["decision"].as_str()), (500, Some("queue_failed")));
+    assert!(body["reason"].as_str().unwrap().contains("redeliver"), "{body}");
 }
 
 #[tokio::test]
 async fn another_path_is_404_and_another_method_is_405() {
     let (webhook, queue) = webhook();
-    let (status, _) = send(
-        &webhook,
-        testkit::apigw::event("POST", "/hooks", &[], b"{}", false),
-    )
-    .await;
+    let (status, _) = send(&webhook, testkit::apigw::event("POST", "/hooks", &[], b"{}", false)).await;
     assert_eq!(status, 404);
     let response = webhook
-        .handle(request(&testkit::apigw::event(
-            "GET",
-            "/webhook",
-            &[],
-            b"",
-            false,
-        )))
+        .handle(request(&testkit::apigw::event("GET", "/webhook", &[], b"", false)))
         .await;
     assert_eq!(response.status().as_u16(), 405);
     assert_eq!(response.headers()["allow"], "POST");

@@ -4,13 +4,7 @@ use serde_json::{Value, json};
 
 /// An event for `method path` with these headers and body; `base64` sends the body base64-encoded
 /// with `isBase64Encoded`, as API Gateway does for non-text content types.
-pub fn event(
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-    base64: bool,
-) -> Value {
+pub fn event(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8], base64: bool) -> Value {
     let headers: serde_json::Map<String, Value> = headers
         .iter()
         .map(|(name, value)| (name.to_ascii_lowercase(), Value::String(value.to_string())))

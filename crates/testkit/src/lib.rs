@@ -3,6 +3,7 @@
 //! GitHub's documented webhook payloads.
 
 pub mod apigw;
+pub mod github;
 pub mod moto;
 pub mod runtime_api;
 
@@ -21,8 +22,7 @@ pub fn fixture(name: &str) -> serde_json::Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures/github-webhooks")
         .join(format!("{name}.payload.json"));
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()));
     serde_json::from_str(&text).expect("fixtures are JSON")
 }
 

@@ -76,8 +76,7 @@ pub fn env() -> Vec<(&'static str, String)> {
 
 /// An SDK configuration pointed at moto.
 pub async fn sdk_config() -> aws_config::SdkConfig {
-    let credentials =
-        aws_credential_types::Credentials::new(ACCESS_KEY, ACCESS_KEY, None, None, "moto");
+    let credentials = aws_credential_types::Credentials::new(ACCESS_KEY, ACCESS_KEY, None, None, "moto");
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(endpoint())
         .region(aws_config::Region::new(REGION))

@@ -122,8 +122,7 @@ impl LambdaProcess {
 
     /// Sends one event and waits for the answer: `Ok(response)` or `Err(error payload)`.
     pub async fn invoke(&mut self, event: Value) -> Outcome {
-        self.invoke_with_deadline(event, Duration::from_secs(60))
-            .await
+        self.invoke_with_deadline(event, Duration::from_secs(60)).await
     }
 
     /// As `invoke`, with the deadline the binary sees in `Lambda-Runtime-Deadline-Ms`.
@@ -195,11 +194,7 @@ impl Drop for LambdaProcess {
 }
 
 async fn next(State(shared): State<Shared>) -> impl IntoResponse {
-    shared
-        .first_poll
-        .lock()
-        .unwrap()
-        .get_or_insert_with(Instant::now);
+    shared.first_poll.lock().unwrap().get_or_insert_with(Instant::now);
     let received = shared.events.lock().await.recv().await;
     let Some((id, event, deadline)) = received else {
         return (StatusCode::GONE, HeaderMap::new(), String::new());
@@ -211,15 +206,10 @@ async fn next(State(shared): State<Shared>) -> impl IntoResponse {
         .as_millis();
     let mut headers = HeaderMap::new();
     headers.insert("lambda-runtime-aws-request-id", id.parse().unwrap());
-    headers.insert(
-        "lambda-runtime-deadline-ms",
-        deadline_ms.to_string().parse().unwrap(),
-    );
+    headers.insert("lambda-runtime-deadline-ms", deadline_ms.to_string().parse().unwrap());
     headers.insert(
         "lambda-runtime-invoked-function-arn",
-        "arn:aws:lambda:us-east-1:123456789012:function:local"
-            .parse()
-            .unwrap(),
+        "arn:aws:lambda:us-east-1:123456789012:function:local".parse().unwrap(),
     );
     headers.insert(
         "lambda-runtime-trace-id",
@@ -242,19 +232,11 @@ fn parse(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_string()))
 }
 
-async fn response(
-    State(shared): State<Shared>,
-    UrlPath(id): UrlPath<String>,
-    body: String,
-) -> StatusCode {
+async fn response(State(shared): State<Shared>, UrlPath(id): UrlPath<String>, body: String) -> StatusCode {
     settle(&shared, &id, Ok(parse(&body)))
 }
 
-async fn error(
-    State(shared): State<Shared>,
-    UrlPath(id): UrlPath<String>,
-    body: String,
-) -> StatusCode {
+async fn error(State(shared): State<Shared>, UrlPath(id): UrlPath<String>, body: String) -> StatusCode {
     settle(&shared, &id, Err(parse(&body)))
 }
 

@@ -47,12 +47,7 @@ pub fn queued_payload(labels: &[&str]) -> Value {
 }
 
 pub fn signed(event: &str, delivery_id: &str, payload: &[u8]) -> Value {
-    testkit::apigw::delivery(
-        event,
-        delivery_id,
-        &sign(SECRET.as_bytes(), payload),
-        payload,
-    )
+    testkit::apigw::delivery(event, delivery_id, &sign(SECRET.as_bytes(), payload), payload)
 }
 
 pub fn request(event: &Value) -> Request {

@@ -1,0 +1,570 @@
+//! create-runner: one just-in-time runner on an EC2 instance for each queued job.
+//!
+//! Per job, in order: decode → already served? → still wanted? → room? → launch → register →
+//! start. A failure after the launch cleans up what it made before the message is handed back.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use tokio::time::Instant;
+
+use crate::commands::{CommandError, CommandRequest, Commands, runner_commands};
+use crate::config::{Config, Template};
+use crate::fleet::{
+    Capacity, Fleet, FleetError, Instance, InstanceQuery, LaunchRequest, Launched, TAG_COMMAND_ID, TAG_DEPLOYMENT,
+    TAG_JOB_ID, TAG_RELAUNCHES, TAG_REPOSITORY, TAG_RUN_ID, TAG_RUNNER_ID, TAG_TEMPLATE,
+};
+use crate::github::{Github, GithubError, JobStatus, RunnerScope};
+use crate::job::JobMessage;
+use crate::names;
+use crate::queue::Queue;
+use crate::secrets::Secrets;
+use crate::templates::runner_labels;
+
+/// Records of one batch served at once; GitHub's JIT endpoint and SSM PutParameter (≈3 TPS on
+/// the standard tier) are what a larger number would strain.
+pub const BATCH_CONCURRENCY: usize = 8;
+/// A transient AWS failure hands the message back for this long, not the full retry delay.
+pub const TRANSIENT_DELAY_SECONDS: u32 = 60;
+/// Time kept back from the Lambda deadline for cleaning up and answering.
+const DEADLINE_MARGIN: Duration = Duration::from_secs(20);
+
+/// The ports create-runner talks through.
+#[derive(Clone)]
+pub struct Ports {
+    pub fleet: Arc<dyn Fleet>,
+    pub github: Arc<dyn Github>,
+    pub secrets: Arc<dyn Secrets>,
+    pub commands: Arc<dyn Commands>,
+    pub queue: Arc<dyn Queue>,
+}
+
+/// Backoff for SendCommand while the SSM agent registers.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub first: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            first: Duration::from_secs(2),
+            max: Duration::from_secs(15),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Served {
+        instance_id: String,
+        instance_type: String,
+        capacity: Capacity,
+        runner_id: u64,
+        command_id: String,
+    },
+    /// Nothing (more) to do for this message; it is deleted.
+    Acknowledged(String),
+    /// Try again after `delay_seconds`; after the queue's maxReceiveCount it goes to the DLQ.
+    HandedBack { delay_seconds: u32, reason: String },
+}
+
+impl Outcome {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Served { .. } => "served",
+            Self::Acknowledged(_) => "acknowledged",
+            Self::HandedBack { .. } => "handed_back",
+        }
+    }
+}
+
+/// A failure after the launch: what to say, and how long to wait before the retry.
+struct SetupFailure {
+    reason: String,
+    delay_seconds: u32,
+    /// The instance belongs to another handler (same ClientToken): leave it alone.
+    not_ours: bool,
+}
+
+pub struct CreateRunner {
+    config: Arc<Config>,
+    ports: Ports,
+    backoff: Backoff,
+}
+
+impl CreateRunner {
+    pub fn new(config: Arc<Config>, ports: Ports) -> Self {
+        Self {
+            config,
+            ports,
+            backoff: Backoff::default(),
+        }
+    }
+
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The SQS event source mapping's entry point. Records are served concurrently and
+    /// independently; a record handed back (or whose task failed) is reported as a batch item
+    /// failure, after its visibility timeout was set to the delay it asked for.
+    pub async fn handle_batch(self: &Arc<Self>, event: SqsEvent, deadline: Instant) -> SqsBatchResponse {
+        let permits = Arc::new(tokio::sync::Semaphore::new(BATCH_CONCURRENCY));
+        let mut tasks = Vec::with_capacity(event.records.len());
+        for record in event.records {
+            let message_id = record.message_id.clone().unwrap_or_default();
+            let this = Arc::clone(self);
+            let permits = Arc::clone(&permits);
+            tasks.push((
+                message_id,
+                tokio::spawn(async move {
+                    let _permit = permits.acquire_owned().await.expect("the semaphore is never closed");
+                    let receive_count = record
+                        .attributes
+                        .get("ApproximateReceiveCount")
+                        .and_then(|count| count.parse().ok())
+                        .unwrap_or(1);
+                    let outcome = this.serve(record.body.as_deref().unwrap_or_default(), receive_count, deadline).await;
+                    if let (Outcome::HandedBack { delay_seconds, .. }, Some(receipt)) = (&outcome, &record.receipt_handle) {
+                        if let Err(error) = this.ports.queue.hide(&this.config.queue_url, receipt, *delay_seconds).await {
+                            tracing::warn!(%error, "could not set the retry delay; the queue's visibility timeout applies");
+                        }
+                    }
+                    outcome
+                }),
+            ));
+        }
+        let mut response = SqsBatchResponse::default();
+        for (message_id, task) in tasks {
+            let failed = match task.await {
+                Ok(outcome) => matches!(outcome, Outcome::HandedBack { .. }),
+                Err(error) => {
+                    tracing::error!(message_id, %error, "serving the message failed unexpectedly; it will be retried");
+                    true
+                }
+            };
+            if failed {
+                let mut failure = BatchItemFailure::default();
+                failure.item_identifier = message_id;
+                response.batch_item_failures.push(failure);
+            }
+        }
+        response
+    }
+
+    /// Serves one message. Never panics on bad input; every path logs why it ended.
+    pub async fn serve(&self, body: &str, receive_count: u32, deadline: Instant) -> Outcome {
+        let started = Instant::now();
+        let message = match JobMessage::decode(body) {
+            Ok(message) => message,
+            Err(error) => {
+                let job_id = serde_json::from_str::<serde_json::Value>(body)
+                    .ok()
+                    .and_then(|v| v.get("job_id").and_then(serde_json::Value::as_u64))
+                    .unwrap_or_default();
+                tracing::error!(job_id, reason = %error, "message dropped: {error}");
+                return Outcome::Acknowledged(error.to_string());
+            }
+        };
+        let Some(template) = self.config.templates.get(&message.template) else {
+            let reason = format!(
+                "template `{}` is not in this deployment's config (templates: {}); the job cannot be served",
+                message.template,
+                self.config.templates.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+            tracing::error!(
+                job_id = message.job_id,
+                template = message.template,
+                "message dropped: {reason}"
+            );
+            return Outcome::Acknowledged(reason);
+        };
+        let outcome = self
+            .serve_job(&message, template, receive_count, started, deadline)
+            .await;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let reason = match &outcome {
+            Outcome::Served { .. } => String::new(),
+            Outcome::Acknowledged(reason) | Outcome::HandedBack { reason, .. } => reason.clone(),
+        };
+        let instance_id = match &outcome {
+            Outcome::Served { instance_id, .. } => instance_id.as_str(),
+            _ => "",
+        };
+        tracing::info!(
+            job_id = message.job_id,
+            delivery_id = message.delivery_id,
+            template = message.template,
+            repository = message.repository,
+            instance_id,
+            outcome = outcome.name(),
+            receive_count,
+            queued_ms = queued_ms(&message.received_at),
+            elapsed_ms,
+            "job {}: {}",
+            message.job_id,
+            if reason.is_empty() { "runner started" } else { &reason }
+        );
+        outcome
+    }
+
+    async fn serve_job(
+        &self,
+        message: &JobMessage,
+        template: &Template,
+        receive_count: u32,
+        started: Instant,
+        deadline: Instant,
+    ) -> Outcome {
+        let deployment = &self.config.deployment;
+        let job_id = message.job_id;
+        let step = |name: &str, instance_id: &str| {
+            tracing::info!(
+                job_id,
+                template = message.template,
+                instance_id,
+                step = name,
+                elapsed_ms = started.elapsed().as_millis() as u64
+            );
+        };
+
+        // Already served? Redeliveries, retries and redrives must not launch a second instance.
+        let query = InstanceQuery {
+            job_id: Some(job_id),
+            live_only: true,
+            ..Default::default()
+        };
+        let existing = match self.ports.fleet.instances(deployment, &query).await {
+            Ok(existing) => existing,
+            Err(error) => return transient(format!("cannot list instances: {error}")),
+        };
+        for instance in existing {
+            if instance.tag(TAG_COMMAND_ID).is_some() || !self.is_abandoned(&instance) {
+                return Outcome::Acknowledged(format!(
+                    "job {job_id} already has instance {}; no second runner launched",
+                    instance.id
+                ));
+            }
+            tracing::warn!(
+                job_id,
+                instance_id = instance.id,
+                "instance was never started (its handler died); replacing it"
+            );
+            self.clean_up(
+                &instance.id,
+                None,
+                &RunnerScope::for_job(&self.config.github, &message.repository),
+            )
+            .await;
+        }
+
+        // Still wanted? A spare instance costs less than a job that never runs, so an
+        // unreachable GitHub does not stop the launch.
+        match self.ports.github.job_status(&message.repository, job_id).await {
+            Ok(JobStatus::Queued) => {}
+            Ok(JobStatus::Other(status)) => {
+                return Outcome::Acknowledged(format!("job {job_id} is {status}; no runner launched"));
+            }
+            Err(GithubError::NotFound(_)) => {
+                return Outcome::Acknowledged(format!(
+                    "GitHub has no job {job_id} in {} (deleted, or the credential cannot see it); no runner launched",
+                    message.repository
+                ));
+            }
+            Err(error) => {
+                tracing::warn!(job_id, %error, "cannot ask GitHub whether the job is still queued; launching anyway")
+            }
+        }
+
+        // Room?
+        let query = InstanceQuery {
+            template: Some(message.template.clone()),
+            live_only: true,
+            ..Default::default()
+        };
+        match self.ports.fleet.instances(deployment, &query).await {
+            Ok(live) if live.len() >= template.max_runners as usize => {
+                return Outcome::HandedBack {
+                    delay_seconds: self.config.retry_delay_seconds,
+                    reason: format!(
+                        "template `{}` is at max_runners ({}); job {job_id} waits {} s",
+                        message.template, template.max_runners, self.config.retry_delay_seconds
+                    ),
+                };
+            }
+            Ok(_) => {}
+            Err(error) => return transient(format!("cannot count instances: {error}")),
+        }
+
+        // Launch.
+        let launched = match self.launch(message, template, receive_count).await {
+            Ok(launched) => launched,
+            Err(error) => {
+                let delay_seconds = match error {
+                    FleetError::Unavailable(_) => TRANSIENT_DELAY_SECONDS,
+                    _ => self.config.retry_delay_seconds,
+                };
+                if let FleetError::Rejected(_) = error {
+                    tracing::error!(job_id, template = message.template, %error, "launch refused: check the launch template `{}` and the function's permissions", template.launch_template);
+                }
+                return Outcome::HandedBack {
+                    delay_seconds,
+                    reason: format!("no instance launched for job {job_id}: {error}"),
+                };
+            }
+        };
+        step("launched", &launched.instance_id);
+        tracing::info!(
+            job_id,
+            instance_id = launched.instance_id,
+            instance_type = launched.instance_type,
+            capacity = launched.capacity.as_str(),
+            "job {job_id}: launched {} ({})",
+            launched.instance_type,
+            launched.capacity.as_str()
+        );
+
+        let scope = RunnerScope::for_job(&self.config.github, &message.repository);
+        match self.start_runner(message, &launched, &scope, started, deadline).await {
+            Ok((runner_id, command_id)) => Outcome::Served {
+                instance_id: launched.instance_id,
+                instance_type: launched.instance_type,
+                capacity: launched.capacity,
+                runner_id,
+                command_id,
+            },
+            Err((failure, runner_id)) => {
+                if failure.not_ours {
+                    return Outcome::Acknowledged(failure.reason);
+                }
+                tracing::warn!(
+                    job_id,
+                    instance_id = launched.instance_id,
+                    reason = failure.reason,
+                    "cleaning up after a failed start"
+                );
+                self.clean_up(&launched.instance_id, runner_id, &scope).await;
+                Outcome::HandedBack {
+                    delay_seconds: failure.delay_seconds,
+                    reason: failure.reason,
+                }
+            }
+        }
+    }
+
+    /// Register (JIT config into its parameter) and start (SendCommand, then tag).
+    async fn start_runner(
+        &self,
+        message: &JobMessage,
+        launched: &Launched,
+        scope: &RunnerScope,
+        started: Instant,
+        deadline: Instant,
+    ) -> Result<(u64, String), (SetupFailure, Option<u64>)> {
+        let job_id = message.job_id;
+        let instance_id = &launched.instance_id;
+        let fail = |reason: String, delay_seconds: u32| SetupFailure {
+            reason,
+            delay_seconds,
+            not_ours: false,
+        };
+        let template = &self.config.templates[&message.template];
+        let labels = runner_labels(&message.template, template);
+        let runner_name = names::runner_name(&self.config.deployment, instance_id);
+        let jit = match self
+            .ports
+            .github
+            .register_runner(scope, &runner_name, &labels, self.config.github.runner_group_id)
+            .await
+        {
+            Ok(jit) => jit,
+            Err(GithubError::Conflict(reason)) => {
+                return Err((
+                    SetupFailure {
+                        reason: format!("runner `{runner_name}` is already registered by another handler: {reason}"),
+                        delay_seconds: 0,
+                        not_ours: true,
+                    },
+                    None,
+                ));
+            }
+            Err(error) => {
+                let delay = if error.is_retryable() {
+                    TRANSIENT_DELAY_SECONDS
+                } else {
+                    self.config.retry_delay_seconds
+                };
+                return Err((fail(format!("runner registration failed: {error}"), delay), None));
+            }
+        };
+        tracing::info!(
+            job_id,
+            instance_id,
+            runner_id = jit.runner_id,
+            step = "registered",
+            elapsed_ms = started.elapsed().as_millis() as u64
+        );
+        let runner_id = Some(jit.runner_id);
+        let parameter = names::jit_parameter(&self.config.deployment, instance_id);
+        if let Err(error) = self.ports.secrets.put_secure(&parameter, &jit.encoded).await {
+            return Err((
+                fail(format!("cannot store the JIT config: {error}"), TRANSIENT_DELAY_SECONDS),
+                runner_id,
+            ));
+        }
+
+        let request = CommandRequest {
+            instance_id: instance_id.clone(),
+            commands: runner_commands(
+                &self.config.runner_script.bucket,
+                &self.config.runner_script.key,
+                &parameter,
+            ),
+            execution_timeout_seconds: self.config.command.timeout_seconds,
+            log_group: self.config.command.log_group.clone(),
+            comment: names::command_comment(&self.config.deployment, job_id),
+        };
+        let give_up = (started + Duration::from_secs(self.config.command.start_deadline_seconds.into()))
+            .min(deadline.checked_sub(DEADLINE_MARGIN).unwrap_or(deadline));
+        let mut delay = self.backoff.first;
+        let mut attempts = 0u32;
+        let command_id = loop {
+            attempts += 1;
+            match self.ports.commands.send(&request).await {
+                Ok(command_id) => break command_id,
+                Err(CommandError::NotReady(_)) if Instant::now() + delay < give_up => {
+                    tokio::time::sleep(jittered(delay)).await;
+                    delay = (delay * 2).min(self.backoff.max);
+                }
+                Err(error) => {
+                    return Err((
+                        fail(
+                            format!("runner not started after {attempts} attempt(s): {error}"),
+                            TRANSIENT_DELAY_SECONDS,
+                        ),
+                        runner_id,
+                    ));
+                }
+            }
+        };
+        let tags = vec![
+            (TAG_COMMAND_ID.to_string(), command_id.clone()),
+            (TAG_RUNNER_ID.to_string(), jit.runner_id.to_string()),
+        ];
+        if let Err(error) = self.ports.fleet.tag(instance_id, &tags).await {
+            return Err((
+                fail(
+                    format!("cannot tag the instance with its command: {error}"),
+                    TRANSIENT_DELAY_SECONDS,
+                ),
+                runner_id,
+            ));
+        }
+        tracing::info!(
+            job_id,
+            instance_id,
+            command_id,
+            attempts,
+            step = "command_sent",
+            elapsed_ms = started.elapsed().as_millis() as u64
+        );
+        Ok((jit.runner_id, command_id))
+    }
+
+    async fn launch(
+        &self,
+        message: &JobMessage,
+        template: &Template,
+        receive_count: u32,
+    ) -> Result<Launched, FleetError> {
+        let deployment = &self.config.deployment;
+        let tags = vec![
+            (TAG_DEPLOYMENT.to_string(), deployment.clone()),
+            (TAG_TEMPLATE.to_string(), message.template.clone()),
+            (TAG_JOB_ID.to_string(), message.job_id.to_string()),
+            (TAG_REPOSITORY.to_string(), names::tag_value(&message.repository)),
+            (TAG_RUN_ID.to_string(), message.run_id.to_string()),
+            (TAG_RELAUNCHES.to_string(), message.relaunches.to_string()),
+            (
+                "Name".to_string(),
+                names::tag_value(&format!("{deployment}-{}-{}", message.template, message.job_id)),
+            ),
+        ];
+        let request = |capacity: Capacity| LaunchRequest {
+            launch_template: template.launch_template.clone(),
+            instance_types: template.instance_types.clone(),
+            subnet_ids: template.subnet_ids.clone(),
+            capacity,
+            client_token: names::client_token(deployment, message, receive_count, capacity),
+            tags: tags.clone(),
+        };
+        match self.ports.fleet.launch(&request(Capacity::Spot)).await {
+            Err(FleetError::NoCapacity(reason)) if template.on_demand_fallback => {
+                tracing::info!(
+                    job_id = message.job_id,
+                    reason,
+                    "no spot capacity in any pool; launching on-demand"
+                );
+                self.ports.fleet.launch(&request(Capacity::OnDemand)).await
+            }
+            other => other,
+        }
+    }
+
+    /// An instance with no command tag, older than the start deadline: its handler died.
+    fn is_abandoned(&self, instance: &Instance) -> bool {
+        let limit = Duration::from_secs(u64::from(self.config.command.start_deadline_seconds) + 60);
+        instance
+            .launched_at
+            .and_then(|at| SystemTime::now().duration_since(at).ok())
+            .is_some_and(|age| age > limit)
+    }
+
+    /// Terminate the instance, delete its parameter, remove its runner. Failures are logged;
+    /// the sweep removes anything left.
+    async fn clean_up(&self, instance_id: &str, runner_id: Option<u64>, scope: &RunnerScope) {
+        if let Err(error) = self.ports.fleet.terminate(instance_id).await {
+            tracing::error!(instance_id, %error, "cannot terminate; the sweep will retry");
+        }
+        let parameter = names::jit_parameter(&self.config.deployment, instance_id);
+        if let Err(error) = self.ports.secrets.delete(&parameter).await {
+            tracing::error!(instance_id, %error, "cannot delete the JIT parameter; the sweep will retry");
+        }
+        if let Some(runner_id) = runner_id {
+            if let Err(error) = self.ports.github.remove_runner(scope, runner_id).await {
+                tracing::error!(instance_id, runner_id, %error, "cannot remove the runner; the sweep will retry");
+            }
+        }
+    }
+}
+
+fn transient(reason: String) -> Outcome {
+    Outcome::HandedBack {
+        delay_seconds: TRANSIENT_DELAY_SECONDS,
+        reason,
+    }
+}
+
+/// Up to a quarter more, so that handlers retrying together spread out.
+fn jittered(delay: Duration) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    delay + delay.mul_f64(f64::from(nanos % 1000) / 4000.0)
+}
+
+/// Milliseconds since the webhook took the delivery (0 when unknown).
+fn queued_ms(received_at: &str) -> u64 {
+    use aws_sdk_sqs::primitives::{DateTime, DateTimeFormat};
+    DateTime::from_str(received_at, DateTimeFormat::DateTime)
+        .ok()
+        .and_then(|at| SystemTime::try_from(at).ok())
+        .and_then(|at| SystemTime::now().duration_since(at).ok())
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

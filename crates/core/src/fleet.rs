@@ -1,0 +1,385 @@
+//! EC2: launching runner instances with CreateFleet, finding ours by tag, ending them.
+//! EC2 tags are sophons' only state; every lookup is scoped to this deployment's tag.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use aws_sdk_ec2::types::{
+    DefaultTargetCapacityType, Filter, FleetLaunchTemplateConfigRequest, FleetLaunchTemplateOverridesRequest,
+    FleetLaunchTemplateSpecificationRequest, FleetOnDemandAllocationStrategy, FleetType, InstanceStateName,
+    OnDemandOptionsRequest, ResourceType, SpotAllocationStrategy, SpotOptionsRequest, Tag, TagSpecification,
+    TargetCapacitySpecificationRequest,
+};
+
+pub const TAG_DEPLOYMENT: &str = "sophons:deployment";
+pub const TAG_TEMPLATE: &str = "sophons:template";
+pub const TAG_JOB_ID: &str = "sophons:job-id";
+pub const TAG_REPOSITORY: &str = "sophons:repository";
+pub const TAG_RUN_ID: &str = "sophons:run-id";
+pub const TAG_COMMAND_ID: &str = "sophons:command-id";
+pub const TAG_RUNNER_ID: &str = "sophons:runner-id";
+pub const TAG_RELAUNCHES: &str = "sophons:relaunches";
+
+/// EC2 error codes that mean "no room in this pool": worth another pool, on-demand, or later.
+const CAPACITY_CODES: &[&str] = &[
+    "InsufficientInstanceCapacity",
+    "InsufficientCapacity",
+    "InsufficientHostCapacity",
+    "InsufficientFreeAddressesInSubnet",
+    "MaxSpotInstanceCountExceeded",
+    "SpotMaxPriceTooLow",
+    "UnfulfillableCapacity",
+    "VcpuLimitExceeded",
+    "InstanceLimitExceeded",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capacity {
+    Spot,
+    OnDemand,
+}
+
+impl Capacity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Spot => "spot",
+            Self::OnDemand => "on-demand",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceState {
+    Pending,
+    Running,
+    ShuttingDown,
+    Stopping,
+    Stopped,
+    Terminated,
+}
+
+impl InstanceState {
+    /// Pending or running: the instance counts against `max_runners` and serves its job.
+    pub fn is_live(self) -> bool {
+        matches!(self, Self::Pending | Self::Running)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub id: String,
+    pub state: InstanceState,
+    pub instance_type: String,
+    pub launched_at: Option<SystemTime>,
+    pub spot_request_id: Option<String>,
+    pub tags: BTreeMap<String, String>,
+}
+
+impl Instance {
+    pub fn tag(&self, key: &str) -> Option<&str> {
+        self.tags.get(key).map(String::as_str)
+    }
+}
+
+/// What CreateFleet is asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchRequest {
+    pub launch_template: String,
+    pub instance_types: Vec<String>,
+    pub subnet_ids: Vec<String>,
+    pub capacity: Capacity,
+    /// Makes a repeated call for the same job and attempt return the same instance.
+    pub client_token: String,
+    pub tags: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launched {
+    pub instance_id: String,
+    pub instance_type: String,
+    pub capacity: Capacity,
+}
+
+/// Which of this deployment's instances to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstanceQuery {
+    pub template: Option<String>,
+    pub job_id: Option<u64>,
+    /// Only pending and running instances.
+    pub live_only: bool,
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum FleetError {
+    #[error("no capacity in any pool: {0}")]
+    NoCapacity(String),
+    #[error("EC2 refused the launch: {0}")]
+    Rejected(String),
+    #[error("EC2 request failed: {0}")]
+    Unavailable(String),
+}
+
+#[async_trait]
+pub trait Fleet: Send + Sync {
+    async fn launch(&self, request: &LaunchRequest) -> Result<Launched, FleetError>;
+    /// This deployment's instances matching the query.
+    async fn instances(&self, deployment: &str, query: &InstanceQuery) -> Result<Vec<Instance>, FleetError>;
+    async fn tag(&self, instance_id: &str, tags: &[(String, String)]) -> Result<(), FleetError>;
+    /// Terminates; an instance already gone is not an error.
+    async fn terminate(&self, instance_id: &str) -> Result<(), FleetError>;
+    /// Cancels a spot request; one already gone is not an error.
+    async fn cancel_spot_request(&self, request_id: &str) -> Result<(), FleetError>;
+}
+
+/// The real adapter over the EC2 API.
+#[derive(Clone)]
+pub struct Ec2Fleet {
+    client: aws_sdk_ec2::Client,
+}
+
+impl Ec2Fleet {
+    pub fn new(sdk: &aws_config::SdkConfig) -> Self {
+        Self {
+            client: aws_sdk_ec2::Client::new(sdk),
+        }
+    }
+}
+
+fn unavailable<E, R>(error: &aws_sdk_ec2::error::SdkError<E, R>) -> FleetError
+where
+    E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let reason = crate::aws::describe(error);
+    match crate::aws::code(error) {
+        Some(code) if CAPACITY_CODES.contains(&code) => FleetError::NoCapacity(reason),
+        Some(code)
+            if code.starts_with("InvalidLaunchTemplate")
+                || code.starts_with("InvalidParameter")
+                || code == "UnauthorizedOperation" =>
+        {
+            FleetError::Rejected(reason)
+        }
+        _ => FleetError::Unavailable(reason),
+    }
+}
+
+fn state_of(name: Option<&InstanceStateName>) -> InstanceState {
+    match name {
+        Some(InstanceStateName::Pending) => InstanceState::Pending,
+        Some(InstanceStateName::Running) => InstanceState::Running,
+        Some(InstanceStateName::ShuttingDown) => InstanceState::ShuttingDown,
+        Some(InstanceStateName::Stopping) => InstanceState::Stopping,
+        Some(InstanceStateName::Stopped) => InstanceState::Stopped,
+        _ => InstanceState::Terminated,
+    }
+}
+
+#[async_trait]
+impl Fleet for Ec2Fleet {
+    async fn launch(&self, request: &LaunchRequest) -> Result<Launched, FleetError> {
+        let overrides = request.instance_types.iter().flat_map(|instance_type| {
+            request.subnet_ids.iter().map(move |subnet| {
+                FleetLaunchTemplateOverridesRequest::builder()
+                    .instance_type(instance_type.as_str().into())
+                    .subnet_id(subnet)
+                    .build()
+            })
+        });
+        let config = FleetLaunchTemplateConfigRequest::builder()
+            .launch_template_specification(
+                FleetLaunchTemplateSpecificationRequest::builder()
+                    .launch_template_name(&request.launch_template)
+                    .version("$Default")
+                    .build(),
+            )
+            .set_overrides(Some(overrides.collect()))
+            .build();
+        let capacity_type = match request.capacity {
+            Capacity::Spot => DefaultTargetCapacityType::Spot,
+            Capacity::OnDemand => DefaultTargetCapacityType::OnDemand,
+        };
+        let tags: Vec<Tag> = request
+            .tags
+            .iter()
+            .map(|(key, value)| Tag::builder().key(key).value(value).build())
+            .collect();
+        let tag_specifications = [ResourceType::Instance, ResourceType::Volume]
+            .into_iter()
+            .map(|kind| {
+                TagSpecification::builder()
+                    .resource_type(kind)
+                    .set_tags(Some(tags.clone()))
+                    .build()
+            })
+            .collect();
+        let mut call = self
+            .client
+            .create_fleet()
+            .r#type(FleetType::Instant)
+            .client_token(&request.client_token)
+            .launch_template_configs(config)
+            .target_capacity_specification(
+                TargetCapacitySpecificationRequest::builder()
+                    .total_target_capacity(1)
+                    .default_target_capacity_type(capacity_type)
+                    .build(),
+            )
+            .set_tag_specifications(Some(tag_specifications));
+        call = match request.capacity {
+            Capacity::Spot => call.spot_options(
+                SpotOptionsRequest::builder()
+                    .allocation_strategy(SpotAllocationStrategy::PriceCapacityOptimized)
+                    .build(),
+            ),
+            Capacity::OnDemand => call.on_demand_options(
+                OnDemandOptionsRequest::builder()
+                    .allocation_strategy(FleetOnDemandAllocationStrategy::LowestPrice)
+                    .build(),
+            ),
+        };
+        let output = call.send().await.map_err(|error| unavailable(&error))?;
+        for instance in output.instances() {
+            if let Some(id) = instance.instance_ids().first() {
+                return Ok(Launched {
+                    instance_id: id.clone(),
+                    instance_type: instance
+                        .instance_type()
+                        .map(|t| t.as_str().to_string())
+                        .unwrap_or_default(),
+                    capacity: request.capacity,
+                });
+            }
+        }
+        let errors: Vec<String> = output
+            .errors()
+            .iter()
+            .map(|e| format!("{}: {}", e.error_code().unwrap_or("?"), e.error_message().unwrap_or("")))
+            .collect();
+        let all_capacity = !output.errors().is_empty()
+            && output
+                .errors()
+                .iter()
+                .all(|e| e.error_code().is_some_and(|code| CAPACITY_CODES.contains(&code)));
+        let summary = if errors.is_empty() {
+            "CreateFleet launched nothing and gave no reason".to_string()
+        } else {
+            errors.join("; ")
+        };
+        Err(if all_capacity {
+            FleetError::NoCapacity(summary)
+        } else {
+            FleetError::Rejected(summary)
+        })
+    }
+
+    async fn instances(&self, deployment: &str, query: &InstanceQuery) -> Result<Vec<Instance>, FleetError> {
+        let mut filters = vec![
+            Filter::builder()
+                .name(format!("tag:{TAG_DEPLOYMENT}"))
+                .values(deployment)
+                .build(),
+        ];
+        if let Some(template) = &query.template {
+            filters.push(
+                Filter::builder()
+                    .name(format!("tag:{TAG_TEMPLATE}"))
+                    .values(template)
+                    .build(),
+            );
+        }
+        if let Some(job_id) = query.job_id {
+            filters.push(
+                Filter::builder()
+                    .name(format!("tag:{TAG_JOB_ID}"))
+                    .values(job_id.to_string())
+                    .build(),
+            );
+        }
+        let states: &[&str] = if query.live_only {
+            &["pending", "running"]
+        } else {
+            &["pending", "running", "shutting-down", "stopping", "stopped"]
+        };
+        filters.push(
+            Filter::builder()
+                .name("instance-state-name")
+                .set_values(Some(states.iter().map(|s| s.to_string()).collect()))
+                .build(),
+        );
+        let mut found = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let output = self
+                .client
+                .describe_instances()
+                .set_filters(Some(filters.clone()))
+                .set_next_token(token.take())
+                .send()
+                .await
+                .map_err(|error| unavailable(&error))?;
+            for reservation in output.reservations() {
+                for instance in reservation.instances() {
+                    found.push(Instance {
+                        id: instance.instance_id().unwrap_or_default().to_string(),
+                        state: state_of(instance.state().and_then(|s| s.name())),
+                        instance_type: instance
+                            .instance_type()
+                            .map(|t| t.as_str().to_string())
+                            .unwrap_or_default(),
+                        launched_at: instance.launch_time().and_then(|t| SystemTime::try_from(*t).ok()),
+                        spot_request_id: instance.spot_instance_request_id().map(str::to_string),
+                        tags: instance
+                            .tags()
+                            .iter()
+                            .filter_map(|tag| Some((tag.key()?.to_string(), tag.value()?.to_string())))
+                            .collect(),
+                    });
+                }
+            }
+            match output.next_token {
+                Some(next) if !next.is_empty() => token = Some(next),
+                _ => break,
+            }
+        }
+        Ok(found)
+    }
+
+    async fn tag(&self, instance_id: &str, tags: &[(String, String)]) -> Result<(), FleetError> {
+        self.client
+            .create_tags()
+            .resources(instance_id)
+            .set_tags(Some(
+                tags.iter()
+                    .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                    .collect(),
+            ))
+            .send()
+            .await
+            .map_err(|error| unavailable(&error))?;
+        Ok(())
+    }
+
+    async fn terminate(&self, instance_id: &str) -> Result<(), FleetError> {
+        match self.client.terminate_instances().instance_ids(instance_id).send().await {
+            Ok(_) => Ok(()),
+            Err(error) if crate::aws::code(&error) == Some("InvalidInstanceID.NotFound") => Ok(()),
+            Err(error) => Err(unavailable(&error)),
+        }
+    }
+
+    async fn cancel_spot_request(&self, request_id: &str) -> Result<(), FleetError> {
+        match self
+            .client
+            .cancel_spot_instance_requests()
+            .spot_instance_request_ids(request_id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error) if crate::aws::code(&error) == Some("InvalidSpotInstanceRequestID.NotFound") => Ok(()),
+            Err(error) => Err(unavailable(&error)),
+        }
+    }
+}

@@ -1,0 +1,676 @@
+//! A fake GitHub REST API on loopback, spoken to over real HTTP so that octocrab (auth, retries,
+//! rate-limit handling, JSON models) runs exactly as it does against api.github.com. It covers the
+//! calls sophons makes: App installation tokens, job status, JIT runner registration, runner list
+//! and removal. Tests steer it with setters and read back every request it saw.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderName, Method, StatusCode, Uri};
+use axum::response::Response;
+use serde_json::{Value, json};
+
+/// A self-hosted runner as the fake holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Runner {
+    pub id: u64,
+    pub name: String,
+    pub labels: Vec<String>,
+    /// `org:<org>` or `repo:<owner>/<repo>`.
+    pub scope: String,
+    pub status: String,
+    pub busy: bool,
+    pub runner_group_id: u64,
+}
+
+/// One request the fake received, including those answered by `fail_next`.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    /// `Null` when the body was empty or not JSON.
+    pub body: Value,
+    pub authorization: Option<String>,
+}
+
+struct Fault {
+    path_contains: String,
+    remaining: usize,
+    status: u16,
+    headers: HeaderMap,
+    body: Value,
+}
+
+#[derive(Default)]
+struct Inner {
+    pat: Option<String>,
+    app: Option<(u64, u64)>,
+    installation_tokens: Vec<String>,
+    jobs: HashMap<(String, u64), String>,
+    default_job_status: Option<String>,
+    runners: Vec<Runner>,
+    next_runner_id: u64,
+    jit_calls: u64,
+    requests: Vec<Recorded>,
+    faults: Vec<Fault>,
+    latency: Duration,
+}
+
+type Shared = Arc<Mutex<Inner>>;
+
+/// The fake API server; it stops when dropped.
+pub struct FakeGithub {
+    inner: Shared,
+    address: std::net::SocketAddr,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl FakeGithub {
+    pub async fn start() -> Self {
+        let inner: Shared = Arc::new(Mutex::new(Inner {
+            next_runner_id: 1000,
+            ..Inner::default()
+        }));
+        // One fallback handler instead of axum routes: every request must be recorded and may be
+        // faulted before routing, and unknown routes must answer GitHub's JSON 404.
+        let app = axum::Router::new().fallback(handle).with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self { inner, address, server }
+    }
+
+    /// The base URI to give octocrab, e.g. `http://127.0.0.1:41234`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap()
+    }
+
+    /// Accepts `token` as a personal access token (replacing any earlier one).
+    pub fn set_token(&self, token: &str) {
+        self.lock().pat = Some(token.into());
+    }
+
+    /// Lets the App `app_id` exchange a JWT for a token of installation `installation_id`.
+    pub fn set_app(&self, app_id: u64, installation_id: u64) {
+        self.lock().app = Some((app_id, installation_id));
+    }
+
+    pub fn set_job_status(&self, owner_repo: &str, job_id: u64, status: &str) {
+        let key = (owner_repo.to_string(), job_id);
+        self.lock().jobs.insert(key, status.into());
+    }
+
+    /// The status of jobs never given one; `None` makes them 404 as unknown jobs do on GitHub.
+    pub fn set_default_job_status(&self, status: Option<&str>) {
+        self.lock().default_job_status = status.map(Into::into);
+    }
+
+    /// Plays the runner's side: coming online, picking up a job. Unknown ids are ignored because
+    /// the code under test may already have removed the runner.
+    pub fn set_runner_status(&self, runner_id: u64, status: &str, busy: bool) {
+        if let Some(runner) = self.lock().runners.iter_mut().find(|r| r.id == runner_id) {
+            runner.status = status.into();
+            runner.busy = busy;
+        }
+    }
+
+    pub fn runners(&self) -> Vec<Runner> {
+        self.lock().runners.clone()
+    }
+
+    pub fn remove_all_runners(&self) {
+        self.lock().runners.clear();
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.lock().requests.clone()
+    }
+
+    /// The recorded requests with this method whose path ends with `path_suffix`.
+    pub fn requests_to(&self, method: &str, path_suffix: &str) -> Vec<Recorded> {
+        self.lock()
+            .requests
+            .iter()
+            .filter(|r| r.method.eq_ignore_ascii_case(method) && r.path.ends_with(path_suffix))
+            .cloned()
+            .collect()
+    }
+
+    /// The next `times` requests whose path contains `path_contains` get this answer instead
+    /// (5xx, or a rate limit: 403 with `x-ratelimit-remaining: 0`, or 429 with `retry-after`).
+    /// A `Null` body answers with no body. Faults are checked before credentials.
+    pub fn fail_next(
+        &self,
+        path_contains: &str,
+        times: usize,
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Value,
+    ) {
+        // Parsed here so that a bad header fails the test that set it, not a server task.
+        let headers = headers
+            .iter()
+            .map(|(name, value)| {
+                let name = HeaderName::try_from(name.as_str()).expect("fault header name");
+                (name, value.parse().expect("fault header value"))
+            })
+            .collect();
+        self.lock().faults.push(Fault {
+            path_contains: path_contains.into(),
+            remaining: times,
+            status,
+            headers,
+            body,
+        });
+    }
+
+    /// Delays every answer, to model GitHub's round trip in benchmarks.
+    pub fn set_latency(&self, latency: Duration) {
+        self.lock().latency = latency;
+    }
+}
+
+impl Drop for FakeGithub {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn handle(State(shared): State<Shared>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let authorization = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let latency = {
+        let mut inner = shared.lock().unwrap();
+        inner.requests.push(Recorded {
+            method: method.to_string(),
+            path: uri.path().into(),
+            query: uri.query().unwrap_or_default().into(),
+            body: body.clone(),
+            authorization: authorization.clone(),
+        });
+        inner.latency
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let host = headers.get("host").and_then(|v| v.to_str().ok());
+    let mut inner = shared.lock().unwrap();
+    if let Some(fault) = take_fault(&mut inner, uri.path()) {
+        return fault;
+    }
+    let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
+    let bearer = authorization
+        .as_deref()
+        .and_then(|a| a.strip_prefix("Bearer ").or_else(|| a.strip_prefix("token ")));
+    if let (&Method::POST, ["app", "installations", id, "access_tokens"]) = (&method, segments.as_slice()) {
+        return installation_token(&mut inner, id, bearer);
+    }
+    let accepted =
+        bearer.is_some_and(|t| inner.pat.as_deref() == Some(t) || inner.installation_tokens.iter().any(|i| i == t));
+    if !accepted {
+        return answer(401, json!({"message": "Bad credentials"}));
+    }
+    // Runner routes exist in an org form and a repo form; split off the scope so each is written once.
+    let (scope, rest) = match segments.as_slice() {
+        ["orgs", org, "actions", "runners", rest @ ..] => (format!("org:{org}"), rest),
+        ["repos", owner, repo, "actions", "runners", rest @ ..] => (format!("repo:{owner}/{repo}"), rest),
+        ["repos", owner, repo, "actions", "jobs", id] if method == Method::GET => {
+            return job(&inner, &format!("{owner}/{repo}"), id);
+        }
+        _ => return not_found(),
+    };
+    match (method, rest) {
+        (Method::POST, ["generate-jitconfig"]) => generate_jitconfig(&mut inner, scope, &body),
+        (Method::GET, []) => list_runners(&inner, &scope, &uri, host),
+        (Method::GET, [id]) => match inner
+            .runners
+            .iter()
+            .find(|r| r.scope == scope && id == &r.id.to_string())
+        {
+            Some(runner) => answer(200, runner_json(runner)),
+            None => not_found(),
+        },
+        (Method::DELETE, [id]) => {
+            let before = inner.runners.len();
+            inner.runners.retain(|r| !(r.scope == scope && id == &r.id.to_string()));
+            if inner.runners.len() < before {
+                empty(204)
+            } else {
+                not_found()
+            }
+        }
+        _ => not_found(),
+    }
+}
+
+fn take_fault(inner: &mut Inner, path: &str) -> Option<Response> {
+    let index = inner
+        .faults
+        .iter()
+        .position(|f| f.remaining > 0 && path.contains(&f.path_contains))?;
+    let fault = &mut inner.faults[index];
+    fault.remaining -= 1;
+    let mut response = if fault.body.is_null() {
+        empty(fault.status)
+    } else {
+        answer(fault.status, fault.body.clone())
+    };
+    response.headers_mut().extend(fault.headers.clone());
+    if fault.remaining == 0 {
+        inner.faults.remove(index);
+    }
+    Some(response)
+}
+
+fn installation_token(inner: &mut Inner, installation: &str, jwt: Option<&str>) -> Response {
+    let Some((app_id, installation_id)) = inner.app else {
+        return answer(401, json!({"message": "Bad credentials"}));
+    };
+    // Only the claims are read: the signature is not checked, since the fake has no key pair and
+    // the point is that the client built the JWT for the right App, not that its RSA code works.
+    let issuer = jwt
+        .and_then(|jwt| jwt.split('.').nth(1))
+        .and_then(base64url_decode)
+        .and_then(|payload| serde_json::from_slice::<Value>(&payload).ok())
+        .and_then(|claims| match &claims["iss"] {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => s.parse().ok(),
+            _ => None,
+        });
+    if issuer != Some(app_id) {
+        return answer(401, json!({"message": "A JSON web token could not be decoded"}));
+    }
+    // GitHub answers 404 for an installation the App does not have.
+    if installation != installation_id.to_string() {
+        return not_found();
+    }
+    let token = format!("ghs_fake_{}", inner.installation_tokens.len() + 1);
+    inner.installation_tokens.push(token.clone());
+    answer(
+        201,
+        json!({
+            "token": token,
+            "expires_at": rfc3339(now_secs() + 3600),
+            "permissions": {},
+            "repository_selection": "all",
+        }),
+    )
+}
+
+fn job(inner: &Inner, owner_repo: &str, id: &str) -> Response {
+    let Ok(id) = id.parse::<u64>() else {
+        return not_found();
+    };
+    let status = inner
+        .jobs
+        .get(&(owner_repo.to_string(), id))
+        .or(inner.default_job_status.as_ref());
+    let Some(status) = status else {
+        return not_found();
+    };
+    let now = rfc3339(now_secs());
+    // Beyond the fields sophons reads, octocrab's `Job` model requires these, so they are filled.
+    answer(
+        200,
+        json!({
+            "id": id, "run_id": 1, "run_attempt": 1, "status": status, "conclusion": null,
+            "name": "job", "workflow_name": "CI", "head_branch": "main",
+            "head_sha": "0000000000000000000000000000000000000000", "node_id": format!("FJ_{id}"),
+            "labels": [], "runner_id": null, "runner_name": null,
+            "runner_group_id": null, "runner_group_name": null,
+            "created_at": now, "started_at": now, "completed_at": null, "steps": [],
+            "url": format!("https://api.github.com/repos/{owner_repo}/actions/jobs/{id}"),
+            "run_url": format!("https://api.github.com/repos/{owner_repo}/actions/runs/1"),
+            "check_run_url": format!("https://api.github.com/repos/{owner_repo}/check-runs/{id}"),
+            "html_url": format!("https://github.com/{owner_repo}/actions/runs/1/job/{id}"),
+        }),
+    )
+}
+
+fn generate_jitconfig(inner: &mut Inner, scope: String, body: &Value) -> Response {
+    let name = body["name"].as_str().unwrap_or_default();
+    let labels: Option<Vec<String>> = body["labels"]
+        .as_array()
+        .and_then(|labels| labels.iter().map(|l| l.as_str().map(String::from)).collect());
+    let invalid = |message: &str| answer(422, json!({"message": message}));
+    if name.is_empty() {
+        return invalid("Invalid request: \"name\" is required and must not be empty.");
+    }
+    let Some(runner_group_id) = body["runner_group_id"].as_u64() else {
+        return invalid("Invalid request: \"runner_group_id\" is required.");
+    };
+    let Some(labels) = labels.filter(|l| (1..=100).contains(&l.len())) else {
+        return invalid("Invalid request: \"labels\" must have between 1 and 100 strings.");
+    };
+    if inner.runners.iter().any(|r| r.scope == scope && r.name == name) {
+        return answer(
+            409,
+            json!({"message": format!("Already exists - A runner with the name {name} already exists.")}),
+        );
+    }
+    let runner = Runner {
+        id: inner.next_runner_id,
+        name: name.into(),
+        labels,
+        scope,
+        status: "offline".into(),
+        busy: false,
+        runner_group_id,
+    };
+    inner.next_runner_id += 1;
+    inner.jit_calls += 1;
+    // Opaque like the real one, but carrying the runner id so a test can tell which runner it is for.
+    let encoded = format!("fakejit-{}-{}", runner.id, inner.jit_calls);
+    let answer_body = json!({"runner": runner_json(&runner), "encoded_jit_config": encoded});
+    inner.runners.push(runner);
+    answer(201, answer_body)
+}
+
+fn list_runners(inner: &Inner, scope: &str, uri: &Uri, host: Option<&str>) -> Response {
+    let query: HashMap<String, String> = Query::try_from_uri(uri).map(|q| q.0).unwrap_or_default();
+    let number = |key: &str| query.get(key).and_then(|v| v.parse::<usize>().ok());
+    let per_page = number("per_page").unwrap_or(30).clamp(1, 100);
+    let page = number("page").unwrap_or(1).max(1);
+    let name = query.get("name");
+    let matching: Vec<&Runner> = inner
+        .runners
+        .iter()
+        .filter(|r| r.scope == scope && name.is_none_or(|n| &r.name == n))
+        .collect();
+    let runners: Vec<Value> = matching
+        .iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .map(|r| runner_json(r))
+        .collect();
+    let mut response = answer(200, json!({"total_count": matching.len(), "runners": runners}));
+    // Clients that page by following `Link` (octocrab's `Page`) need it, as GitHub sends it.
+    if page * per_page < matching.len() {
+        let name = name.map(|n| format!("&name={n}")).unwrap_or_default();
+        let link = format!(
+            "<http://{}{}?per_page={per_page}&page={}{name}>; rel=\"next\"",
+            host.unwrap_or("127.0.0.1"),
+            uri.path(),
+            page + 1
+        );
+        response.headers_mut().insert("link", link.parse().unwrap());
+    }
+    response
+}
+
+fn runner_json(runner: &Runner) -> Value {
+    let labels: Vec<Value> = runner
+        .labels
+        .iter()
+        .enumerate()
+        .map(|(i, name)| json!({"id": i + 1, "name": name, "type": "custom"}))
+        .collect();
+    json!({
+        "id": runner.id, "name": runner.name, "os": "linux", "status": runner.status,
+        "busy": runner.busy, "runner_group_id": runner.runner_group_id, "labels": labels,
+    })
+}
+
+fn answer(status: u16, body: Value) -> Response {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json; charset=utf-8")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+fn empty(status: u16) -> Response {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::from_u16(status).expect("valid status");
+    response
+}
+
+fn not_found() -> Response {
+    answer(404, json!({"message": "Not Found"}))
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// UTC seconds since the epoch as RFC 3339 (no date crate in testkit; days-to-civil from
+/// Howard Hinnant's algorithm).
+fn rfc3339(secs: u64) -> String {
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
+}
+
+/// Decodes base64url (padding optional), as used by JWT segments.
+fn base64url_decode(text: &str) -> Option<Vec<u8>> {
+    let (mut bits, mut count, mut out) = (0u32, 0u32, Vec::new());
+    for c in text.bytes() {
+        let value = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' | b'+' => 62,
+            b'_' | b'/' => 63,
+            b'=' => break,
+            _ => return None,
+        };
+        bits = (bits << 6) | u32::from(value);
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+            bits &= (1 << count) - 1;
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A minimal HTTP/1.1 client: one request per connection, the answer read until close.
+    async fn exchange(method: &str, url: &str, auth: Option<&str>, body: Option<Value>) -> (u16, String, Value) {
+        let rest = url.strip_prefix("http://").unwrap();
+        let (host, path) = rest.split_at(rest.find('/').unwrap());
+        let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Accept: application/vnd.github+json\r\n\
+             User-Agent: testkit\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw).await.unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        let status = head[9..12].parse().unwrap();
+        (
+            status,
+            head.to_lowercase(),
+            serde_json::from_str(body).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn http(method: &str, url: &str, auth: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        let (status, _, body) = exchange(method, url, auth, body).await;
+        (status, body)
+    }
+
+    const PAT: Option<&str> = Some("Bearer ghp_test");
+
+    async fn started() -> FakeGithub {
+        let github = FakeGithub::start().await;
+        github.set_token("ghp_test");
+        github
+    }
+
+    fn jit(name: &str, labels: &[&str]) -> Option<Value> {
+        Some(json!({"name": name, "runner_group_id": 1, "labels": labels, "work_folder": "_work"}))
+    }
+
+    #[tokio::test]
+    async fn request_without_accepted_token_is_refused() {
+        let github = started().await;
+        let url = format!("{}/repos/o/r/actions/jobs/1", github.url());
+        let (status, body) = http("GET", &url, None, None).await;
+        assert_eq!((status, body["message"].as_str()), (401, Some("Bad credentials")));
+        assert_eq!(http("GET", &url, Some("Bearer wrong"), None).await.0, 401);
+        let unknown = format!("{}/nowhere", github.url());
+        assert_eq!(http("GET", &unknown, Some("token ghp_test"), None).await.0, 404);
+        assert_eq!(github.requests().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn jit_runner_is_created_once_per_name_and_scope() {
+        let github = started().await;
+        let org = format!("{}/orgs/acme/actions/runners/generate-jitconfig", github.url());
+        let repo = format!("{}/repos/acme/app/actions/runners/generate-jitconfig", github.url());
+        let (status, body) = http("POST", &org, PAT, jit("r-1", &["sophons", "cpu"])).await;
+        assert_eq!(status, 201);
+        assert_eq!(body["runner"]["id"], 1000);
+        assert_eq!(body["runner"]["labels"][1]["name"], "cpu");
+        assert!(body["encoded_jit_config"].as_str().unwrap().contains("1000"));
+        // The same name in another scope is a different runner.
+        let (status, body) = http("POST", &repo, PAT, jit("r-1", &["sophons"])).await;
+        assert_eq!((status, body["runner"]["id"].as_u64()), (201, Some(1001)));
+        let (status, body) = http("POST", &org, PAT, jit("r-1", &["sophons"])).await;
+        assert_eq!(status, 409);
+        assert!(body["message"].as_str().unwrap().starts_with("Already exists"));
+        let scopes: Vec<String> = github.runners().into_iter().map(|r| r.scope).collect();
+        assert_eq!(scopes, ["org:acme", "repo:acme/app"]);
+        assert_eq!(github.requests_to("POST", "/generate-jitconfig").len(), 3);
+    }
+
+    #[tokio::test]
+    async fn jit_request_without_labels_is_unprocessable() {
+        let github = started().await;
+        let org = format!("{}/orgs/acme/actions/runners/generate-jitconfig", github.url());
+        assert_eq!(http("POST", &org, PAT, jit("r-1", &[])).await.0, 422);
+        let too_many: Vec<String> = (0..101).map(|i| format!("l{i}")).collect();
+        let body = json!({"name": "r-1", "runner_group_id": 1, "labels": too_many});
+        assert_eq!(http("POST", &org, PAT, Some(body)).await.0, 422);
+        let no_group = json!({"name": "r-1", "labels": ["x"]});
+        assert_eq!(http("POST", &org, PAT, Some(no_group)).await.0, 422);
+        assert!(github.runners().is_empty());
+    }
+
+    #[tokio::test]
+    async fn runners_are_listed_by_page_and_deleted_in_their_scope() {
+        let github = started().await;
+        let base = format!("{}/orgs/acme/actions/runners", github.url());
+        for i in 0..3 {
+            let url = format!("{base}/generate-jitconfig");
+            assert_eq!(http("POST", &url, PAT, jit(&format!("r-{i}"), &["x"])).await.0, 201);
+        }
+        github.set_runner_status(1001, "online", true);
+        let (status, head, body) = exchange("GET", &format!("{base}?per_page=2&page=2"), PAT, None).await;
+        assert_eq!((status, body["total_count"].as_u64()), (200, Some(3)));
+        assert_eq!(body["runners"][0]["name"], "r-2");
+        assert!(!head.contains("rel=\"next\""));
+        let (_, head, _) = exchange("GET", &format!("{base}?per_page=2"), PAT, None).await;
+        assert!(head.contains("page=2>; rel=\"next\""));
+        let (_, body) = http("GET", &format!("{base}?name=r-1"), PAT, None).await;
+        assert_eq!(body["runners"][0]["status"], "online");
+        assert_eq!(body["runners"][0]["busy"], true);
+        let other_scope = format!("{}/repos/acme/app/actions/runners/1001", github.url());
+        assert_eq!(http("DELETE", &other_scope, PAT, None).await.0, 404);
+        assert_eq!(http("DELETE", &format!("{base}/1001"), PAT, None).await.0, 204);
+        assert_eq!(http("DELETE", &format!("{base}/1001"), PAT, None).await.0, 404);
+        assert_eq!(github.runners().len(), 2);
+        github.remove_all_runners();
+        assert_eq!(http("GET", &base, PAT, None).await.1["total_count"], 0);
+    }
+
+    #[tokio::test]
+    async fn job_status_is_known_set_or_defaulted() {
+        let github = started().await;
+        github.set_job_status("acme/app", 7, "in_progress");
+        let job = |id: u64| format!("{}/repos/acme/app/actions/jobs/{id}", github.url());
+        let (status, body) = http("GET", &job(7), PAT, None).await;
+        assert_eq!((status, body["status"].as_str()), (200, Some("in_progress")));
+        assert_eq!(body["id"], 7);
+        assert_eq!(http("GET", &job(8), PAT, None).await.0, 404);
+        github.set_default_job_status(Some("queued"));
+        assert_eq!(http("GET", &job(8), PAT, None).await.1["status"], "queued");
+    }
+
+    #[tokio::test]
+    async fn fail_next_answers_the_fault_then_recovers() {
+        let github = started().await;
+        github.set_job_status("acme/app", 7, "queued");
+        let headers = vec![
+            ("x-ratelimit-remaining".to_string(), "0".to_string()),
+            ("x-ratelimit-reset".to_string(), "1700000000".to_string()),
+        ];
+        let limited = json!({"message": "API rate limit exceeded"});
+        github.fail_next("/actions/jobs/", 2, 403, headers, limited);
+        let url = format!("{}/repos/acme/app/actions/jobs/7", github.url());
+        for _ in 0..2 {
+            let (status, head, body) = exchange("GET", &url, PAT, None).await;
+            assert_eq!(
+                (status, body["message"].as_str()),
+                (403, Some("API rate limit exceeded"))
+            );
+            assert!(head.contains("x-ratelimit-remaining: 0"));
+        }
+        assert_eq!(http("GET", &url, PAT, None).await.0, 200);
+        assert_eq!(github.requests_to("GET", "/jobs/7").len(), 3);
+    }
+
+    #[tokio::test]
+    async fn app_jwt_is_exchanged_for_an_installation_token() {
+        let github = FakeGithub::start().await;
+        github.set_app(42, 99);
+        let url = format!("{}/app/installations/99/access_tokens", github.url());
+        // Header {"alg":"RS256","typ":"JWT"}; payloads {"iat":..,"exp":..,"iss":42} (number),
+        // the same with "iss":"42" (string), and with "iss":7 (another App).
+        let header = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9";
+        let jwt = |payload: &str| format!("Bearer {header}.{payload}.c2ln");
+        let number = jwt("eyJpYXQiOjE3MDAwMDAwMDAsImV4cCI6NDEwMjQ0NDgwMCwiaXNzIjo0Mn0");
+        let string = jwt("eyJpYXQiOjE3MDAwMDAwMDAsImV4cCI6NDEwMjQ0NDgwMCwiaXNzIjoiNDIifQ");
+        let other = jwt("eyJpYXQiOjE3MDAwMDAwMDAsImV4cCI6NDEwMjQ0NDgwMCwiaXNzIjo3fQ");
+        assert_eq!(http("POST", &url, Some(&other), None).await.0, 401);
+        assert_eq!(http("POST", &url, None, None).await.0, 401);
+        let (status, body) = http("POST", &url, Some(&number), None).await;
+        assert_eq!((status, body["token"].as_str()), (201, Some("ghs_fake_1")));
+        assert!(body["expires_at"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(http("POST", &url, Some(&string), None).await.1["token"], "ghs_fake_2");
+        let jobs = format!("{}/repos/acme/app/actions/jobs/1", github.url());
+        github.set_default_job_status(Some("queued"));
+        assert_eq!(http("GET", &jobs, Some("Bearer ghs_fake_1"), None).await.0, 200);
+        assert_eq!(http("GET", &jobs, Some(&number), None).await.0, 401);
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+}
