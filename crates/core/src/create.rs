@@ -128,11 +128,18 @@ impl CreateRunner {
                         .get("ApproximateReceiveCount")
                         .and_then(|count| count.parse().ok())
                         .unwrap_or(1);
-                    let outcome = this.serve(record.body.as_deref().unwrap_or_default(), receive_count, deadline).await;
-                    if let (Outcome::HandedBack { delay_seconds, .. }, Some(receipt)) = (&outcome, &record.receipt_handle) {
-                        if let Err(error) = this.ports.queue.hide(&this.config.queue_url, receipt, *delay_seconds).await {
-                            tracing::warn!(%error, "could not set the retry delay; the queue's visibility timeout applies");
-                        }
+                    let outcome = this
+                        .serve(record.body.as_deref().unwrap_or_default(), receive_count, deadline)
+                        .await;
+                    if let (Outcome::HandedBack { delay_seconds, .. }, Some(receipt)) =
+                        (&outcome, &record.receipt_handle)
+                        && let Err(error) = this
+                            .ports
+                            .queue
+                            .hide(&this.config.queue_url, receipt, *delay_seconds)
+                            .await
+                    {
+                        tracing::warn!(%error, "could not set the retry delay; the queue's visibility timeout applies");
                     }
                     outcome
                 }),
@@ -534,10 +541,10 @@ impl CreateRunner {
         if let Err(error) = self.ports.secrets.delete(&parameter).await {
             tracing::error!(instance_id, %error, "cannot delete the JIT parameter; the sweep will retry");
         }
-        if let Some(runner_id) = runner_id {
-            if let Err(error) = self.ports.github.remove_runner(scope, runner_id).await {
-                tracing::error!(instance_id, runner_id, %error, "cannot remove the runner; the sweep will retry");
-            }
+        if let Some(runner_id) = runner_id
+            && let Err(error) = self.ports.github.remove_runner(scope, runner_id).await
+        {
+            tracing::error!(instance_id, runner_id, %error, "cannot remove the runner; the sweep will retry");
         }
     }
 }

@@ -156,7 +156,11 @@ impl FakeFleet {
 
     /// Puts an instance in place as if some earlier launch had made it.
     pub fn insert(&self, instance: Instance) {
-        self.state.lock().unwrap().instances.insert(instance.id.clone(), instance);
+        self.state
+            .lock()
+            .unwrap()
+            .instances
+            .insert(instance.id.clone(), instance);
     }
 
     pub fn set_state(&self, id: &str, state: InstanceState) {
@@ -239,7 +243,13 @@ impl Fleet for FakeFleet {
             .filter(|i| i.tag(TAG_DEPLOYMENT) == Some(deployment))
             .filter(|i| query.template.as_deref().is_none_or(|t| i.tag(TAG_TEMPLATE) == Some(t)))
             .filter(|i| job_id.as_deref().is_none_or(|j| i.tag(TAG_JOB_ID) == Some(j)))
-            .filter(|i| if query.live_only { i.state.is_live() } else { i.state != InstanceState::Terminated })
+            .filter(|i| {
+                if query.live_only {
+                    i.state.is_live()
+                } else {
+                    i.state != InstanceState::Terminated
+                }
+            })
             .cloned()
             .collect())
     }
@@ -256,17 +266,21 @@ impl Fleet for FakeFleet {
 
     async fn terminate(&self, instance_id: &str) -> Result<(), FleetError> {
         let mut state = self.state.lock().unwrap();
-        if let Some(instance) = state.instances.get_mut(instance_id) {
-            if instance.state != InstanceState::Terminated {
-                instance.state = InstanceState::Terminated;
-                state.terminated.push(instance_id.to_string());
-            }
+        if let Some(instance) = state.instances.get_mut(instance_id)
+            && instance.state != InstanceState::Terminated
+        {
+            instance.state = InstanceState::Terminated;
+            state.terminated.push(instance_id.to_string());
         }
         Ok(())
     }
 
     async fn cancel_spot_request(&self, request_id: &str) -> Result<(), FleetError> {
-        self.state.lock().unwrap().cancelled_spot_requests.push(request_id.to_string());
+        self.state
+            .lock()
+            .unwrap()
+            .cancelled_spot_requests
+            .push(request_id.to_string());
         Ok(())
     }
 }
@@ -304,7 +318,11 @@ impl FakeCommands {
     }
 
     pub fn set_status(&self, command_id: &str, status: CommandStatus) {
-        self.state.lock().unwrap().statuses.insert(command_id.to_string(), status);
+        self.state
+            .lock()
+            .unwrap()
+            .statuses
+            .insert(command_id.to_string(), status);
     }
 }
 
@@ -374,7 +392,11 @@ impl FakeGithub {
     }
 
     pub fn set_job_status(&self, repository: &str, job_id: u64, status: &str) {
-        self.state.lock().unwrap().jobs.insert((repository.to_string(), job_id), status.to_string());
+        self.state
+            .lock()
+            .unwrap()
+            .jobs
+            .insert((repository.to_string(), job_id), status.to_string());
     }
 
     /// Unknown jobs answer 404 when `None`.
@@ -424,7 +446,11 @@ impl Github for FakeGithub {
             .cloned()
             .or_else(|| state.default_status.clone())
             .ok_or_else(|| GithubError::NotFound(format!("job {job_id}")))?;
-        Ok(if status == "queued" { JobStatus::Queued } else { JobStatus::Other(status) })
+        Ok(if status == "queued" {
+            JobStatus::Queued
+        } else {
+            JobStatus::Other(status)
+        })
     }
 
     async fn register_runner(
@@ -439,9 +465,16 @@ impl Github for FakeGithub {
             return Err(error);
         }
         if labels.is_empty() || labels.len() > 100 {
-            return Err(GithubError::Rejected(format!("{} labels; GitHub takes 1 to 100", labels.len())));
+            return Err(GithubError::Rejected(format!(
+                "{} labels; GitHub takes 1 to 100",
+                labels.len()
+            )));
         }
-        if state.runners.values().any(|r| r.runner.name == name && &r.scope == scope) {
+        if state
+            .runners
+            .values()
+            .any(|r| r.runner.name == name && &r.scope == scope)
+        {
             return Err(GithubError::Conflict(format!("a runner named {name} already exists")));
         }
         state.next_runner += 1;
@@ -468,7 +501,12 @@ impl Github for FakeGithub {
 
     async fn runners(&self, scope: &RunnerScope) -> Result<Vec<Runner>, GithubError> {
         let state = self.state.lock().unwrap();
-        Ok(state.runners.values().filter(|r| &r.scope == scope).map(|r| r.runner.clone()).collect())
+        Ok(state
+            .runners
+            .values()
+            .filter(|r| &r.scope == scope)
+            .map(|r| r.runner.clone())
+            .collect())
     }
 
     async fn remove_runner(&self, _scope: &RunnerScope, runner_id: u64) -> Result<(), GithubError> {

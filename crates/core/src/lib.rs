@@ -10,6 +10,7 @@ pub mod fakes;
 pub mod fleet;
 pub mod github;
 pub mod job;
+pub mod lambda;
 pub mod logging;
 pub mod names;
 pub mod queue;

@@ -1,0 +1,498 @@
+//! create-runner's flow over the fakes: every step and branch, named by behaviour.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
+use serde_json::json;
+use sophons_core::commands::CommandError;
+use sophons_core::config::Config;
+use sophons_core::create::{Backoff, CreateRunner, Outcome, Ports};
+use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeQueue, FakeSecrets};
+use sophons_core::fleet::{Capacity, FleetError, Instance, InstanceState};
+use sophons_core::github::{GithubError, RunnerScope};
+use sophons_core::job::{JobMessage, MESSAGE_VERSION};
+use sophons_core::secrets::Secrets;
+use tokio::time::Instant;
+
+struct World {
+    fleet: Arc<FakeFleet>,
+    github: Arc<FakeGithub>,
+    secrets: Arc<FakeSecrets>,
+    commands: Arc<FakeCommands>,
+    queue: Arc<FakeQueue>,
+    create: Arc<CreateRunner>,
+}
+
+fn world_with(edit: impl FnOnce(&mut serde_json::Value)) -> World {
+    let mut document = common::config_json("https://sqs.us-east-1.amazonaws.com/123456789012/jobs");
+    edit(&mut document);
+    let config = Arc::new(Config::parse(&document.to_string()).unwrap());
+    let fleet = Arc::new(FakeFleet::default());
+    let github = Arc::new(FakeGithub::new());
+    let secrets = Arc::new(FakeSecrets::default());
+    let commands = Arc::new(FakeCommands::default());
+    let queue = Arc::new(FakeQueue::default());
+    let ports = Ports {
+        fleet: fleet.clone(),
+        github: github.clone(),
+        secrets: secrets.clone(),
+        commands: commands.clone(),
+        queue: queue.clone(),
+    };
+    // Short backoff: these tests run in real time.
+    let backoff = Backoff {
+        first: Duration::from_millis(5),
+        max: Duration::from_millis(50),
+    };
+    let create = Arc::new(CreateRunner::new(config, ports).with_backoff(backoff));
+    World {
+        fleet,
+        github,
+        secrets,
+        commands,
+        queue,
+        create,
+    }
+}
+
+fn world() -> World {
+    world_with(|_| {})
+}
+
+fn message(job_id: u64, template: &str) -> JobMessage {
+    JobMessage {
+        version: MESSAGE_VERSION,
+        delivery_id: format!("delivery-{job_id}"),
+        job_id,
+        run_id: 7,
+        run_attempt: 1,
+        repository: "my-org/app".into(),
+        owner: "my-org".into(),
+        name: "app".into(),
+        labels: vec!["self-hosted".into(), template.into()],
+        template: template.into(),
+        workflow_name: "CI".into(),
+        job_name: "build".into(),
+        job_url: "https://github.com/my-org/app/actions/runs/7/job/1".into(),
+        created_at: "2026-11-28T06:00:00Z".into(),
+        received_at: "2026-11-28T06:00:01.000Z".into(),
+        relaunches: 0,
+    }
+}
+
+fn far() -> Instant {
+    Instant::now() + Duration::from_secs(900)
+}
+
+async fn serve(world: &World, message: &JobMessage) -> Outcome {
+    world.create.serve(&message.encode(), 1, far()).await
+}
+
+fn served_instance(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Served { instance_id, .. } => instance_id.clone(),
+        other => panic!("expected a served job, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_queued_job_gets_one_tagged_spot_instance_a_registered_runner_and_a_started_command() {
+    let world = world();
+    let outcome = serve(&world, &message(42, "template_cpu")).await;
+    let instance_id = served_instance(&outcome);
+
+    let launches = world.fleet.launches();
+    assert_eq!(launches.len(), 1);
+    let launch = &launches[0];
+    assert_eq!(launch.capacity, Capacity::Spot);
+    assert_eq!(launch.launch_template, "sophons-template_cpu");
+    assert_eq!(launch.instance_types, vec!["c7i.large", "m7i.large"]);
+    assert_eq!(launch.subnet_ids, vec!["subnet-0abc"]);
+    assert!(!launch.client_token.is_empty() && launch.client_token.len() <= 64);
+    let tags: std::collections::BTreeMap<_, _> = launch.tags.iter().cloned().collect();
+    assert_eq!(tags["sophons:deployment"], "sophons");
+    assert_eq!(tags["sophons:template"], "template_cpu");
+    assert_eq!(tags["sophons:job-id"], "42");
+    assert_eq!(tags["sophons:repository"], "my-org/app");
+    assert_eq!(tags["sophons:run-id"], "7");
+
+    let runners = world.github.runners();
+    assert_eq!(runners.len(), 1);
+    assert_eq!(runners[0].runner.name, format!("sophons-{instance_id}"));
+    assert_eq!(runners[0].scope, RunnerScope::Org("my-org".into()));
+    assert_eq!(runners[0].labels, vec!["self-hosted", "template_cpu", "linux", "x64"]);
+    assert_eq!(runners[0].group_id, 1);
+
+    let parameter = format!("/sophons/jit/{instance_id}");
+    assert_eq!(
+        world.secrets.get(&parameter).await.unwrap(),
+        format!("jit-secret-{}", runners[0].runner.id)
+    );
+
+    let sent = world.commands.sent();
+    assert_eq!(sent.len(), 1);
+    let (request, command_id) = &sent[0];
+    assert_eq!(request.instance_id, instance_id);
+    assert_eq!(request.execution_timeout_seconds, 21_600);
+    assert_eq!(request.log_group, "/sophons/runners");
+    let script = request.commands.join("\n");
+    assert!(
+        script.contains(&format!("'{parameter}'")),
+        "the command names the parameter: {script}"
+    );
+    assert!(
+        !script.contains("jit-secret"),
+        "the command never carries the JIT config"
+    );
+    assert!(script.contains("'s3://sophons-scripts/runner.sh'"));
+
+    let instance = world.fleet.instance(&instance_id).unwrap();
+    assert_eq!(instance.tag("sophons:command-id"), Some(command_id.as_str()));
+    assert_eq!(
+        instance.tag("sophons:runner-id"),
+        Some(runners[0].runner.id.to_string().as_str())
+    );
+}
+
+#[tokio::test]
+async fn repo_scope_registers_the_runner_with_the_jobs_repository() {
+    let world = world_with(|c| c["github"]["scope"] = json!("repo"));
+    served_instance(&serve(&world, &message(1, "template_cpu")).await);
+    assert_eq!(world.github.runners()[0].scope, RunnerScope::Repo("my-org/app".into()));
+}
+
+#[tokio::test]
+async fn an_unknown_message_version_is_acknowledged_without_a_launch() {
+    let world = world();
+    let body = message(1, "template_cpu")
+        .encode()
+        .replace("\"version\":1", "\"version\":99");
+    let outcome = world.create.serve(&body, 1, far()).await;
+    assert!(
+        matches!(&outcome, Outcome::Acknowledged(reason) if reason.contains("99")),
+        "{outcome:?}"
+    );
+    for garbage in ["", "not json", "{}", "{\"version\":1}", "[]"] {
+        assert!(
+            matches!(world.create.serve(garbage, 1, far()).await, Outcome::Acknowledged(_)),
+            "{garbage:?}"
+        );
+    }
+    assert!(world.fleet.launches().is_empty());
+}
+
+#[tokio::test]
+async fn an_unknown_template_is_acknowledged_without_a_launch() {
+    let world = world();
+    let outcome = serve(&world, &message(1, "template_removed")).await;
+    assert!(
+        matches!(&outcome, Outcome::Acknowledged(reason) if reason.contains("template_removed")),
+        "{outcome:?}"
+    );
+    assert!(world.fleet.launches().is_empty());
+}
+
+#[tokio::test]
+async fn a_redelivered_job_does_not_get_a_second_instance() {
+    let world = world();
+    let job = message(5, "template_cpu");
+    served_instance(&serve(&world, &job).await);
+    // The same delivery again (a redelivered webhook), a retried message, a redriven one.
+    for receive_count in [1, 2, 3] {
+        let outcome = world.create.serve(&job.encode(), receive_count, far()).await;
+        assert!(
+            matches!(&outcome, Outcome::Acknowledged(r) if r.contains("already has instance")),
+            "{outcome:?}"
+        );
+    }
+    assert_eq!(world.fleet.all_instances().len(), 1);
+    assert_eq!(world.commands.sent().len(), 1);
+}
+
+#[tokio::test]
+async fn two_handlers_racing_on_one_delivery_get_one_instance_and_one_runner() {
+    let world = world();
+    let job = message(6, "template_cpu");
+    let (a, b) = tokio::join!(serve(&world, &job), serve(&world, &job));
+    let served = [&a, &b].iter().filter(|o| matches!(o, Outcome::Served { .. })).count();
+    assert_eq!(served, 1, "{a:?} / {b:?}");
+    assert_eq!(world.fleet.all_instances().len(), 1);
+    assert_eq!(world.github.runners().len(), 1);
+    assert!(
+        world.fleet.terminated().is_empty(),
+        "the loser must not end the winner's instance"
+    );
+}
+
+#[tokio::test]
+async fn an_instance_whose_handler_died_before_starting_it_is_replaced() {
+    let world = world();
+    let job = message(8, "template_cpu");
+    let mut tags = std::collections::BTreeMap::new();
+    tags.insert("sophons:deployment".to_string(), "sophons".to_string());
+    tags.insert("sophons:template".to_string(), "template_cpu".to_string());
+    tags.insert("sophons:job-id".to_string(), "8".to_string());
+    world.fleet.insert(Instance {
+        id: "i-abandoned".into(),
+        state: InstanceState::Running,
+        instance_type: "c7i.large".into(),
+        launched_at: Some(SystemTime::now() - Duration::from_secs(3600)),
+        spot_request_id: None,
+        tags,
+    });
+    let instance_id = served_instance(&serve(&world, &job).await);
+    assert_ne!(instance_id, "i-abandoned");
+    assert_eq!(world.fleet.terminated(), vec!["i-abandoned"]);
+    assert_eq!(
+        world.fleet.live_instances().len(),
+        1,
+        "never two instances for one job at once"
+    );
+}
+
+#[tokio::test]
+async fn a_job_no_longer_queued_on_github_is_acknowledged_without_a_launch() {
+    let world = world();
+    world.github.set_job_status("my-org/app", 9, "completed");
+    let outcome = serve(&world, &message(9, "template_cpu")).await;
+    assert_eq!(
+        outcome,
+        Outcome::Acknowledged("job 9 is completed; no runner launched".into())
+    );
+    world.github.set_job_status("my-org/app", 10, "in_progress");
+    assert!(matches!(
+        serve(&world, &message(10, "template_cpu")).await,
+        Outcome::Acknowledged(_)
+    ));
+    world.github.set_default_status(None);
+    let outcome = serve(&world, &message(11, "template_cpu")).await;
+    assert!(
+        matches!(&outcome, Outcome::Acknowledged(r) if r.contains("GitHub has no job 11")),
+        "{outcome:?}"
+    );
+    assert!(world.fleet.launches().is_empty());
+}
+
+#[tokio::test]
+async fn an_unreachable_github_does_not_stop_the_launch() {
+    let world = world();
+    world
+        .github
+        .fail_job_status(GithubError::Unavailable("502 Bad Gateway".into()));
+    served_instance(&serve(&world, &message(12, "template_cpu")).await);
+    world
+        .github
+        .fail_job_status(GithubError::RateLimited("403 rate limit".into()));
+    served_instance(&serve(&world, &message(13, "template_cpu")).await);
+}
+
+#[tokio::test]
+async fn a_full_template_hands_the_job_back_for_the_retry_delay() {
+    let world = world();
+    // template_gpu allows 2 runners.
+    served_instance(&serve(&world, &message(20, "template_gpu")).await);
+    served_instance(&serve(&world, &message(21, "template_gpu")).await);
+    let outcome = serve(&world, &message(22, "template_gpu")).await;
+    assert!(
+        matches!(&outcome, Outcome::HandedBack { delay_seconds: 900, reason } if reason.contains("max_runners")),
+        "{outcome:?}"
+    );
+    assert_eq!(world.fleet.launches().len(), 2);
+    // Another template is not held back by it.
+    served_instance(&serve(&world, &message(23, "template_cpu")).await);
+}
+
+#[tokio::test]
+async fn the_retry_delay_is_configurable() {
+    let world = world_with(|c| c["retry_delay_seconds"] = json!(120));
+    world
+        .fleet
+        .fail_launches([FleetError::NoCapacity("InsufficientInstanceCapacity".into())]);
+    let outcome = serve(&world, &message(24, "template_gpu")).await;
+    assert!(
+        matches!(outcome, Outcome::HandedBack { delay_seconds: 120, .. }),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test]
+async fn no_spot_capacity_falls_back_to_on_demand_when_the_template_allows() {
+    let world = world();
+    world.fleet.fail_launches([FleetError::NoCapacity(
+        "InsufficientInstanceCapacity in every pool".into(),
+    )]);
+    let outcome = serve(&world, &message(30, "template_cpu")).await;
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Served {
+                capacity: Capacity::OnDemand,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    let launches = world.fleet.launches();
+    assert_eq!(
+        launches.iter().map(|l| l.capacity).collect::<Vec<_>>(),
+        vec![Capacity::Spot, Capacity::OnDemand]
+    );
+    assert_ne!(launches[0].client_token, launches[1].client_token);
+}
+
+#[tokio::test]
+async fn no_capacity_without_fallback_hands_the_job_back() {
+    let world = world();
+    world
+        .fleet
+        .fail_launches([FleetError::NoCapacity("MaxSpotInstanceCountExceeded".into())]);
+    let outcome = serve(&world, &message(31, "template_gpu")).await;
+    assert!(
+        matches!(outcome, Outcome::HandedBack { delay_seconds: 900, .. }),
+        "{outcome:?}"
+    );
+    assert!(world.fleet.all_instances().is_empty());
+    assert!(world.github.runners().is_empty());
+}
+
+#[tokio::test]
+async fn a_refused_launch_hands_the_job_back_and_registers_nothing() {
+    let world = world();
+    world.fleet.fail_launches([FleetError::Rejected(
+        "InvalidLaunchTemplateName.NotFoundException".into(),
+    )]);
+    let outcome = serve(&world, &message(32, "template_cpu")).await;
+    assert!(matches!(&outcome, Outcome::HandedBack { reason, .. } if reason.contains("InvalidLaunchTemplate")));
+    assert!(world.github.runners().is_empty());
+}
+
+#[tokio::test]
+async fn a_retry_after_a_failure_uses_a_new_client_token() {
+    let world = world();
+    world
+        .fleet
+        .fail_launches([FleetError::NoCapacity("InsufficientInstanceCapacity".into())]);
+    let job = message(33, "template_gpu");
+    world.create.serve(&job.encode(), 1, far()).await;
+    served_instance(&world.create.serve(&job.encode(), 2, far()).await);
+    let tokens: Vec<_> = world.fleet.launches().into_iter().map(|l| l.client_token).collect();
+    assert_eq!(tokens.len(), 2);
+    assert_ne!(tokens[0], tokens[1]);
+}
+
+#[tokio::test]
+async fn send_command_is_retried_while_the_ssm_agent_registers() {
+    let world = world();
+    world.commands.not_ready_for(4);
+    served_instance(&serve(&world, &message(40, "template_cpu")).await);
+    assert_eq!(world.commands.sent().len(), 1);
+}
+
+#[tokio::test]
+async fn an_agent_that_never_registers_is_cleaned_up_and_the_job_handed_back() {
+    let world = world_with(|c| c["command"] = json!({"start_deadline_seconds": 1}));
+    world.commands.not_ready_for(usize::MAX);
+    let started = Instant::now();
+    let outcome = serve(&world, &message(41, "template_cpu")).await;
+    assert!(
+        matches!(&outcome, Outcome::HandedBack { reason, .. } if reason.contains("not registered")),
+        "{outcome:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "gives up by the start deadline"
+    );
+    assert_nothing_left(&world).await;
+}
+
+#[tokio::test]
+async fn the_lambda_deadline_bounds_the_send_command_retries() {
+    let world = world();
+    world.commands.not_ready_for(usize::MAX);
+    // create-runner keeps 20 s back from the Lambda deadline for cleaning up and answering.
+    let deadline = Instant::now() + Duration::from_secs(21);
+    let outcome = world
+        .create
+        .serve(&message(42, "template_cpu").encode(), 1, deadline)
+        .await;
+    assert!(matches!(outcome, Outcome::HandedBack { .. }));
+    assert!(Instant::now() < deadline, "answered before the Lambda deadline");
+    assert_nothing_left(&world).await;
+}
+
+#[tokio::test]
+async fn a_failed_registration_ends_the_instance_before_handing_back() {
+    let world = world();
+    world.github.fail_register(GithubError::Unavailable("500".into()));
+    let outcome = serve(&world, &message(50, "template_cpu")).await;
+    assert!(
+        matches!(outcome, Outcome::HandedBack { delay_seconds: 60, .. }),
+        "{outcome:?}"
+    );
+    assert_nothing_left(&world).await;
+}
+
+#[tokio::test]
+async fn a_failed_send_command_ends_the_instance_deletes_the_parameter_and_removes_the_runner() {
+    let world = world();
+    world
+        .commands
+        .fail_next(CommandError::Failed("AccessDeniedException".into()));
+    let outcome = serve(&world, &message(51, "template_cpu")).await;
+    assert!(matches!(outcome, Outcome::HandedBack { .. }), "{outcome:?}");
+    assert_eq!(world.github.removed().len(), 1);
+    assert_nothing_left(&world).await;
+}
+
+async fn assert_nothing_left(world: &World) {
+    assert!(
+        world.fleet.live_instances().is_empty(),
+        "{:?}",
+        world.fleet.live_instances()
+    );
+    assert!(world.secrets.names().is_empty(), "{:?}", world.secrets.names());
+    assert!(world.github.runners().is_empty(), "{:?}", world.github.runners());
+}
+
+fn record(id: &str, body: &str, receive_count: u32) -> SqsMessage {
+    let mut record = SqsMessage::default();
+    record.message_id = Some(id.into());
+    record.receipt_handle = Some(format!("receipt-{id}"));
+    record.body = Some(body.into());
+    record
+        .attributes
+        .insert("ApproximateReceiveCount".into(), receive_count.to_string());
+    record
+}
+
+#[tokio::test]
+async fn one_bad_record_never_fails_its_batch_mates() {
+    let world = world();
+    // template_gpu allows 2: the third gpu job is handed back.
+    let mut event = SqsEvent::default();
+    event.records = vec![
+        record("a", &message(60, "template_cpu").encode(), 1),
+        record("b", "garbage", 1),
+        record("c", &message(61, "template_gpu").encode(), 1),
+        record("d", &message(62, "template_gpu").encode(), 1),
+        record("e", &message(63, "template_gpu").encode(), 1),
+        record("f", &message(64, "template_unknown").encode(), 1),
+    ];
+    let response = world.create.handle_batch(event, far()).await;
+    let failed: Vec<_> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    assert_eq!(
+        failed.len(),
+        1,
+        "only the job that found its template full is retried: {failed:?}"
+    );
+    assert_eq!(world.fleet.live_instances().len(), 3);
+    assert_eq!(world.queue.hidden(), vec![(format!("receipt-{}", failed[0]), 900)]);
+    assert!(world.fleet.peak_live("template_gpu") <= 2);
+}
