@@ -1,0 +1,91 @@
+# The one document all four Lambdas read (env SOPHONS_CONFIG_PARAM). It holds parameter NAMES only, never a
+# secret, so it is a plain String parameter that the box's instance role cannot read anyway.
+
+locals {
+  config_param_name = "${local.parameter_prefix}/config"
+
+  # Exactly one credential key (`app` or `token_param`); jsondecode lets the two shapes share one expression.
+  github_credentials = jsondecode(local.uses_github_app ? jsonencode({
+    app = {
+      app_id            = try(var.github_app.app_id, null)
+      installation_id   = try(var.github_app.installation_id, null)
+      private_key_param = local.github_app_key_param_name
+    }
+    }) : jsonencode({
+    token_param = local.github_token_param_name
+  }))
+
+  config_document = {
+    deployment           = var.deployment
+    queue_url            = aws_sqs_queue.jobs.url
+    dlq_url              = aws_sqs_queue.jobs_dlq.url
+    webhook_secret_param = local.webhook_secret_param_name
+    max_body_bytes       = var.max_body_bytes
+    github = merge({
+      api_url         = var.github_api_url
+      owner           = var.github_owner
+      scope           = var.github_scope
+      runner_group_id = var.runner_group_id
+    }, local.github_credentials)
+    repositories              = var.repositories
+    allow_public_repositories = var.allow_public_repositories
+    runner_script = {
+      bucket = aws_s3_bucket.scripts.id
+      key    = aws_s3_object.runner_script.key
+    }
+    retry_delay_seconds = var.retry_delay_seconds
+    command = {
+      timeout_seconds        = var.command_timeout_seconds
+      log_group              = aws_cloudwatch_log_group.runner_commands.name
+      start_deadline_seconds = var.start_deadline_seconds
+    }
+    sweep = {
+      max_runner_lifetime_seconds = var.max_runner_lifetime_seconds
+      idle_runner_seconds         = var.idle_runner_seconds
+    }
+    max_job_relaunches = var.max_job_relaunches
+    templates = {
+      for name, t in local.runner_templates : name => merge({
+        labels             = t.labels
+        launch_template    = aws_launch_template.runner[name].name
+        instance_types     = t.instance_types
+        subnet_ids         = t.subnet_ids
+        max_runners        = t.max_runners
+        on_demand_fallback = t.on_demand_fallback
+      }, t.spot_max_price == null ? {} : { spot_max_price = t.spot_max_price })
+    }
+  }
+}
+
+resource "aws_ssm_parameter" "config" {
+  #checkov:skip=CKV2_AWS_34:The config document holds parameter names and settings, no secret; the Lambdas read it as plain String.
+  name        = local.config_param_name
+  description = "Configuration document of the ${var.deployment} runner Lambdas (no secrets: parameter names only)"
+  type        = "String"
+  tier        = length(jsonencode(local.config_document)) > 4096 ? "Advanced" : "Standard"
+  value       = jsonencode(local.config_document)
+  tags        = local.tags
+
+  lifecycle {
+    precondition {
+      condition     = length(local.credential_errors) == 0
+      error_message = "GitHub credentials: ${join("; ", local.credential_errors)}."
+    }
+    precondition {
+      condition     = alltrue([for t in values(local.runner_templates) : length(t.subnet_ids) > 0])
+      error_message = "Every runner template needs subnets: set subnet_ids, or subnet_ids in the template."
+    }
+    precondition {
+      condition     = alltrue([for r in var.repositories : lower(split("/", r)[0]) == lower(var.github_owner)])
+      error_message = "Every entry of repositories must be a repository of github_owner (${var.github_owner}/<name>)."
+    }
+    precondition {
+      condition     = var.max_runner_lifetime_seconds >= var.command_timeout_seconds
+      error_message = "max_runner_lifetime_seconds must be at least command_timeout_seconds, or the sweep ends runners still allowed to work."
+    }
+    precondition {
+      condition     = var.lambda_timeouts.create_runner > var.start_deadline_seconds
+      error_message = "lambda_timeouts.create_runner (${var.lambda_timeouts.create_runner} s) must be longer than start_deadline_seconds (${var.start_deadline_seconds} s)."
+    }
+  }
+}

@@ -1,0 +1,88 @@
+# The four Lambda functions. Each gets only SOPHONS_CONFIG_PARAM and RUST_LOG; everything else comes from the
+# config document. Each has its own role: see iam.tf for what each may do.
+
+locals {
+  lambda_environment = {
+    SOPHONS_CONFIG_PARAM = local.config_param_name
+    RUST_LOG             = var.lambda_log_level
+  }
+}
+
+module "autoscaler" {
+  source = "./modules/lambda-function"
+
+  name               = local.functions.autoscaler
+  description        = "Verifies GitHub workflow_job webhooks and queues jobs a runner template can serve"
+  zip_file           = "${local.lambda_zip_dir}/autoscaler/bootstrap.zip"
+  architecture       = var.lambda_architecture
+  memory_mb          = var.lambda_memory_mb
+  timeout_seconds    = var.lambda_timeouts.autoscaler
+  environment        = local.lambda_environment
+  policy_json        = data.aws_iam_policy_document.autoscaler.json
+  log_retention_days = var.log_retention_days
+  tracing_mode       = var.lambda_tracing_mode
+  tags               = local.tags
+}
+
+module "create_runner" {
+  source = "./modules/lambda-function"
+
+  name               = local.functions.create_runner
+  description        = "Launches a Spot runner instance for a queued job and starts the runner script on it"
+  zip_file           = "${local.lambda_zip_dir}/create-runner/bootstrap.zip"
+  architecture       = var.lambda_architecture
+  memory_mb          = var.lambda_memory_mb
+  timeout_seconds    = var.lambda_timeouts.create_runner
+  environment        = local.lambda_environment
+  policy_json        = data.aws_iam_policy_document.create_runner.json
+  log_retention_days = var.log_retention_days
+  tracing_mode       = var.lambda_tracing_mode
+  tags               = local.tags
+}
+
+module "stop_runner" {
+  source = "./modules/lambda-function"
+
+  name               = local.functions.stop_runner
+  description        = "Terminates runner instances whose command ended and sweeps orphans, leftover JIT parameters and ghost runners"
+  zip_file           = "${local.lambda_zip_dir}/stop-runner/bootstrap.zip"
+  architecture       = var.lambda_architecture
+  memory_mb          = var.lambda_memory_mb
+  timeout_seconds    = var.lambda_timeouts.stop_runner
+  environment        = local.lambda_environment
+  policy_json        = data.aws_iam_policy_document.stop_runner.json
+  log_retention_days = var.log_retention_days
+  tracing_mode       = var.lambda_tracing_mode
+  tags               = local.tags
+}
+
+module "move_jobs" {
+  source = "./modules/lambda-function"
+
+  name               = local.functions.move_jobs
+  description        = "Moves jobs from the dead-letter queue back to the jobs queue, dropping jobs GitHub no longer has queued"
+  zip_file           = "${local.lambda_zip_dir}/move-jobs/bootstrap.zip"
+  architecture       = var.lambda_architecture
+  memory_mb          = var.lambda_memory_mb
+  timeout_seconds    = var.lambda_timeouts.move_jobs
+  environment        = local.lambda_environment
+  policy_json        = data.aws_iam_policy_document.move_jobs.json
+  log_retention_days = var.log_retention_days
+  tracing_mode       = var.lambda_tracing_mode
+  tags               = local.tags
+}
+
+# create-runner consumes the jobs queue. ReportBatchItemFailures: one failed job never fails its batch-mates.
+resource "aws_lambda_event_source_mapping" "jobs" {
+  event_source_arn                   = aws_sqs_queue.jobs.arn
+  function_name                      = module.create_runner.function_arn
+  batch_size                         = var.create_runner_batch_size
+  maximum_batching_window_in_seconds = 0
+  function_response_types            = ["ReportBatchItemFailures"]
+
+  scaling_config {
+    maximum_concurrency = var.create_runner_max_concurrency
+  }
+
+  tags = local.tags
+}

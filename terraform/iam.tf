@@ -1,0 +1,460 @@
+# Least privilege, one role per Lambda and one for the runner instances.
+#
+# - Anything that changes an instance (terminate, tag, SendCommand) is conditioned on the instance carrying
+#   `sophons:deployment` = this deployment.
+# - Instances can only be launched from this deployment's launch templates, tagged at launch, and the only
+#   role that can be passed is the runner role, to EC2.
+# - The runner role reads and deletes parameters under /<deployment>/jit/ only (GetParameter, not
+#   GetParametersByPath: a job on the box cannot list other runners' parameters), reads the runner script
+#   object only, and writes the command log group only.
+# - Describe/Get actions that AWS does not scope to resources are the only statements on "*".
+
+locals {
+  instance_arns        = "arn:${local.partition}:ec2:${local.region}:${local.account_id}:instance/*"
+  jit_parameter_arns   = "${local.parameter_arn}${local.jit_path}/*"
+  launch_template_arns = [for lt in aws_launch_template.runner : lt.arn]
+
+  config_parameter_arn = "${local.parameter_arn}${local.config_param_name}"
+  webhook_secret_arn   = "${local.parameter_arn}${local.webhook_secret_param_name}"
+  github_credential_arn = (
+    local.github_credential_param_name == null ? "${local.parameter_arn}${local.parameter_prefix}/github/unset" : "${local.parameter_arn}${local.github_credential_param_name}"
+  )
+  kms_key_arns = var.parameter_kms_key_arn == null ? [] : [var.parameter_kms_key_arn]
+
+  deployment_condition_value = [var.deployment]
+}
+
+################################################################################
+# Shared statements
+################################################################################
+
+# Every function reads the config document; all but the autoscaler read the GitHub credential.
+data "aws_iam_policy_document" "read_github_credential" {
+  statement {
+    sid       = "ReadConfigAndGitHubCredential"
+    actions   = ["ssm:GetParameter"]
+    resources = [local.config_parameter_arn, local.github_credential_arn]
+  }
+
+  dynamic "statement" {
+    for_each = length(local.kms_key_arns) > 0 ? [1] : []
+
+    content {
+      sid       = "DecryptParameters"
+      actions   = ["kms:Decrypt"]
+      resources = local.kms_key_arns
+
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = ["ssm.${local.region}.amazonaws.com"]
+      }
+    }
+  }
+}
+
+data "aws_iam_policy_document" "terminate_own_instances" {
+  statement {
+    sid       = "TerminateOwnInstances"
+    actions   = ["ec2:TerminateInstances"]
+    resources = [local.instance_arns]
+
+    condition {
+      test     = "StringEquals"
+      variable = "ec2:ResourceTag/sophons:deployment"
+      values   = local.deployment_condition_value
+    }
+  }
+
+  statement {
+    sid       = "DescribeInstances"
+    actions   = ["ec2:DescribeInstances", "ec2:DescribeSpotInstanceRequests"]
+    resources = ["*"] # Describe actions have no resource-level permissions.
+  }
+}
+
+################################################################################
+# autoscaler: verify the webhook, queue the job
+################################################################################
+
+data "aws_iam_policy_document" "autoscaler" {
+  statement {
+    sid       = "ReadConfigAndWebhookSecret"
+    actions   = ["ssm:GetParameter"]
+    resources = [local.config_parameter_arn, local.webhook_secret_arn]
+  }
+
+  dynamic "statement" {
+    for_each = length(local.kms_key_arns) > 0 ? [1] : []
+
+    content {
+      sid       = "DecryptParameters"
+      actions   = ["kms:Decrypt"]
+      resources = local.kms_key_arns
+
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = ["ssm.${local.region}.amazonaws.com"]
+      }
+    }
+  }
+
+  statement {
+    sid       = "QueueJobs"
+    actions   = ["sqs:SendMessage", "sqs:GetQueueUrl"]
+    resources = [aws_sqs_queue.jobs.arn]
+  }
+}
+
+################################################################################
+# create-runner: launch an instance for a job, hand it the JIT config, start the runner script
+################################################################################
+
+data "aws_iam_policy_document" "create_runner" {
+  source_policy_documents = [
+    data.aws_iam_policy_document.read_github_credential.json,
+    data.aws_iam_policy_document.terminate_own_instances.json,
+  ]
+
+  statement {
+    sid     = "ConsumeJobs"
+    actions = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes"]
+    resources = [
+      aws_sqs_queue.jobs.arn
+    ]
+  }
+
+  statement {
+    sid       = "CreateFleet"
+    actions   = ["ec2:CreateFleet"]
+    resources = ["arn:${local.partition}:ec2:${local.region}:${local.account_id}:fleet/*"]
+  }
+
+  statement {
+    sid       = "LaunchFromOwnTemplates"
+    actions   = ["ec2:CreateFleet", "ec2:RunInstances"]
+    resources = local.launch_template_arns
+  }
+
+  # The instance itself must be tagged with this deployment in the launch request.
+  statement {
+    sid       = "LaunchTaggedInstances"
+    actions   = ["ec2:RunInstances"]
+    resources = [local.instance_arns]
+
+    condition {
+      test     = "StringEquals"
+      variable = "aws:RequestTag/sophons:deployment"
+      values   = local.deployment_condition_value
+    }
+
+    condition {
+      test     = "ArnEquals"
+      variable = "ec2:LaunchTemplate"
+      values   = local.launch_template_arns
+    }
+  }
+
+  # The other resources a launch touches, only when the launch uses one of our launch templates.
+  statement {
+    sid     = "LaunchResourcesOfOwnTemplates"
+    actions = ["ec2:RunInstances"]
+    resources = [
+      for type in ["volume", "network-interface", "subnet", "security-group", "spot-instances-request", "key-pair"] :
+      "arn:${local.partition}:ec2:${local.region}:${local.account_id}:${type}/*"
+    ]
+
+    condition {
+      test     = "ArnEquals"
+      variable = "ec2:LaunchTemplate"
+      values   = local.launch_template_arns
+    }
+  }
+
+  statement {
+    sid       = "LaunchImagesOfOwnTemplates"
+    actions   = ["ec2:RunInstances"]
+    resources = ["arn:${local.partition}:ec2:${local.region}::image/*"]
+
+    condition {
+      test     = "ArnEquals"
+      variable = "ec2:LaunchTemplate"
+      values   = local.launch_template_arns
+    }
+  }
+
+  # Tags at launch (TagSpecifications of CreateFleet and of the launch template).
+  statement {
+    sid     = "TagOnLaunch"
+    actions = ["ec2:CreateTags"]
+    resources = [
+      for type in ["instance", "volume", "network-interface", "spot-instances-request", "fleet"] :
+      "arn:${local.partition}:ec2:${local.region}:${local.account_id}:${type}/*"
+    ]
+
+    condition {
+      test     = "StringEquals"
+      variable = "ec2:CreateAction"
+      values   = ["CreateFleet", "RunInstances"]
+    }
+  }
+
+  # Later tags (sophons:command-id) only on our instances, and only sophons: keys.
+  statement {
+    sid       = "TagOwnInstances"
+    actions   = ["ec2:CreateTags"]
+    resources = [local.instance_arns]
+
+    condition {
+      test     = "StringEquals"
+      variable = "ec2:ResourceTag/sophons:deployment"
+      values   = local.deployment_condition_value
+    }
+
+    condition {
+      test     = "ForAllValues:StringLike"
+      variable = "aws:TagKeys"
+      values   = ["sophons:*"]
+    }
+  }
+
+  statement {
+    sid       = "PassRunnerRoleToEc2"
+    actions   = ["iam:PassRole"]
+    resources = [aws_iam_role.runner.arn]
+
+    condition {
+      test     = "StringEquals"
+      variable = "iam:PassedToService"
+      values   = ["ec2.amazonaws.com"]
+    }
+  }
+
+  # EC2 Fleet and Spot need their service-linked roles; the first launch in an account creates them.
+  statement {
+    sid     = "CreateFleetAndSpotServiceLinkedRoles"
+    actions = ["iam:CreateServiceLinkedRole"]
+    resources = [
+      "arn:${local.partition}:iam::${local.account_id}:role/aws-service-role/ec2fleet.amazonaws.com/AWSServiceRoleForEC2Fleet",
+      "arn:${local.partition}:iam::${local.account_id}:role/aws-service-role/spot.amazonaws.com/AWSServiceRoleForEC2Spot",
+    ]
+
+    condition {
+      test     = "StringEquals"
+      variable = "iam:AWSServiceName"
+      values   = ["ec2fleet.amazonaws.com", "spot.amazonaws.com"]
+    }
+  }
+
+  statement {
+    sid = "DescribeForLaunch"
+    actions = [
+      "ec2:DescribeImages",
+      "ec2:DescribeInstanceTypes",
+      "ec2:DescribeLaunchTemplates",
+      "ec2:DescribeLaunchTemplateVersions",
+      "ec2:DescribeSubnets",
+    ]
+    resources = ["*"] # Describe actions have no resource-level permissions.
+  }
+
+  # Launch templates may name their AMI as resolve:ssm:<public parameter>.
+  statement {
+    sid       = "ResolvePublicAmiParameters"
+    actions   = ["ssm:GetParameters", "ssm:GetParameter"]
+    resources = ["arn:${local.partition}:ssm:${local.region}::parameter/aws/service/*"]
+  }
+
+  statement {
+    sid       = "WriteJitConfig"
+    actions   = ["ssm:PutParameter", "ssm:DeleteParameter", "ssm:GetParameter"]
+    resources = [local.jit_parameter_arns]
+  }
+
+  statement {
+    sid       = "RunScriptDocument"
+    actions   = ["ssm:SendCommand"]
+    resources = ["arn:${local.partition}:ssm:${local.region}::document/AWS-RunShellScript"]
+  }
+
+  statement {
+    sid       = "RunScriptOnOwnInstances"
+    actions   = ["ssm:SendCommand"]
+    resources = [local.instance_arns]
+
+    condition {
+      test     = "StringEquals"
+      variable = "ssm:resourceTag/sophons:deployment"
+      values   = local.deployment_condition_value
+    }
+  }
+}
+
+################################################################################
+# stop-runner: clean up after a command ends, and sweep
+################################################################################
+
+data "aws_iam_policy_document" "stop_runner" {
+  source_policy_documents = [
+    data.aws_iam_policy_document.read_github_credential.json,
+    data.aws_iam_policy_document.terminate_own_instances.json,
+  ]
+
+  statement {
+    sid       = "CancelOwnSpotRequests"
+    actions   = ["ec2:CancelSpotInstanceRequests"]
+    resources = ["arn:${local.partition}:ec2:${local.region}:${local.account_id}:spot-instances-request/*"]
+
+    condition {
+      test     = "StringEquals"
+      variable = "ec2:ResourceTag/sophons:deployment"
+      values   = local.deployment_condition_value
+    }
+  }
+
+  statement {
+    sid       = "CleanUpJitConfig"
+    actions   = ["ssm:DeleteParameter", "ssm:DeleteParameters", "ssm:GetParametersByPath"]
+    resources = [local.jit_parameter_arns, "${local.parameter_arn}${local.jit_path}"]
+  }
+
+  statement {
+    sid       = "ListParametersAndCommands"
+    actions   = ["ssm:DescribeParameters", "ssm:GetCommandInvocation"]
+    resources = ["*"] # Neither action has resource-level permissions; both return metadata only.
+  }
+
+  statement {
+    sid       = "RequeueJobs"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.jobs.arn]
+  }
+}
+
+################################################################################
+# move-jobs: dead-letter queue -> jobs queue
+################################################################################
+
+data "aws_iam_policy_document" "move_jobs" {
+  source_policy_documents = [data.aws_iam_policy_document.read_github_credential.json]
+
+  statement {
+    sid       = "DrainDeadLetterQueue"
+    actions   = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility"]
+    resources = [aws_sqs_queue.jobs_dlq.arn]
+  }
+
+  statement {
+    sid       = "RequeueJobs"
+    actions   = ["sqs:SendMessage", "sqs:GetQueueAttributes"]
+    resources = [aws_sqs_queue.jobs.arn]
+  }
+}
+
+################################################################################
+# Runner instances
+################################################################################
+
+data "aws_iam_policy_document" "runner_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["ec2.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "runner" {
+  name                 = "${var.deployment}-runner"
+  description          = "Role of the ${var.deployment} runner instances: SSM agent, its own JIT config, the runner script"
+  assume_role_policy   = data.aws_iam_policy_document.runner_assume.json
+  max_session_duration = 3600
+  tags                 = local.tags
+}
+
+# What AmazonSSMManagedInstanceCore grants for Run Command, without its ssm:GetParameter(s) on "*": a job
+# running on the box must not be able to read the GitHub credentials or the webhook secret.
+data "aws_iam_policy_document" "runner" {
+  statement {
+    sid = "SsmAgent"
+    actions = [
+      "ssm:UpdateInstanceInformation",
+      "ssm:ListInstanceAssociations",
+      "ssm:ListAssociations",
+      "ssm:DescribeAssociation",
+      "ssm:UpdateInstanceAssociationStatus",
+      "ssm:GetDocument",
+      "ssm:DescribeDocument",
+      "ec2messages:AcknowledgeMessage",
+      "ec2messages:DeleteMessage",
+      "ec2messages:FailMessage",
+      "ec2messages:GetEndpoint",
+      "ec2messages:GetMessages",
+      "ec2messages:SendReply",
+      "ssmmessages:CreateControlChannel",
+      "ssmmessages:CreateDataChannel",
+      "ssmmessages:OpenControlChannel",
+      "ssmmessages:OpenDataChannel",
+    ]
+    resources = ["*"] # As in AmazonSSMManagedInstanceCore: the agent's calls have no resource-level scoping.
+  }
+
+  statement {
+    sid       = "ReadAndDeleteOwnJitConfig"
+    actions   = ["ssm:GetParameter", "ssm:DeleteParameter"]
+    resources = [local.jit_parameter_arns]
+  }
+
+  statement {
+    sid = "ReadRunnerScript"
+    # GetObject only: no ListBucket, so the box learns nothing else about the bucket.
+    actions = ["s3:GetObject"]
+    resources = concat(
+      ["${aws_s3_bucket.scripts.arn}/${local.runner_script_key}"],
+      var.runner_cache_enabled ? ["${aws_s3_bucket.scripts.arn}/${local.runner_cache_prefix}*"] : [],
+    )
+  }
+
+  statement {
+    sid       = "WriteCommandOutput"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
+    resources = ["${aws_cloudwatch_log_group.runner_commands.arn}:*"]
+  }
+
+  statement {
+    sid       = "FindCommandLogGroup"
+    actions   = ["logs:DescribeLogGroups"]
+    resources = ["arn:${local.partition}:logs:${local.region}:${local.account_id}:log-group:*"]
+  }
+
+  dynamic "statement" {
+    for_each = length(local.kms_key_arns) > 0 ? [1] : []
+
+    content {
+      sid       = "DecryptOwnJitConfig"
+      actions   = ["kms:Decrypt"]
+      resources = local.kms_key_arns
+
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = ["ssm.${local.region}.amazonaws.com"]
+      }
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "runner" {
+  name   = "${var.deployment}-runner"
+  role   = aws_iam_role.runner.id
+  policy = data.aws_iam_policy_document.runner.json
+}
+
+resource "aws_iam_instance_profile" "runner" {
+  name = "${var.deployment}-runner"
+  role = aws_iam_role.runner.name
+  tags = local.tags
+}
