@@ -5,7 +5,7 @@ SHELL := /bin/bash
 
 VENV        := .venv
 PY_TOOLS    := moto[server]==5.2.1 checkov==3.3.30 cargo-lambda==1.9.2
-BINARIES    := autoscaler create-runner
+BINARIES    := autoscaler create-runner stop-runner move-jobs
 ARCH        ?= x86_64
 TFVARS      ?= terraform/terraform.tfvars
 CARGO_TEST  := cargo test --workspace --all-targets --locked

@@ -1,12 +1,12 @@
 //! In-memory fakes of the ports, for unit and simulation tests. Each records what it was asked and
 //! can be told to fail.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use crate::queue::{Queue, QueueError};
+use crate::queue::{Queue, QueueError, Received};
 use crate::secrets::{Secrets, SecretsError};
 
 /// A message the fake queue took.
@@ -17,16 +17,45 @@ pub struct SentMessage {
     pub delivery_id: String,
 }
 
+#[derive(Debug, Clone)]
+struct Stored {
+    message_id: String,
+    body: String,
+    delivery_id: String,
+    receipt_handle: Option<String>,
+}
+
+/// SQS in memory: queues by URL, messages in flight until deleted, and a record of every send.
 #[derive(Default)]
 pub struct FakeQueue {
     sent: Mutex<Vec<SentMessage>>,
+    queues: Mutex<HashMap<String, Vec<Stored>>>,
     refuse: Mutex<Option<QueueError>>,
     hidden: Mutex<Vec<(String, u32)>>,
+    counter: Mutex<u64>,
 }
 
 impl FakeQueue {
     pub fn sent(&self) -> Vec<SentMessage> {
         self.sent.lock().unwrap().clone()
+    }
+
+    /// Bodies of the messages a queue holds (in flight or not).
+    pub fn messages(&self, queue_url: &str) -> Vec<String> {
+        let queues = self.queues.lock().unwrap();
+        queues
+            .get(queue_url)
+            .map(|q| q.iter().map(|m| m.body.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Every message in flight becomes visible again (their visibility timeouts passed).
+    pub fn release_in_flight(&self) {
+        for queue in self.queues.lock().unwrap().values_mut() {
+            for message in queue.iter_mut() {
+                message.receipt_handle = None;
+            }
+        }
     }
 
     /// Receipt handles hidden, with their delay.
@@ -38,6 +67,12 @@ impl FakeQueue {
     pub fn refuse_with(&self, error: QueueError) {
         *self.refuse.lock().unwrap() = Some(error);
     }
+
+    fn next_id(&self) -> u64 {
+        let mut counter = self.counter.lock().unwrap();
+        *counter += 1;
+        *counter
+    }
 }
 
 #[async_trait]
@@ -46,17 +81,54 @@ impl Queue for FakeQueue {
         if let Some(error) = self.refuse.lock().unwrap().clone() {
             return Err(error);
         }
-        let mut sent = self.sent.lock().unwrap();
-        sent.push(SentMessage {
+        let message_id = format!("message-{}", self.next_id());
+        self.sent.lock().unwrap().push(SentMessage {
             queue_url: queue_url.into(),
             body: body.into(),
             delivery_id: delivery_id.into(),
         });
-        Ok(format!("message-{}", sent.len()))
+        self.queues
+            .lock()
+            .unwrap()
+            .entry(queue_url.to_string())
+            .or_default()
+            .push(Stored {
+                message_id: message_id.clone(),
+                body: body.into(),
+                delivery_id: delivery_id.into(),
+                receipt_handle: None,
+            });
+        Ok(message_id)
     }
 
     async fn hide(&self, _queue_url: &str, receipt_handle: &str, seconds: u32) -> Result<(), QueueError> {
         self.hidden.lock().unwrap().push((receipt_handle.to_string(), seconds));
+        Ok(())
+    }
+
+    async fn receive(&self, queue_url: &str, max: u32, _wait_seconds: u32) -> Result<Vec<Received>, QueueError> {
+        let ids: Vec<u64> = (0..max.clamp(1, 10)).map(|_| self.next_id()).collect();
+        let mut queues = self.queues.lock().unwrap();
+        let queue = queues.entry(queue_url.to_string()).or_default();
+        let mut taken = Vec::new();
+        for (message, id) in queue.iter_mut().filter(|m| m.receipt_handle.is_none()).zip(ids) {
+            let receipt = format!("receipt-{id}");
+            message.receipt_handle = Some(receipt.clone());
+            taken.push(Received {
+                message_id: message.message_id.clone(),
+                receipt_handle: receipt,
+                body: message.body.clone(),
+                delivery_id: message.delivery_id.clone(),
+            });
+        }
+        Ok(taken)
+    }
+
+    async fn delete(&self, queue_url: &str, receipt_handle: &str) -> Result<(), QueueError> {
+        let mut queues = self.queues.lock().unwrap();
+        if let Some(queue) = queues.get_mut(queue_url) {
+            queue.retain(|m| m.receipt_handle.as_deref() != Some(receipt_handle));
+        }
         Ok(())
     }
 }
@@ -98,12 +170,24 @@ impl Secrets for FakeSecrets {
         self.values.lock().unwrap().remove(name);
         Ok(())
     }
+
+    async fn list(&self, path: &str) -> Result<Vec<String>, SecretsError> {
+        let prefix = format!("{}/", path.trim_end_matches('/'));
+        Ok(self
+            .values
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|name| name.starts_with(&prefix))
+            .cloned()
+            .collect())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // EC2
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::SystemTime;
 
 use crate::commands::{CommandError, CommandRequest, CommandStatus, Commands};
@@ -241,6 +325,7 @@ impl Fleet for FakeFleet {
             .instances
             .values()
             .filter(|i| i.tag(TAG_DEPLOYMENT) == Some(deployment))
+            .filter(|i| query.instance_id.as_deref().is_none_or(|id| i.id == id))
             .filter(|i| query.template.as_deref().is_none_or(|t| i.tag(TAG_TEMPLATE) == Some(t)))
             .filter(|i| job_id.as_deref().is_none_or(|j| i.tag(TAG_JOB_ID) == Some(j)))
             .filter(|i| {

@@ -104,6 +104,7 @@ pub struct Launched {
 /// Which of this deployment's instances to list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InstanceQuery {
+    pub instance_id: Option<String>,
     pub template: Option<String>,
     pub job_id: Option<u64>,
     /// Only pending and running instances.
@@ -281,6 +282,9 @@ impl Fleet for Ec2Fleet {
                 .values(deployment)
                 .build(),
         ];
+        if let Some(instance_id) = &query.instance_id {
+            filters.push(Filter::builder().name("instance-id").values(instance_id).build());
+        }
         if let Some(template) = &query.template {
             filters.push(
                 Filter::builder()

@@ -14,7 +14,9 @@ pub mod lambda;
 pub mod logging;
 pub mod names;
 pub mod queue;
+pub mod redrive;
 pub mod secrets;
+pub mod stop;
 pub mod templates;
 pub mod webhook;
 

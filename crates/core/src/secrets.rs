@@ -30,6 +30,8 @@ pub trait Secrets: Send + Sync {
     async fn put_secure(&self, name: &str, value: &str) -> Result<(), SecretsError>;
     /// Deletes a parameter; a parameter already gone is not an error.
     async fn delete(&self, name: &str) -> Result<(), SecretsError>;
+    /// Names of the parameters below a path (recursively). Values are not read.
+    async fn list(&self, path: &str) -> Result<Vec<String>, SecretsError>;
 }
 
 /// The real adapter over the SSM API.
@@ -108,5 +110,28 @@ impl Secrets for SsmSecrets {
                 other => Err(other),
             },
         }
+    }
+
+    async fn list(&self, path: &str) -> Result<Vec<String>, SecretsError> {
+        let mut names = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let output = self
+                .client
+                .get_parameters_by_path()
+                .path(path.trim_end_matches('/'))
+                .recursive(true)
+                .with_decryption(false)
+                .set_next_token(token.take())
+                .send()
+                .await
+                .map_err(|error| classify(path, &error))?;
+            names.extend(output.parameters().iter().filter_map(|p| p.name().map(str::to_string)));
+            match output.next_token {
+                Some(next) if !next.is_empty() => token = Some(next),
+                _ => break,
+            }
+        }
+        Ok(names)
     }
 }

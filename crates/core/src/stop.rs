@@ -1,0 +1,522 @@
+//! stop-runner: ends every instance of ours whose runner script has ended (the SSM status event),
+//! and the sweep that catches what events missed (EventBridge delivery is best-effort).
+//!
+//! Only instances carrying this deployment's tag, and only for a command whose id matches the
+//! instance's command tag, are ever touched.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::commands::{CommandStatus, Commands};
+use crate::config::Config;
+use crate::fleet::{
+    Fleet, Instance, InstanceQuery, TAG_COMMAND_ID, TAG_JOB_ID, TAG_RELAUNCHES, TAG_REPOSITORY, TAG_RUN_ID,
+    TAG_RUNNER_ID, TAG_TEMPLATE,
+};
+use crate::github::{Github, JobStatus, Runner, RunnerScope};
+use crate::job::{JobMessage, MESSAGE_VERSION, now_rfc3339};
+use crate::names;
+use crate::queue::Queue;
+use crate::secrets::Secrets;
+
+pub const SSM_DETAIL_TYPE: &str = "EC2 Command Invocation Status-change Notification";
+pub const SCHEDULE_DETAIL_TYPE: &str = "Scheduled Event";
+/// Statuses after which the runner script is no longer running.
+pub const TERMINAL_STATUSES: &[&str] = &[
+    "Success",
+    "Failed",
+    "TimedOut",
+    "Cancelled",
+    "Undeliverable",
+    "Terminated",
+];
+/// Time kept back from the Lambda deadline.
+const DEADLINE_MARGIN: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+pub struct Ports {
+    pub fleet: Arc<dyn Fleet>,
+    pub github: Arc<dyn Github>,
+    pub secrets: Arc<dyn Secrets>,
+    pub commands: Arc<dyn Commands>,
+    pub queue: Arc<dyn Queue>,
+}
+
+/// What an SSM status event led to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stopped {
+    /// The instance was ended; `relaunched` says whether its job was sent back for a new runner.
+    Ended { instance_id: String, relaunched: bool },
+    /// Nothing of ours to do: not our instance, not our command, not terminal, or already handled.
+    Ignored(String),
+}
+
+/// Counts of one sweep, by reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    pub examined: usize,
+    pub lifetime_exceeded: usize,
+    pub never_started: usize,
+    pub command_ended: usize,
+    pub idle: usize,
+    pub relaunched: usize,
+    pub parameters_deleted: usize,
+    pub runners_removed: usize,
+    pub errors: usize,
+}
+
+impl SweepReport {
+    pub fn cleaned(&self) -> usize {
+        self.lifetime_exceeded + self.never_started + self.command_ended + self.idle
+    }
+}
+
+#[derive(Deserialize)]
+struct Event {
+    #[serde(rename = "detail-type", default)]
+    detail_type: String,
+    #[serde(default)]
+    source: String,
+    #[serde(default)]
+    detail: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    Stop(Stopped),
+    Sweep(SweepReport),
+    Ignored(String),
+}
+
+pub struct StopRunner {
+    config: Arc<Config>,
+    ports: Ports,
+}
+
+impl StopRunner {
+    pub fn new(config: Arc<Config>, ports: Ports) -> Self {
+        Self { config, ports }
+    }
+
+    /// The Lambda entry point: tells an SSM status event from the sweep's schedule.
+    pub async fn handle(&self, event: Value, deadline: Instant) -> Handled {
+        let Ok(event) = serde_json::from_value::<Event>(event) else {
+            tracing::warn!("event ignored: not an EventBridge event");
+            return Handled::Ignored("not an EventBridge event".into());
+        };
+        match event.detail_type.as_str() {
+            SSM_DETAIL_TYPE => {
+                let field = |name: &str| {
+                    event
+                        .detail
+                        .get(name)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                Handled::Stop(
+                    self.command_ended(&field("instance-id"), &field("command-id"), &field("status"))
+                        .await,
+                )
+            }
+            SCHEDULE_DETAIL_TYPE => Handled::Sweep(self.sweep(deadline).await),
+            other => {
+                let reason = format!("event `{other}` from `{}` is not one stop-runner handles", event.source);
+                tracing::warn!("event ignored: {reason}");
+                Handled::Ignored(reason)
+            }
+        }
+    }
+
+    /// An SSM command invocation reached a status.
+    pub async fn command_ended(&self, instance_id: &str, command_id: &str, status: &str) -> Stopped {
+        let ignore = |reason: String| {
+            tracing::info!(instance_id, command_id, status, "event ignored: {reason}");
+            Stopped::Ignored(reason)
+        };
+        if !TERMINAL_STATUSES.contains(&status) {
+            return ignore(format!("status `{status}` is not terminal"));
+        }
+        let query = InstanceQuery {
+            instance_id: Some(instance_id.to_string()),
+            ..Default::default()
+        };
+        let instance = match self.ports.fleet.instances(&self.config.deployment, &query).await {
+            Ok(found) => found.into_iter().next(),
+            Err(error) => {
+                tracing::error!(instance_id, %error, "cannot look the instance up; the sweep will end it");
+                return Stopped::Ignored(format!("lookup failed: {error}"));
+            }
+        };
+        let Some(instance) = instance else {
+            return ignore(format!(
+                "{instance_id} is not an instance of deployment `{}` (or is gone)",
+                self.config.deployment
+            ));
+        };
+        if instance.tag(TAG_COMMAND_ID) != Some(command_id) {
+            return ignore(format!(
+                "command {command_id} is not the runner command of {instance_id}"
+            ));
+        }
+        if !instance.state.is_live() {
+            // Already being ended (a repeated or late event): finish the cleanup, relaunch nothing.
+            self.end(&instance, None).await;
+            return ignore(format!("{instance_id} is already ending"));
+        }
+        let relaunched = self.end(&instance, Some(status)).await;
+        Stopped::Ended {
+            instance_id: instance_id.to_string(),
+            relaunched,
+        }
+    }
+
+    /// Terminate, cancel the spot request, delete the JIT parameter, remove the runner. When the
+    /// command ended in anything but Success and the job is still queued, send the job back.
+    /// Answers whether the job was sent back.
+    async fn end(&self, instance: &Instance, command_status: Option<&str>) -> bool {
+        let instance_id = instance.id.as_str();
+        let job_id: u64 = instance
+            .tag(TAG_JOB_ID)
+            .and_then(|id| id.parse().ok())
+            .unwrap_or_default();
+        if let Err(error) = self.ports.fleet.terminate(instance_id).await {
+            tracing::error!(job_id, instance_id, %error, "cannot terminate; the sweep will retry");
+        }
+        if let Some(request) = &instance.spot_request_id
+            && let Err(error) = self.ports.fleet.cancel_spot_request(request).await
+        {
+            tracing::warn!(job_id, instance_id, %error, "cannot cancel the spot request");
+        }
+        let parameter = names::jit_parameter(&self.config.deployment, instance_id);
+        if let Err(error) = self.ports.secrets.delete(&parameter).await {
+            tracing::error!(job_id, instance_id, %error, "cannot delete the JIT parameter; the sweep will retry");
+        }
+        let repository = instance.tag(TAG_REPOSITORY).unwrap_or_default();
+        let scope = RunnerScope::for_job(&self.config.github, repository);
+        if let Some(runner_id) = instance.tag(TAG_RUNNER_ID).and_then(|id| id.parse().ok())
+            && let Err(error) = self.ports.github.remove_runner(&scope, runner_id).await
+        {
+            tracing::warn!(job_id, instance_id, runner_id, %error, "cannot remove the runner; the sweep will retry");
+        }
+        let relaunched = match command_status {
+            Some(status) if status != "Success" => self.relaunch(instance, job_id, status).await,
+            _ => false,
+        };
+        tracing::info!(
+            job_id,
+            instance_id,
+            command_status = command_status.unwrap_or(""),
+            relaunched,
+            step = "instance_ended",
+            "job {job_id}: instance {instance_id} ended"
+        );
+        relaunched
+    }
+
+    /// The runner died before taking its job (bad AMI, script failure, spot reclaim during boot):
+    /// a job GitHub still has queued goes back to the jobs queue, a limited number of times.
+    async fn relaunch(&self, instance: &Instance, job_id: u64, status: &str) -> bool {
+        let repository = instance.tag(TAG_REPOSITORY).unwrap_or_default().to_string();
+        match self.ports.github.job_status(&repository, job_id).await {
+            Ok(JobStatus::Queued) => {}
+            Ok(JobStatus::Other(state)) => {
+                tracing::info!(
+                    job_id,
+                    status,
+                    "command ended {status}; job {job_id} is {state}, nothing to relaunch"
+                );
+                return false;
+            }
+            Err(error) => {
+                tracing::warn!(job_id, %error, "cannot ask GitHub about the job; relaunching (create-runner asks again)");
+            }
+        }
+        let relaunches: u32 = instance.tag(TAG_RELAUNCHES).and_then(|n| n.parse().ok()).unwrap_or(0);
+        if relaunches >= self.config.max_job_relaunches {
+            tracing::error!(
+                job_id,
+                repository,
+                relaunches,
+                "job {job_id} dropped: its runner died {} time(s) before taking it (last: {status}); check the AMI, \
+                 the runner script's output in the command log group, and spot interruptions",
+                relaunches + 1
+            );
+            return false;
+        }
+        let template = instance.tag(TAG_TEMPLATE).unwrap_or_default().to_string();
+        let labels = self
+            .config
+            .templates
+            .get(&template)
+            .map(|t| crate::templates::runner_labels(&template, t))
+            .unwrap_or_default();
+        let (owner, name) = repository.split_once('/').unwrap_or((repository.as_str(), ""));
+        let message = JobMessage {
+            version: MESSAGE_VERSION,
+            delivery_id: format!("relaunch-{}-{job_id}", relaunches + 1),
+            job_id,
+            run_id: instance
+                .tag(TAG_RUN_ID)
+                .and_then(|id| id.parse().ok())
+                .unwrap_or_default(),
+            run_attempt: 1,
+            owner: owner.to_string(),
+            name: name.to_string(),
+            repository: repository.clone(),
+            labels,
+            template,
+            workflow_name: String::new(),
+            job_name: String::new(),
+            job_url: String::new(),
+            created_at: String::new(),
+            received_at: now_rfc3339(),
+            relaunches: relaunches + 1,
+        };
+        match self
+            .ports
+            .queue
+            .send(&self.config.queue_url, &message.encode(), &message.delivery_id)
+            .await
+        {
+            Ok(_) => {
+                tracing::warn!(
+                    job_id,
+                    status,
+                    relaunches = relaunches + 1,
+                    "runner died before its job ({status}); job sent back for a new runner"
+                );
+                true
+            }
+            Err(error) => {
+                tracing::error!(job_id, %error, "cannot send the job back; it waits until GitHub cancels it");
+                false
+            }
+        }
+    }
+
+    /// Ends what events missed; deletes leftover parameters and ghost runners.
+    pub async fn sweep(&self, deadline: Instant) -> SweepReport {
+        let mut report = SweepReport::default();
+        let stop_at = deadline.checked_sub(DEADLINE_MARGIN).unwrap_or(deadline);
+        let deployment = &self.config.deployment;
+        let instances = match self.ports.fleet.instances(deployment, &InstanceQuery::default()).await {
+            Ok(instances) => instances,
+            Err(error) => {
+                tracing::error!(%error, "sweep: cannot list instances; nothing cleaned");
+                report.errors += 1;
+                return report;
+            }
+        };
+        report.examined = instances.len();
+        let scopes = self.runner_scopes(&instances);
+        let mut runners: BTreeMap<u64, (RunnerScope, Runner)> = BTreeMap::new();
+        for scope in &scopes {
+            match self.ports.github.runners(scope).await {
+                Ok(listed) => runners.extend(listed.into_iter().map(|r| (r.id, (scope.clone(), r)))),
+                Err(error) => {
+                    tracing::warn!(%error, "sweep: cannot list runners");
+                    report.errors += 1;
+                }
+            }
+        }
+        let now = SystemTime::now();
+        let mut still_live: BTreeSet<String> = BTreeSet::new();
+        for instance in &instances {
+            if Instant::now() >= stop_at {
+                break;
+            }
+            if !instance.state.is_live() {
+                continue;
+            }
+            let age = instance
+                .launched_at
+                .and_then(|at| now.duration_since(at).ok())
+                .unwrap_or_default();
+            let command = instance.tag(TAG_COMMAND_ID);
+            let start_limit = Duration::from_secs(u64::from(self.config.command.start_deadline_seconds) + 60);
+            if age > Duration::from_secs(self.config.sweep.max_runner_lifetime_seconds.into()) {
+                report.lifetime_exceeded += 1;
+                self.end(instance, None).await;
+                continue;
+            }
+            let Some(command_id) = command else {
+                if age > start_limit {
+                    report.never_started += 1;
+                    self.end(instance, None).await;
+                } else {
+                    still_live.insert(instance.id.clone());
+                }
+                continue;
+            };
+            match self.ports.commands.status(command_id, &instance.id).await {
+                Ok(CommandStatus::Ended(status)) => {
+                    report.command_ended += 1;
+                    if self.end(instance, Some(&status)).await {
+                        report.relaunched += 1;
+                    }
+                    continue;
+                }
+                Ok(CommandStatus::Running) => {}
+                Err(error) => {
+                    tracing::warn!(instance_id = instance.id, %error, "sweep: cannot read the command status");
+                    report.errors += 1;
+                }
+            }
+            if self.is_idle(instance, age, &runners).await {
+                report.idle += 1;
+                self.end(instance, None).await;
+                continue;
+            }
+            still_live.insert(instance.id.clone());
+        }
+        // Instances that were already ending also own nothing any more.
+        self.delete_orphan_parameters(&still_live, &instances, &mut report)
+            .await;
+        self.remove_ghost_runners(&still_live, &instances, &runners, &mut report)
+            .await;
+        tracing::info!(
+            examined = report.examined,
+            cleaned = report.cleaned(),
+            lifetime_exceeded = report.lifetime_exceeded,
+            never_started = report.never_started,
+            command_ended = report.command_ended,
+            idle = report.idle,
+            relaunched = report.relaunched,
+            parameters_deleted = report.parameters_deleted,
+            runners_removed = report.runners_removed,
+            errors = report.errors,
+            "sweep: examined {} instance(s), cleaned {}",
+            report.examined,
+            report.cleaned()
+        );
+        report
+    }
+
+    /// Online, not busy, past the idle limit, and its own job no longer queued: GitHub gave the
+    /// job to another runner, or it was cancelled.
+    async fn is_idle(
+        &self,
+        instance: &Instance,
+        age: Duration,
+        runners: &BTreeMap<u64, (RunnerScope, Runner)>,
+    ) -> bool {
+        if age <= Duration::from_secs(self.config.sweep.idle_runner_seconds.into()) {
+            return false;
+        }
+        let Some((_, runner)) = instance
+            .tag(TAG_RUNNER_ID)
+            .and_then(|id| id.parse().ok())
+            .and_then(|id| runners.get(&id))
+        else {
+            return false;
+        };
+        if runner.status != "online" || runner.busy {
+            return false;
+        }
+        let job_id = instance
+            .tag(TAG_JOB_ID)
+            .and_then(|id| id.parse().ok())
+            .unwrap_or_default();
+        let repository = instance.tag(TAG_REPOSITORY).unwrap_or_default();
+        matches!(
+            self.ports.github.job_status(repository, job_id).await,
+            Ok(JobStatus::Other(_))
+        )
+    }
+
+    fn runner_scopes(&self, instances: &[Instance]) -> Vec<RunnerScope> {
+        let mut repositories: BTreeSet<String> = self.config.repositories.iter().cloned().collect();
+        repositories.extend(
+            instances
+                .iter()
+                .filter_map(|i| i.tag(TAG_REPOSITORY).map(str::to_string)),
+        );
+        match self.config.github.scope {
+            crate::config::Scope::Org => vec![RunnerScope::Org(self.config.github.owner.clone())],
+            crate::config::Scope::Repo => repositories.into_iter().map(RunnerScope::Repo).collect(),
+        }
+    }
+
+    /// Whether an instance the sweep did not list (launched after the listing) is live now.
+    async fn launched_since(&self, instances: &[Instance], instance_id: &str) -> bool {
+        if instances.iter().any(|i| i.id == instance_id) {
+            return false;
+        }
+        let query = InstanceQuery {
+            instance_id: Some(instance_id.to_string()),
+            live_only: true,
+            ..Default::default()
+        };
+        // When EC2 cannot answer, keep the thing: a later sweep decides.
+        self.ports
+            .fleet
+            .instances(&self.config.deployment, &query)
+            .await
+            .map(|found| !found.is_empty())
+            .unwrap_or(true)
+    }
+
+    async fn delete_orphan_parameters(
+        &self,
+        live: &BTreeSet<String>,
+        instances: &[Instance],
+        report: &mut SweepReport,
+    ) {
+        let prefix = names::jit_prefix(&self.config.deployment);
+        let parameters = match self.ports.secrets.list(&prefix).await {
+            Ok(parameters) => parameters,
+            Err(error) => {
+                tracing::warn!(%error, "sweep: cannot list JIT parameters");
+                report.errors += 1;
+                return;
+            }
+        };
+        for parameter in parameters {
+            let instance_id = parameter.strip_prefix(&prefix).unwrap_or_default();
+            if live.contains(instance_id) || self.launched_since(instances, instance_id).await {
+                continue;
+            }
+            match self.ports.secrets.delete(&parameter).await {
+                Ok(()) => report.parameters_deleted += 1,
+                Err(error) => {
+                    tracing::warn!(parameter, %error, "sweep: cannot delete a leftover parameter");
+                    report.errors += 1;
+                }
+            }
+        }
+    }
+
+    async fn remove_ghost_runners(
+        &self,
+        live: &BTreeSet<String>,
+        instances: &[Instance],
+        runners: &BTreeMap<u64, (RunnerScope, Runner)>,
+        report: &mut SweepReport,
+    ) {
+        let prefix = names::runner_name(&self.config.deployment, "");
+        for (id, (scope, runner)) in runners {
+            let Some(instance_id) = runner.name.strip_prefix(&prefix) else {
+                continue;
+            };
+            if !instance_id.starts_with("i-") || runner.status != "offline" || live.contains(instance_id) {
+                continue;
+            }
+            if self.launched_since(instances, instance_id).await {
+                continue;
+            }
+            match self.ports.github.remove_runner(scope, *id).await {
+                Ok(()) => report.runners_removed += 1,
+                Err(error) => {
+                    tracing::warn!(runner_id = id, %error, "sweep: cannot remove a ghost runner");
+                    report.errors += 1;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,440 @@
+//! stop-runner and the sweep over the fakes: every branch, named by behaviour.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::json;
+use sophons_core::commands::CommandStatus;
+use sophons_core::config::Config;
+use sophons_core::create::{self, CreateRunner, Outcome};
+use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeQueue, FakeSecrets};
+use sophons_core::fleet::{Instance, InstanceState};
+use sophons_core::github::{Github, GithubError, RunnerScope};
+use sophons_core::job::{JobMessage, MESSAGE_VERSION};
+use sophons_core::secrets::Secrets;
+use sophons_core::stop::{Handled, StopRunner, Stopped};
+use tokio::time::Instant;
+
+const QUEUE: &str = "https://sqs.us-east-1.amazonaws.com/123456789012/jobs";
+
+struct World {
+    fleet: Arc<FakeFleet>,
+    github: Arc<FakeGithub>,
+    secrets: Arc<FakeSecrets>,
+    commands: Arc<FakeCommands>,
+    queue: Arc<FakeQueue>,
+    create: Arc<CreateRunner>,
+    stop: StopRunner,
+}
+
+fn world_with(edit: impl FnOnce(&mut serde_json::Value)) -> World {
+    let mut document = common::config_json(QUEUE);
+    edit(&mut document);
+    let config = Arc::new(Config::parse(&document.to_string()).unwrap());
+    let fleet = Arc::new(FakeFleet::default());
+    let github = Arc::new(FakeGithub::new());
+    let secrets = Arc::new(FakeSecrets::default());
+    let commands = Arc::new(FakeCommands::default());
+    let queue = Arc::new(FakeQueue::default());
+    let create = Arc::new(CreateRunner::new(
+        config.clone(),
+        create::Ports {
+            fleet: fleet.clone(),
+            github: github.clone(),
+            secrets: secrets.clone(),
+            commands: commands.clone(),
+            queue: queue.clone(),
+        },
+    ));
+    let stop = StopRunner::new(
+        config,
+        sophons_core::stop::Ports {
+            fleet: fleet.clone(),
+            github: github.clone(),
+            secrets: secrets.clone(),
+            commands: commands.clone(),
+            queue: queue.clone(),
+        },
+    );
+    World {
+        fleet,
+        github,
+        secrets,
+        commands,
+        queue,
+        create,
+        stop,
+    }
+}
+
+fn world() -> World {
+    world_with(|_| {})
+}
+
+fn message(job_id: u64, relaunches: u32) -> JobMessage {
+    JobMessage {
+        version: MESSAGE_VERSION,
+        delivery_id: format!("d-{job_id}"),
+        job_id,
+        run_id: 7,
+        run_attempt: 1,
+        repository: "my-org/app".into(),
+        owner: "my-org".into(),
+        name: "app".into(),
+        labels: vec!["self-hosted".into(), "template_cpu".into()],
+        template: "template_cpu".into(),
+        workflow_name: "CI".into(),
+        job_name: "build".into(),
+        job_url: String::new(),
+        created_at: String::new(),
+        received_at: String::new(),
+        relaunches,
+    }
+}
+
+fn far() -> Instant {
+    Instant::now() + Duration::from_secs(900)
+}
+
+/// Serves a job and answers (instance id, command id).
+async fn running_job(world: &World, job_id: u64) -> (String, String) {
+    match world.create.serve(&message(job_id, 0).encode(), 1, far()).await {
+        Outcome::Served {
+            instance_id,
+            command_id,
+            ..
+        } => (instance_id, command_id),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_successful_command_ends_the_instance_and_everything_it_owned() {
+    let world = world();
+    let (instance_id, command_id) = running_job(&world, 1).await;
+    let stopped = world.stop.command_ended(&instance_id, &command_id, "Success").await;
+    assert_eq!(
+        stopped,
+        Stopped::Ended {
+            instance_id: instance_id.clone(),
+            relaunched: false
+        }
+    );
+    assert_eq!(
+        world.fleet.instance(&instance_id).unwrap().state,
+        InstanceState::Terminated
+    );
+    assert_eq!(world.fleet.cancelled_spot_requests().len(), 1);
+    assert!(world.secrets.names().is_empty());
+    assert!(world.github.runners().is_empty());
+    assert!(world.queue.sent().is_empty(), "a job that ran is not relaunched");
+}
+
+#[tokio::test]
+async fn an_event_for_an_instance_that_is_not_ours_changes_nothing() {
+    let world = world();
+    let mut tags = std::collections::BTreeMap::new();
+    tags.insert("sophons:deployment".to_string(), "someone-else".to_string());
+    tags.insert("sophons:command-id".to_string(), "command-x".to_string());
+    world.fleet.insert(Instance {
+        id: "i-theirs".into(),
+        state: InstanceState::Running,
+        instance_type: "m7i.large".into(),
+        launched_at: Some(SystemTime::now()),
+        spot_request_id: None,
+        tags,
+    });
+    let (ours, _) = running_job(&world, 2).await;
+    for (instance, command) in [("i-theirs", "command-x"), ("i-untagged", "command-y")] {
+        let stopped = world.stop.command_ended(instance, command, "Failed").await;
+        assert!(matches!(stopped, Stopped::Ignored(_)), "{stopped:?}");
+    }
+    assert_eq!(world.fleet.instance("i-theirs").unwrap().state, InstanceState::Running);
+    assert!(world.fleet.terminated().is_empty());
+    assert!(world.fleet.instance(&ours).unwrap().state.is_live());
+}
+
+#[tokio::test]
+async fn an_event_for_another_command_on_our_instance_changes_nothing() {
+    let world = world();
+    let (instance_id, _) = running_job(&world, 3).await;
+    let stopped = world
+        .stop
+        .command_ended(&instance_id, "some-other-command", "Success")
+        .await;
+    assert!(matches!(stopped, Stopped::Ignored(reason) if reason.contains("not the runner command")));
+    assert!(world.fleet.instance(&instance_id).unwrap().state.is_live());
+}
+
+#[tokio::test]
+async fn a_status_that_is_not_terminal_changes_nothing() {
+    let world = world();
+    let (instance_id, command_id) = running_job(&world, 4).await;
+    assert!(matches!(
+        world.stop.command_ended(&instance_id, &command_id, "InProgress").await,
+        Stopped::Ignored(_)
+    ));
+    assert!(world.fleet.instance(&instance_id).unwrap().state.is_live());
+}
+
+#[tokio::test]
+async fn a_repeated_event_is_harmless() {
+    let world = world();
+    let (instance_id, command_id) = running_job(&world, 5).await;
+    world.stop.command_ended(&instance_id, &command_id, "Failed").await;
+    let again = world.stop.command_ended(&instance_id, &command_id, "Failed").await;
+    assert!(matches!(again, Stopped::Ignored(_)), "{again:?}");
+    assert_eq!(world.queue.sent().len(), 1, "relaunched once, not twice");
+    assert_eq!(world.fleet.terminated(), vec![instance_id]);
+}
+
+#[tokio::test]
+async fn a_runner_that_died_before_its_job_started_gets_the_job_a_new_runner() {
+    let world = world();
+    let (first, command_id) = running_job(&world, 6).await;
+    let stopped = world.stop.command_ended(&first, &command_id, "Failed").await;
+    assert_eq!(
+        stopped,
+        Stopped::Ended {
+            instance_id: first.clone(),
+            relaunched: true
+        }
+    );
+    let sent = world.queue.sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].queue_url, QUEUE);
+    let relaunch = JobMessage::decode(&sent[0].body).unwrap();
+    assert_eq!(
+        (relaunch.job_id, relaunch.relaunches, relaunch.template.as_str()),
+        (6, 1, "template_cpu")
+    );
+    // create-runner serves the relaunched message with a fresh instance.
+    let outcome = world.create.serve(&sent[0].body, 1, far()).await;
+    let Outcome::Served {
+        instance_id: second, ..
+    } = outcome
+    else {
+        panic!("{outcome:?}")
+    };
+    assert_ne!(first, second);
+    assert_eq!(world.fleet.live_instances().len(), 1);
+}
+
+#[tokio::test]
+async fn a_job_whose_runner_keeps_dying_is_dropped_after_the_limit() {
+    let world = world_with(|c| c["max_job_relaunches"] = json!(2));
+    let mut body = message(7, 0).encode();
+    for expected_relaunch in 1..=3u32 {
+        let Outcome::Served {
+            instance_id,
+            command_id,
+            ..
+        } = world.create.serve(&body, 1, far()).await
+        else {
+            panic!("not served")
+        };
+        let stopped = world.stop.command_ended(&instance_id, &command_id, "Failed").await;
+        let relaunched = matches!(stopped, Stopped::Ended { relaunched: true, .. });
+        assert_eq!(relaunched, expected_relaunch <= 2, "relaunch {expected_relaunch}");
+        if relaunched {
+            body = world.queue.sent().last().unwrap().body.clone();
+        }
+    }
+    assert_eq!(world.queue.sent().len(), 2);
+}
+
+#[tokio::test]
+async fn a_failed_runner_whose_job_ran_elsewhere_is_not_relaunched() {
+    let world = world();
+    let (instance_id, command_id) = running_job(&world, 8).await;
+    world.github.set_job_status("my-org/app", 8, "completed");
+    let stopped = world.stop.command_ended(&instance_id, &command_id, "TimedOut").await;
+    assert_eq!(
+        stopped,
+        Stopped::Ended {
+            instance_id,
+            relaunched: false
+        }
+    );
+    assert!(world.queue.sent().is_empty());
+}
+
+#[tokio::test]
+async fn the_handler_tells_ssm_events_from_the_schedule_from_anything_else() {
+    let world = world();
+    let (instance_id, command_id) = running_job(&world, 9).await;
+    // AWS's documented sample shapes.
+    let ssm_event = json!({
+        "version": "0", "id": "51c0891d-0e34-45b1-83d6-95db273d1602",
+        "detail-type": "EC2 Command Invocation Status-change Notification", "source": "aws.ssm",
+        "account": "123456789012", "time": "2026-11-28T06:00:00Z", "region": "us-east-1",
+        "resources": [format!("arn:aws:ec2:us-east-1:123456789012:instance/{instance_id}")],
+        "detail": { "command-id": command_id, "document-name": "AWS-RunShellScript", "instance-id": instance_id,
+                    "requested-date-time": "2026-11-28T05:00:00.000Z", "status": "Success" }
+    });
+    assert!(matches!(
+        world.stop.handle(ssm_event, far()).await,
+        Handled::Stop(Stopped::Ended { .. })
+    ));
+    let schedule = json!({
+        "version": "0", "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa", "detail-type": "Scheduled Event",
+        "source": "aws.events", "account": "123456789012", "time": "2026-11-28T06:15:00Z", "region": "us-east-1",
+        "resources": ["arn:aws:events:us-east-1:123456789012:rule/sophons-sweep"], "detail": {}
+    });
+    assert!(matches!(world.stop.handle(schedule, far()).await, Handled::Sweep(_)));
+    let other = json!({ "detail-type": "EC2 Spot Instance Interruption Warning", "source": "aws.ec2", "detail": {} });
+    assert!(matches!(world.stop.handle(other, far()).await, Handled::Ignored(_)));
+    assert!(matches!(
+        world.stop.handle(json!("garbage"), far()).await,
+        Handled::Ignored(_)
+    ));
+}
+
+#[tokio::test]
+async fn the_sweep_ends_an_instance_whose_event_was_missed() {
+    let world = world();
+    let (instance_id, command_id) = running_job(&world, 10).await;
+    world
+        .commands
+        .set_status(&command_id, CommandStatus::Ended("Failed".into()));
+    let report = world.stop.sweep(far()).await;
+    assert_eq!((report.command_ended, report.relaunched), (1, 1));
+    assert_eq!(
+        world.fleet.instance(&instance_id).unwrap().state,
+        InstanceState::Terminated
+    );
+    assert!(world.secrets.names().is_empty());
+    assert!(world.github.runners().is_empty());
+}
+
+#[tokio::test]
+async fn the_sweep_leaves_a_working_runner_alone() {
+    let world = world();
+    let (instance_id, _) = running_job(&world, 11).await;
+    let report = world.stop.sweep(far()).await;
+    assert_eq!(
+        (
+            report.examined,
+            report.cleaned(),
+            report.parameters_deleted,
+            report.runners_removed
+        ),
+        (1, 0, 0, 0)
+    );
+    assert!(world.fleet.instance(&instance_id).unwrap().state.is_live());
+    assert_eq!(world.secrets.names().len(), 1);
+}
+
+#[tokio::test]
+async fn the_sweep_ends_instances_past_their_lifetime_and_those_never_started() {
+    let world = world();
+    let (old, _) = running_job(&world, 12).await;
+    world
+        .fleet
+        .set_launched_at(&old, SystemTime::now() - Duration::from_secs(9 * 3600));
+    let mut tags = std::collections::BTreeMap::new();
+    tags.insert("sophons:deployment".to_string(), "sophons".to_string());
+    tags.insert("sophons:job-id".to_string(), "13".to_string());
+    world.fleet.insert(Instance {
+        id: "i-never-started".into(),
+        state: InstanceState::Running,
+        instance_type: "c7i.large".into(),
+        launched_at: Some(SystemTime::now() - Duration::from_secs(3600)),
+        spot_request_id: None,
+        tags,
+    });
+    let report = world.stop.sweep(far()).await;
+    assert_eq!((report.lifetime_exceeded, report.never_started), (1, 1));
+    assert!(world.fleet.live_instances().is_empty());
+}
+
+#[tokio::test]
+async fn the_sweep_ends_an_idle_runner_whose_job_went_elsewhere() {
+    let world = world();
+    let (instance_id, _) = running_job(&world, 14).await;
+    let runner_id: u64 = world
+        .fleet
+        .instance(&instance_id)
+        .unwrap()
+        .tag("sophons:runner-id")
+        .unwrap()
+        .parse()
+        .unwrap();
+    world
+        .fleet
+        .set_launched_at(&instance_id, SystemTime::now() - Duration::from_secs(1800));
+    world.github.set_runner_status(runner_id, "online", false);
+    world.github.set_job_status("my-org/app", 14, "completed");
+    let report = world.stop.sweep(far()).await;
+    assert_eq!(report.idle, 1);
+    assert!(world.fleet.live_instances().is_empty());
+    // Busy, or its job still queued: not idle.
+    let (busy, _) = running_job(&world, 15).await;
+    let busy_runner: u64 = world
+        .fleet
+        .instance(&busy)
+        .unwrap()
+        .tag("sophons:runner-id")
+        .unwrap()
+        .parse()
+        .unwrap();
+    world
+        .fleet
+        .set_launched_at(&busy, SystemTime::now() - Duration::from_secs(1800));
+    world.github.set_runner_status(busy_runner, "online", true);
+    world.github.set_job_status("my-org/app", 15, "in_progress");
+    assert_eq!(world.stop.sweep(far()).await.idle, 0);
+}
+
+#[tokio::test]
+async fn the_sweep_deletes_leftover_parameters_and_ghost_runners() {
+    let world = world();
+    let (live, _) = running_job(&world, 16).await;
+    world.secrets.put_secure("/sophons/jit/i-gone", "x").await.unwrap();
+    world
+        .secrets
+        .put_secure("/other-deployment/jit/i-gone", "x")
+        .await
+        .unwrap();
+    let org = RunnerScope::Org("my-org".into());
+    world
+        .github
+        .register_runner(&org, "sophons-i-gone", &["self-hosted".into()], 1)
+        .await
+        .unwrap();
+    world
+        .github
+        .register_runner(&org, "not-ours-i-gone", &["self-hosted".into()], 1)
+        .await
+        .unwrap();
+    let report = world.stop.sweep(far()).await;
+    assert_eq!((report.parameters_deleted, report.runners_removed), (1, 1));
+    let names = world.secrets.names();
+    assert_eq!(
+        names,
+        vec![
+            "/other-deployment/jit/i-gone".to_string(),
+            format!("/sophons/jit/{live}")
+        ]
+    );
+    let runners: Vec<String> = world.github.runners().into_iter().map(|r| r.runner.name).collect();
+    assert_eq!(runners, vec![format!("sophons-{live}"), "not-ours-i-gone".to_string()]);
+}
+
+#[tokio::test]
+async fn the_sweep_keeps_going_when_github_fails() {
+    let world = world();
+    let (instance_id, command_id) = running_job(&world, 17).await;
+    world
+        .commands
+        .set_status(&command_id, CommandStatus::Ended("Success".into()));
+    world.github.fail_job_status(GithubError::Unavailable("502".into()));
+    let report = world.stop.sweep(far()).await;
+    assert_eq!(report.command_ended, 1);
+    assert_eq!(
+        world.fleet.instance(&instance_id).unwrap().state,
+        InstanceState::Terminated
+    );
+}

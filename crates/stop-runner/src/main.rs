@@ -1,0 +1,54 @@
+//! The stop-runner Lambda. EventBridge invokes it for SSM command status changes (ends the
+//! instance) and on a schedule (the sweep); `sophons_core::stop` tells the two apart.
+
+use std::sync::Arc;
+
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use serde_json::{Value, json};
+use sophons_core::Config;
+use sophons_core::commands::SsmCommands;
+use sophons_core::fleet::Ec2Fleet;
+use sophons_core::github::OctocrabGithub;
+use sophons_core::queue::SqsQueue;
+use sophons_core::secrets::SsmSecrets;
+use sophons_core::stop::{Handled, Ports, StopRunner};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    sophons_core::logging::init();
+    let sdk = sophons_core::aws::load().await;
+    let ssm = SsmSecrets::new(&sdk);
+    let config = Arc::new(
+        Config::load(&ssm)
+            .await
+            .inspect_err(|error| tracing::error!("{error}"))?,
+    );
+    let github = OctocrabGithub::connect(&config.github, &ssm)
+        .await
+        .inspect_err(|error| tracing::error!("{error}"))?;
+    let ports = Ports {
+        fleet: Arc::new(Ec2Fleet::new(&sdk)),
+        github: Arc::new(github),
+        secrets: Arc::new(ssm),
+        commands: Arc::new(SsmCommands::new(&sdk)),
+        queue: Arc::new(SqsQueue::new(&sdk)),
+    };
+    let stop = Arc::new(StopRunner::new(config, ports));
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+        let stop = Arc::clone(&stop);
+        async move {
+            let deadline = sophons_core::lambda::deadline(event.context.deadline);
+            let answer = match stop.handle(event.payload, deadline).await {
+                Handled::Stop(stopped) => json!({ "handled": "command_ended", "result": format!("{stopped:?}") }),
+                Handled::Sweep(report) => json!({
+                    "handled": "sweep", "examined": report.examined, "cleaned": report.cleaned(),
+                    "parameters_deleted": report.parameters_deleted, "runners_removed": report.runners_removed,
+                    "relaunched": report.relaunched, "errors": report.errors
+                }),
+                Handled::Ignored(reason) => json!({ "handled": "ignored", "reason": reason }),
+            };
+            Ok::<_, Error>(answer)
+        }
+    }))
+    .await
+}
