@@ -129,17 +129,17 @@ impl MoveJobs {
             }
         };
         let job_id = message.job_id;
-        if let Some(age) = age_of(&message) {
-            if age > QUEUE_LIMIT {
-                return Decision::Drop {
-                    reason: "expired",
-                    why: format!(
-                        "job {job_id} was queued {} h ago; GitHub cancels jobs after 24 h",
-                        age.as_secs() / 3600
-                    ),
-                    job_id,
-                };
-            }
+        if let Some(age) = age_of(&message)
+            && age > QUEUE_LIMIT
+        {
+            return Decision::Drop {
+                reason: "expired",
+                why: format!(
+                    "job {job_id} was queued {} h ago; GitHub cancels jobs after 24 h",
+                    age.as_secs() / 3600
+                ),
+                job_id,
+            };
         }
         match self.github.job_status(&message.repository, job_id).await {
             Ok(JobStatus::Queued) => Decision::Move,
