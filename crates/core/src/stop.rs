@@ -504,7 +504,10 @@ impl StopRunner {
             let Some(instance_id) = runner.name.strip_prefix(&prefix) else {
                 continue;
             };
-            if !instance_id.starts_with("i-") || runner.status != "offline" || live.contains(instance_id) {
+            // Runners of listed instances are ended with them (or still working); a ghost's
+            // instance is gone altogether.
+            let listed = instances.iter().any(|i| i.id == instance_id);
+            if !instance_id.starts_with("i-") || runner.status != "offline" || listed || live.contains(instance_id) {
                 continue;
             }
             if self.launched_since(instances, instance_id).await {

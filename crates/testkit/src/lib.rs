@@ -6,6 +6,7 @@ pub mod apigw;
 pub mod github;
 pub mod moto;
 pub mod runtime_api;
+pub mod stack;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,121 @@
+//! A message received 3 times lands in moto's DLQ through the real redrive policy, and the built
+//! `move-jobs` binary, run as Lambda runs it, brings it back (and drops what GitHub finished).
+
+use std::path::Path;
+
+use sophons_core::job::{JobMessage, MESSAGE_VERSION, now_rfc3339};
+use testkit::runtime_api::LambdaProcess;
+use testkit::stack::{Stack, scheduled_event};
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_move-jobs"))
+}
+
+fn message(job_id: u64) -> String {
+    JobMessage {
+        version: MESSAGE_VERSION,
+        delivery_id: format!("d-{job_id}"),
+        job_id,
+        run_id: 1,
+        run_attempt: 1,
+        repository: "my-org/app".into(),
+        owner: "my-org".into(),
+        name: "app".into(),
+        labels: vec!["self-hosted".into()],
+        template: "cpu".into(),
+        workflow_name: String::new(),
+        job_name: String::new(),
+        job_url: String::new(),
+        created_at: now_rfc3339(),
+        received_at: now_rfc3339(),
+        relaunches: 0,
+    }
+    .encode()
+}
+
+async fn bodies(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Vec<String> {
+    let output = sqs
+        .receive_message()
+        .queue_url(queue_url)
+        .max_number_of_messages(10)
+        .send()
+        .await
+        .unwrap();
+    output
+        .messages()
+        .iter()
+        .filter_map(|m| m.body().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_job_that_failed_three_receives_reaches_the_dlq_and_move_jobs_brings_it_back() {
+    let stack = Stack::create(&[("cpu", 5)]).await;
+    let sqs = aws_sdk_sqs::Client::new(&stack.sdk);
+    for job_id in [1, 2] {
+        sqs.send_message()
+            .queue_url(&stack.queue_url)
+            .message_body(message(job_id))
+            .send()
+            .await
+            .unwrap();
+    }
+    stack.github.set_job_status("my-org/app", 2, "completed");
+    // Three receives that are handed back (visibility 0, as a failed batch item comes back).
+    for _ in 0..3 {
+        let received = sqs
+            .receive_message()
+            .queue_url(&stack.queue_url)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .unwrap();
+        for m in received.messages() {
+            sqs.change_message_visibility()
+                .queue_url(&stack.queue_url)
+                .receipt_handle(m.receipt_handle().unwrap())
+                .visibility_timeout(0)
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    assert!(
+        bodies(&sqs, &stack.queue_url).await.is_empty(),
+        "the fourth receive finds them gone"
+    );
+    let mut in_dlq = 0;
+    for _ in 0..3 {
+        let received = sqs
+            .receive_message()
+            .queue_url(&stack.dlq_url)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .unwrap();
+        in_dlq += received.messages().len();
+        for m in received.messages() {
+            sqs.change_message_visibility()
+                .queue_url(&stack.dlq_url)
+                .receipt_handle(m.receipt_handle().unwrap())
+                .visibility_timeout(0)
+                .send()
+                .await
+                .unwrap();
+        }
+        if in_dlq >= 2 {
+            break;
+        }
+    }
+    assert_eq!(in_dlq, 2, "both jobs are in the DLQ after 3 receives");
+
+    let mut lambda = LambdaProcess::spawn(binary(), "move-jobs", &stack.env).await;
+    let answer = lambda.invoke(scheduled_event("sophons-move-jobs")).await.unwrap();
+    assert_eq!(answer["moved"], 1, "{answer}");
+    assert_eq!(answer["dropped"]["not_queued"], 1, "{answer}");
+    let back = bodies(&sqs, &stack.queue_url).await;
+    assert_eq!(back.len(), 1);
+    assert_eq!(JobMessage::decode(&back[0]).unwrap().job_id, 1);
+    assert!(bodies(&sqs, &stack.dlq_url).await.is_empty());
+    assert!(lambda.logs().contains("move-jobs: moved 1"), "{}", lambda.logs());
+}

@@ -1,0 +1,167 @@
+//! The built `stop-runner` binary run as Lambda runs it, against moto and the fake GitHub: an SSM
+//! status event ends our instance and everything it owned, leaves others alone; the sweep
+//! removes leftovers.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use sophons_core::commands::SsmCommands;
+use sophons_core::create::{CreateRunner, Outcome, Ports};
+use sophons_core::fleet::Ec2Fleet;
+use sophons_core::github::{Github, OctocrabGithub, RunnerScope};
+use sophons_core::job::{JobMessage, MESSAGE_VERSION};
+use sophons_core::queue::SqsQueue;
+use sophons_core::secrets::{Secrets, SsmSecrets};
+use testkit::runtime_api::LambdaProcess;
+use testkit::stack::{Stack, scheduled_event, ssm_status_event};
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_stop-runner"))
+}
+
+async fn github(stack: &Stack) -> OctocrabGithub {
+    let config = sophons_core::Config::parse(&stack.document.to_string()).unwrap();
+    OctocrabGithub::connect(&config.github, &SsmSecrets::new(&stack.sdk))
+        .await
+        .unwrap()
+}
+
+/// Serves a job with the real adapters, as create-runner does: (instance id, command id).
+async fn serve(stack: &Stack, job_id: u64) -> (String, String) {
+    let config = Arc::new(sophons_core::Config::parse(&stack.document.to_string()).unwrap());
+    let ports = Ports {
+        fleet: Arc::new(Ec2Fleet::new(&stack.sdk)),
+        github: Arc::new(github(stack).await),
+        secrets: Arc::new(SsmSecrets::new(&stack.sdk)),
+        commands: Arc::new(SsmCommands::new(&stack.sdk)),
+        queue: Arc::new(SqsQueue::new(&stack.sdk)),
+    };
+    let message = JobMessage {
+        version: MESSAGE_VERSION,
+        delivery_id: "d".into(),
+        job_id,
+        run_id: 1,
+        run_attempt: 1,
+        repository: "my-org/app".into(),
+        owner: "my-org".into(),
+        name: "app".into(),
+        labels: vec!["self-hosted".into()],
+        template: "cpu".into(),
+        workflow_name: String::new(),
+        job_name: String::new(),
+        job_url: String::new(),
+        created_at: String::new(),
+        received_at: String::new(),
+        relaunches: 0,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    match CreateRunner::new(config, ports)
+        .serve(&message.encode(), 1, deadline)
+        .await
+    {
+        Outcome::Served {
+            instance_id,
+            command_id,
+            ..
+        } => (instance_id, command_id),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn state_of(instances: &[(String, String, std::collections::BTreeMap<String, String>)], id: &str) -> String {
+    instances
+        .iter()
+        .find(|(i, _, _)| i == id)
+        .map(|(_, s, _)| s.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn an_ssm_status_event_ends_our_instance_its_parameter_and_its_runner() {
+    let stack = Stack::create(&[("cpu", 5)]).await;
+    let (instance_id, command_id) = serve(&stack, 101).await;
+    let (other_id, other_command) = serve(&stack, 102).await;
+    assert_eq!(stack.jit_parameters().await.len(), 2);
+    assert_eq!(stack.github.runners().len(), 2);
+
+    let mut lambda = LambdaProcess::spawn(binary(), "stop-runner", &stack.env).await;
+    let answer = lambda
+        .invoke(ssm_status_event(&instance_id, &command_id, "Success"))
+        .await
+        .unwrap();
+    assert_eq!(answer["handled"], "command_ended", "{answer}");
+
+    let instances = stack.instances().await;
+    assert!(matches!(
+        state_of(&instances, &instance_id).as_str(),
+        "terminated" | "shutting-down"
+    ));
+    assert_eq!(state_of(&instances, &other_id), "running");
+    assert_eq!(
+        stack.jit_parameters().await,
+        vec![format!("/{}/jit/{other_id}", stack.deployment)]
+    );
+    assert_eq!(stack.github.runners().len(), 1);
+
+    // A command id that is not the instance's own: nothing happens.
+    let answer = lambda
+        .invoke(ssm_status_event(&other_id, "not-our-command", "Failed"))
+        .await
+        .unwrap();
+    assert!(answer["result"].as_str().unwrap().contains("Ignored"), "{answer}");
+    // The same event again: harmless.
+    lambda
+        .invoke(ssm_status_event(&instance_id, &command_id, "Success"))
+        .await
+        .unwrap();
+    assert_eq!(state_of(&stack.instances().await, &other_id), "running");
+    let _ = other_command;
+}
+
+#[tokio::test]
+async fn an_event_for_an_instance_of_another_deployment_changes_nothing() {
+    let ours = Stack::create(&[("cpu", 5)]).await;
+    let theirs = Stack::create(&[("cpu", 5)]).await;
+    let (their_instance, their_command) = serve(&theirs, 201).await;
+    let mut lambda = LambdaProcess::spawn(binary(), "stop-runner", &ours.env).await;
+    let answer = lambda
+        .invoke(ssm_status_event(&their_instance, &their_command, "Success"))
+        .await
+        .unwrap();
+    assert!(answer["result"].as_str().unwrap().contains("Ignored"), "{answer}");
+    assert_eq!(state_of(&theirs.instances().await, &their_instance), "running");
+}
+
+#[tokio::test]
+async fn the_sweep_removes_leftover_parameters_and_ghost_runners() {
+    let stack = Stack::create(&[("cpu", 5)]).await;
+    let (live, _) = serve(&stack, 301).await;
+    let ssm = SsmSecrets::new(&stack.sdk);
+    ssm.put_secure(&format!("/{}/jit/i-0000000000000dead", stack.deployment), "x")
+        .await
+        .unwrap();
+    let github = github(&stack).await;
+    let ghost = format!("{}-i-0000000000000dead", stack.deployment);
+    github
+        .register_runner(&RunnerScope::Org("my-org".into()), &ghost, &["self-hosted".into()], 1)
+        .await
+        .unwrap();
+
+    let mut lambda = LambdaProcess::spawn(binary(), "stop-runner", &stack.env).await;
+    let answer = lambda.invoke(scheduled_event("sophons-sweep")).await.unwrap();
+    assert_eq!(answer["handled"], "sweep", "{answer}");
+    assert_eq!(answer["parameters_deleted"], json!(1), "{answer}");
+    assert_eq!(answer["runners_removed"], json!(1), "{answer}");
+    // moto reports every SSM command as ended at once, so to the sweep the live instance's
+    // event was missed: it is ended too, with its own parameter and runner.
+    assert_eq!(answer["cleaned"], json!(1), "{answer}");
+    assert!(matches!(
+        state_of(&stack.instances().await, &live).as_str(),
+        "terminated" | "shutting-down"
+    ));
+    assert!(stack.jit_parameters().await.is_empty());
+    assert!(stack.github.runners().is_empty());
+    assert!(lambda.logs().contains("sweep: examined"), "one summary line per sweep");
+}
