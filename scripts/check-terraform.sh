@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# The Terraform checks of `make test`:
+#   1. terraform fmt -check -recursive
+#   2. terraform init -backend=false (from the local provider mirror) + validate: root, each example, the moto wrapper
+#   3. checkov over terraform/: 0 failed checks (every skip is annotated inline with its reason)
+#   4. terraform apply of the whole root module against moto server (terraform/test/moto)
+#   5. the IAM security test over the applied policies (terraform/test/check_iam.py, with its self-test)
+#   6. the config document read back from moto's SSM: its names point at what was created
+#      (terraform/test/check_config.py) and the autoscaler accepts it (`autoscaler --check-config`)
+#   7. terraform destroy against moto
+#
+# Environment:
+#   MOTO_ENDPOINT                 use this moto server instead of starting .venv/bin/moto_server on a free port
+#   SOPHONS_REQUIRE_CONFIG_CHECK  1: fail when target/debug/autoscaler is missing (else: warn and skip that check)
+#   SOPHONS_AUTOSCALER_BIN        the autoscaler binary (default target/debug/autoscaler)
+#   SOPHONS_VENV                  the Python venv with moto[server] and checkov (default .venv)
+#   TF_PLUGIN_DIR                 the provider mirror (default /opt/tf-plugins)
+#   SOPHONS_TF_SKIP_DESTROY       1: leave the moto resources in place
+#
+# The checkout is never written to: everything runs on a copy in a temporary directory.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+VENV=${SOPHONS_VENV:-$REPO/.venv}
+PYTHON=$VENV/bin/python
+PLUGIN_DIR=${TF_PLUGIN_DIR:-/opt/tf-plugins}
+AUTOSCALER=${SOPHONS_AUTOSCALER_BIN:-$REPO/target/debug/autoscaler}
+REGION=us-east-1
+
+step() { printf '\n== %s\n' "$*"; }
+fail() {
+  printf 'check-terraform: FAILED: %s\n' "$*" >&2
+  exit 1
+}
+
+command -v terraform >/dev/null || fail "terraform is not on PATH"
+[[ -x $PYTHON && -x $VENV/bin/checkov ]] || fail "$VENV lacks python/checkov: run make setup"
+[[ -n ${MOTO_ENDPOINT:-} || -x $VENV/bin/moto_server ]] || fail "$VENV lacks moto_server: run make setup"
+[[ -d $PLUGIN_DIR ]] || fail "no provider mirror at $PLUGIN_DIR (set TF_PLUGIN_DIR)"
+
+WORK=$(mktemp -d)
+MOTO_PID=""
+cleanup() {
+  if [[ -n $MOTO_PID ]]; then
+    kill "$MOTO_PID" 2>/dev/null || true
+    wait "$MOTO_PID" 2>/dev/null || true
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+export TF_IN_AUTOMATION=1 TF_INPUT=0 CHECKPOINT_DISABLE=1
+export TF_CLI_CONFIG_FILE=$WORK/terraformrc
+: >"$TF_CLI_CONFIG_FILE"
+
+# A copy of the module (and the script it uploads) without any local .terraform/, lock files or state.
+mkdir -p "$WORK/repo/scripts"
+tar -C "$REPO" --exclude='.terraform' --exclude='.terraform.lock.hcl' --exclude='*.tfstate*' -cf - terraform |
+  tar -C "$WORK/repo" -xf -
+cp "$REPO/scripts/runner.sh" "$WORK/repo/scripts/runner.sh"
+TF=$WORK/repo/terraform
+
+tf() {
+  local dir=$1
+  shift
+  TF_DATA_DIR="$WORK/data/${dir//\//_}" terraform -chdir="$TF/$dir" "$@"
+}
+
+step "terraform fmt -check -recursive"
+terraform fmt -check -recursive -diff "$REPO/terraform" || fail "terraform fmt: run terraform fmt -recursive terraform"
+
+step "terraform init + validate"
+dirs=(. test/moto)
+for example in "$TF"/examples/*/; do
+  dirs+=("examples/$(basename "$example")")
+done
+for dir in "${dirs[@]}"; do
+  tf "$dir" init -backend=false -plugin-dir="$PLUGIN_DIR" -no-color >"$WORK/init.log" 2>&1 ||
+    { cat "$WORK/init.log"; fail "terraform init in terraform/$dir"; }
+  tf "$dir" validate -no-color >/dev/null || { tf "$dir" validate -no-color || true; fail "terraform validate in terraform/$dir"; }
+  echo "valid: terraform/$dir"
+done
+
+step "checkov"
+"$VENV/bin/checkov" -d "$REPO/terraform" --framework terraform --skip-download --download-external-modules false \
+  --skip-path '\.terraform' -o json >"$WORK/checkov.json" 2>"$WORK/checkov.err" || true
+"$PYTHON" - "$WORK/checkov.json" <<'EOF' || { tail -20 "$WORK/checkov.err"; fail "checkov"; }
+import collections, json, sys
+data = json.load(open(sys.argv[1]))
+reports = data if isinstance(data, list) else [data]
+failed = passed = skipped = errors = 0
+skips = collections.Counter()
+for report in reports:
+    summary = report["summary"]
+    passed += summary["passed"]; failed += summary["failed"]; skipped += summary["skipped"]
+    errors += summary["parsing_errors"]
+    for check in report["results"]["failed_checks"]:
+        print(f"FAILED {check['check_id']} {check['resource']} ({check['file_path']}): {check['check_name']}")
+    for check in report["results"]["skipped_checks"]:
+        skips[check["check_id"]] += 1
+        if not check["check_result"].get("suppress_comment", "").strip():
+            print(f"SKIPPED WITHOUT A REASON {check['check_id']} {check['resource']}"); failed += 1
+print(f"checkov: {passed} passed, {failed} failed, {skipped} skipped, {errors} parsing errors")
+print("checkov skips: " + ", ".join(f"{k} x{v}" for k, v in sorted(skips.items())))
+sys.exit(1 if failed or errors else 0)
+EOF
+
+step "terraform apply against moto"
+if [[ -n ${MOTO_ENDPOINT:-} ]]; then
+  endpoint=${MOTO_ENDPOINT%/}
+  # A shared server may hold earlier runs: give this one its own deployment name.
+  deployment="sophons-t$(date +%s | tail -c 7)"
+else
+  port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$WORK/moto.log" 2>&1 &
+  MOTO_PID=$!
+  endpoint="http://127.0.0.1:$port"
+  deployment="sophons-test"
+  "$PYTHON" - "$endpoint" <<'EOF' || { cat "$WORK/moto.log"; fail "moto server did not start"; }
+import sys, time, urllib.request
+for _ in range(150):
+    try:
+        urllib.request.urlopen(sys.argv[1] + "/moto-api/", timeout=1)
+        sys.exit(0)
+    except Exception:
+        time.sleep(0.2)
+sys.exit(1)
+EOF
+fi
+echo "moto: $endpoint, deployment $deployment"
+
+# Placeholder Lambda packages: `make build` is not part of `make test`, and moto never runs them.
+"$PYTHON" - "$WORK/lambda" <<'EOF'
+import os, sys, zipfile
+for binary in ("autoscaler", "create-runner", "stop-runner", "move-jobs"):
+    os.makedirs(os.path.join(sys.argv[1], binary), exist_ok=True)
+    with zipfile.ZipFile(os.path.join(sys.argv[1], binary, "bootstrap.zip"), "w") as archive:
+        entry = zipfile.ZipInfo("bootstrap")
+        entry.external_attr = 0o755 << 16
+        archive.writestr(entry, "#!/bin/sh\nexit 1\n")
+EOF
+
+moto_vars=(-var "moto_endpoint=$endpoint" -var "lambda_zip_dir=$WORK/lambda" -var "deployment=$deployment")
+if ! tf test/moto apply -auto-approve -no-color "${moto_vars[@]}" >"$WORK/apply.log" 2>&1; then
+  grep -A12 'Error' "$WORK/apply.log" || tail -40 "$WORK/apply.log"
+  fail "terraform apply against moto"
+fi
+applied=$(grep -o 'Resources: [0-9]* added' "$WORK/apply.log" | grep -o '[0-9]*')
+echo "moto apply: $applied resources created"
+
+step "IAM security test"
+tf test/moto show -json >"$WORK/show.json"
+"$PYTHON" "$TF/test/check_iam.py" "$WORK/show.json" --self-test || fail "IAM security test"
+
+step "config document"
+config_param=$(tf test/moto output -raw config_parameter_name)
+"$PYTHON" "$TF/test/check_config.py" "$endpoint" "$REGION" "$config_param" || fail "config document"
+if [[ -x $AUTOSCALER ]]; then
+  check_env=(env -u SOPHONS_CONFIG AWS_ENDPOINT_URL="$endpoint" AWS_REGION="$REGION"
+    AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_EC2_METADATA_DISABLED=true RUST_LOG=warn)
+  "${check_env[@]}" SOPHONS_CONFIG_PARAM="$config_param" "$AUTOSCALER" --check-config ||
+    fail "the autoscaler rejects the config document Terraform wrote"
+  # ...and the check is not a rubber stamp: a document without templates is refused.
+  if "${check_env[@]}" SOPHONS_CONFIG='{"deployment":"sophons"}' "$AUTOSCALER" --check-config >/dev/null 2>&1; then
+    fail "autoscaler --check-config accepted an incomplete document"
+  fi
+  config_check="accepted by $(basename "$AUTOSCALER") --check-config"
+elif [[ ${SOPHONS_REQUIRE_CONFIG_CHECK:-0} == 1 ]]; then
+  fail "$AUTOSCALER is missing (cargo build first), and SOPHONS_REQUIRE_CONFIG_CHECK=1"
+else
+  echo "WARNING: $AUTOSCALER is missing: the config document was not checked by the Lambdas' own parser"
+  config_check="NOT checked by the autoscaler (binary missing)"
+fi
+
+destroyed="skipped"
+if [[ ${SOPHONS_TF_SKIP_DESTROY:-0} != 1 ]]; then
+  step "terraform destroy against moto"
+  tf test/moto destroy -auto-approve -no-color "${moto_vars[@]}" >"$WORK/destroy.log" 2>&1 ||
+    { tail -40 "$WORK/destroy.log"; fail "terraform destroy against moto"; }
+  destroyed=$(grep -o 'Resources: [0-9]* destroyed' "$WORK/destroy.log" | grep -o '[0-9]*')
+fi
+
+step "summary"
+echo "terraform: fmt ok; ${#dirs[@]} configurations valid; moto apply: $applied resources, destroy: $destroyed"
+echo "config document: $config_check"
+echo "check-terraform: ok (${SECONDS}s)"

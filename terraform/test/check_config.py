@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Reads the config document Terraform wrote back from (moto's) SSM and checks that every name in it points
+at something the same apply created: the queues, the parameters, the script object, the log group and the
+launch templates. The autoscaler's `--check-config` then checks it is a document the Lambdas accept.
+
+Usage: check_config.py <endpoint-url> <region> <config-parameter-name>
+Needs boto3 (the venv's moto[server] brings it).
+"""
+
+import json
+import sys
+
+import boto3
+
+
+def main(endpoint, region, parameter):
+    def client(service):
+        return boto3.client(
+            service,
+            endpoint_url=endpoint,
+            region_name=region,
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        )
+
+    ssm, sqs, s3, ec2, logs = (client(s) for s in ("ssm", "sqs", "s3", "ec2", "logs"))
+    errors = []
+
+    stored = ssm.get_parameter(Name=parameter)["Parameter"]
+    if stored["Type"] != "String":
+        errors.append(f"{parameter} is a {stored['Type']}, expected a String (it holds no secret)")
+    config = json.loads(stored["Value"])
+
+    required = [
+        "deployment", "queue_url", "dlq_url", "webhook_secret_param", "max_body_bytes", "github",
+        "repositories", "allow_public_repositories", "runner_script", "retry_delay_seconds", "command",
+        "sweep", "max_job_relaunches", "templates",
+    ]
+    for key in required:
+        if key not in config:
+            errors.append(f"config key {key} is missing (Terraform writes every key explicitly)")
+
+    deployment = config["deployment"]
+    if parameter != f"/{deployment}/config":
+        errors.append(f"config parameter {parameter} is not /{deployment}/config")
+
+    queues = {name: sqs.get_queue_url(QueueName=name)["QueueUrl"] for name in (f"{deployment}-jobs", f"{deployment}-jobs-dlq")}
+    if config["queue_url"] != queues[f"{deployment}-jobs"]:
+        errors.append(f"queue_url {config['queue_url']} is not the jobs queue {queues[f'{deployment}-jobs']}")
+    if config["dlq_url"] != queues[f"{deployment}-jobs-dlq"]:
+        errors.append(f"dlq_url {config['dlq_url']} is not the dead-letter queue")
+
+    github = config["github"]
+    credential = github.get("token_param") or github.get("app", {}).get("private_key_param")
+    if ("token_param" in github) == ("app" in github):
+        errors.append("github must have exactly one of token_param and app")
+    for name in (config["webhook_secret_param"], credential):
+        found = ssm.get_parameter(Name=name, WithDecryption=False)["Parameter"]
+        if found["Type"] != "SecureString":
+            errors.append(f"secret parameter {name} is a {found['Type']}, not a SecureString")
+
+    script = config["runner_script"]
+    head = s3.head_object(Bucket=script["bucket"], Key=script["key"])
+    if head["ContentLength"] < 1000:
+        errors.append(f"s3://{script['bucket']}/{script['key']} looks empty ({head['ContentLength']} bytes)")
+    body = s3.get_object(Bucket=script["bucket"], Key=script["key"])["Body"].read().decode()
+    if "SOPHONS_RUNNER_CACHE_URI:=" not in body or not body.startswith("#!/usr/bin/env bash"):
+        errors.append("the script object is not scripts/runner.sh")
+
+    groups = [g["logGroupName"] for g in logs.describe_log_groups(logGroupNamePrefix=config["command"]["log_group"])["logGroups"]]
+    if config["command"]["log_group"] not in groups:
+        errors.append(f"command.log_group {config['command']['log_group']} does not exist")
+
+    templates = {lt["LaunchTemplateName"]: lt for lt in ec2.describe_launch_templates()["LaunchTemplates"]}
+    for name, template in config["templates"].items():
+        lt_name = template["launch_template"]
+        if lt_name not in templates:
+            errors.append(f"templates.{name}.launch_template {lt_name} does not exist")
+            continue
+        version = ec2.describe_launch_template_versions(LaunchTemplateName=lt_name, Versions=["$Latest"])
+        data = version["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+        if data.get("MetadataOptions", {}).get("HttpTokens") != "required":
+            errors.append(f"launch template {lt_name} does not require IMDSv2")
+        for mapping in data.get("BlockDeviceMappings", []):
+            ebs = mapping.get("Ebs", {})
+            if not ebs.get("Encrypted") or ebs.get("VolumeType") != "gp3":
+                errors.append(f"launch template {lt_name} has a root volume that is not encrypted gp3")
+        for interface in data.get("NetworkInterfaces", []):
+            if interface.get("AssociatePublicIpAddress"):
+                errors.append(f"launch template {lt_name} gives runners a public IP")
+        subnets = ec2.describe_subnets(SubnetIds=template["subnet_ids"])["Subnets"]
+        if len(subnets) != len(template["subnet_ids"]):
+            errors.append(f"templates.{name}.subnet_ids name subnets that do not exist")
+
+    for line in errors:
+        print(f"config: {line}")
+    print(
+        f"config: /{deployment}/config names {len(config['templates'])} template(s), "
+        f"{len(errors)} problem(s)"
+    )
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4:
+        print(__doc__.strip().splitlines()[-2], file=sys.stderr)
+        sys.exit(2)
+    sys.exit(main(*sys.argv[1:]))

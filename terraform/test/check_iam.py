@@ -1,0 +1,344 @@
+#!/usr/bin/env python3
+"""IAM security test of the deployment (issue 7 item 4).
+
+Reads `terraform show -json` of a state (the moto apply) and asserts that the policies Terraform produced are
+as narrow as the design says:
+
+  * no wildcard action anywhere (no "*", no "ec2:*", no "ec2:Describe*", no NotAction);
+  * Resource "*" only for actions AWS cannot scope (a fixed allow-list of read/list actions and the SSM
+    agent's message channels), never for terminate, tagging, SendCommand, launches or parameter writes;
+  * TerminateInstances, CreateTags (after launch), SendCommand on instances and CancelSpotInstanceRequests are
+    conditioned on the `sophons:deployment` tag of this deployment;
+  * launches only from this deployment's launch templates, instances tagged with the deployment at launch;
+  * iam:PassRole only for the runner role, only to EC2, only in create-runner's role;
+  * the runner instance role reads and deletes parameters under /<deployment>/jit/ only (no listing), reads
+    the runner script object (and the optional tarball cache) only, writes the command log group only;
+  * each Lambda has its own role, and only the functions that need a secret can read it.
+
+Usage: check_iam.py <terraform-show.json> [--self-test]
+Exit status 0 when every assertion holds; 1 with one line per violation otherwise.
+Standard library only.
+"""
+
+import copy
+import json
+import re
+import sys
+
+# Actions that AWS does not scope to resources (so "*" is the only possible Resource) and that only read.
+UNSCOPABLE_ACTIONS = {
+    "ec2:DescribeInstances",
+    "ec2:DescribeSpotInstanceRequests",
+    "ec2:DescribeImages",
+    "ec2:DescribeInstanceTypes",
+    "ec2:DescribeLaunchTemplates",
+    "ec2:DescribeLaunchTemplateVersions",
+    "ec2:DescribeSubnets",
+    "ssm:DescribeParameters",
+    "ssm:GetCommandInvocation",
+    # The SSM agent's message channels (AmazonSSMManagedInstanceCore grants them on "*" as well).
+    "ec2messages:AcknowledgeMessage",
+    "ec2messages:DeleteMessage",
+    "ec2messages:FailMessage",
+    "ec2messages:GetEndpoint",
+    "ec2messages:GetMessages",
+    "ec2messages:SendReply",
+    "ssmmessages:CreateControlChannel",
+    "ssmmessages:CreateDataChannel",
+    "ssmmessages:OpenControlChannel",
+    "ssmmessages:OpenDataChannel",
+}
+
+# Actions on instances (and spot requests) that must carry the deployment tag condition.
+TAG_CONDITIONED = {
+    "ec2:TerminateInstances",
+    "ec2:CreateTags",
+    "ssm:SendCommand",
+    "ec2:CancelSpotInstanceRequests",
+}
+
+
+def as_list(value):
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def resources_of(module):
+    """Every resource in a `terraform show -json` module tree."""
+    for resource in module.get("resources", []):
+        yield resource
+    for child in module.get("child_modules", []):
+        yield from resources_of(child)
+
+
+class Deployment:
+    def __init__(self, show):
+        self.resources = list(resources_of(show["values"]["root_module"]))
+        config = self.one("aws_ssm_parameter", lambda v: v["name"].endswith("/config") and v["type"] == "String")
+        self.config = json.loads(config["value"])
+        self.name = self.config["deployment"]
+        self.runner_role = self.one("aws_iam_role", lambda v: v["name"] == f"{self.name}-runner")
+        self.bucket = self.config["runner_script"]["bucket"]
+        self.script_key = self.config["runner_script"]["key"]
+        self.command_log_group = self.config["command"]["log_group"]
+        self.launch_template_arns = sorted(
+            r["values"]["arn"] for r in self.of_type("aws_launch_template")
+            if r["values"]["name"].startswith(f"{self.name}-")
+        )
+        roles = {r["values"]["name"]: r["values"]["arn"] for r in self.of_type("aws_iam_role")}
+        self.functions = {}
+        for function in self.of_type("aws_lambda_function"):
+            role_arn = function["values"]["role"]
+            role_name = next((n for n, a in roles.items() if a == role_arn), role_arn)
+            self.functions[function["values"]["function_name"]] = role_name
+        # role name -> list of policy documents (inline policies)
+        self.role_policies = {}
+        for policy in self.of_type("aws_iam_role_policy"):
+            self.role_policies.setdefault(policy["values"]["role"], []).append(json.loads(policy["values"]["policy"]))
+        self.resource_policies = []
+        for kind in ("aws_s3_bucket_policy", "aws_sqs_queue_policy"):
+            for policy in self.of_type(kind):
+                self.resource_policies.append((kind, json.loads(policy["values"]["policy"])))
+
+    def of_type(self, kind):
+        return [r for r in self.resources if r["type"] == kind and r.get("mode", "managed") == "managed"]
+
+    def one(self, kind, predicate):
+        found = [r for r in self.of_type(kind) if predicate(r["values"])]
+        if len(found) != 1:
+            raise SystemExit(f"check_iam: expected one {kind} matching, found {len(found)}")
+        return found[0]["values"]
+
+    def statements(self, role):
+        for document in self.role_policies.get(role, []):
+            yield from as_list(document.get("Statement"))
+
+
+def condition_values(statement, key):
+    """Values a statement's Condition requires for `key` (any operator), case-insensitive on the key."""
+    values = []
+    for operator, conditions in (statement.get("Condition") or {}).items():
+        for condition_key, value in conditions.items():
+            if condition_key.lower() == key.lower():
+                values.extend(as_list(value))
+    return values
+
+
+def check(deployment):
+    errors = []
+    name = deployment.name
+    tag_keys = (f"ec2:ResourceTag/sophons:deployment", "ssm:resourceTag/sophons:deployment")
+
+    def error(role, statement, message):
+        errors.append(f"{role} [{statement.get('Sid', '?')}]: {message}")
+
+    # 1. Each Lambda has its own role.
+    roles = list(deployment.functions.values())
+    if len(deployment.functions) != 4:
+        errors.append(f"expected 4 Lambda functions, found {sorted(deployment.functions)}")
+    if len(set(roles)) != len(roles):
+        errors.append(f"Lambda functions share roles: {deployment.functions}")
+    if deployment.runner_role["name"] in roles:
+        errors.append("a Lambda function uses the runner instance role")
+
+    all_roles = set(deployment.role_policies)
+    for role in sorted(all_roles):
+        for statement in deployment.statements(role):
+            if statement.get("Effect") != "Allow":
+                continue
+            if "NotAction" in statement or "NotResource" in statement:
+                error(role, statement, "NotAction/NotResource grants more than it names")
+            actions = as_list(statement.get("Action"))
+            resources = as_list(statement.get("Resource"))
+
+            # 2. No wildcard action.
+            for action in actions:
+                if "*" in action:
+                    error(role, statement, f"wildcard action {action}")
+
+            # 3. Resource "*" only for unscopable read actions.
+            if "*" in resources:
+                for action in actions:
+                    if action not in UNSCOPABLE_ACTIONS:
+                        error(role, statement, f"{action} on Resource \"*\"")
+
+            # 4. Instance-changing actions only on this deployment's tagged resources.
+            for action in set(actions) & TAG_CONDITIONED:
+                for resource in resources:
+                    if action == "ssm:SendCommand" and re.search(r":document/AWS-RunShellScript$", resource):
+                        continue
+                    if action == "ec2:CreateTags" and condition_values(statement, "ec2:CreateAction"):
+                        if set(condition_values(statement, "ec2:CreateAction")) - {"CreateFleet", "RunInstances"}:
+                            error(role, statement, "CreateTags on create for other actions than launches")
+                        continue
+                    tagged = any(condition_values(statement, key) == [name] for key in tag_keys)
+                    if not tagged:
+                        error(role, statement, f"{action} on {resource} without a sophons:deployment={name} condition")
+
+            # 5. Launches only from our launch templates; instances tagged with the deployment.
+            for action in set(actions) & {"ec2:RunInstances", "ec2:CreateFleet"}:
+                for resource in resources:
+                    if resource in deployment.launch_template_arns:
+                        continue
+                    if action == "ec2:CreateFleet" and re.search(r":fleet/\*$", resource):
+                        continue
+                    templates = condition_values(statement, "ec2:LaunchTemplate")
+                    if not templates or not set(templates) <= set(deployment.launch_template_arns):
+                        error(role, statement, f"{action} on {resource} not limited to this deployment's launch templates")
+                    if re.search(r":instance/\*$", resource) and condition_values(
+                        statement, "aws:RequestTag/sophons:deployment"
+                    ) != [name]:
+                        error(role, statement, f"{action} launches instances without the sophons:deployment tag")
+
+            # 6. PassRole: the runner role, to EC2, from create-runner only.
+            if "iam:PassRole" in actions:
+                if resources != [deployment.runner_role["arn"]]:
+                    error(role, statement, f"iam:PassRole on {resources}, not only the runner role")
+                if condition_values(statement, "iam:PassedToService") != ["ec2.amazonaws.com"]:
+                    error(role, statement, "iam:PassRole not limited to ec2.amazonaws.com")
+                if role != f"{name}-create-runner-lambda":
+                    error(role, statement, "iam:PassRole outside create-runner's role")
+
+            # 7. Secrets: which role may read which parameter.
+            for action in actions:
+                if not action.startswith("ssm:Get") or action == "ssm:GetCommandInvocation":
+                    continue
+                for resource in resources:
+                    parameter = resource.split(":parameter", 1)[-1] if ":parameter" in resource else None
+                    if parameter is None:
+                        continue
+                    if parameter.startswith("/aws/service/"):
+                        continue  # public AMI parameters
+                    if parameter.startswith(f"/{name}/jit"):
+                        continue
+                    if role == deployment.runner_role["name"]:
+                        error(role, statement, f"the runner role may read {parameter}")
+                    webhook = deployment.config["webhook_secret_param"]
+                    github = deployment.config["github"]
+                    credential = github.get("token_param") or github.get("app", {}).get("private_key_param")
+                    if parameter == webhook and role != f"{name}-autoscaler-lambda":
+                        error(role, statement, "only the autoscaler may read the webhook secret")
+                    if parameter == credential and role == f"{name}-autoscaler-lambda":
+                        error(role, statement, "the autoscaler must not read the GitHub credential")
+
+    # 8. The runner instance role, in full.
+    runner = deployment.runner_role["name"]
+    script_arn = f"arn:aws:s3:::{deployment.bucket}/{deployment.script_key}"
+    cache_arn = f"arn:aws:s3:::{deployment.bucket}/actions-runner/*"
+    jit_arn = re.compile(rf"^arn:aws:ssm:[a-z0-9-]+:\d{{12}}:parameter/{re.escape(name)}/jit/\*$")
+    log_group = re.compile(rf"^arn:aws:logs:[a-z0-9-]+:\d{{12}}:log-group:{re.escape(deployment.command_log_group)}:\*$")
+    if not list(deployment.statements(runner)):
+        errors.append(f"the runner role {runner} has no policy")
+    for statement in deployment.statements(runner):
+        if statement.get("Effect") != "Allow":
+            continue
+        actions = as_list(statement.get("Action"))
+        resources = as_list(statement.get("Resource"))
+        for action in actions:
+            service = action.split(":")[0]
+            if action in UNSCOPABLE_ACTIONS and service in ("ec2messages", "ssmmessages"):
+                continue
+            if action in ("ssm:UpdateInstanceInformation", "ssm:ListInstanceAssociations", "ssm:UpdateInstanceAssociationStatus"):
+                if not all(re.search(r":instance/\*$", r) for r in resources):
+                    error(runner, statement, f"{action} beyond instances")
+            elif action in ("ssm:GetDocument", "ssm:DescribeDocument"):
+                if not all(re.search(r":document/", r) for r in resources):
+                    error(runner, statement, f"{action} beyond documents")
+            elif action in ("ssm:GetParameter", "ssm:DeleteParameter"):
+                if not all(jit_arn.match(r) for r in resources):
+                    error(runner, statement, f"{action} beyond /{name}/jit/*: {resources}")
+            elif action == "s3:GetObject":
+                if not all(r in (script_arn, cache_arn) for r in resources):
+                    error(runner, statement, f"s3:GetObject beyond the runner script: {resources}")
+            elif action in ("logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"):
+                if not all(log_group.match(r) for r in resources):
+                    error(runner, statement, f"{action} beyond the command log group: {resources}")
+            elif action == "logs:DescribeLogGroups":
+                if "*" in resources:
+                    error(runner, statement, "logs:DescribeLogGroups on \"*\"")
+            elif action == "kms:Decrypt":
+                if not condition_values(statement, "kms:ViaService"):
+                    error(runner, statement, "kms:Decrypt not limited to SSM")
+            else:
+                error(runner, statement, f"unexpected action {action} for the runner instances")
+
+    # 9. Resource policies: no wildcard actions, no public Allow.
+    for kind, document in deployment.resource_policies:
+        for statement in as_list(document.get("Statement")):
+            for action in as_list(statement.get("Action")):
+                if "*" in action:
+                    errors.append(f"{kind} [{statement.get('Sid', '?')}]: wildcard action {action}")
+            principal = statement.get("Principal")
+            if statement.get("Effect") == "Allow" and (principal == "*" or "*" in as_list((principal or {}).get("AWS"))):
+                errors.append(f"{kind} [{statement.get('Sid', '?')}]: Allow for every principal")
+
+    return errors
+
+
+def self_test(show):
+    """The checker must catch each kind of broadening; a checker that passes everything proves nothing."""
+    deployment = Deployment(show)
+    name = deployment.name
+    create_role = f"{name}-create-runner-lambda"
+    stop_role = f"{name}-stop-runner-lambda"
+
+    def mutated(role, edit):
+        broken = copy.deepcopy(deployment)
+        edit(broken.role_policies[role][0]["Statement"])
+        return check(broken)
+
+    def drop_condition(sid):
+        def edit(statements):
+            for statement in statements:
+                if statement.get("Sid") == sid:
+                    statement.pop("Condition", None)
+        return edit
+
+    cases = {
+        "wildcard action": (stop_role, lambda s: s.append({"Effect": "Allow", "Action": "ec2:*", "Resource": "arn:aws:ec2:::instance/x"})),
+        "terminate without tag condition": (stop_role, drop_condition("TerminateOwnInstances")),
+        "SendCommand without tag condition": (create_role, drop_condition("RunScriptOnOwnInstances")),
+        "CreateTags on *": (create_role, lambda s: s.append({"Effect": "Allow", "Action": "ec2:CreateTags", "Resource": "*"})),
+        "PassRole on *": (create_role, lambda s: s.append({"Effect": "Allow", "Action": "iam:PassRole", "Resource": "*",
+                                                          "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}})),
+        "launch without template condition": (create_role, drop_condition("LaunchResourcesOfOwnTemplates")),
+        "runner reads all parameters": (deployment.runner_role["name"], lambda s: s.append(
+            {"Effect": "Allow", "Action": "ssm:GetParameter", "Resource": f"arn:aws:ssm:us-east-1:123456789012:parameter/{name}/*"})),
+        "runner reads the bucket": (deployment.runner_role["name"], lambda s: s.append(
+            {"Effect": "Allow", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{deployment.bucket}/*"})),
+        "runner lists parameters": (deployment.runner_role["name"], lambda s: s.append(
+            {"Effect": "Allow", "Action": "ssm:GetParametersByPath", "Resource": f"arn:aws:ssm:us-east-1:123456789012:parameter/{name}/jit"})),
+    }
+    failures = []
+    for label, (role, edit) in cases.items():
+        if not mutated(role, edit):
+            failures.append(label)
+    return failures
+
+
+def main(argv):
+    if len(argv) < 2:
+        print(__doc__.strip().splitlines()[-3], file=sys.stderr)
+        return 2
+    with open(argv[1]) as handle:
+        show = json.load(handle)
+    deployment = Deployment(show)
+    errors = check(deployment)
+    for line in errors:
+        print(f"IAM: {line}")
+    if "--self-test" in argv:
+        missed = self_test(show)
+        for label in missed:
+            print(f"IAM self-test: the checker did not catch: {label}")
+        errors += missed
+    statements = sum(len(list(deployment.statements(role))) for role in deployment.role_policies)
+    print(
+        f"IAM: {len(deployment.role_policies)} roles, {statements} statements checked, "
+        f"{len(errors)} violation(s)"
+    )
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
