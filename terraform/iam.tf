@@ -21,6 +21,15 @@ locals {
   )
   kms_key_arns = var.parameter_kms_key_arn == null ? [] : [var.parameter_kms_key_arn]
 
+  # Public parameters (/aws/service/...) have no account in their ARN.
+  ami_parameter_arns = distinct([
+    for t in values(local.runner_templates) : (
+      startswith(t.ami_ssm_parameter, "/aws/service/")
+      ? "arn:${local.partition}:ssm:${local.region}::parameter${t.ami_ssm_parameter}"
+      : "${local.parameter_arn}${t.ami_ssm_parameter}"
+    ) if t.ami_id == null
+  ])
+
   deployment_condition_value = [var.deployment]
 }
 
@@ -259,11 +268,15 @@ data "aws_iam_policy_document" "create_runner" {
     resources = ["*"] # Describe actions have no resource-level permissions.
   }
 
-  # Launch templates may name their AMI as resolve:ssm:<public parameter>.
-  statement {
-    sid       = "ResolvePublicAmiParameters"
-    actions   = ["ssm:GetParameters", "ssm:GetParameter"]
-    resources = ["arn:${local.partition}:ssm:${local.region}::parameter/aws/service/*"]
+  # Launch templates that name their AMI as resolve:ssm:<parameter> are resolved with the caller's rights.
+  dynamic "statement" {
+    for_each = length(local.ami_parameter_arns) > 0 ? [1] : []
+
+    content {
+      sid       = "ResolveAmiParameters"
+      actions   = ["ssm:GetParameters", "ssm:GetParameter"]
+      resources = local.ami_parameter_arns
+    }
   }
 
   statement {

@@ -36,6 +36,8 @@ UNSCOPABLE_ACTIONS = {
     "ec2:DescribeSubnets",
     "ssm:DescribeParameters",
     "ssm:GetCommandInvocation",
+    "xray:PutTraceSegments",
+    "xray:PutTelemetryRecords",
     # The SSM agent's message channels (AmazonSSMManagedInstanceCore grants them on "*" as well).
     "ec2messages:AcknowledgeMessage",
     "ec2messages:DeleteMessage",

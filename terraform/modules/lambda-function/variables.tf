@@ -56,9 +56,14 @@ variable "log_retention_days" {
 }
 
 variable "tracing_mode" {
-  description = "X-Ray tracing mode: PassThrough or Active."
+  description = "X-Ray tracing mode: PassThrough or Active (Active also lets the role send traces)."
   type        = string
   default     = "PassThrough"
+
+  validation {
+    condition     = contains(["PassThrough", "Active"], var.tracing_mode)
+    error_message = "tracing_mode must be PassThrough or Active."
+  }
 }
 
 variable "tags" {
