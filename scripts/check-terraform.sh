@@ -109,14 +109,14 @@ EOF
 step "terraform apply against moto"
 if [[ -n ${MOTO_ENDPOINT:-} ]]; then
   endpoint=${MOTO_ENDPOINT%/}
-  # A shared server may hold earlier runs: give this one its own deployment name.
-  deployment="sophons-t$(date +%s | tail -c 7)"
+  # A shared server may hold earlier runs: give this one its own deployment names.
+  prefix="t$(date +%s | tail -c 7)"
 else
   port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$WORK/moto.log" 2>&1 &
   MOTO_PID=$!
   endpoint="http://127.0.0.1:$port"
-  deployment="sophons-test"
+  prefix="sophons"
   "$PYTHON" - "$endpoint" <<'EOF' || { cat "$WORK/moto.log"; fail "moto server did not start"; }
 import sys, time, urllib.request
 for _ in range(150):
@@ -128,7 +128,7 @@ for _ in range(150):
 sys.exit(1)
 EOF
 fi
-echo "moto: $endpoint, deployment $deployment"
+echo "moto: $endpoint, deployments $prefix-pat (org, token) and $prefix-app (repo, GitHub App)"
 
 # Placeholder Lambda packages: `make build` is not part of `make test`, and moto never runs them.
 "$PYTHON" - "$WORK/lambda" <<'EOF'
@@ -141,7 +141,7 @@ for binary in ("autoscaler", "create-runner", "stop-runner", "move-jobs"):
         archive.writestr(entry, "#!/bin/sh\nexit 1\n")
 EOF
 
-moto_vars=(-var "moto_endpoint=$endpoint" -var "lambda_zip_dir=$WORK/lambda" -var "deployment=$deployment")
+moto_vars=(-var "moto_endpoint=$endpoint" -var "lambda_zip_dir=$WORK/lambda" -var "deployment_prefix=$prefix")
 if ! tf test/moto apply -auto-approve -no-color "${moto_vars[@]}" >"$WORK/apply.log" 2>&1; then
   grep -A12 'Error' "$WORK/apply.log" || tail -40 "$WORK/apply.log"
   fail "terraform apply against moto"
@@ -154,22 +154,26 @@ tf test/moto show -json >"$WORK/show.json"
 "$PYTHON" "$TF/test/check_iam.py" "$WORK/show.json" --self-test || fail "IAM security test"
 
 step "config document"
-config_param=$(tf test/moto output -raw config_parameter_name)
-"$PYTHON" "$TF/test/check_config.py" "$endpoint" "$REGION" "$config_param" || fail "config document"
+mapfile -t config_params < <(tf test/moto output -json config_parameter_names | "$PYTHON" -c 'import json, sys; print("\n".join(json.load(sys.stdin)))')
+for config_param in "${config_params[@]}"; do
+  "$PYTHON" "$TF/test/check_config.py" "$endpoint" "$REGION" "$config_param" || fail "config document $config_param"
+done
 if [[ -x $AUTOSCALER ]]; then
   check_env=(env -u SOPHONS_CONFIG AWS_ENDPOINT_URL="$endpoint" AWS_REGION="$REGION"
     AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_EC2_METADATA_DISABLED=true RUST_LOG=warn)
-  "${check_env[@]}" SOPHONS_CONFIG_PARAM="$config_param" "$AUTOSCALER" --check-config ||
-    fail "the autoscaler rejects the config document Terraform wrote"
+  for config_param in "${config_params[@]}"; do
+    "${check_env[@]}" SOPHONS_CONFIG_PARAM="$config_param" "$AUTOSCALER" --check-config ||
+      fail "the autoscaler rejects the config document Terraform wrote to $config_param"
+  done
   # ...and the check is not a rubber stamp: a document without templates is refused.
   if "${check_env[@]}" SOPHONS_CONFIG='{"deployment":"sophons"}' "$AUTOSCALER" --check-config >/dev/null 2>&1; then
     fail "autoscaler --check-config accepted an incomplete document"
   fi
-  config_check="accepted by $(basename "$AUTOSCALER") --check-config"
+  config_check="${#config_params[@]} documents accepted by $(basename "$AUTOSCALER") --check-config"
 elif [[ ${SOPHONS_REQUIRE_CONFIG_CHECK:-0} == 1 ]]; then
   fail "$AUTOSCALER is missing (cargo build first), and SOPHONS_REQUIRE_CONFIG_CHECK=1"
 else
-  echo "WARNING: $AUTOSCALER is missing: the config document was not checked by the Lambdas' own parser"
+  echo "WARNING: $AUTOSCALER is missing: the config documents were not checked by the Lambdas' own parser"
   config_check="NOT checked by the autoscaler (binary missing)"
 fi
 

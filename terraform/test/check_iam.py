@@ -74,34 +74,60 @@ def resources_of(module):
         yield from resources_of(child)
 
 
+FUNCTIONS = ("autoscaler", "create-runner", "stop-runner", "move-jobs")
+
+
 class Deployment:
-    def __init__(self, show):
-        self.resources = list(resources_of(show["values"]["root_module"]))
-        config = self.one("aws_ssm_parameter", lambda v: v["name"].endswith("/config") and v["type"] == "String")
-        self.config = json.loads(config["value"])
-        self.name = self.config["deployment"]
-        self.runner_role = self.one("aws_iam_role", lambda v: v["name"] == f"{self.name}-runner")
-        self.bucket = self.config["runner_script"]["bucket"]
-        self.script_key = self.config["runner_script"]["key"]
-        self.command_log_group = self.config["command"]["log_group"]
+    """One deployment in the state, found from its config document; only its own resources are kept."""
+
+    def __init__(self, resources, config):
+        self.resources = resources
+        self.config = config
+        self.name = name = config["deployment"]
+        self.runner_role = self.one("aws_iam_role", lambda v: v["name"] == f"{name}-runner")
+        self.bucket = config["runner_script"]["bucket"]
+        self.script_key = config["runner_script"]["key"]
+        self.command_log_group = config["command"]["log_group"]
+        template_names = {t["launch_template"] for t in config["templates"].values()}
         self.launch_template_arns = sorted(
-            r["values"]["arn"] for r in self.of_type("aws_launch_template")
-            if r["values"]["name"].startswith(f"{self.name}-")
+            r["values"]["arn"] for r in self.of_type("aws_launch_template") if r["values"]["name"] in template_names
         )
+        if len(self.launch_template_arns) != len(template_names):
+            raise SystemExit(f"check_iam: {name}: launch templates {sorted(template_names)} not all in the state")
         roles = {r["values"]["name"]: r["values"]["arn"] for r in self.of_type("aws_iam_role")}
+        own_functions = {f"{name}-{function}" for function in FUNCTIONS}
         self.functions = {}
         for function in self.of_type("aws_lambda_function"):
+            if function["values"]["function_name"] not in own_functions:
+                continue
             role_arn = function["values"]["role"]
             role_name = next((n for n, a in roles.items() if a == role_arn), role_arn)
             self.functions[function["values"]["function_name"]] = role_name
+        own_roles = {f"{name}-{function}-lambda" for function in FUNCTIONS} | {f"{name}-runner"}
         # role name -> list of policy documents (inline policies)
         self.role_policies = {}
         for policy in self.of_type("aws_iam_role_policy"):
-            self.role_policies.setdefault(policy["values"]["role"], []).append(json.loads(policy["values"]["policy"]))
+            if policy["values"]["role"] in own_roles:
+                self.role_policies.setdefault(policy["values"]["role"], []).append(json.loads(policy["values"]["policy"]))
         self.resource_policies = []
-        for kind in ("aws_s3_bucket_policy", "aws_sqs_queue_policy"):
-            for policy in self.of_type(kind):
-                self.resource_policies.append((kind, json.loads(policy["values"]["policy"])))
+        for policy in self.of_type("aws_s3_bucket_policy"):
+            if policy["values"]["bucket"] == self.bucket:
+                self.resource_policies.append(("aws_s3_bucket_policy", json.loads(policy["values"]["policy"])))
+        for policy in self.of_type("aws_sqs_queue_policy"):
+            if policy["values"]["queue_url"] in (config["queue_url"], config["dlq_url"]):
+                self.resource_policies.append(("aws_sqs_queue_policy", json.loads(policy["values"]["policy"])))
+
+    @staticmethod
+    def all_in(show):
+        resources = list(resources_of(show["values"]["root_module"]))
+        deployments = []
+        for r in resources:
+            values = r.get("values", {})
+            if r["type"] == "aws_ssm_parameter" and values.get("type") == "String" and values["name"].endswith("/config"):
+                deployments.append(Deployment(resources, json.loads(values["value"])))
+        if not deployments:
+            raise SystemExit("check_iam: no config document (aws_ssm_parameter <prefix>/config) in the state")
+        return deployments
 
     def of_type(self, kind):
         return [r for r in self.resources if r["type"] == kind and r.get("mode", "managed") == "managed"]
@@ -278,9 +304,8 @@ def check(deployment):
     return errors
 
 
-def self_test(show):
+def self_test(deployment):
     """The checker must catch each kind of broadening; a checker that passes everything proves nothing."""
-    deployment = Deployment(show)
     name = deployment.name
     create_role = f"{name}-create-runner-lambda"
     stop_role = f"{name}-stop-runner-lambda"
@@ -321,25 +346,27 @@ def self_test(show):
 
 def main(argv):
     if len(argv) < 2:
-        print(__doc__.strip().splitlines()[-3], file=sys.stderr)
+        print("usage: check_iam.py <terraform-show.json> [--self-test]", file=sys.stderr)
         return 2
     with open(argv[1]) as handle:
         show = json.load(handle)
-    deployment = Deployment(show)
-    errors = check(deployment)
-    for line in errors:
-        print(f"IAM: {line}")
-    if "--self-test" in argv:
-        missed = self_test(show)
-        for label in missed:
-            print(f"IAM self-test: the checker did not catch: {label}")
-        errors += missed
-    statements = sum(len(list(deployment.statements(role))) for role in deployment.role_policies)
-    print(
-        f"IAM: {len(deployment.role_policies)} roles, {statements} statements checked, "
-        f"{len(errors)} violation(s)"
-    )
-    return 1 if errors else 0
+    failed = False
+    for deployment in Deployment.all_in(show):
+        errors = check(deployment)
+        for line in errors:
+            print(f"IAM {deployment.name}: {line}")
+        if "--self-test" in argv:
+            missed = self_test(deployment)
+            for label in missed:
+                print(f"IAM {deployment.name} self-test: the checker did not catch: {label}")
+            errors += missed
+        statements = sum(len(list(deployment.statements(role))) for role in deployment.role_policies)
+        print(
+            f"IAM {deployment.name}: {len(deployment.role_policies)} roles, {statements} statements checked, "
+            f"{len(errors)} violation(s)"
+        )
+        failed = failed or bool(errors)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -23,10 +23,10 @@ variable "lambda_zip_dir" {
   type        = string
 }
 
-variable "deployment" {
-  description = "Deployment name; unique per run so a shared moto server can take several runs."
+variable "deployment_prefix" {
+  description = "Prefix of the two deployment names (<prefix>-pat, <prefix>-app); unique per run so a shared moto server can take several runs."
   type        = string
-  default     = "sophons-test"
+  default     = "sophons"
 }
 
 provider "aws" {
@@ -67,10 +67,11 @@ resource "aws_subnet" "test" {
   cidr_block = each.value
 }
 
-module "sophons" {
+# Deployment one: organization runners, a token Terraform stores, the webhook secret passed by name.
+module "pat" {
   source = "../.."
 
-  deployment     = var.deployment
+  deployment     = "${var.deployment_prefix}-pat"
   github_owner   = "sophons-test-org"
   github_scope   = "org"
   lambda_zip_dir = var.lambda_zip_dir
@@ -111,21 +112,50 @@ module "sophons" {
   dlq_redrive_allow_policy      = false
 }
 
+# Deployment two: repository runners, a GitHub App, both secrets created by Terraform, all optional
+# switches flipped away from their defaults.
+module "app" {
+  source = "../.."
+
+  deployment     = "${var.deployment_prefix}-app"
+  github_owner   = "sophons-test-user"
+  github_scope   = "repo"
+  lambda_zip_dir = var.lambda_zip_dir
+
+  github_app             = { app_id = 123456, installation_id = 7890123 }
+  github_app_private_key = "-----BEGIN RSA PRIVATE KEY-----\nplaceholder\n-----END RSA PRIVATE KEY-----\n"
+  webhook_secret         = "placeholder-webhook-secret"
+
+  vpc_id              = aws_vpc.test.id
+  subnet_ids          = [aws_subnet.test["b"].id]
+  lambda_architecture = "arm64"
+  lambda_tracing_mode = "Active"
+  log_retention_days  = 7
+
+  runner_templates = {
+    "gpu-large" = {
+      labels         = ["linux", "gpu"]
+      instance_types = ["g5.xlarge", "g6.xlarge"]
+      max_runners    = 2
+      user_data      = "#!/bin/bash\necho hello\n"
+    }
+  }
+
+  script_bucket_tls_only_policy = false
+  dlq_redrive_allow_policy      = false
+}
+
 resource "aws_ssm_parameter" "webhook_secret" {
   #checkov:skip=CKV_AWS_337:Test fixture inside moto holding a placeholder; real deployments choose their key with parameter_kms_key_arn.
-  name  = "/${var.deployment}-existing/webhook-secret"
+  name  = "/${var.deployment_prefix}-existing/webhook-secret"
   type  = "SecureString"
   value = "placeholder-webhook-secret"
 }
 
-output "config_parameter_name" {
-  value = module.sophons.config_parameter_name
+output "config_parameter_names" {
+  value = [module.pat.config_parameter_name, module.app.config_parameter_name]
 }
 
-output "webhook_url" {
-  value = module.sophons.webhook_url
-}
-
-output "jobs_queue_url" {
-  value = module.sophons.jobs_queue_url
+output "webhook_urls" {
+  value = [module.pat.webhook_url, module.app.webhook_url]
 }
