@@ -134,15 +134,23 @@ data "aws_iam_policy_document" "create_runner" {
     ]
   }
 
+  # An instant fleet launches with the caller's own RunInstances rights (below, bound to our launch templates).
+  # CreateFleet itself is authorized on the fleet, the launch template and the resources it will create; the
+  # only launch templates it may name are ours.
   statement {
-    sid       = "CreateFleet"
-    actions   = ["ec2:CreateFleet"]
-    resources = ["arn:${local.partition}:ec2:${local.region}:${local.account_id}:fleet/*"]
+    sid     = "CreateFleetFromOwnTemplates"
+    actions = ["ec2:CreateFleet"]
+    resources = concat(local.launch_template_arns, [
+      for type in ["fleet", "instance", "volume", "network-interface", "subnet", "security-group", "spot-instances-request", "key-pair"] :
+      "arn:${local.partition}:ec2:${local.region}:${local.account_id}:${type}/*"
+      ], [
+      "arn:${local.partition}:ec2:${local.region}::image/*",
+    ])
   }
 
   statement {
     sid       = "LaunchFromOwnTemplates"
-    actions   = ["ec2:CreateFleet", "ec2:RunInstances"]
+    actions   = ["ec2:RunInstances"]
     resources = local.launch_template_arns
   }
 

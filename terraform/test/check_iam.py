@@ -204,12 +204,16 @@ def check(deployment):
                     if not tagged:
                         error(role, statement, f"{action} on {resource} without a sophons:deployment={name} condition")
 
-            # 5. Launches only from our launch templates; instances tagged with the deployment.
-            for action in set(actions) & {"ec2:RunInstances", "ec2:CreateFleet"}:
+            # 5. Launches only from our launch templates; instances tagged with the deployment. An instant
+            # fleet launches with the caller's RunInstances rights, so RunInstances is the gate; CreateFleet may
+            # name no launch template but ours.
+            if "ec2:CreateFleet" in actions:
+                for resource in resources:
+                    if ":launch-template/" in resource and resource not in deployment.launch_template_arns:
+                        error(role, statement, f"ec2:CreateFleet with a launch template that is not ours: {resource}")
+            for action in set(actions) & {"ec2:RunInstances"}:
                 for resource in resources:
                     if resource in deployment.launch_template_arns:
-                        continue
-                    if action == "ec2:CreateFleet" and re.search(r":fleet/\*$", resource):
                         continue
                     templates = condition_values(statement, "ec2:LaunchTemplate")
                     if not templates or not set(templates) <= set(deployment.launch_template_arns):
@@ -330,6 +334,11 @@ def self_test(deployment):
         "PassRole on *": (create_role, lambda s: s.append({"Effect": "Allow", "Action": "iam:PassRole", "Resource": "*",
                                                           "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}})),
         "launch without template condition": (create_role, drop_condition("LaunchResourcesOfOwnTemplates")),
+        "untagged instance launch": (create_role, drop_condition("LaunchTaggedInstances")),
+        "fleet from any template": (create_role, lambda s: s.append({"Effect": "Allow", "Action": "ec2:CreateFleet",
+                                                                     "Resource": "arn:aws:ec2:us-east-1:123456789012:launch-template/*"})),
+        "RunInstances from any template": (create_role, lambda s: s.append({"Effect": "Allow", "Action": "ec2:RunInstances",
+                                                                            "Resource": "arn:aws:ec2:us-east-1:123456789012:launch-template/*"})),
         "runner reads all parameters": (deployment.runner_role["name"], lambda s: s.append(
             {"Effect": "Allow", "Action": "ssm:GetParameter", "Resource": f"arn:aws:ssm:us-east-1:123456789012:parameter/{name}/*"})),
         "runner reads the bucket": (deployment.runner_role["name"], lambda s: s.append(
