@@ -139,6 +139,9 @@ pub struct Template {
     pub max_runners: u32,
     #[serde(default)]
     pub on_demand_fallback: bool,
+    /// Highest Spot price per hour in USD (`"0.05"`); none means up to the on-demand price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spot_max_price: Option<String>,
 }
 
 mod defaults {
@@ -444,6 +447,14 @@ fn validate_template(name: &str, template: &Template) -> Result<(), ConfigError>
     if template.subnet_ids.is_empty() {
         return Err(invalid(key("subnet_ids"), "is empty: list at least one subnet id"));
     }
+    if let Some(price) = &template.spot_max_price
+        && price.parse::<f64>().map_or(true, |p| p.is_nan() || p <= 0.0)
+    {
+        return Err(invalid(
+            key("spot_max_price"),
+            format!("`{price}` is not a price: give USD per hour as a decimal, such as \"0.05\""),
+        ));
+    }
     if template.max_runners == 0 {
         return Err(invalid(
             key("max_runners"),
@@ -619,6 +630,10 @@ mod tests {
             (
                 "templates.template_cpu.launch_template",
                 Box::new(|v| v["templates"]["template_cpu"]["launch_template"] = "".into()),
+            ),
+            (
+                "templates.template_cpu.spot_max_price",
+                Box::new(|v| v["templates"]["template_cpu"]["spot_max_price"] = "cheap".into()),
             ),
         ];
         for (expected, edit) in cases {

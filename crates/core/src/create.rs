@@ -506,6 +506,7 @@ impl CreateRunner {
             instance_types: template.instance_types.clone(),
             subnet_ids: template.subnet_ids.clone(),
             capacity,
+            spot_max_price: template.spot_max_price.clone(),
             client_token: names::client_token(deployment, message, receive_count, capacity),
             tags: tags.clone(),
         };

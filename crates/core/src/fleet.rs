@@ -89,6 +89,8 @@ pub struct LaunchRequest {
     pub instance_types: Vec<String>,
     pub subnet_ids: Vec<String>,
     pub capacity: Capacity,
+    /// Highest Spot price per hour (Spot only).
+    pub spot_max_price: Option<String>,
     /// Makes a repeated call for the same job and attempt return the same instance.
     pub client_token: String,
     pub tags: Vec<(String, String)>,
@@ -185,6 +187,7 @@ impl Fleet for Ec2Fleet {
                 FleetLaunchTemplateOverridesRequest::builder()
                     .instance_type(instance_type.as_str().into())
                     .subnet_id(subnet)
+                    .set_max_price(request.spot_max_price.clone().filter(|_| request.capacity == Capacity::Spot))
                     .build()
             })
         });

@@ -82,6 +82,7 @@ mod tests {
             subnet_ids: vec!["subnet-1".into()],
             max_runners: 1,
             on_demand_fallback: false,
+            spot_max_price: None,
         }
     }
 

@@ -30,6 +30,7 @@ fn request(template: &str, subnet: &str, deployment: &str, job_id: u64, token: &
         instance_types: vec!["c7i.large".into(), "m7i.large".into()],
         subnet_ids: vec![subnet.to_string()],
         capacity: Capacity::Spot,
+        spot_max_price: Some("0.5".into()),
         client_token: token.to_string(),
         tags: vec![
             ("sophons:deployment".into(), deployment.into()),
