@@ -371,6 +371,17 @@ impl Webhook {
                 return with_job(Answer::new(Decision::Ignored, no_match.reason(&labels)));
             }
         };
+        // The full name is spliced into GitHub API paths (`/repos/{full_name}/...`): anything
+        // but `owner/name` as GitHub spells names could point those calls elsewhere.
+        if !is_repository_of(&full_name, &self.config.github.owner) {
+            return with_job(Answer::new(
+                Decision::Forbidden,
+                format!(
+                    "repository `{full_name}` is not `{}/<name>` with a name of letters, digits, `-`, `_` and `.`",
+                    self.config.github.owner
+                ),
+            ));
+        }
 
         let message = JobMessage {
             version: MESSAGE_VERSION,
@@ -431,6 +442,14 @@ impl Webhook {
         }
         None
     }
+}
+
+fn is_repository_of(full_name: &str, owner: &str) -> bool {
+    full_name.split_once('/').is_some_and(|(of, name)| {
+        of.eq_ignore_ascii_case(owner)
+            && !matches!(name, "" | "." | "..")
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    })
 }
 
 fn log(answer: &Answer, elapsed_us: u128) {

@@ -437,3 +437,39 @@ async fn hostile_labels_are_ignored_per_the_table_and_never_panic() {
         assert_eq!(decision, Decision::BadRequest, "{value:?}");
     }
 }
+
+/// Defect: the webhook checked `repository.owner.login` but spliced `repository.full_name`
+/// unchecked into GitHub API paths (`/repos/{full_name}/actions/...`), so a full name such as
+/// `my-org/app/../../orgs/other` pointed the job-status and (repo scope) registration calls at
+/// another resource, and `other-org/app` under an owner login of `my-org` registered a runner
+/// in another organisation's repository.
+#[tokio::test]
+async fn a_repository_full_name_that_is_not_owner_slash_name_never_reaches_github_api_paths() {
+    let world = world_with(|c| c["github"]["scope"] = json!("repo"));
+    for full_name in [
+        "my-org/app/../../orgs/other",
+        "my-org/..",
+        "my-org/.",
+        "my-org/",
+        "my-org",
+        "other-org/app",
+        "my-org/app?per_page=1",
+        "my-org/app#x",
+        "my-org/a b",
+        "my-org/$(id)",
+        "my-org/app\n",
+        "my-org/ünï",
+    ] {
+        let mut payload = queued_payload(&["self-hosted", "template_cpu"]);
+        payload["repository"]["full_name"] = json!(full_name);
+        let (decision, _) = deliver(&world, &payload, "d-repo").await;
+        assert_eq!(decision, Decision::Forbidden, "{full_name:?}");
+    }
+    for full_name in ["my-org/app", "MY-ORG/App.rs", "my-org/a_b-c.d", "my-org/.github"] {
+        let mut payload = queued_payload(&["self-hosted", "template_cpu"]);
+        payload["repository"]["full_name"] = json!(full_name);
+        let (decision, message) = deliver(&world, &payload, "d-repo").await;
+        assert_eq!(decision, Decision::Enqueued, "{full_name:?}");
+        assert_eq!(message.unwrap().repository, full_name);
+    }
+}
