@@ -510,17 +510,47 @@ impl CreateRunner {
             client_token: names::client_token(deployment, message, receive_count, capacity),
             tags: tags.clone(),
         };
-        match self.ports.fleet.launch(&request(Capacity::Spot)).await {
+        match self.launch_live(request(Capacity::Spot)).await {
             Err(FleetError::NoCapacity(reason)) if template.on_demand_fallback => {
                 tracing::info!(
                     job_id = message.job_id,
                     reason,
                     "no spot capacity in any pool; launching on-demand"
                 );
-                self.ports.fleet.launch(&request(Capacity::OnDemand)).await
+                self.launch_live(request(Capacity::OnDemand)).await
             }
             other => other,
         }
+    }
+
+    /// A ClientToken answers the instance it first launched, even after that instance ended: a
+    /// job moved back from the DLQ counts its receives from 1 again and would get the ended
+    /// instances of its first receives. A token spent on an ended instance is replaced by one
+    /// derived from it and that instance, so handlers racing on one message still meet on one.
+    async fn launch_live(&self, mut request: LaunchRequest) -> Result<Launched, FleetError> {
+        const SPENT_TOKENS: usize = 8;
+        for _ in 0..SPENT_TOKENS {
+            let launched = self.ports.fleet.launch(&request).await?;
+            let query = InstanceQuery {
+                instance_id: Some(launched.instance_id.clone()),
+                live_only: true,
+                ..Default::default()
+            };
+            // When EC2 cannot say, go on: SendCommand finds out, and the failure path cleans up.
+            let ended = matches!(
+                self.ports.fleet.instances(&self.config.deployment, &query).await,
+                Ok(found) if found.is_empty()
+            );
+            if !ended {
+                return Ok(launched);
+            }
+            use sha2::{Digest, Sha256};
+            let next = Sha256::digest(format!("{}/{}", request.client_token, launched.instance_id));
+            request.client_token = hex::encode(&next[..24]);
+        }
+        Err(FleetError::Unavailable(format!(
+            "{SPENT_TOKENS} launch tokens in a row answered instances that had ended"
+        )))
     }
 
     /// An instance with no command tag, older than the start deadline: its handler died.

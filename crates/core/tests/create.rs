@@ -496,3 +496,26 @@ async fn one_bad_record_never_fails_its_batch_mates() {
     assert_eq!(world.queue.hidden(), vec![(format!("receipt-{}", failed[0]), 900)]);
     assert!(world.fleet.peak_live("template_gpu") <= 2);
 }
+
+#[tokio::test]
+async fn a_job_moved_back_from_the_dlq_does_not_get_the_ended_instance_of_its_first_receive() {
+    let world = world();
+    let job = message(21, "template_cpu");
+    world
+        .commands
+        .fail_next(CommandError::Failed("ThrottlingException".into()));
+    let first = serve(&world, &job).await;
+    assert!(matches!(first, Outcome::HandedBack { .. }), "{first:?}");
+    let ended = world.fleet.terminated();
+    assert_eq!(ended.len(), 1, "the failed start cleaned up its instance");
+    // move-jobs sends the same body back; SQS counts its receives from 1 again.
+    let instance_id = served_instance(&serve(&world, &job).await);
+    assert_ne!(
+        instance_id, ended[0],
+        "the ClientToken of receive 1 answers the ended instance"
+    );
+    assert_eq!(
+        world.fleet.instance(&instance_id).unwrap().state,
+        InstanceState::Pending
+    );
+}
