@@ -250,11 +250,23 @@ impl CreateRunner {
             Err(error) => return transient(format!("cannot list instances: {error}")),
         };
         for instance in existing {
-            if instance.tag(TAG_COMMAND_ID).is_some() || !self.is_abandoned(&instance) {
+            if instance.tag(TAG_COMMAND_ID).is_some() {
                 return Outcome::Acknowledged(format!(
                     "job {job_id} already has instance {}; no second runner launched",
                     instance.id
                 ));
+            }
+            // Not started yet: another handler may be starting it, or a launch whose answer was
+            // lost left it. Keep the message until it is started or abandoned (then replaced):
+            // acknowledging here would lose the job to an instance nobody starts.
+            if !self.is_abandoned(&instance) {
+                return Outcome::HandedBack {
+                    delay_seconds: self.config.retry_delay_seconds,
+                    reason: format!(
+                        "job {job_id} has instance {} not started yet; checking again in {} s",
+                        instance.id, self.config.retry_delay_seconds
+                    ),
+                };
             }
             tracing::warn!(
                 job_id,

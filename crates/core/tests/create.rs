@@ -519,3 +519,28 @@ async fn a_job_moved_back_from_the_dlq_does_not_get_the_ended_instance_of_its_fi
         InstanceState::Pending
     );
 }
+
+#[tokio::test]
+async fn a_job_whose_launch_answer_was_lost_is_not_acknowledged_for_an_instance_never_started() {
+    let world = world();
+    let job = message(22, "template_cpu");
+    // CreateFleet launched, but its answer was lost: the instance is there, never started.
+    let mut tags = std::collections::BTreeMap::new();
+    tags.insert("sophons:deployment".to_string(), "sophons".to_string());
+    tags.insert("sophons:template".to_string(), "template_cpu".to_string());
+    tags.insert("sophons:job-id".to_string(), "22".to_string());
+    world.fleet.insert(Instance {
+        id: "i-unstarted".into(),
+        state: InstanceState::Pending,
+        instance_type: "c7i.large".into(),
+        launched_at: Some(SystemTime::now()),
+        spot_request_id: None,
+        tags,
+    });
+    let outcome = world.create.serve(&job.encode(), 2, far()).await;
+    assert!(
+        matches!(outcome, Outcome::HandedBack { delay_seconds: 900, .. }),
+        "the message must outlive the unstarted instance: {outcome:?}"
+    );
+    assert_eq!(world.fleet.all_instances().len(), 1, "no second instance meanwhile");
+}
