@@ -273,12 +273,14 @@ impl CreateRunner {
                 instance_id = instance.id,
                 "instance was never started (its handler died); replacing it"
             );
-            self.clean_up(
-                &instance.id,
-                None,
-                &RunnerScope::for_job(&self.config.github, &message.repository),
-            )
-            .await;
+            let scope = RunnerScope::for_job(&self.config.github, &message.repository);
+            if !self.clean_up(&instance.id, None, &scope).await {
+                // Launching now would give the job two live instances.
+                return transient(format!(
+                    "cannot end instance {} that was never started; no replacement launched yet",
+                    instance.id
+                ));
+            }
         }
 
         // Still wanted? A spare instance costs less than a job that never runs, so an
@@ -575,11 +577,15 @@ impl CreateRunner {
     }
 
     /// Terminate the instance, delete its parameter, remove its runner. Failures are logged;
-    /// the sweep removes anything left.
-    async fn clean_up(&self, instance_id: &str, runner_id: Option<u64>, scope: &RunnerScope) {
-        if let Err(error) = self.ports.fleet.terminate(instance_id).await {
-            tracing::error!(instance_id, %error, "cannot terminate; the sweep will retry");
-        }
+    /// the sweep removes anything left. Answers whether the instance was terminated.
+    async fn clean_up(&self, instance_id: &str, runner_id: Option<u64>, scope: &RunnerScope) -> bool {
+        let terminated = match self.ports.fleet.terminate(instance_id).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::error!(instance_id, %error, "cannot terminate; the sweep will retry");
+                false
+            }
+        };
         let parameter = names::jit_parameter(&self.config.deployment, instance_id);
         if let Err(error) = self.ports.secrets.delete(&parameter).await {
             tracing::error!(instance_id, %error, "cannot delete the JIT parameter; the sweep will retry");
@@ -589,6 +595,7 @@ impl CreateRunner {
         {
             tracing::error!(instance_id, runner_id, %error, "cannot remove the runner; the sweep will retry");
         }
+        terminated
     }
 }
 

@@ -544,3 +544,61 @@ async fn a_job_whose_launch_answer_was_lost_is_not_acknowledged_for_an_instance_
     );
     assert_eq!(world.fleet.all_instances().len(), 1, "no second instance meanwhile");
 }
+
+/// EC2 that will not terminate: everything else as the fake does.
+struct NoTerminate(Arc<FakeFleet>);
+
+#[async_trait::async_trait]
+impl sophons_core::fleet::Fleet for NoTerminate {
+    async fn launch(
+        &self,
+        request: &sophons_core::fleet::LaunchRequest,
+    ) -> Result<sophons_core::fleet::Launched, FleetError> {
+        self.0.launch(request).await
+    }
+    async fn instances(
+        &self,
+        deployment: &str,
+        query: &sophons_core::fleet::InstanceQuery,
+    ) -> Result<Vec<Instance>, FleetError> {
+        self.0.instances(deployment, query).await
+    }
+    async fn tag(&self, instance_id: &str, tags: &[(String, String)]) -> Result<(), FleetError> {
+        self.0.tag(instance_id, tags).await
+    }
+    async fn terminate(&self, _instance_id: &str) -> Result<(), FleetError> {
+        Err(FleetError::Unavailable("RequestLimitExceeded".into()))
+    }
+    async fn cancel_spot_request(&self, request_id: &str) -> Result<(), FleetError> {
+        self.0.cancel_spot_request(request_id).await
+    }
+}
+
+#[tokio::test]
+async fn an_abandoned_instance_that_cannot_be_terminated_is_not_replaced_by_a_second_live_one() {
+    let fleet = Arc::new(FakeFleet::default());
+    let mut tags = std::collections::BTreeMap::new();
+    tags.insert("sophons:deployment".to_string(), "sophons".to_string());
+    tags.insert("sophons:template".to_string(), "template_cpu".to_string());
+    tags.insert("sophons:job-id".to_string(), "23".to_string());
+    fleet.insert(Instance {
+        id: "i-abandoned".into(),
+        state: InstanceState::Running,
+        instance_type: "c7i.large".into(),
+        launched_at: Some(SystemTime::now() - Duration::from_secs(3600)),
+        spot_request_id: None,
+        tags,
+    });
+    let config = Arc::new(Config::parse(&common::config_json("https://sqs.example/jobs").to_string()).unwrap());
+    let ports = Ports {
+        fleet: Arc::new(NoTerminate(fleet.clone())),
+        github: Arc::new(FakeGithub::new()),
+        secrets: Arc::new(FakeSecrets::default()),
+        commands: Arc::new(FakeCommands::default()),
+        queue: Arc::new(FakeQueue::default()),
+    };
+    let create = CreateRunner::new(config, ports);
+    let outcome = create.serve(&message(23, "template_cpu").encode(), 2, far()).await;
+    assert!(matches!(outcome, Outcome::HandedBack { .. }), "{outcome:?}");
+    assert_eq!(fleet.live_instances().len(), 1, "never two live instances for one job");
+}
