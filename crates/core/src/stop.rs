@@ -346,7 +346,11 @@ impl StopRunner {
                 continue;
             }
             let Some(command_id) = command else {
-                if age > start_limit {
+                // A handler killed between SendCommand and tagging leaves a runner that works
+                // without the command tag: a busy runner is not "never started".
+                let name = names::runner_name(deployment, &instance.id);
+                let busy = runners.values().any(|(_, runner)| runner.name == name && runner.busy);
+                if age > start_limit && !busy {
                     report.never_started += 1;
                     self.end(instance, None).await;
                 } else {

@@ -438,3 +438,38 @@ async fn the_sweep_keeps_going_when_github_fails() {
         InstanceState::Terminated
     );
 }
+
+#[tokio::test]
+async fn the_sweep_does_not_end_a_busy_runner_whose_handler_died_before_tagging_its_command() {
+    let world = world();
+    let mut tags = std::collections::BTreeMap::new();
+    tags.insert("sophons:deployment".to_string(), "sophons".to_string());
+    tags.insert("sophons:job-id".to_string(), "14".to_string());
+    tags.insert("sophons:repository".to_string(), "my-org/app".to_string());
+    world.fleet.insert(Instance {
+        id: "i-untagged".into(),
+        state: InstanceState::Running,
+        instance_type: "c7i.large".into(),
+        launched_at: Some(SystemTime::now() - Duration::from_secs(3600)),
+        spot_request_id: None,
+        tags,
+    });
+    // SendCommand went out and the runner took its job; the handler died before CreateTags.
+    let scope = RunnerScope::Org("my-org".into());
+    let jit = world
+        .github
+        .register_runner(&scope, "sophons-i-untagged", &["self-hosted".into()], 1)
+        .await
+        .unwrap();
+    world.github.set_runner_status(jit.runner_id, "online", true);
+    let report = world.stop.sweep(far()).await;
+    assert_eq!(report.never_started, 0, "{report:?}");
+    assert_eq!(
+        world.fleet.live_instances().len(),
+        1,
+        "the job it runs is not interrupted"
+    );
+    // Once the job is done the JIT runner is gone, and the instance is ended.
+    world.github.runner_finished(jit.runner_id);
+    assert_eq!(world.stop.sweep(far()).await.never_started, 1);
+}
