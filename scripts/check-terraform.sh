@@ -28,7 +28,7 @@ PLUGIN_DIR=${TF_PLUGIN_DIR:-/opt/tf-plugins}
 AUTOSCALER=${SOPHONS_AUTOSCALER_BIN:-$REPO/target/debug/autoscaler}
 REGION=us-east-1
 
-step() { printf '\n== %s\n' "$*"; }
+step() { printf '\n== %s (at %ss)\n' "$*" "$SECONDS"; }
 fail() {
   printf 'check-terraform: FAILED: %s\n' "$*" >&2
   exit 1
@@ -42,6 +42,8 @@ command -v terraform >/dev/null || fail "terraform is not on PATH"
 WORK=$(mktemp -d)
 MOTO_PID=""
 cleanup() {
+  # Background checks still running when something failed.
+  jobs -p | xargs -r kill 2>/dev/null || true
   if [[ -n $MOTO_PID ]]; then
     kill "$MOTO_PID" 2>/dev/null || true
     wait "$MOTO_PID" 2>/dev/null || true
@@ -70,22 +72,18 @@ tf() {
 step "terraform fmt -check -recursive"
 terraform fmt -check -recursive -diff "$REPO/terraform" || fail "terraform fmt: run terraform fmt -recursive terraform"
 
-step "terraform init + validate"
-dirs=(. test/moto)
-for example in "$TF"/examples/*/; do
-  dirs+=("examples/$(basename "$example")")
-done
-for dir in "${dirs[@]}"; do
-  tf "$dir" init -backend=false -plugin-dir="$PLUGIN_DIR" -no-color >"$WORK/init.log" 2>&1 ||
-    { cat "$WORK/init.log"; fail "terraform init in terraform/$dir"; }
+validate() {
+  local dir=$1 log="$WORK/init-${1//\//_}.log"
+  tf "$dir" init -backend=false -plugin-dir="$PLUGIN_DIR" -no-color >"$log" 2>&1 ||
+    { cat "$log"; fail "terraform init in terraform/$dir"; }
   tf "$dir" validate -no-color >/dev/null || { tf "$dir" validate -no-color || true; fail "terraform validate in terraform/$dir"; }
   echo "valid: terraform/$dir"
-done
+}
 
-step "checkov"
-"$VENV/bin/checkov" -d "$REPO/terraform" --framework terraform --skip-download --download-external-modules false \
-  --skip-path '\.terraform' -o json >"$WORK/checkov.json" 2>"$WORK/checkov.err" || true
-"$PYTHON" - "$WORK/checkov.json" <<'EOF' || { tail -20 "$WORK/checkov.err"; fail "checkov"; }
+checkov_report() {
+  "$VENV/bin/checkov" -d "$REPO/terraform" --framework terraform --skip-download --download-external-modules false \
+    --skip-path '\.terraform' -o json >"$WORK/checkov.json" 2>"$WORK/checkov.err" || true
+  "$PYTHON" - "$WORK/checkov.json" <<'EOF' || { tail -20 "$WORK/checkov.err"; fail "checkov"; }
 import collections, json, sys
 data = json.load(open(sys.argv[1]))
 reports = data if isinstance(data, list) else [data]
@@ -105,6 +103,20 @@ print(f"checkov: {passed} passed, {failed} failed, {skipped} skipped, {errors} p
 print("checkov skips: " + ", ".join(f"{k} x{v}" for k, v in sorted(skips.items())))
 sys.exit(1 if failed or errors else 0)
 EOF
+}
+
+# The moto apply is the long pole and mostly waits on the provider: validate the other configurations and run
+# checkov meanwhile, and report them after it.
+step "terraform init + validate of the moto wrapper (the others and checkov run alongside the apply)"
+dirs=(. test/moto)
+for example in "$TF"/examples/*/; do
+  dirs+=("examples/$(basename "$example")")
+done
+validate test/moto
+(for dir in "${dirs[@]}"; do [[ $dir == test/moto ]] || validate "$dir"; done) >"$WORK/validate.log" 2>&1 &
+validate_pid=$!
+checkov_report >"$WORK/checkov.log" 2>&1 &
+checkov_pid=$!
 
 step "terraform apply against moto"
 if [[ -n ${MOTO_ENDPOINT:-} ]]; then
@@ -148,6 +160,14 @@ if ! tf test/moto apply -auto-approve -no-color "${moto_vars[@]}" >"$WORK/apply.
 fi
 applied=$(grep -o 'Resources: [0-9]* added' "$WORK/apply.log" | grep -o '[0-9]*')
 echo "moto apply: $applied resources created"
+
+step "terraform init + validate"
+wait "$validate_pid" || { cat "$WORK/validate.log"; fail "terraform init/validate"; }
+cat "$WORK/validate.log"
+
+step "checkov"
+wait "$checkov_pid" || { cat "$WORK/checkov.log"; fail "checkov"; }
+cat "$WORK/checkov.log"
 
 step "IAM security test"
 tf test/moto show -json >"$WORK/show.json"

@@ -55,8 +55,9 @@ variable "github_api_url" {
   default     = "https://api.github.com"
 
   validation {
-    condition     = can(regex("^https://[^\\s]+[^/]$", var.github_api_url))
-    error_message = "github_api_url must be an https:// URL without a trailing slash."
+    # Plain http is allowed on loopback only: the demo's and the tests' fake GitHub.
+    condition     = can(regex("^(https://[^\\s]+|http://127\\.0\\.0\\.1:[0-9]+)[^/]?$", var.github_api_url)) && !endswith(var.github_api_url, "/")
+    error_message = "github_api_url must be an https:// URL without a trailing slash (http:// only on 127.0.0.1, for local testing)."
   }
 }
 
