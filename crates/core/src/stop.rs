@@ -185,6 +185,15 @@ impl StopRunner {
             .tag(TAG_JOB_ID)
             .and_then(|id| id.parse().ok())
             .unwrap_or_default();
+        // The job goes back before anything is ended: if the send fails (or this handler dies
+        // before it), the instance is still there for the sweep or the retried event to try again.
+        let relaunched = match command_status {
+            Some(status) if status != "Success" => match self.relaunch(instance, job_id, status).await {
+                Ok(relaunched) => relaunched,
+                Err(()) => return false,
+            },
+            _ => false,
+        };
         if let Err(error) = self.ports.fleet.terminate(instance_id).await {
             tracing::error!(job_id, instance_id, %error, "cannot terminate; the sweep will retry");
         }
@@ -204,10 +213,6 @@ impl StopRunner {
         {
             tracing::warn!(job_id, instance_id, runner_id, %error, "cannot remove the runner; the sweep will retry");
         }
-        let relaunched = match command_status {
-            Some(status) if status != "Success" => self.relaunch(instance, job_id, status).await,
-            _ => false,
-        };
         tracing::info!(
             job_id,
             instance_id,
@@ -221,7 +226,8 @@ impl StopRunner {
 
     /// The runner died before taking its job (bad AMI, script failure, spot reclaim during boot):
     /// a job GitHub still has queued goes back to the jobs queue, a limited number of times.
-    async fn relaunch(&self, instance: &Instance, job_id: u64, status: &str) -> bool {
+    /// Answers whether it was sent back; an error when it should have been and could not.
+    async fn relaunch(&self, instance: &Instance, job_id: u64, status: &str) -> Result<bool, ()> {
         let repository = instance.tag(TAG_REPOSITORY).unwrap_or_default().to_string();
         match self.ports.github.job_status(&repository, job_id).await {
             Ok(JobStatus::Queued) => {}
@@ -231,7 +237,7 @@ impl StopRunner {
                     status,
                     "command ended {status}; job {job_id} is {state}, nothing to relaunch"
                 );
-                return false;
+                return Ok(false);
             }
             Err(error) => {
                 tracing::warn!(job_id, %error, "cannot ask GitHub about the job; relaunching (create-runner asks again)");
@@ -247,7 +253,7 @@ impl StopRunner {
                  the runner script's output in the command log group, and spot interruptions",
                 relaunches + 1
             );
-            return false;
+            return Ok(false);
         }
         let template = instance.tag(TAG_TEMPLATE).unwrap_or_default().to_string();
         let labels = self
@@ -291,11 +297,11 @@ impl StopRunner {
                     relaunches = relaunches + 1,
                     "runner died before its job ({status}); job sent back for a new runner"
                 );
-                true
+                Ok(true)
             }
             Err(error) => {
-                tracing::error!(job_id, %error, "cannot send the job back; it waits until GitHub cancels it");
-                false
+                tracing::error!(job_id, %error, "cannot send the job back; its instance is left for the sweep to retry");
+                Err(())
             }
         }
     }

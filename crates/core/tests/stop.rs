@@ -473,3 +473,72 @@ async fn the_sweep_does_not_end_a_busy_runner_whose_handler_died_before_tagging_
     world.github.runner_finished(jit.runner_id);
     assert_eq!(world.stop.sweep(far()).await.never_started, 1);
 }
+
+/// SQS that refuses the first send, then works.
+struct FirstSendFails {
+    inner: Arc<FakeQueue>,
+    failed: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl sophons_core::queue::Queue for FirstSendFails {
+    async fn send(
+        &self,
+        queue_url: &str,
+        body: &str,
+        delivery_id: &str,
+    ) -> Result<String, sophons_core::queue::QueueError> {
+        if !self.failed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(sophons_core::queue::QueueError::Refused {
+                queue_url: queue_url.into(),
+                reason: "InternalError".into(),
+            });
+        }
+        self.inner.send(queue_url, body, delivery_id).await
+    }
+    async fn hide(&self, queue_url: &str, receipt: &str, seconds: u32) -> Result<(), sophons_core::queue::QueueError> {
+        self.inner.hide(queue_url, receipt, seconds).await
+    }
+    async fn receive(
+        &self,
+        queue_url: &str,
+        max: u32,
+        wait: u32,
+    ) -> Result<Vec<sophons_core::queue::Received>, sophons_core::queue::QueueError> {
+        self.inner.receive(queue_url, max, wait).await
+    }
+    async fn delete(&self, queue_url: &str, receipt: &str) -> Result<(), sophons_core::queue::QueueError> {
+        self.inner.delete(queue_url, receipt).await
+    }
+}
+
+#[tokio::test]
+async fn a_job_whose_relaunch_could_not_be_sent_is_not_lost() {
+    let world = world();
+    let (instance_id, command_id) = running_job(&world, 15).await;
+    let stop = StopRunner::new(
+        Arc::new(common::config(QUEUE)),
+        sophons_core::stop::Ports {
+            fleet: world.fleet.clone(),
+            github: world.github.clone(),
+            secrets: world.secrets.clone(),
+            commands: world.commands.clone(),
+            queue: Arc::new(FirstSendFails {
+                inner: world.queue.clone(),
+                failed: Default::default(),
+            }),
+        },
+    );
+    stop.command_ended(&instance_id, &command_id, "Failed").await;
+    assert!(
+        world.fleet.instance(&instance_id).unwrap().state.is_live(),
+        "with the job not sent back, the instance stays for the sweep to retry"
+    );
+    world
+        .commands
+        .set_status(&command_id, CommandStatus::Ended("Failed".into()));
+    let report = stop.sweep(far()).await;
+    assert_eq!(report.relaunched, 1, "{report:?}");
+    assert_eq!(world.queue.sent().len(), 1);
+    assert!(world.fleet.live_instances().is_empty());
+}
