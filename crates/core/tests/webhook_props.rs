@@ -79,8 +79,15 @@ fn text() -> impl Strategy<Value = Vec<u8>> {
 
 fn edits() -> impl Strategy<Value = Vec<u8>> {
     vec(
-        (0..=PUSH_LABEL, 0u8..10, hostile_bytes()).prop_map(|(field, kind, bytes)| Edit { field, kind, bytes }),
-        0..6,
+        // Kind 9 (one of the words the webhook looks for) and 1 (a string) keep more edited
+        // deliveries well-typed, so more of them reach the template and repository checks.
+        (
+            0..=PUSH_LABEL,
+            prop_oneof![3 => Just(9u8), 2 => Just(1u8), 3 => 0u8..10],
+            hostile_bytes(),
+        )
+            .prop_map(|(field, kind, bytes)| Edit { field, kind, bytes }),
+        0..4,
     )
     .prop_map(|edits| Edit::encode(&edits))
 }
