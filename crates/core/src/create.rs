@@ -274,6 +274,19 @@ impl CreateRunner {
                 "instance was never started (its handler died); replacing it"
             );
             let scope = RunnerScope::for_job(&self.config.github, &message.repository);
+            // A handler killed between SendCommand and tagging leaves a runner at work without
+            // the command tag: ending its instance would end the job it runs.
+            let name = names::runner_name(deployment, &instance.id);
+            match self.ports.github.runners(&scope).await {
+                Ok(runners) if runners.iter().any(|r| r.name == name && r.busy) => {
+                    return Outcome::Acknowledged(format!(
+                        "job {job_id} already has instance {} whose runner is busy; no second runner launched",
+                        instance.id
+                    ));
+                }
+                Ok(_) => {}
+                Err(error) => return transient(format!("cannot list runners: {error}")),
+            }
             if !self.clean_up(&instance.id, None, &scope).await {
                 // Launching now would give the job two live instances.
                 return transient(format!(

@@ -602,3 +602,40 @@ async fn an_abandoned_instance_that_cannot_be_terminated_is_not_replaced_by_a_se
     assert!(matches!(outcome, Outcome::HandedBack { .. }), "{outcome:?}");
     assert_eq!(fleet.live_instances().len(), 1, "never two live instances for one job");
 }
+
+#[tokio::test]
+async fn a_busy_runner_whose_handler_died_before_tagging_its_command_is_not_replaced() {
+    let world = world();
+    let mut tags = std::collections::BTreeMap::new();
+    tags.insert("sophons:deployment".to_string(), "sophons".to_string());
+    tags.insert("sophons:template".to_string(), "template_cpu".to_string());
+    tags.insert("sophons:job-id".to_string(), "24".to_string());
+    world.fleet.insert(Instance {
+        id: "i-untagged".into(),
+        state: InstanceState::Running,
+        instance_type: "c7i.large".into(),
+        launched_at: Some(SystemTime::now() - Duration::from_secs(3600)),
+        spot_request_id: None,
+        tags,
+    });
+    let scope = RunnerScope::Org("my-org".into());
+    let jit = sophons_core::github::Github::register_runner(
+        world.github.as_ref(),
+        &scope,
+        "sophons-i-untagged",
+        &["self-hosted".into()],
+        1,
+    )
+    .await
+    .unwrap();
+    world.github.set_runner_status(jit.runner_id, "online", true);
+    let outcome = world
+        .create
+        .serve(&message(24, "template_cpu").encode(), 2, far())
+        .await;
+    assert!(matches!(outcome, Outcome::Acknowledged(_)), "{outcome:?}");
+    assert!(
+        world.fleet.terminated().is_empty(),
+        "the job its runner runs is not interrupted"
+    );
+}
