@@ -1,0 +1,1842 @@
+//! The simulation: create-runner, stop-runner, the sweep and move-jobs together, over the in-memory
+//! fakes with faults injected on every port, in simulated minutes, seeded and reproducible.
+//!
+//! The driver owns everything the flows do not: SQS (visibility, receive counts, the DLQ after
+//! three receives), GitHub's side of jobs and runners, the boxes themselves, EventBridge and the
+//! schedules. Handlers run interleaved at their port calls and can be killed between any two.
+//! Invariants are checked as the run goes (at every launch) and at the end, after the sweep and
+//! move-jobs have run until nothing moves.
+//!
+//! `SOPHONS_SIM_SEED=123 cargo test -p sophons-core --test simulation` reruns one seed;
+//! `SOPHONS_SIM_JOBS` sets the jobs per seed; `SOPHONS_SOAK_JOBS` the total of the ignored soak.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use serde_json::json;
+use sophons_core::commands::{CommandError, CommandRequest, CommandStatus, Commands};
+use sophons_core::config::Config;
+use sophons_core::create::{self, Backoff, CreateRunner, Outcome};
+use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeSecrets};
+use sophons_core::fleet::{
+    Capacity, Fleet, FleetError, Instance, InstanceQuery, InstanceState, LaunchRequest, Launched, TAG_JOB_ID,
+    TAG_RELAUNCHES, TAG_TEMPLATE,
+};
+use sophons_core::github::{Github, GithubError, JitConfig, JobStatus, Runner, RunnerScope};
+use sophons_core::job::{JobMessage, MESSAGE_VERSION, now_rfc3339};
+use sophons_core::names;
+use sophons_core::queue::{Queue, QueueError, Received};
+use sophons_core::redrive::MoveJobs;
+use sophons_core::secrets::{Secrets, SecretsError};
+use sophons_core::stop::{self, SSM_DETAIL_TYPE, StopRunner};
+use tokio::time::Instant;
+
+const QUEUE: &str = "https://sqs.us-east-1.amazonaws.com/123456789012/jobs";
+const REPOSITORY: &str = "my-org/app";
+/// The jobs queue's redrive policy (terraform `max_receive_count`).
+const MAX_RECEIVES: u32 = 3;
+/// The jobs queue's visibility timeout: 6 × create-runner's 360 s timeout.
+const VISIBILITY_MINUTES: u64 = 36;
+const SWEEP_EVERY: u64 = 15;
+const MOVE_JOBS_EVERY: u64 = 60;
+/// Event source mapping: invocations at once, records per batch, batches per simulated minute.
+const CONCURRENCY: usize = 2;
+const BATCH_SIZE: u32 = 10;
+const BATCH_ROUNDS: usize = 3;
+/// Jobs arrive at about this many per simulated minute.
+const ARRIVALS_PER_MINUTE: f64 = 2.5;
+/// After the last arrival faults go on this long, then the bad day ends and the system drains.
+const FAULT_TAIL_MINUTES: u64 = 120;
+/// Draining longer than this is a failure: something never settles.
+const DRAIN_LIMIT_MINUTES: u64 = 3 * 24 * 60;
+
+/// How often each fault strikes (per call of the port, or per job / box / event).
+#[derive(Clone, Copy)]
+struct Rates {
+    handler_killed: f64,
+    interleave: f64,
+    ec2_throttled: f64,
+    insufficient_capacity: f64,
+    quota: f64,
+    timeout: f64,
+    not_ready: f64,
+    ssm_failed: f64,
+    ssm_throttled: f64,
+    github_5xx: f64,
+    github_rate_limited: f64,
+    sqs_failed: f64,
+    duplicate_delivery: f64,
+    event_lost: f64,
+    event_repeated: f64,
+    cancelled_while_queued: f64,
+    taken_elsewhere: f64,
+    taken_by_another_job: f64,
+    bad_ami: f64,
+    spot_reclaimed: f64,
+}
+
+const RATES: Rates = Rates {
+    handler_killed: 0.004,
+    interleave: 0.3,
+    ec2_throttled: 0.03,
+    insufficient_capacity: 0.08,
+    quota: 0.02,
+    timeout: 0.01,
+    not_ready: 0.3,
+    ssm_failed: 0.02,
+    ssm_throttled: 0.02,
+    github_5xx: 0.03,
+    github_rate_limited: 0.02,
+    sqs_failed: 0.02,
+    duplicate_delivery: 0.05,
+    event_lost: 0.05,
+    event_repeated: 0.05,
+    cancelled_while_queued: 0.05,
+    taken_elsewhere: 0.05,
+    taken_by_another_job: 0.05,
+    bad_ami: 0.03,
+    spot_reclaimed: 0.02,
+};
+
+/// What the default run leaves out because the flows cannot survive it yet (each is a known
+/// defect with an ignored test of its own below; see the report in the commit message).
+#[derive(Clone, Copy, Default)]
+struct Known {
+    /// Two create-runner handlers at once: both count the room, both launch.
+    concurrent_handlers: bool,
+    /// Spot reclaims an instance while it boots: nothing relaunches its job.
+    spot_reclaims: bool,
+    /// GitHub gives a runner another queued job: its own job is left with no runner.
+    runners_taken_by_another_job: bool,
+}
+
+impl Known {
+    fn rates(self) -> Rates {
+        let mut rates = RATES;
+        if !self.spot_reclaims {
+            rates.spot_reclaimed = 0.0;
+        }
+        if !self.runners_taken_by_another_job {
+            rates.taken_by_another_job = 0.0;
+        }
+        rates
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Randomness, time, faults
+
+/// splitmix64: tiny, seeded, the same sequence on every machine.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+}
+
+tokio::task_local! {
+    /// The Lambda invocation a handler future belongs to; killing it drops all its futures.
+    static INVOCATION: u64;
+}
+
+/// What every fault-injecting port shares: the PRNG, the simulated clock, the fault counts and
+/// the bookkeeping the invariants are checked against.
+struct Chaos {
+    rng: Mutex<Rng>,
+    /// Faults strike only while the bad day lasts; interleaving goes on regardless.
+    on: AtomicBool,
+    /// Simulated minutes.
+    now: AtomicU64,
+    rates: Rates,
+    faults: Mutex<BTreeMap<&'static str, u64>>,
+    killed: Mutex<BTreeSet<u64>>,
+    ledger: Mutex<Ledger>,
+    max_runners: BTreeMap<String, usize>,
+}
+
+#[derive(Default)]
+struct Ledger {
+    /// Simulated minute of each instance's launch: its age for the flows.
+    launched_at: HashMap<String, u64>,
+    /// Live (pending/running) instances: job id and template.
+    live: BTreeMap<String, (u64, String)>,
+    /// `InvalidInstanceId` answers still to give per new instance (the agent registering).
+    not_ready: HashMap<String, u32>,
+    /// Commands SSM took, for the driver to start boxes: (command id, instance id).
+    commands: Vec<(String, String)>,
+    violations: Vec<String>,
+    launches: u64,
+    retries: u64,
+}
+
+impl Chaos {
+    fn now(&self) -> u64 {
+        self.now.load(Ordering::Relaxed)
+    }
+
+    fn draw(&self, n: u64) -> u64 {
+        self.rng.lock().unwrap().below(n)
+    }
+
+    fn chance(&self, p: f64) -> bool {
+        self.rng.lock().unwrap().chance(p)
+    }
+
+    /// Whether a fault of `kind` strikes now; counted when it does.
+    fn fault(&self, kind: &'static str, p: f64) -> bool {
+        let on = self.on.load(Ordering::Relaxed);
+        let struck = self.chance(p) && on;
+        if struck {
+            self.count(kind);
+        }
+        struck
+    }
+
+    fn count(&self, kind: &'static str) {
+        *self.faults.lock().unwrap().entry(kind).or_default() += 1;
+    }
+
+    fn violation(&self, what: String) {
+        let now = self.now();
+        self.ledger
+            .lock()
+            .unwrap()
+            .violations
+            .push(format!("minute {now}: {what}"));
+    }
+
+    fn is_killed(&self, invocation: u64) -> bool {
+        self.killed.lock().unwrap().contains(&invocation)
+    }
+
+    /// A point between two steps of a handler: another handler may run first, or the handler's
+    /// whole invocation may be killed here (its futures are dropped by the driver).
+    async fn step(&self) {
+        let killed = self.fault("handler killed", self.rates.handler_killed);
+        let interleave = self.chance(self.rates.interleave);
+        if killed && let Ok(invocation) = INVOCATION.try_with(|id| *id) {
+            self.killed.lock().unwrap().insert(invocation);
+            std::future::pending::<()>().await;
+        }
+        if interleave {
+            YieldOnce(false).await;
+        }
+    }
+
+    /// An instance the flows see, aged in simulated time. Ages are kept half a minute short of
+    /// the simulated minute so that wall-clock drift during a run never tips a comparison.
+    fn aged(&self, mut instance: Instance) -> Instance {
+        let launched = self.ledger.lock().unwrap().launched_at.get(&instance.id).copied();
+        if let Some(minute) = launched {
+            let age = Duration::from_secs(self.now().saturating_sub(minute) * 60);
+            instance.launched_at = Some(SystemTime::now() + Duration::from_secs(30) - age);
+        }
+        instance
+    }
+
+    /// Bookkeeping of a launch, and the invariants a launch could break.
+    fn launched(&self, instance: &Instance) {
+        let mut ledger = self.ledger.lock().unwrap();
+        if !instance.state.is_live() || ledger.live.contains_key(&instance.id) {
+            return;
+        }
+        let job: u64 = instance.tag(TAG_JOB_ID).and_then(|id| id.parse().ok()).unwrap_or(0);
+        let template = instance.tag(TAG_TEMPLATE).unwrap_or_default().to_string();
+        ledger.launches += 1;
+        ledger.launched_at.insert(instance.id.clone(), self.now());
+        ledger.live.insert(instance.id.clone(), (job, template.clone()));
+        let now = self.now();
+        let others: Vec<String> = ledger
+            .live
+            .iter()
+            .filter(|(id, (j, _))| *j == job && **id != instance.id)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if !others.is_empty() {
+            ledger.violations.push(format!(
+                "minute {now}: job {job} has two live instances at once: {} and {others:?}",
+                instance.id
+            ));
+        }
+        let live = ledger.live.values().filter(|(_, t)| *t == template).count();
+        let max = self.max_runners.get(&template).copied().unwrap_or(0);
+        if live > max {
+            ledger.violations.push(format!(
+                "minute {now}: template `{template}` has {live} live instances, max_runners is {max}"
+            ));
+        }
+    }
+
+    fn ended(&self, instance_id: &str) {
+        self.ledger.lock().unwrap().live.remove(instance_id);
+    }
+
+    fn is_live(&self, instance_id: &str) -> bool {
+        self.ledger.lock().unwrap().live.contains_key(instance_id)
+    }
+}
+
+/// Pending once, then ready: hands the turn to the next handler.
+struct YieldOnce(bool);
+
+impl Future for YieldOnce {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fault-injecting ports
+
+struct ChaosFleet {
+    inner: Arc<FakeFleet>,
+    chaos: Arc<Chaos>,
+}
+
+#[async_trait]
+impl Fleet for ChaosFleet {
+    async fn launch(&self, request: &LaunchRequest) -> Result<Launched, FleetError> {
+        let chaos = &self.chaos;
+        let rates = chaos.rates;
+        chaos.step().await;
+        if chaos.fault("EC2 throttled", rates.ec2_throttled) {
+            return Err(FleetError::Unavailable(
+                "RequestLimitExceeded: Request limit exceeded.".into(),
+            ));
+        }
+        if request.capacity == Capacity::Spot
+            && chaos.fault("InsufficientInstanceCapacity", rates.insufficient_capacity)
+        {
+            return Err(FleetError::NoCapacity(
+                "InsufficientInstanceCapacity: no spot capacity".into(),
+            ));
+        }
+        if chaos.fault("quota (VcpuLimitExceeded)", rates.quota) {
+            return Err(FleetError::NoCapacity("VcpuLimitExceeded: vCPU quota reached".into()));
+        }
+        let answer_lost = chaos.fault("EC2 timeout after the launch", rates.timeout);
+        let launched = self.inner.launch(request).await?;
+        if let Some(instance) = self.inner.instance(&launched.instance_id) {
+            let fresh = !chaos.ledger.lock().unwrap().launched_at.contains_key(&instance.id);
+            chaos.launched(&instance);
+            if fresh && chaos.fault("InvalidInstanceId after launch", rates.not_ready) {
+                let times = 1 + chaos.draw(3) as u32;
+                chaos
+                    .ledger
+                    .lock()
+                    .unwrap()
+                    .not_ready
+                    .insert(instance.id.clone(), times);
+            }
+        }
+        chaos.step().await;
+        if answer_lost {
+            return Err(FleetError::Unavailable("timeout waiting for CreateFleet".into()));
+        }
+        Ok(launched)
+    }
+
+    async fn instances(&self, deployment: &str, query: &InstanceQuery) -> Result<Vec<Instance>, FleetError> {
+        self.chaos.step().await;
+        if self.chaos.fault("EC2 throttled", self.chaos.rates.ec2_throttled) {
+            return Err(FleetError::Unavailable(
+                "RequestLimitExceeded: Request limit exceeded.".into(),
+            ));
+        }
+        let found = self.inner.instances(deployment, query).await?;
+        Ok(found.into_iter().map(|i| self.chaos.aged(i)).collect())
+    }
+
+    async fn tag(&self, instance_id: &str, tags: &[(String, String)]) -> Result<(), FleetError> {
+        self.chaos.step().await;
+        if self.chaos.fault("EC2 throttled", self.chaos.rates.ec2_throttled) {
+            return Err(FleetError::Unavailable(
+                "RequestLimitExceeded: Request limit exceeded.".into(),
+            ));
+        }
+        let answer_lost = self.chaos.fault("EC2 timeout after tagging", self.chaos.rates.timeout);
+        self.inner.tag(instance_id, tags).await?;
+        self.chaos.step().await;
+        if answer_lost {
+            return Err(FleetError::Unavailable("timeout waiting for CreateTags".into()));
+        }
+        Ok(())
+    }
+
+    async fn terminate(&self, instance_id: &str) -> Result<(), FleetError> {
+        self.chaos.step().await;
+        if self.chaos.fault("EC2 throttled", self.chaos.rates.ec2_throttled) {
+            return Err(FleetError::Unavailable(
+                "RequestLimitExceeded: Request limit exceeded.".into(),
+            ));
+        }
+        self.inner.terminate(instance_id).await?;
+        self.chaos.ended(instance_id);
+        self.chaos.step().await;
+        Ok(())
+    }
+
+    async fn cancel_spot_request(&self, request_id: &str) -> Result<(), FleetError> {
+        self.chaos.step().await;
+        if self.chaos.fault("EC2 throttled", self.chaos.rates.ec2_throttled) {
+            return Err(FleetError::Unavailable(
+                "RequestLimitExceeded: Request limit exceeded.".into(),
+            ));
+        }
+        self.inner.cancel_spot_request(request_id).await
+    }
+}
+
+struct ChaosCommands {
+    inner: Arc<FakeCommands>,
+    chaos: Arc<Chaos>,
+}
+
+#[async_trait]
+impl Commands for ChaosCommands {
+    async fn send(&self, request: &CommandRequest) -> Result<String, CommandError> {
+        let chaos = &self.chaos;
+        // SSM answers InvalidInstanceId for an instance that is gone, for as long as it is asked.
+        // No draw here: how often the backoff asks depends on the wall clock.
+        if !chaos.is_live(&request.instance_id) {
+            return Err(CommandError::NotReady(request.instance_id.clone()));
+        }
+        chaos.step().await;
+        if chaos.fault("SSM throttled", chaos.rates.ssm_throttled) {
+            return Err(CommandError::Failed("ThrottlingException: Rate exceeded".into()));
+        }
+        {
+            let mut ledger = chaos.ledger.lock().unwrap();
+            if let Some(left) = ledger.not_ready.get_mut(&request.instance_id)
+                && *left > 0
+            {
+                *left -= 1;
+                ledger.retries += 1;
+                return Err(CommandError::NotReady(request.instance_id.clone()));
+            }
+        }
+        let answer_lost = chaos.fault("SSM timeout after SendCommand", chaos.rates.timeout);
+        let command_id = self.inner.send(request).await?;
+        chaos
+            .ledger
+            .lock()
+            .unwrap()
+            .commands
+            .push((command_id.clone(), request.instance_id.clone()));
+        chaos.step().await;
+        if answer_lost {
+            return Err(CommandError::Failed("timeout waiting for SendCommand".into()));
+        }
+        Ok(command_id)
+    }
+
+    async fn status(&self, command_id: &str, instance_id: &str) -> Result<CommandStatus, CommandError> {
+        self.chaos.step().await;
+        if self.chaos.fault("SSM 5xx", self.chaos.rates.ssm_failed) {
+            return Err(CommandError::Failed("InternalServerError".into()));
+        }
+        self.inner.status(command_id, instance_id).await
+    }
+}
+
+struct ChaosSecrets {
+    inner: Arc<FakeSecrets>,
+    chaos: Arc<Chaos>,
+}
+
+#[async_trait]
+impl Secrets for ChaosSecrets {
+    async fn get(&self, name: &str) -> Result<String, SecretsError> {
+        self.inner.get(name).await
+    }
+
+    async fn put_secure(&self, name: &str, value: &str) -> Result<(), SecretsError> {
+        self.chaos.step().await;
+        if self.chaos.fault("SSM throttled", self.chaos.rates.ssm_throttled) {
+            return Err(SecretsError::Throttled(name.into()));
+        }
+        let answer_lost = self
+            .chaos
+            .fault("SSM timeout after PutParameter", self.chaos.rates.timeout);
+        self.inner.put_secure(name, value).await?;
+        self.chaos.step().await;
+        if answer_lost {
+            return Err(SecretsError::Failed {
+                name: name.into(),
+                reason: "timeout".into(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), SecretsError> {
+        self.chaos.step().await;
+        if self.chaos.fault("SSM 5xx", self.chaos.rates.ssm_failed) {
+            return Err(SecretsError::Failed {
+                name: name.into(),
+                reason: "InternalServerError".into(),
+            });
+        }
+        self.inner.delete(name).await
+    }
+
+    async fn list(&self, path: &str) -> Result<Vec<String>, SecretsError> {
+        self.chaos.step().await;
+        if self.chaos.fault("SSM throttled", self.chaos.rates.ssm_throttled) {
+            return Err(SecretsError::Throttled(path.into()));
+        }
+        self.inner.list(path).await
+    }
+}
+
+struct ChaosGithub {
+    inner: Arc<FakeGithub>,
+    chaos: Arc<Chaos>,
+}
+
+impl ChaosGithub {
+    fn failure(&self) -> Option<GithubError> {
+        let rates = self.chaos.rates;
+        if self.chaos.fault("GitHub 5xx", rates.github_5xx) {
+            return Some(GithubError::Unavailable("502 Bad Gateway".into()));
+        }
+        if self.chaos.fault("GitHub rate limited", rates.github_rate_limited) {
+            return Some(GithubError::RateLimited("403 API rate limit exceeded".into()));
+        }
+        None
+    }
+}
+
+#[async_trait]
+impl Github for ChaosGithub {
+    async fn job_status(&self, repository: &str, job_id: u64) -> Result<JobStatus, GithubError> {
+        self.chaos.step().await;
+        if let Some(error) = self.failure() {
+            return Err(error);
+        }
+        self.inner.job_status(repository, job_id).await
+    }
+
+    async fn register_runner(
+        &self,
+        scope: &RunnerScope,
+        name: &str,
+        labels: &[String],
+        runner_group_id: u64,
+    ) -> Result<JitConfig, GithubError> {
+        self.chaos.step().await;
+        if let Some(error) = self.failure() {
+            return Err(error);
+        }
+        let answer_lost = self
+            .chaos
+            .fault("GitHub timeout after registering", self.chaos.rates.timeout);
+        let jit = self.inner.register_runner(scope, name, labels, runner_group_id).await?;
+        self.chaos.step().await;
+        if answer_lost {
+            return Err(GithubError::Unavailable(
+                "timeout waiting for generate-jitconfig".into(),
+            ));
+        }
+        Ok(jit)
+    }
+
+    async fn runners(&self, scope: &RunnerScope) -> Result<Vec<Runner>, GithubError> {
+        self.chaos.step().await;
+        if let Some(error) = self.failure() {
+            return Err(error);
+        }
+        Github::runners(self.inner.as_ref(), scope).await
+    }
+
+    async fn remove_runner(&self, scope: &RunnerScope, runner_id: u64) -> Result<(), GithubError> {
+        self.chaos.step().await;
+        if let Some(error) = self.failure() {
+            return Err(error);
+        }
+        self.inner.remove_runner(scope, runner_id).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQS
+
+struct Message {
+    id: u64,
+    body: String,
+    delivery_id: String,
+    receives: u32,
+    visible_at: u64,
+    receipt: Option<String>,
+}
+
+#[derive(Default)]
+struct Queues {
+    jobs: Vec<Message>,
+    dlq: Vec<Message>,
+    next: u64,
+    dlq_trips: u64,
+}
+
+/// SQS as create-runner, stop-runner and move-jobs see it: the jobs queue with visibility and
+/// receive counts, the redrive to the DLQ after `MAX_RECEIVES`, and faults on every call.
+struct SimQueue {
+    state: Mutex<Queues>,
+    chaos: Arc<Chaos>,
+    dlq_url: String,
+}
+
+impl SimQueue {
+    fn enqueue(&self, dlq: bool, body: &str, delivery_id: &str) -> u64 {
+        let now = self.chaos.now();
+        let mut state = self.state.lock().unwrap();
+        state.next += 1;
+        let message = Message {
+            id: state.next,
+            body: body.into(),
+            delivery_id: delivery_id.into(),
+            receives: 0,
+            visible_at: now,
+            receipt: None,
+        };
+        let id = message.id;
+        if dlq {
+            state.dlq.push(message);
+        } else {
+            state.jobs.push(message);
+        }
+        id
+    }
+
+    /// What the event source mapping receives: visible messages with their receive counts. A
+    /// message received `MAX_RECEIVES` times goes to the DLQ instead.
+    fn receive_jobs(&self, max: u32) -> Vec<(Received, u32)> {
+        let now = self.chaos.now();
+        let mut state = self.state.lock().unwrap();
+        let mut taken = Vec::new();
+        let mut index = 0;
+        while index < state.jobs.len() && taken.len() < max as usize {
+            if state.jobs[index].visible_at > now {
+                index += 1;
+                continue;
+            }
+            if state.jobs[index].receives >= MAX_RECEIVES {
+                let mut message = state.jobs.remove(index);
+                message.receives = 0;
+                message.receipt = None;
+                state.dlq_trips += 1;
+                state.dlq.push(message);
+                continue;
+            }
+            state.next += 1;
+            let receipt = format!("receipt-{}", state.next);
+            let message = &mut state.jobs[index];
+            message.receives += 1;
+            message.visible_at = now + VISIBILITY_MINUTES;
+            message.receipt = Some(receipt.clone());
+            taken.push((
+                Received {
+                    message_id: format!("message-{}", message.id),
+                    receipt_handle: receipt,
+                    body: message.body.clone(),
+                    delivery_id: message.delivery_id.clone(),
+                },
+                message.receives,
+            ));
+            index += 1;
+        }
+        taken
+    }
+
+    /// What the event source mapping does with a record it was told succeeded.
+    fn delete_job(&self, receipt: &str) {
+        let mut state = self.state.lock().unwrap();
+        state.jobs.retain(|m| m.receipt.as_deref() != Some(receipt));
+    }
+
+    fn bodies(&self, dlq: bool) -> Vec<String> {
+        let state = self.state.lock().unwrap();
+        let queue = if dlq { &state.dlq } else { &state.jobs };
+        queue.iter().map(|m| m.body.clone()).collect()
+    }
+
+    fn queue_of<'a>(&self, state: &'a mut Queues, queue_url: &str) -> Result<&'a mut Vec<Message>, QueueError> {
+        if queue_url == QUEUE {
+            Ok(&mut state.jobs)
+        } else if queue_url == self.dlq_url {
+            Ok(&mut state.dlq)
+        } else {
+            Err(QueueError::NotFound {
+                queue_url: queue_url.into(),
+            })
+        }
+    }
+
+    fn refused(&self, queue_url: &str) -> Option<QueueError> {
+        self.chaos
+            .fault("SQS 5xx", self.chaos.rates.sqs_failed)
+            .then(|| QueueError::Refused {
+                queue_url: queue_url.into(),
+                reason: "InternalError".into(),
+            })
+    }
+}
+
+#[async_trait]
+impl Queue for SimQueue {
+    async fn send(&self, queue_url: &str, body: &str, delivery_id: &str) -> Result<String, QueueError> {
+        self.chaos.step().await;
+        if let Some(error) = self.refused(queue_url) {
+            return Err(error);
+        }
+        let id = self.enqueue(queue_url == self.dlq_url, body, delivery_id);
+        self.chaos.step().await;
+        Ok(format!("message-{id}"))
+    }
+
+    async fn hide(&self, queue_url: &str, receipt_handle: &str, seconds: u32) -> Result<(), QueueError> {
+        self.chaos.step().await;
+        if let Some(error) = self.refused(queue_url) {
+            return Err(error);
+        }
+        let now = self.chaos.now();
+        let mut state = self.state.lock().unwrap();
+        let queue = self.queue_of(&mut state, queue_url)?;
+        match queue.iter_mut().find(|m| m.receipt.as_deref() == Some(receipt_handle)) {
+            Some(message) => {
+                message.visible_at = now + u64::from(seconds).div_ceil(60);
+                Ok(())
+            }
+            None => Err(QueueError::Refused {
+                queue_url: queue_url.into(),
+                reason: "ReceiptHandleIsInvalid".into(),
+            }),
+        }
+    }
+
+    async fn receive(&self, queue_url: &str, max: u32, _wait_seconds: u32) -> Result<Vec<Received>, QueueError> {
+        self.chaos.step().await;
+        if let Some(error) = self.refused(queue_url) {
+            return Err(error);
+        }
+        if queue_url == QUEUE {
+            return Ok(self.receive_jobs(max).into_iter().map(|(r, _)| r).collect());
+        }
+        let now = self.chaos.now();
+        let mut state = self.state.lock().unwrap();
+        state.next += 1;
+        let mut next = state.next;
+        let queue = self.queue_of(&mut state, queue_url)?;
+        let mut taken = Vec::new();
+        for message in queue
+            .iter_mut()
+            .filter(|m| m.visible_at <= now)
+            .take(max.clamp(1, 10) as usize)
+        {
+            next += 1;
+            let receipt = format!("receipt-{next}");
+            message.receives += 1;
+            message.visible_at = now + VISIBILITY_MINUTES;
+            message.receipt = Some(receipt.clone());
+            taken.push(Received {
+                message_id: format!("message-{}", message.id),
+                receipt_handle: receipt,
+                body: message.body.clone(),
+                delivery_id: message.delivery_id.clone(),
+            });
+        }
+        state.next = next;
+        Ok(taken)
+    }
+
+    async fn delete(&self, queue_url: &str, receipt_handle: &str) -> Result<(), QueueError> {
+        self.chaos.step().await;
+        if let Some(error) = self.refused(queue_url) {
+            return Err(error);
+        }
+        let mut state = self.state.lock().unwrap();
+        // A stale receipt (the message was received again since) deletes nothing, as in SQS.
+        self.queue_of(&mut state, queue_url)?
+            .retain(|m| m.receipt.as_deref() != Some(receipt_handle));
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running handlers: interleaved, deterministic, killable
+
+type Task<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
+struct Flag {
+    woken: AtomicBool,
+    outer: Mutex<Option<Waker>>,
+}
+
+impl Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::SeqCst);
+        if let Some(waker) = self.outer.lock().unwrap().as_ref() {
+            waker.wake_by_ref();
+        }
+    }
+}
+
+/// Runs handler futures round-robin, switching at their port calls. One that waits on a timer
+/// (SendCommand's backoff) holds the others until it resumes, so the wall clock never decides the
+/// order and a seed replays exactly. A killed invocation's futures are dropped where they stand
+/// and answer `None`.
+async fn interleave<'a, T: 'a>(chaos: &Chaos, tasks: Vec<(u64, Task<'a, T>)>) -> Vec<Option<T>> {
+    let count = tasks.len();
+    let invocations: Vec<u64> = tasks.iter().map(|(id, _)| *id).collect();
+    let mut slots: Vec<Option<Task<'a, T>>> = tasks
+        .into_iter()
+        .map(|(id, task)| Some(Box::pin(INVOCATION.scope(id, task)) as Task<'a, T>))
+        .collect();
+    let mut results: Vec<Option<T>> = (0..count).map(|_| None).collect();
+    let flags: Vec<Arc<Flag>> = (0..count)
+        .map(|_| {
+            Arc::new(Flag {
+                woken: AtomicBool::new(true),
+                outer: Mutex::new(None),
+            })
+        })
+        .collect();
+    let mut blocked: Option<usize> = None;
+    let mut cursor = 0;
+    poll_fn(|cx| {
+        for flag in &flags {
+            *flag.outer.lock().unwrap() = Some(cx.waker().clone());
+        }
+        loop {
+            if let Some(index) = blocked {
+                if !flags[index].woken.load(Ordering::SeqCst) {
+                    return Poll::Pending;
+                }
+                blocked = None;
+            }
+            let next = (0..count)
+                .map(|k| (cursor + k) % count)
+                .find(|&i| slots[i].is_some() && flags[i].woken.load(Ordering::SeqCst));
+            let Some(index) = next else {
+                return if slots.iter().all(Option::is_none) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                };
+            };
+            cursor = index + 1;
+            flags[index].woken.store(false, Ordering::SeqCst);
+            let waker = Waker::from(flags[index].clone());
+            let mut context = Context::from_waker(&waker);
+            let task = slots[index].as_mut().expect("checked above");
+            match task.as_mut().poll(&mut context) {
+                Poll::Ready(value) => {
+                    results[index] = Some(value);
+                    slots[index] = None;
+                }
+                Poll::Pending if chaos.is_killed(invocations[index]) => {
+                    for (slot, invocation) in slots.iter_mut().zip(&invocations) {
+                        if *invocation == invocations[index] {
+                            *slot = None;
+                        }
+                    }
+                }
+                Poll::Pending if !flags[index].woken.load(Ordering::SeqCst) => blocked = Some(index),
+                Poll::Pending => {}
+            }
+        }
+    })
+    .await;
+    results
+}
+
+// ---------------------------------------------------------------------------------------------
+// The world around the flows: GitHub's jobs, the boxes, EventBridge
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum JobState {
+    Queued,
+    Running(String),
+    Ran,
+    Cancelled,
+    RanElsewhere,
+}
+
+struct Job {
+    id: u64,
+    template: String,
+    state: JobState,
+    /// A runner of this job died before taking it after its last allowed relaunch.
+    relaunches_exhausted: bool,
+    /// Why its message last went back to the queue (for the DLQ accounting).
+    last_hand_back: Option<String>,
+    /// What happened to it, for the failure message.
+    history: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    Booting { until: u64 },
+    Online,
+    Running { job: u64, until: u64 },
+    Done,
+}
+
+/// One instance that SSM started the runner script on.
+struct Machine {
+    instance_id: String,
+    command_id: String,
+    job: u64,
+    relaunches: u32,
+    runner_id: Option<u64>,
+    phase: Phase,
+}
+
+struct Event {
+    due: u64,
+    instance_id: String,
+    command_id: String,
+    status: String,
+    /// Lambda retries an async invocation that failed twice.
+    retries_left: u32,
+}
+
+#[derive(Default, Clone)]
+struct Figures {
+    seeds: u64,
+    jobs: u64,
+    ran: u64,
+    cancelled: u64,
+    ran_elsewhere: u64,
+    relaunches_exhausted: u64,
+    launches: u64,
+    retries: u64,
+    handed_back: u64,
+    dlq_trips: u64,
+    moved_back: u64,
+    relaunched: u64,
+    dropped: BTreeMap<String, u64>,
+    faults: BTreeMap<&'static str, u64>,
+    peak_live: BTreeMap<String, usize>,
+    leaks: u64,
+    minutes: u64,
+}
+
+impl Figures {
+    fn add(&mut self, other: &Figures) {
+        self.seeds += other.seeds;
+        self.jobs += other.jobs;
+        self.ran += other.ran;
+        self.cancelled += other.cancelled;
+        self.ran_elsewhere += other.ran_elsewhere;
+        self.relaunches_exhausted += other.relaunches_exhausted;
+        self.launches += other.launches;
+        self.retries += other.retries;
+        self.handed_back += other.handed_back;
+        self.dlq_trips += other.dlq_trips;
+        self.moved_back += other.moved_back;
+        self.relaunched += other.relaunched;
+        self.leaks += other.leaks;
+        self.minutes += other.minutes;
+        for (reason, n) in &other.dropped {
+            *self.dropped.entry(reason.clone()).or_default() += n;
+        }
+        for (kind, n) in &other.faults {
+            *self.faults.entry(kind).or_default() += n;
+        }
+        for (template, n) in &other.peak_live {
+            let peak = self.peak_live.entry(template.clone()).or_default();
+            *peak = (*peak).max(*n);
+        }
+    }
+
+    fn print(&self, title: &str, elapsed: Duration) {
+        let faults: u64 = self.faults.values().sum();
+        println!(
+            "{title}: {} jobs over {} seeds ({} simulated hours) in {:.1} s",
+            self.jobs,
+            self.seeds,
+            self.minutes / 60,
+            elapsed.as_secs_f64()
+        );
+        println!(
+            "  jobs: ran on our runner {}, ran elsewhere {}, cancelled while queued {}, dropped after max relaunches {}",
+            self.ran, self.ran_elsewhere, self.cancelled, self.relaunches_exhausted
+        );
+        println!(
+            "  launches {}, SendCommand retries {}, handed back {}, DLQ trips {}, moved back from the DLQ {}, relaunched {}",
+            self.launches, self.retries, self.handed_back, self.dlq_trips, self.moved_back, self.relaunched
+        );
+        let dropped: Vec<String> = self.dropped.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("  dropped: {}", dropped.join(", "));
+        let faults_by_kind: Vec<String> = self.faults.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("  faults ({faults}): {}", faults_by_kind.join(", "));
+        let peaks: Vec<String> = self.peak_live.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("  peak live per template: {}; leaks {}", peaks.join(", "), self.leaks);
+    }
+}
+
+fn config() -> Arc<Config> {
+    Arc::new(common::config(QUEUE))
+}
+
+struct Sim {
+    seed: u64,
+    config: Arc<Config>,
+    chaos: Arc<Chaos>,
+    fleet: Arc<FakeFleet>,
+    github: Arc<FakeGithub>,
+    secrets: Arc<FakeSecrets>,
+    commands: Arc<FakeCommands>,
+    queue: Arc<SimQueue>,
+    create: CreateRunner,
+    stop: StopRunner,
+    move_jobs: MoveJobs,
+    jobs: BTreeMap<u64, Job>,
+    queued: BTreeMap<String, BTreeSet<u64>>,
+    machines: Vec<Machine>,
+    events: Vec<Event>,
+    /// (minute, job id): deliveries of the webhook to come, duplicates included.
+    deliveries: Vec<(u64, u64)>,
+    /// (minute, job id, cancelled rather than taken by a runner not ours).
+    github_events: Vec<(u64, u64, bool)>,
+    next_invocation: u64,
+    /// create-runner serves one record at a time (no two handlers at once).
+    serial: bool,
+    figures: Figures,
+}
+
+impl Sim {
+    fn new(seed: u64, jobs: usize, known: Known) -> Self {
+        let serial = !known.concurrent_handlers;
+        let config = config();
+        let chaos = Arc::new(Chaos {
+            rng: Mutex::new(Rng(seed)),
+            on: AtomicBool::new(true),
+            now: AtomicU64::new(0),
+            rates: known.rates(),
+            faults: Mutex::default(),
+            killed: Mutex::default(),
+            ledger: Mutex::default(),
+            max_runners: config
+                .templates
+                .iter()
+                .map(|(name, t)| (name.clone(), t.max_runners as usize))
+                .collect(),
+        });
+        let fleet = Arc::new(FakeFleet::default());
+        let github = Arc::new(FakeGithub::new());
+        let secrets = Arc::new(FakeSecrets::default());
+        let commands = Arc::new(FakeCommands::default());
+        let queue = Arc::new(SimQueue {
+            state: Mutex::default(),
+            chaos: chaos.clone(),
+            dlq_url: config.dlq_url.clone(),
+        });
+        let fleet_port: Arc<dyn Fleet> = Arc::new(ChaosFleet {
+            inner: fleet.clone(),
+            chaos: chaos.clone(),
+        });
+        let github_port: Arc<dyn Github> = Arc::new(ChaosGithub {
+            inner: github.clone(),
+            chaos: chaos.clone(),
+        });
+        let secrets_port: Arc<dyn Secrets> = Arc::new(ChaosSecrets {
+            inner: secrets.clone(),
+            chaos: chaos.clone(),
+        });
+        let commands_port: Arc<dyn Commands> = Arc::new(ChaosCommands {
+            inner: commands.clone(),
+            chaos: chaos.clone(),
+        });
+        let queue_port: Arc<dyn Queue> = queue.clone();
+        let create = CreateRunner::new(
+            config.clone(),
+            create::Ports {
+                fleet: fleet_port.clone(),
+                github: github_port.clone(),
+                secrets: secrets_port.clone(),
+                commands: commands_port.clone(),
+                queue: queue_port.clone(),
+            },
+        )
+        // Each retry costs a millisecond of real time, not seconds.
+        .with_backoff(Backoff {
+            first: Duration::from_millis(1),
+            max: Duration::from_millis(1),
+        });
+        let stop = StopRunner::new(
+            config.clone(),
+            stop::Ports {
+                fleet: fleet_port,
+                github: github_port.clone(),
+                secrets: secrets_port,
+                commands: commands_port,
+                queue: queue_port.clone(),
+            },
+        );
+        let move_jobs = MoveJobs::new(config.clone(), queue_port, github_port);
+
+        // The day's jobs: arrivals, duplicate deliveries, and what GitHub does to them meanwhile.
+        let mut rng = Rng(seed ^ 0x5EED);
+        let span = (jobs as f64 / ARRIVALS_PER_MINUTE).ceil() as u64;
+        let mut plan = BTreeMap::new();
+        let mut deliveries = Vec::new();
+        let mut github_events = Vec::new();
+        let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for index in 0..jobs as u64 {
+            let id = seed * 10_000_000 + index + 1;
+            let template = if rng.chance(0.08) {
+                "template_gpu"
+            } else {
+                "template_cpu"
+            };
+            let arrival = rng.below(span);
+            deliveries.push((arrival, id));
+            if rng.chance(RATES.duplicate_delivery) {
+                *faults.entry("duplicate webhook delivery").or_default() += 1;
+                deliveries.push((arrival + rng.below(60), id));
+            }
+            if rng.chance(RATES.cancelled_while_queued) {
+                github_events.push((arrival + rng.below(30), id, true));
+            } else if rng.chance(RATES.taken_elsewhere) {
+                github_events.push((arrival + rng.below(30), id, false));
+            }
+            plan.insert(
+                id,
+                Job {
+                    id,
+                    template: template.into(),
+                    state: JobState::Queued,
+                    relaunches_exhausted: false,
+                    last_hand_back: None,
+                    history: Vec::new(),
+                },
+            );
+        }
+        deliveries.sort();
+        github_events.sort();
+        *chaos.faults.lock().unwrap() = faults;
+        Sim {
+            seed,
+            config,
+            chaos,
+            fleet,
+            github,
+            secrets,
+            commands,
+            queue,
+            create,
+            stop,
+            move_jobs,
+            jobs: plan,
+            queued: BTreeMap::new(),
+            machines: Vec::new(),
+            events: Vec::new(),
+            deliveries,
+            github_events,
+            next_invocation: 0,
+            serial,
+            figures: Figures {
+                seeds: 1,
+                jobs: jobs as u64,
+                ..Figures::default()
+            },
+        }
+    }
+
+    fn invocation(&mut self) -> u64 {
+        self.next_invocation += 1;
+        self.next_invocation
+    }
+
+    fn fail(&self, what: impl std::fmt::Display) -> ! {
+        panic!(
+            "simulation seed {} failed: {what}\n  rerun: SOPHONS_SIM_SEED={} SOPHONS_SIM_JOBS={} cargo test -p sophons-core \
+             --test simulation -- --nocapture",
+            self.seed, self.seed, self.figures.jobs
+        );
+    }
+
+    fn check_violations(&self) {
+        let ledger = self.chaos.ledger.lock().unwrap();
+        if !ledger.violations.is_empty() {
+            let mut first: Vec<String> = ledger.violations.iter().take(3).cloned().collect();
+            for line in &mut first {
+                let job = line
+                    .split("job ")
+                    .nth(1)
+                    .and_then(|rest| rest.split(' ').next())
+                    .and_then(|id| id.parse::<u64>().ok());
+                if let Some(job) = job {
+                    line.push_str(&format!("\n    history of job {job}:\n      {}", self.history(job)));
+                }
+            }
+            let count = ledger.violations.len();
+            drop(ledger);
+            self.fail(format!(
+                "{count} invariant violation(s), first:\n  {}",
+                first.join("\n  ")
+            ));
+        }
+    }
+
+    async fn run(mut self) -> Figures {
+        let last_arrival = self.deliveries.iter().map(|(at, _)| *at).max().unwrap_or(0);
+        let faults_end = last_arrival + FAULT_TAIL_MINUTES;
+        let mut minute = 0;
+        let mut quiet_since: Option<u64> = None;
+        loop {
+            self.chaos.now.store(minute, Ordering::Relaxed);
+            if minute == faults_end {
+                self.chaos.on.store(false, Ordering::Relaxed);
+            }
+            self.deliver_webhooks(minute);
+            self.github_acts(minute);
+            self.machines_act(minute);
+            self.deliver_events(minute).await;
+            self.serve_jobs().await;
+            if minute % SWEEP_EVERY == 0 {
+                self.sweep().await;
+            }
+            if minute % MOVE_JOBS_EVERY == MOVE_JOBS_EVERY / 2 {
+                self.move_jobs().await;
+            }
+            self.check_violations();
+            if minute > faults_end && self.is_quiet() {
+                // Quiet for two sweeps and a move-jobs run: nothing is left to move.
+                let since = *quiet_since.get_or_insert(minute);
+                if minute >= since + MOVE_JOBS_EVERY + 2 * SWEEP_EVERY {
+                    break;
+                }
+            } else {
+                quiet_since = None;
+            }
+            if minute > faults_end + DRAIN_LIMIT_MINUTES {
+                self.fail(format!(
+                    "not settled {DRAIN_LIMIT_MINUTES} minutes after the faults ended: {}",
+                    self.state_summary()
+                ));
+            }
+            minute += 1;
+        }
+        self.figures.minutes = minute;
+        self.final_checks();
+        self.figures
+    }
+
+    fn is_quiet(&self) -> bool {
+        self.queue.bodies(false).is_empty()
+            && self.queue.bodies(true).is_empty()
+            && self.events.is_empty()
+            && self.deliveries.is_empty()
+            && self.machines.iter().all(|m| m.phase == Phase::Done)
+            && self.chaos.ledger.lock().unwrap().live.is_empty()
+    }
+
+    fn state_summary(&self) -> String {
+        let live: Vec<String> = self.chaos.ledger.lock().unwrap().live.keys().cloned().collect();
+        format!(
+            "jobs queue {} message(s), DLQ {}, events {}, machines active {}, live instances {:?}, parameters {:?}, runners {}",
+            self.queue.bodies(false).len(),
+            self.queue.bodies(true).len(),
+            self.events.len(),
+            self.machines.iter().filter(|m| m.phase != Phase::Done).count(),
+            live,
+            self.secrets.names(),
+            self.github.runners().len()
+        )
+    }
+
+    fn note(&mut self, id: u64, what: impl std::fmt::Display) {
+        let minute = self.chaos.now();
+        if let Some(job) = self.jobs.get_mut(&id) {
+            job.history.push(format!("{minute}: {what}"));
+        }
+    }
+
+    fn history(&self, id: u64) -> String {
+        self.jobs
+            .get(&id)
+            .map(|j| j.history.join("\n      "))
+            .unwrap_or_default()
+    }
+
+    fn set_job(&mut self, id: u64, state: JobState) {
+        self.note(id, format!("GitHub: {state:?}"));
+        let job = self.jobs.get_mut(&id).expect("a planned job");
+        let status = match &state {
+            JobState::Queued => "queued",
+            JobState::Running(_) => "in_progress",
+            _ => "completed",
+        };
+        if job.state == JobState::Queued {
+            self.queued.get_mut(&job.template).map(|q| q.remove(&id));
+        }
+        if state == JobState::Queued {
+            self.queued.entry(job.template.clone()).or_default().insert(id);
+        }
+        job.state = state;
+        self.github.set_job_status(REPOSITORY, id, status);
+    }
+
+    /// The autoscaler: each delivery of a queued job becomes a message (duplicates too).
+    fn deliver_webhooks(&mut self, minute: u64) {
+        while let Some(&(at, id)) = self.deliveries.first() {
+            if at > minute {
+                break;
+            }
+            self.deliveries.remove(0);
+            let job = &self.jobs[&id];
+            let first = !self.queued.values().any(|q| q.contains(&id)) && job.state == JobState::Queued;
+            if first {
+                self.set_job(id, JobState::Queued);
+            }
+            let job = &self.jobs[&id];
+            let labels = vec!["self-hosted".to_string(), job.template.clone()];
+            let message = JobMessage {
+                version: MESSAGE_VERSION,
+                delivery_id: format!("delivery-{id}"),
+                job_id: id,
+                run_id: id / 3,
+                run_attempt: 1,
+                repository: REPOSITORY.into(),
+                owner: "my-org".into(),
+                name: "app".into(),
+                labels,
+                template: job.template.clone(),
+                workflow_name: "CI".into(),
+                job_name: "build".into(),
+                job_url: format!("https://github.com/{REPOSITORY}/actions/runs/{}/job/{id}", id / 3),
+                created_at: now_rfc3339(),
+                received_at: now_rfc3339(),
+                relaunches: 0,
+            };
+            self.queue.enqueue(false, &message.encode(), &message.delivery_id);
+            self.note(id, "webhook delivered");
+        }
+    }
+
+    /// GitHub cancels a queued job, or a runner not ours takes it.
+    fn github_acts(&mut self, minute: u64) {
+        while let Some(&(at, id, cancelled)) = self.github_events.first() {
+            if at > minute {
+                break;
+            }
+            self.github_events.remove(0);
+            if self.jobs[&id].state != JobState::Queued {
+                continue;
+            }
+            if cancelled {
+                self.chaos.count("job cancelled while queued");
+                self.set_job(id, JobState::Cancelled);
+            } else {
+                self.chaos.count("job taken by a runner not ours");
+                self.set_job(id, JobState::RanElsewhere);
+            }
+        }
+    }
+
+    fn emit(&mut self, minute: u64, machine: usize, status: &str) {
+        let (instance_id, command_id) = {
+            let m = &self.machines[machine];
+            (m.instance_id.clone(), m.command_id.clone())
+        };
+        self.commands
+            .set_status(&command_id, CommandStatus::Ended(status.to_string()));
+        let chaos = &self.chaos;
+        if chaos.fault("EventBridge event lost", chaos.rates.event_lost) {
+            return;
+        }
+        let due = minute + chaos.draw(2);
+        self.events.push(Event {
+            due,
+            instance_id: instance_id.clone(),
+            command_id: command_id.clone(),
+            status: status.to_string(),
+            retries_left: 2,
+        });
+        if chaos.fault("EventBridge event repeated", chaos.rates.event_repeated) {
+            self.events.push(Event {
+                due: due + chaos.draw(20),
+                instance_id,
+                command_id,
+                status: status.to_string(),
+                retries_left: 2,
+            });
+        }
+    }
+
+    /// The boxes: boot, read the JIT parameter, take a job, run it; or die first.
+    fn machines_act(&mut self, minute: u64) {
+        let started: Vec<(String, String)> = std::mem::take(&mut self.chaos.ledger.lock().unwrap().commands);
+        for (command_id, instance_id) in started {
+            let Some(instance) = self.fleet.instance(&instance_id) else {
+                continue;
+            };
+            let job = instance.tag(TAG_JOB_ID).and_then(|id| id.parse().ok()).unwrap_or(0);
+            let relaunches = instance.tag(TAG_RELAUNCHES).and_then(|n| n.parse().ok()).unwrap_or(0);
+            let until = minute + 1 + self.chaos.draw(3);
+            self.note(job, format!("SSM started {command_id} on {instance_id}"));
+            self.machines.push(Machine {
+                instance_id,
+                command_id,
+                job,
+                relaunches,
+                runner_id: None,
+                phase: Phase::Booting { until },
+            });
+        }
+        for index in 0..self.machines.len() {
+            let phase = self.machines[index].phase.clone();
+            if phase == Phase::Done {
+                continue;
+            }
+            let instance_id = self.machines[index].instance_id.clone();
+            if !self.chaos.is_live(&instance_id) {
+                if let Phase::Running { job, .. } = phase {
+                    self.chaos.violation(format!(
+                        "job {job} interrupted: instance {instance_id} was ended while its runner ran the job"
+                    ));
+                }
+                if let Some(runner_id) = self.machines[index].runner_id {
+                    self.github.set_runner_status(runner_id, "offline", false);
+                }
+                let command_id = self.machines[index].command_id.clone();
+                if matches!(
+                    self.commands.status(&command_id, &instance_id).now(),
+                    Some(Ok(CommandStatus::Running))
+                ) {
+                    self.commands
+                        .set_status(&command_id, CommandStatus::Ended("Terminated".into()));
+                }
+                self.machines[index].phase = Phase::Done;
+                continue;
+            }
+            match phase {
+                Phase::Booting { until } if until <= minute => self.boot(minute, index),
+                Phase::Online => self.take_a_job(minute, index),
+                Phase::Running { job, until } if until <= minute => {
+                    self.set_job(job, JobState::Ran);
+                    if let Some(runner_id) = self.machines[index].runner_id {
+                        // A JIT runner removes itself after its one job.
+                        self.github.runner_finished(runner_id);
+                    }
+                    self.machines[index].phase = Phase::Done;
+                    self.emit(minute, index, "Success");
+                }
+                _ => {}
+            }
+        }
+        self.machines.retain(|m| m.phase != Phase::Done);
+    }
+
+    fn died_before_its_job(&mut self, index: usize, why: &str) {
+        let (job, instance_id) = (self.machines[index].job, self.machines[index].instance_id.clone());
+        self.note(job, format!("{instance_id} died before taking a job: {why}"));
+        let machine = &self.machines[index];
+        if machine.relaunches >= self.config.max_job_relaunches
+            && let Some(job) = self.jobs.get_mut(&machine.job)
+        {
+            job.relaunches_exhausted = true;
+        }
+    }
+
+    fn boot(&mut self, minute: u64, index: usize) {
+        let instance_id = self.machines[index].instance_id.clone();
+        let rates = self.chaos.rates;
+        if self.chaos.fault("bad AMI (runner died before its job)", rates.bad_ami) {
+            self.died_before_its_job(index, "bad AMI");
+            self.machines[index].phase = Phase::Done;
+            self.emit(minute, index, "Failed");
+            return;
+        }
+        let spot = self
+            .fleet
+            .instance(&instance_id)
+            .is_some_and(|i| i.spot_request_id.is_some());
+        if spot && self.chaos.fault("spot reclaimed during boot", rates.spot_reclaimed) {
+            self.fleet.set_state(&instance_id, InstanceState::Terminated);
+            self.chaos.ended(&instance_id);
+            self.died_before_its_job(index, "spot reclaimed");
+            self.machines[index].phase = Phase::Done;
+            self.emit(minute, index, "Failed");
+            return;
+        }
+        // The runner script: read and delete the JIT parameter, start the runner with it.
+        let parameter = names::jit_parameter(&self.config.deployment, &instance_id);
+        let value = self.secrets.get(&parameter).now().and_then(Result::ok);
+        let runner_id = value
+            .as_deref()
+            .and_then(|v| v.strip_prefix("jit-secret-"))
+            .and_then(|id| id.parse::<u64>().ok())
+            .filter(|id| self.github.runners().iter().any(|r| r.runner.id == *id));
+        let _ = self.secrets.delete(&parameter).now();
+        let Some(runner_id) = runner_id else {
+            self.chaos.count("runner script found no JIT parameter or runner");
+            self.died_before_its_job(index, "no JIT parameter or runner");
+            self.machines[index].phase = Phase::Done;
+            self.emit(minute, index, "Failed");
+            return;
+        };
+        self.github.set_runner_status(runner_id, "online", false);
+        self.machines[index].runner_id = Some(runner_id);
+        self.machines[index].phase = Phase::Online;
+        self.take_a_job(minute, index);
+    }
+
+    /// GitHub gives an online runner its job, or another queued job with the same labels.
+    fn take_a_job(&mut self, minute: u64, index: usize) {
+        let own = self.machines[index].job;
+        let Some(template) = self.jobs.get(&own).map(|j| j.template.clone()) else {
+            return;
+        };
+        let queued = self.queued.get(&template).cloned().unwrap_or_default();
+        let other = queued.iter().copied().find(|id| *id != own);
+        let own_queued = queued.contains(&own);
+        let job = match (own_queued, other) {
+            (true, Some(other))
+                if self
+                    .chaos
+                    .fault("runner taken by another job", self.chaos.rates.taken_by_another_job) =>
+            {
+                other
+            }
+            (true, _) => own,
+            (false, Some(other)) => other,
+            (false, None) => return,
+        };
+        let instance_id = self.machines[index].instance_id.clone();
+        if job != own {
+            self.note(own, format!("its runner on {instance_id} took job {job}"));
+        }
+        self.set_job(job, JobState::Running(instance_id));
+        if let Some(runner_id) = self.machines[index].runner_id {
+            self.github.set_runner_status(runner_id, "online", true);
+        }
+        let until = minute + 1 + self.chaos.draw(10);
+        self.machines[index].phase = Phase::Running { job, until };
+    }
+
+    /// EventBridge → stop-runner, for the events due now. A killed invocation is retried.
+    async fn deliver_events(&mut self, minute: u64) {
+        let (due, later): (Vec<Event>, Vec<Event>) = std::mem::take(&mut self.events)
+            .into_iter()
+            .partition(|e| e.due <= minute);
+        self.events = later;
+        for event in due {
+            let body = json!({
+                "detail-type": SSM_DETAIL_TYPE,
+                "source": "aws.ssm",
+                "detail": {
+                    "instance-id": event.instance_id,
+                    "command-id": event.command_id,
+                    "status": event.status,
+                },
+            });
+            let invocation = self.invocation();
+            let stop = &self.stop;
+            let far = Instant::now() + Duration::from_secs(300);
+            let task: Task<'_, _> = Box::pin(stop.handle(body, far));
+            let answered = interleave(&self.chaos, vec![(invocation, task)]).await;
+            if answered[0].is_none() && event.retries_left > 0 {
+                self.events.push(Event {
+                    due: minute + 1,
+                    retries_left: event.retries_left - 1,
+                    ..event
+                });
+            }
+        }
+    }
+
+    /// The event source mapping: batches of the jobs queue to create-runner, served at once.
+    async fn serve_jobs(&mut self) {
+        for _ in 0..BATCH_ROUNDS {
+            let mut batches = Vec::new();
+            let concurrency = if self.serial { 1 } else { CONCURRENCY };
+            for _ in 0..concurrency {
+                let records = self.queue.receive_jobs(BATCH_SIZE);
+                if !records.is_empty() {
+                    let invocation = self.invocation();
+                    batches.push((invocation, records));
+                }
+            }
+            if batches.is_empty() {
+                return;
+            }
+            let create = &self.create;
+            let queue = &self.queue;
+            // The serve deadline leaves the SendCommand backoff one real second: an instance SSM
+            // will never know (it was ended) costs that, not create-runner's five minutes.
+            let deadline = Instant::now() + Duration::from_secs(21);
+            let mut tasks: Vec<(u64, Task<'_, (String, Outcome)>)> = Vec::new();
+            for (invocation, records) in &batches {
+                for (record, receives) in records {
+                    let task = async move {
+                        let outcome = create.serve(&record.body, *receives, deadline).await;
+                        if let Outcome::HandedBack { delay_seconds, .. } = &outcome {
+                            // As handle_batch: a failed hide leaves the visibility timeout.
+                            let _ = queue.hide(QUEUE, &record.receipt_handle, *delay_seconds).await;
+                        }
+                        (record.receipt_handle.clone(), outcome)
+                    };
+                    tasks.push((*invocation, Box::pin(task)));
+                }
+            }
+            let bodies: Vec<String> = batches
+                .iter()
+                .flat_map(|(_, records)| records.iter().map(|(r, _)| r.body.clone()))
+                .collect();
+            let answers = if self.serial {
+                // One record at a time, as a create-runner limited to one invocation and one
+                // record in flight would serve them.
+                let mut answers = Vec::new();
+                for (invocation, task) in tasks {
+                    if self.chaos.is_killed(invocation) {
+                        answers.push(None);
+                        continue;
+                    }
+                    answers.extend(interleave(&self.chaos, vec![(invocation, task)]).await);
+                }
+                answers
+            } else {
+                interleave(&self.chaos, tasks).await
+            };
+            for (answer, body) in answers.into_iter().zip(bodies) {
+                let job_id = JobMessage::decode(&body).map(|m| m.job_id).unwrap_or(0);
+                let Some((receipt, outcome)) = answer else {
+                    self.note(job_id, "create-runner killed");
+                    continue; // killed: back after the visibility timeout
+                };
+                self.note(job_id, format!("create-runner: {outcome:?}"));
+                match outcome {
+                    Outcome::HandedBack { reason, .. } => {
+                        self.figures.handed_back += 1;
+                        if let Ok(message) = JobMessage::decode(&body)
+                            && let Some(job) = self.jobs.get_mut(&message.job_id)
+                        {
+                            job.last_hand_back = Some(reason);
+                        }
+                    }
+                    Outcome::Served { .. } => self.queue.delete_job(&receipt),
+                    Outcome::Acknowledged(reason) => {
+                        let why = if reason.contains("already has instance") {
+                            "create: job already has an instance"
+                        } else if reason.contains("no runner launched") {
+                            "create: job no longer queued"
+                        } else if reason.contains("already registered by another handler") {
+                            "create: another handler has the instance"
+                        } else {
+                            "create: other"
+                        };
+                        *self.figures.dropped.entry(why.to_string()).or_default() += 1;
+                        self.queue.delete_job(&receipt);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn sweep(&mut self) {
+        let invocation = self.invocation();
+        let stop = &self.stop;
+        let far = Instant::now() + Duration::from_secs(300);
+        let task: Task<'_, _> = Box::pin(stop.sweep(far));
+        if let Some(Some(report)) = interleave(&self.chaos, vec![(invocation, task)]).await.pop() {
+            self.figures.relaunched += report.relaunched as u64;
+        }
+    }
+
+    async fn move_jobs(&mut self) {
+        let invocation = self.invocation();
+        let move_jobs = &self.move_jobs;
+        let far = Instant::now() + Duration::from_secs(300);
+        let task: Task<'_, _> = Box::pin(move_jobs.run(far));
+        if let Some(Some(report)) = interleave(&self.chaos, vec![(invocation, task)]).await.pop() {
+            self.figures.moved_back += report.moved as u64;
+            for (reason, n) in report.dropped {
+                *self.figures.dropped.entry(format!("move-jobs: {reason}")).or_default() += n as u64;
+            }
+        }
+    }
+
+    fn final_checks(&mut self) {
+        self.check_violations();
+        let mut problems = Vec::new();
+        let leaked_instances: Vec<String> = self.fleet.live_instances().into_iter().map(|i| i.id).collect();
+        let leaked_parameters = self.secrets.names();
+        let leaked_runners: Vec<u64> = self.github.runners().iter().map(|r| r.runner.id).collect();
+        let leaks = leaked_instances.len() + leaked_parameters.len() + leaked_runners.len();
+        if leaks > 0 {
+            problems.push(format!(
+                "left behind: instances {leaked_instances:?}, JIT parameters {leaked_parameters:?}, runners {leaked_runners:?}"
+            ));
+        }
+        self.figures.leaks = leaks as u64;
+        let dlq: BTreeMap<u64, usize> = self
+            .queue
+            .bodies(true)
+            .iter()
+            .filter_map(|body| JobMessage::decode(body).ok())
+            .fold(BTreeMap::new(), |mut acc, m| {
+                *acc.entry(m.job_id).or_default() += 1;
+                acc
+            });
+        for job in self.jobs.values() {
+            match &job.state {
+                JobState::Ran => self.figures.ran += 1,
+                JobState::Cancelled => self.figures.cancelled += 1,
+                JobState::RanElsewhere => self.figures.ran_elsewhere += 1,
+                JobState::Running(instance) => {
+                    problems.push(format!("job {} still running on {instance} at the end", job.id))
+                }
+                JobState::Queued if dlq.contains_key(&job.id) => {}
+                JobState::Queued if job.relaunches_exhausted => self.figures.relaunches_exhausted += 1,
+                JobState::Queued => problems.push(format!(
+                    "job {} ({}) vanished: GitHub still has it queued, no message holds it, its relaunches were not \
+                     exhausted. History:\n      {}",
+                    job.id,
+                    job.template,
+                    self.history(job.id)
+                )),
+            }
+        }
+        let ledger = self.chaos.ledger.lock().unwrap();
+        self.figures.launches = ledger.launches;
+        self.figures.retries = ledger.retries;
+        drop(ledger);
+        self.figures.dlq_trips = self.queue.state.lock().unwrap().dlq_trips;
+        self.figures.faults = self.chaos.faults.lock().unwrap().clone();
+        for template in self.config.templates.keys() {
+            let peak = self.fleet.peak_live(template);
+            self.figures.peak_live.insert(template.clone(), peak);
+            let max = self.config.templates[template].max_runners as usize;
+            if peak > max {
+                problems.push(format!(
+                    "template `{template}` peaked at {peak} live instances, max_runners {max}"
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            let count = problems.len();
+            problems.truncate(3);
+            self.fail(format!("{count} problem(s) at the end:\n  {}", problems.join("\n  ")));
+        }
+    }
+}
+
+/// Polls a future of the fakes once: they never wait.
+trait Now: Future + Sized {
+    fn now(self) -> Option<Self::Output> {
+        let mut future = Box::pin(self);
+        let mut context = Context::from_waker(Waker::noop());
+        match future.as_mut().poll(&mut context) {
+            Poll::Ready(value) => Some(value),
+            Poll::Pending => None,
+        }
+    }
+}
+
+impl<F: Future> Now for F {}
+
+fn env_number(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+async fn run_seeds(title: &str, seeds: impl Iterator<Item = u64>, jobs_per_seed: usize, known: Known) -> Figures {
+    let started = std::time::Instant::now();
+    let mut total = Figures::default();
+    for seed in seeds {
+        let figures = Sim::new(seed, jobs_per_seed, known).run().await;
+        total.add(&figures);
+    }
+    total.print(title, started.elapsed());
+    total
+}
+
+fn seeds(default: std::ops::RangeInclusive<u64>) -> std::ops::RangeInclusive<u64> {
+    match env_number("SOPHONS_SIM_SEED") {
+        Some(seed) => seed..=seed,
+        None => default,
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn nothing_lost_doubled_or_leaked_under_faults() {
+    let jobs = env_number("SOPHONS_SIM_JOBS").unwrap_or(500) as usize;
+    let total = run_seeds("simulation", seeds(1..=20), jobs, Known::default()).await;
+    assert!(total.jobs >= 500);
+    assert_eq!(total.leaks, 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "a million jobs: make soak"]
+async fn soak() {
+    let total_jobs = env_number("SOPHONS_SOAK_JOBS").unwrap_or(1_000_000);
+    let per_seed = env_number("SOPHONS_SIM_JOBS").unwrap_or(2_000);
+    let count = total_jobs.div_ceil(per_seed);
+    let total = run_seeds("soak", seeds(1_000..=999 + count), per_seed as usize, Known::default()).await;
+    assert!(total.jobs >= total_jobs.min(per_seed));
+    assert_eq!(total.leaks, 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "known defect: concurrent create-runner handlers both pass the room check and exceed max_runners"]
+async fn known_defect_concurrent_handlers_exceed_max_runners() {
+    let known = Known {
+        concurrent_handlers: true,
+        ..Known::default()
+    };
+    run_seeds("concurrent handlers", seeds(1..=20), 500, known).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "known defect: a job whose spot instance is reclaimed during boot is never relaunched"]
+async fn known_defect_spot_reclaim_during_boot_loses_the_job() {
+    let known = Known {
+        spot_reclaims: true,
+        ..Known::default()
+    };
+    run_seeds("spot reclaims", seeds(1..=20), 500, known).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "known defect: a runner GitHub gives another job leaves its own job with no runner"]
+async fn known_defect_runner_taken_by_another_job_strands_its_own() {
+    let known = Known {
+        runners_taken_by_another_job: true,
+        ..Known::default()
+    };
+    run_seeds("runners taken by another job", seeds(1..=20), 500, known).await;
+}
