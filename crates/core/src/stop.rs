@@ -322,10 +322,12 @@ impl StopRunner {
         report.examined = instances.len();
         let scopes = self.runner_scopes(&instances);
         let mut runners: BTreeMap<u64, (RunnerScope, Runner)> = BTreeMap::new();
+        let mut runners_listed = true;
         for scope in &scopes {
             match self.ports.github.runners(scope).await {
                 Ok(listed) => runners.extend(listed.into_iter().map(|r| (r.id, (scope.clone(), r)))),
                 Err(error) => {
+                    runners_listed = false;
                     tracing::warn!(%error, "sweep: cannot list runners");
                     report.errors += 1;
                 }
@@ -356,7 +358,8 @@ impl StopRunner {
                 // without the command tag: a busy runner is not "never started".
                 let name = names::runner_name(deployment, &instance.id);
                 let busy = runners.values().any(|(_, runner)| runner.name == name && runner.busy);
-                if age > start_limit && !busy {
+                // Without the runner list a busy runner cannot be told from none: wait.
+                if age > start_limit && runners_listed && !busy {
                     report.never_started += 1;
                     self.end(instance, None).await;
                 } else {

@@ -542,3 +542,57 @@ async fn a_job_whose_relaunch_could_not_be_sent_is_not_lost() {
     assert_eq!(world.queue.sent().len(), 1);
     assert!(world.fleet.live_instances().is_empty());
 }
+
+/// GitHub whose runner list fails: everything else as the fake does.
+struct RunnerListFails(Arc<FakeGithub>);
+
+#[async_trait::async_trait]
+impl Github for RunnerListFails {
+    async fn job_status(&self, repository: &str, job_id: u64) -> Result<sophons_core::github::JobStatus, GithubError> {
+        self.0.job_status(repository, job_id).await
+    }
+    async fn register_runner(
+        &self,
+        scope: &RunnerScope,
+        name: &str,
+        labels: &[String],
+        group: u64,
+    ) -> Result<sophons_core::github::JitConfig, GithubError> {
+        self.0.register_runner(scope, name, labels, group).await
+    }
+    async fn runners(&self, _scope: &RunnerScope) -> Result<Vec<sophons_core::github::Runner>, GithubError> {
+        Err(GithubError::Unavailable("502 Bad Gateway".into()))
+    }
+    async fn remove_runner(&self, scope: &RunnerScope, runner_id: u64) -> Result<(), GithubError> {
+        self.0.remove_runner(scope, runner_id).await
+    }
+}
+
+#[tokio::test]
+async fn the_sweep_does_not_end_an_untagged_instance_while_github_cannot_list_its_runners() {
+    let world = world();
+    let mut tags = std::collections::BTreeMap::new();
+    tags.insert("sophons:deployment".to_string(), "sophons".to_string());
+    tags.insert("sophons:job-id".to_string(), "16".to_string());
+    world.fleet.insert(Instance {
+        id: "i-untagged".into(),
+        state: InstanceState::Running,
+        instance_type: "c7i.large".into(),
+        launched_at: Some(SystemTime::now() - Duration::from_secs(3600)),
+        spot_request_id: None,
+        tags,
+    });
+    let stop = StopRunner::new(
+        Arc::new(common::config(QUEUE)),
+        sophons_core::stop::Ports {
+            fleet: world.fleet.clone(),
+            github: Arc::new(RunnerListFails(world.github.clone())),
+            secrets: world.secrets.clone(),
+            commands: world.commands.clone(),
+            queue: world.queue.clone(),
+        },
+    );
+    let report = stop.sweep(far()).await;
+    assert_eq!(report.never_started, 0, "its runner may be busy: {report:?}");
+    assert_eq!(world.fleet.live_instances().len(), 1);
+}
