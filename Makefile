@@ -9,8 +9,9 @@ BINARIES    := autoscaler create-runner stop-runner move-jobs
 ARCH        ?= x86_64
 TFVARS      ?= terraform/terraform.tfvars
 CARGO_TEST  := cargo test --workspace --all-targets --locked
+JOBS        ?= 6
 
-.PHONY: help setup build lint test test-rust test-terraform test-scripts deploy clean
+.PHONY: help setup build lint test test-rust test-terraform test-scripts demo deploy clean
 
 help: ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -49,6 +50,10 @@ test-scripts: setup ## shellcheck and tests of the runner script
 
 test: setup lint test-rust test-terraform test-scripts ## every check CI runs
 	@echo "make test: all checks passed"
+
+demo: setup ## the whole system on this machine: Terraform on moto, the four binaries, a fake GitHub (JOBS=6)
+	cargo build --workspace --all-targets --locked
+	scripts/with-moto.sh target/debug/demo --jobs $(JOBS)
 
 deploy: build ## build, then terraform apply with TFVARS (default terraform/terraform.tfvars)
 	terraform -chdir=terraform init

@@ -279,6 +279,12 @@ variable "runner_metadata_hop_limit" {
   }
 }
 
+variable "runner_script_path" {
+  description = "Path of the runner script uploaded to the script bucket. Null means scripts/runner.sh of this repository (set it when the module is copied away from the repository, e.g. referenced by an absolute path)."
+  type        = string
+  default     = null
+}
+
 variable "runner_cache_enabled" {
   description = "Let runners fetch the actions-runner tarball from the script bucket (`actions-runner/actions-runner-linux-<arch>-<version>.tar.gz`, uploaded by you) before falling back to GitHub's releases. The checksum is verified either way."
   type        = bool

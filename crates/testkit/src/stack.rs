@@ -201,14 +201,15 @@ impl Stack {
     }
 }
 
-/// An SQS event for the create-runner Lambda, as the event source mapping sends it.
-pub fn sqs_event(records: &[(&str, &str, u32)]) -> Value {
+/// An SQS event for the create-runner Lambda, as the event source mapping sends it; each record is
+/// (message id, receipt handle, body, receive count).
+pub fn sqs_event(records: &[(&str, &str, &str, u32)]) -> Value {
     let records: Vec<Value> = records
         .iter()
-        .map(|(id, body, receive_count)| {
+        .map(|(id, receipt, body, receive_count)| {
             json!({
                 "messageId": id,
-                "receiptHandle": format!("receipt-{id}"),
+                "receiptHandle": receipt,
                 "body": body,
                 "attributes": { "ApproximateReceiveCount": receive_count.to_string(), "SentTimestamp": "1795500000000",
                                 "SenderId": "AIDAEXAMPLE", "ApproximateFirstReceiveTimestamp": "1795500000001" },

@@ -1,0 +1,655 @@
+//! The whole of sophons on one machine, without an AWS account.
+//!
+//! - moto server (started by `scripts/with-moto.sh`, `MOTO_ENDPOINT`) and a fake GitHub on loopback;
+//! - the AWS side provisioned by applying the project's own Terraform to moto (`crates/demo/terraform`);
+//! - the four real binaries, each behind its own Lambda Runtime API endpoint;
+//! - glue standing in for AWS's managed plumbing, each piece named for what it replaces: API Gateway
+//!   (deliveries → autoscaler), the SQS event source mapping (jobs queue → create-runner, deleting
+//!   what succeeded, leaving batch item failures to their visibility timeout), the runner on the box
+//!   (moto runs no command: the glue reads and deletes the JIT parameter as the runner script does,
+//!   takes the job on the fake GitHub and finishes it), EventBridge (the SSM status event →
+//!   stop-runner) and the schedules (→ move-jobs and the sweep).
+//!
+//! Everything the report says about what was left behind is read from moto and the fake GitHub.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{Value, json};
+use sophons_core::webhook::sign;
+use testkit::github::FakeGithub;
+use testkit::moto;
+use testkit::runtime_api::LambdaProcess;
+use testkit::stack::{scheduled_event, sqs_event, ssm_status_event};
+
+const SECRET: &str = "demo-webhook-secret";
+const TOKEN: &str = "ghp_demo_token_not_a_secret";
+const REPOSITORY: &str = "demo-org/app";
+const BINARIES: [&str; 4] = ["autoscaler", "create-runner", "stop-runner", "move-jobs"];
+/// How long the whole scenario may take before the demo gives up.
+const SCENARIO_LIMIT: Duration = Duration::from_secs(600);
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+pub struct Options {
+    /// Matching jobs to send (half `cpu`, a quarter each `gpu` and `large`... see `scenario`).
+    pub jobs: usize,
+    pub binaries: PathBuf,
+    pub plugin_dir: PathBuf,
+    /// Print the timelines and the tally as it goes.
+    pub print: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            jobs: 6,
+            binaries: testkit::workspace_root().join("target/debug"),
+            plugin_dir: PathBuf::from(std::env::var("TF_PLUGIN_DIR").unwrap_or_else(|_| "/opt/tf-plugins".into())),
+            print: false,
+        }
+    }
+}
+
+/// One delivery the demo sent and what the webhook answered.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub kind: &'static str,
+    pub job_id: u64,
+    pub status: u16,
+    pub decision: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Timeline {
+    pub job_id: u64,
+    pub template: String,
+    pub instance_id: String,
+    pub instance_type: String,
+    pub capacity: String,
+    /// Stage name → when.
+    pub stages: BTreeMap<&'static str, SystemTime>,
+}
+
+const STAGES: [&str; 8] = [
+    "received",
+    "enqueued",
+    "launched",
+    "registered",
+    "command_sent",
+    "command_ended",
+    "instance_terminated",
+    "runner_removed",
+];
+
+/// Read from moto and the fake GitHub at the end.
+#[derive(Debug, Clone, Default)]
+pub struct Tally {
+    pub jobs_sent: usize,
+    pub jobs_run: usize,
+    /// Instances per job id (any state): every served job must have exactly one.
+    pub instances_per_job: BTreeMap<u64, usize>,
+    pub instances_live: usize,
+    pub parameters_left: usize,
+    pub runners_left: usize,
+    pub jobs_queue_left: usize,
+    pub dlq_left: usize,
+    pub runners_registered: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DlqStory {
+    pub job_id: u64,
+    /// Messages seen in the DLQ before move-jobs ran.
+    pub reached_dlq: bool,
+    pub receives_before_dlq: u32,
+    pub moved_back: u64,
+    pub served_after: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub deployment: String,
+    pub terraform_apply: Duration,
+    pub deliveries: Vec<Delivery>,
+    pub timelines: Vec<Timeline>,
+    pub tally: Tally,
+    pub peak_live: BTreeMap<String, usize>,
+    pub max_runners: BTreeMap<String, usize>,
+    pub dlq: DlqStory,
+    pub sweep: Value,
+    pub elapsed: Duration,
+}
+
+impl Report {
+    /// Nothing left running, nothing left behind.
+    pub fn clean(&self) -> bool {
+        let t = &self.tally;
+        t.instances_live == 0 && t.parameters_left == 0 && t.runners_left == 0 && t.jobs_queue_left == 0 && t.dlq_left == 0
+    }
+}
+
+struct Outputs {
+    config_parameter: String,
+    jobs_queue_url: String,
+    dlq_url: String,
+    launch_templates: BTreeMap<String, String>,
+}
+
+pub async fn run(options: &Options) -> Result<Report, Error> {
+    let started = Instant::now();
+    let say = |text: String| {
+        if options.print {
+            println!("{text}");
+        }
+    };
+    for binary in BINARIES {
+        if !options.binaries.join(binary).exists() {
+            return Err(format!("{} is missing: run `cargo build --workspace` (make demo does)", options.binaries.join(binary).display()).into());
+        }
+    }
+    let moto_endpoint = moto::endpoint().to_string();
+    let github = FakeGithub::start().await;
+    github.set_token(TOKEN);
+    github.set_default_job_status(Some("queued"));
+    let deployment = format!("demo{}", std::process::id() % 100_000);
+    say(format!("== sophons demo: deployment `{deployment}`; moto at {moto_endpoint}; fake GitHub at {}", github.url()));
+
+    let work = std::env::temp_dir().join(format!("sophons-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let applied = Instant::now();
+    let outputs = terraform_apply(options, &work, &moto_endpoint, &github.url(), &deployment)?;
+    let terraform_apply = applied.elapsed();
+    say(format!(
+        "== terraform apply of terraform/ to moto: {:.1} s (config document {})",
+        terraform_apply.as_secs_f64(),
+        outputs.config_parameter
+    ));
+
+    let sdk = moto::sdk_config().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let ssm = aws_sdk_ssm::Client::new(&sdk);
+    let ec2 = aws_sdk_ec2::Client::new(&sdk);
+    let mut env = moto::env();
+    env.push(("SOPHONS_CONFIG_PARAM", outputs.config_parameter.clone()));
+    env.push(("RUST_LOG", "info".into()));
+    let mut lambdas = BTreeMap::new();
+    for binary in BINARIES {
+        lambdas.insert(binary, LambdaProcess::spawn(&options.binaries.join(binary), binary, &env).await);
+    }
+    let document: Value = serde_json::from_str(
+        ssm.get_parameter().name(&outputs.config_parameter).send().await?.parameter.and_then(|p| p.value).as_deref().unwrap_or("{}"),
+    )?;
+    let max_runners: BTreeMap<String, usize> = document["templates"]
+        .as_object()
+        .map(|t| t.iter().map(|(k, v)| (k.clone(), v["max_runners"].as_u64().unwrap_or(0) as usize)).collect())
+        .unwrap_or_default();
+
+    // EC2 refusing the launch, for the DLQ story: the `large` template's launch template is removed
+    // (moto cannot produce InsufficientInstanceCapacity; the hand-back path is the same).
+    let large_template = outputs.launch_templates.get("large").cloned().unwrap_or_default();
+    ec2.delete_launch_template().launch_template_name(&large_template).send().await?;
+
+    // API Gateway: the deliveries.
+    let mut report = Report { deployment: deployment.clone(), terraform_apply, max_runners, ..Default::default() };
+    let mut timelines: BTreeMap<u64, Timeline> = BTreeMap::new();
+    let scenario = scenario(options.jobs);
+    let dlq_job = scenario.iter().find(|d| d.template == Some("large")).map(|d| d.job_id).unwrap_or_default();
+    report.dlq.job_id = dlq_job;
+    say("== deliveries (API Gateway → autoscaler)".into());
+    for delivery in &scenario {
+        let body = payload(delivery.job_id, &delivery.labels).to_string().into_bytes();
+        let secret = if delivery.kind == "forged" { "not-the-secret" } else { SECRET };
+        let event = testkit::apigw::delivery("workflow_job", &delivery.delivery_id, &sign(secret.as_bytes(), &body), &body);
+        let sent_at = SystemTime::now();
+        let answer = invoke(&mut lambdas, "autoscaler", event).await?;
+        let status = answer["statusCode"].as_u64().unwrap_or(0) as u16;
+        let decision: Value = serde_json::from_str(answer["body"].as_str().unwrap_or("{}")).unwrap_or_default();
+        let decision = decision["decision"].as_str().unwrap_or_default().to_string();
+        say(format!("   {:<12} job {:<6} labels {:<32} → {status} {decision}", delivery.kind, delivery.job_id, format!("{:?}", delivery.labels)));
+        if decision == "enqueued" && delivery.kind != "redelivered" {
+            let timeline = timelines.entry(delivery.job_id).or_default();
+            timeline.job_id = delivery.job_id;
+            timeline.template = delivery.template.unwrap_or_default().to_string();
+            timeline.stages.insert("received", sent_at);
+            timeline.stages.insert("enqueued", SystemTime::now());
+        }
+        report.deliveries.push(Delivery { kind: delivery.kind, job_id: delivery.job_id, status, decision });
+    }
+    let expected: BTreeSet<u64> = timelines.keys().copied().collect();
+
+    // The event source mapping, the boxes and EventBridge, until every job has run.
+    let (ended_tx, mut ended_rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+    let mut started_boxes: BTreeSet<String> = BTreeSet::new();
+    let mut finished_jobs: BTreeSet<u64> = BTreeSet::new();
+    let mut restored = false;
+    let deadline = Instant::now() + SCENARIO_LIMIT;
+    say("== serving (SQS event source mapping → create-runner; box; EventBridge → stop-runner)".into());
+    loop {
+        if Instant::now() > deadline {
+            return Err(format!("jobs not finished within {} s: {:?}", SCENARIO_LIMIT.as_secs(), expected.difference(&finished_jobs).collect::<Vec<_>>()).into());
+        }
+        let mut busy = false;
+        // SQS event source mapping: a batch of up to 10, deleting what create-runner did not report failed.
+        let received = sqs
+            .receive_message()
+            .queue_url(&outputs.jobs_queue_url)
+            .max_number_of_messages(10)
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)
+            .send()
+            .await?;
+        let messages = received.messages();
+        if !messages.is_empty() {
+            busy = true;
+            let records: Vec<(String, String, String, u32)> = messages
+                .iter()
+                .map(|m| {
+                    let count = m
+                        .attributes()
+                        .and_then(|a| a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount))
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or(1);
+                    (
+                        m.message_id().unwrap_or_default().to_string(),
+                        m.receipt_handle().unwrap_or_default().to_string(),
+                        m.body().unwrap_or_default().to_string(),
+                        count,
+                    )
+                })
+                .collect();
+            for (_, _, body, count) in &records {
+                if body.contains(&format!("\"job_id\":{dlq_job},")) {
+                    report.dlq.receives_before_dlq = report.dlq.receives_before_dlq.max(*count);
+                }
+            }
+            let refs: Vec<(&str, &str, &str, u32)> =
+                records.iter().map(|(i, r, b, c)| (i.as_str(), r.as_str(), b.as_str(), *c)).collect();
+            let answer = invoke(&mut lambdas, "create-runner", sqs_event(&refs)).await?;
+            let failed: BTreeSet<String> = answer["batchItemFailures"]
+                .as_array()
+                .map(|f| f.iter().filter_map(|i| i["itemIdentifier"].as_str().map(str::to_string)).collect())
+                .unwrap_or_default();
+            for message in messages {
+                if !failed.contains(message.message_id().unwrap_or_default()) {
+                    sqs.delete_message().queue_url(&outputs.jobs_queue_url).receipt_handle(message.receipt_handle().unwrap_or_default()).send().await?;
+                }
+            }
+            track_peak(&ec2, &deployment, &mut report.peak_live).await?;
+        }
+        // The boxes: every started runner reads and deletes its parameter, takes its job, finishes.
+        for (instance_id, command_id, job_id) in started_instances(&ec2, &deployment).await? {
+            if started_boxes.insert(instance_id.clone()) {
+                busy = true;
+                let parameter = format!("/{deployment}/jit/{instance_id}");
+                // As the runner script: read the JIT config through the instance role, then delete it.
+                ssm.get_parameter().name(&parameter).with_decryption(true).send().await?;
+                ssm.delete_parameter().name(&parameter).send().await?;
+                // `./run.sh --jitconfig` brings the runner online and GitHub hands it the job.
+                let runner_name = format!("{deployment}-{instance_id}");
+                if let Some(runner) = github.runners().into_iter().find(|r| r.name == runner_name) {
+                    github.set_runner_status(runner.id, "online", true);
+                }
+                github.set_job_status(REPOSITORY, job_id, "in_progress");
+                let tx = ended_tx.clone();
+                let work_ms = 300 + (job_id % 7) * 100;
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(work_ms)).await;
+                    let _ = tx.send((instance_id, command_id));
+                });
+            }
+        }
+        // EventBridge: the SSM status change of each finished runner command → stop-runner.
+        while let Ok((instance_id, command_id)) = ended_rx.try_recv() {
+            busy = true;
+            let job_id = job_of(&ec2, &instance_id).await?;
+            github.set_job_status(REPOSITORY, job_id, "completed");
+            if let Some(timeline) = timelines.get_mut(&job_id) {
+                timeline.stages.insert("command_ended", SystemTime::now());
+            }
+            invoke(&mut lambdas, "stop-runner", ssm_status_event(&instance_id, &command_id, "Success")).await?;
+            finished_jobs.insert(job_id);
+        }
+        // The DLQ story: once the refused job sits in the DLQ, restore its launch template and let
+        // the hourly schedule run move-jobs.
+        if !restored && dlq_job != 0 {
+            let in_dlq = queue_depth(&sqs, &outputs.dlq_url).await?;
+            if in_dlq > 0 {
+                report.dlq.reached_dlq = true;
+                say(format!("   job {dlq_job}: EC2 refused its launch 3 times; it is in the DLQ. Restoring its launch template; schedule → move-jobs"));
+                restore_launch_template(&ec2, &large_template).await?;
+                let answer = invoke(&mut lambdas, "move-jobs", scheduled_event("move-jobs")).await?;
+                report.dlq.moved_back = answer["moved"].as_u64().unwrap_or(0);
+                restored = true;
+                busy = true;
+            }
+        }
+        if finished_jobs.is_superset(&expected) && started_boxes.len() >= expected.len() {
+            break;
+        }
+        if !busy {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    report.dlq.served_after = finished_jobs.contains(&dlq_job);
+
+    // The schedules: the sweep and move-jobs once more, as at the end of any quiet hour.
+    report.sweep = invoke(&mut lambdas, "stop-runner", scheduled_event("sweep")).await?;
+    invoke(&mut lambdas, "move-jobs", scheduled_event("move-jobs")).await?;
+
+    // The timelines, from the binaries' own JSON log lines.
+    for (name, lambda) in &lambdas {
+        for line in lambda.logs().lines() {
+            let Ok(entry) = serde_json::from_str::<Value>(line) else { continue };
+            let Some(job_id) = entry["job_id"].as_u64() else { continue };
+            let Some(timeline) = timelines.get_mut(&job_id) else { continue };
+            let Some(at) = entry["timestamp"].as_str().and_then(parse_time) else { continue };
+            if let Some(instance_type) = entry["instance_type"].as_str() {
+                timeline.instance_type = instance_type.to_string();
+                timeline.capacity = entry["capacity"].as_str().unwrap_or_default().to_string();
+                timeline.instance_id = entry["instance_id"].as_str().unwrap_or_default().to_string();
+            }
+            match (*name, entry["step"].as_str()) {
+                ("create-runner", Some(step @ ("launched" | "registered" | "command_sent"))) => {
+                    timeline.stages.insert(stage_name(step), at);
+                }
+                ("stop-runner", Some("instance_ended")) => {
+                    timeline.stages.insert("instance_terminated", at);
+                    timeline.stages.insert("runner_removed", at);
+                }
+                _ => {}
+            }
+        }
+    }
+    report.timelines = timelines.into_values().collect();
+    report.tally = tally(&ec2, &ssm, &sqs, &github, &deployment, &outputs, &scenario).await?;
+    report.elapsed = started.elapsed();
+    if options.print {
+        print_report(&report);
+    }
+    drop(lambdas);
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(report)
+}
+
+fn stage_name(step: &str) -> &'static str {
+    match step {
+        "launched" => "launched",
+        "registered" => "registered",
+        _ => "command_sent",
+    }
+}
+
+struct Planned {
+    kind: &'static str,
+    job_id: u64,
+    delivery_id: String,
+    labels: Vec<&'static str>,
+    template: Option<&'static str>,
+}
+
+/// `jobs` matching jobs over the `cpu` and `gpu` templates, one for `large` (refused by EC2 until
+/// its launch template comes back), then a non-matching job, a forged delivery and a redelivery.
+fn scenario(jobs: usize) -> Vec<Planned> {
+    let mut planned = Vec::new();
+    for n in 0..jobs.max(1) {
+        let (labels, template) = if n % 3 == 2 { (vec!["self-hosted", "gpu"], "gpu") } else { (vec!["self-hosted", "linux", "x64"], "cpu") };
+        planned.push(Planned { kind: "matching", job_id: 1000 + n as u64, delivery_id: format!("delivery-{n}"), labels, template: Some(template) });
+    }
+    planned.push(Planned { kind: "matching", job_id: 900, delivery_id: "delivery-large".into(), labels: vec!["self-hosted", "large"], template: Some("large") });
+    planned.push(Planned { kind: "non-matching", job_id: 901, delivery_id: "delivery-windows".into(), labels: vec!["self-hosted", "windows"], template: None });
+    planned.push(Planned { kind: "forged", job_id: 902, delivery_id: "delivery-forged".into(), labels: vec!["self-hosted", "cpu"], template: None });
+    planned.push(Planned { kind: "redelivered", job_id: 1000, delivery_id: "delivery-0".into(), labels: vec!["self-hosted", "linux", "x64"], template: Some("cpu") });
+    planned
+}
+
+fn payload(job_id: u64, labels: &[&str]) -> Value {
+    let mut payload = testkit::fixture("workflow_job.queued");
+    payload["workflow_job"]["id"] = json!(job_id);
+    payload["workflow_job"]["labels"] = json!(labels);
+    payload["workflow_job"]["created_at"] = json!(sophons_core::job::now_rfc3339());
+    payload["repository"]["full_name"] = json!(REPOSITORY);
+    payload["repository"]["name"] = json!("app");
+    payload["repository"]["owner"]["login"] = json!("demo-org");
+    payload["repository"]["private"] = json!(true);
+    payload
+}
+
+async fn invoke(lambdas: &mut BTreeMap<&'static str, LambdaProcess>, name: &str, event: Value) -> Result<Value, Error> {
+    let lambda = lambdas.get_mut(name).ok_or("no such function")?;
+    lambda.invoke(event).await.map_err(|error| format!("{name} failed: {error}").into())
+}
+
+fn terraform_apply(options: &Options, work: &Path, moto: &str, github: &str, deployment: &str) -> Result<Outputs, Error> {
+    let zips = work.join("lambda");
+    for binary in BINARIES {
+        // Placeholder packages: moto stores the functions; the demo runs the real binaries itself.
+        std::fs::create_dir_all(zips.join(binary))?;
+        std::fs::write(zips.join(binary).join("bootstrap.zip"), EMPTY_ZIP)?;
+    }
+    let dir = testkit::workspace_root().join("crates/demo/terraform");
+    std::fs::write(work.join("terraformrc"), "")?;
+    let terraform = |args: &[&str]| -> Result<String, Error> {
+        let output = std::process::Command::new("terraform")
+            .current_dir(&dir)
+            .args(args)
+            .env("TF_DATA_DIR", work.join("tf-data"))
+            .env("TF_IN_AUTOMATION", "1")
+            .env("TF_INPUT", "0")
+            .env("CHECKPOINT_DISABLE", "1")
+            .env("TF_CLI_CONFIG_FILE", work.join("terraformrc"))
+            .output()
+            .map_err(|e| format!("cannot run terraform: {e}"))?;
+        if !output.status.success() {
+            let text = String::from_utf8_lossy(&output.stdout) + String::from_utf8_lossy(&output.stderr);
+            return Err(format!("terraform {} failed:\n{}", args[0], text.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")).into());
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    let state = format!("-state={}", work.join("terraform.tfstate").display());
+    terraform(&["init", "-backend=false", "-no-color", &format!("-plugin-dir={}", options.plugin_dir.display())])?;
+    terraform(&[
+        "apply",
+        "-auto-approve",
+        "-no-color",
+        &state,
+        "-var",
+        &format!("moto_endpoint={moto}"),
+        "-var",
+        &format!("github_api_url={github}"),
+        "-var",
+        &format!("lambda_zip_dir={}", zips.display()),
+        "-var",
+        &format!("deployment={deployment}"),
+    ])?;
+    // moto acts on an SQS event source mapping itself (it "receives" each message to invoke a function it
+    // cannot run), which would use up receives; the demo's glue is the event source mapping instead.
+    terraform(&[
+        "destroy",
+        "-auto-approve",
+        "-no-color",
+        &state,
+        "-target=module.sophons.aws_lambda_event_source_mapping.jobs",
+        "-var",
+        &format!("moto_endpoint={moto}"),
+        "-var",
+        &format!("github_api_url={github}"),
+        "-var",
+        &format!("lambda_zip_dir={}", zips.display()),
+        "-var",
+        &format!("deployment={deployment}"),
+    ])?;
+    let outputs: Value = serde_json::from_str(&terraform(&["output", "-json", &state])?)?;
+    let text = |name: &str| outputs[name]["value"].as_str().unwrap_or_default().to_string();
+    Ok(Outputs {
+        config_parameter: text("config_parameter_name"),
+        jobs_queue_url: text("jobs_queue_url"),
+        dlq_url: text("dead_letter_queue_url"),
+        launch_templates: outputs["launch_template_names"]["value"]
+            .as_object()
+            .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+            .unwrap_or_default(),
+    })
+}
+
+/// An empty but valid zip archive (the end-of-central-directory record alone).
+const EMPTY_ZIP: &[u8] = &[0x50, 0x4b, 0x05, 0x06, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
+async fn restore_launch_template(ec2: &aws_sdk_ec2::Client, name: &str) -> Result<(), Error> {
+    ec2.create_launch_template()
+        .launch_template_name(name)
+        .launch_template_data(aws_sdk_ec2::types::RequestLaunchTemplateData::builder().image_id("ami-12c6146b").build())
+        .send()
+        .await?;
+    Ok(())
+}
+
+type InstanceRow = (String, String, BTreeMap<String, String>);
+
+async fn instances(ec2: &aws_sdk_ec2::Client, deployment: &str) -> Result<Vec<InstanceRow>, Error> {
+    let output = ec2
+        .describe_instances()
+        .filters(aws_sdk_ec2::types::Filter::builder().name("tag:sophons:deployment").values(deployment).build())
+        .send()
+        .await?;
+    Ok(output
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .map(|i| {
+            (
+                i.instance_id().unwrap_or_default().to_string(),
+                i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default(),
+                i.tags().iter().filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string()))).collect(),
+            )
+        })
+        .collect())
+}
+
+fn is_live(state: &str) -> bool {
+    state == "pending" || state == "running"
+}
+
+/// Live instances whose runner command was sent: (instance, command, job).
+async fn started_instances(ec2: &aws_sdk_ec2::Client, deployment: &str) -> Result<Vec<(String, String, u64)>, Error> {
+    Ok(instances(ec2, deployment)
+        .await?
+        .into_iter()
+        .filter(|(_, state, _)| is_live(state))
+        .filter_map(|(id, _, tags)| {
+            let command = tags.get("sophons:command-id")?.clone();
+            let job = tags.get("sophons:job-id")?.parse().ok()?;
+            Some((id, command, job))
+        })
+        .collect())
+}
+
+async fn job_of(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result<u64, Error> {
+    let output = ec2.describe_instances().instance_ids(instance_id).send().await?;
+    Ok(output
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .flat_map(|i| i.tags())
+        .find(|t| t.key() == Some("sophons:job-id"))
+        .and_then(|t| t.value()?.parse().ok())
+        .unwrap_or_default())
+}
+
+async fn track_peak(ec2: &aws_sdk_ec2::Client, deployment: &str, peak: &mut BTreeMap<String, usize>) -> Result<(), Error> {
+    let mut live: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, state, tags) in instances(ec2, deployment).await? {
+        if is_live(&state) {
+            *live.entry(tags.get("sophons:template").cloned().unwrap_or_default()).or_default() += 1;
+        }
+    }
+    for (template, count) in live {
+        let entry = peak.entry(template).or_default();
+        *entry = (*entry).max(count);
+    }
+    Ok(())
+}
+
+async fn queue_depth(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Result<usize, Error> {
+    use aws_sdk_sqs::types::QueueAttributeName::{ApproximateNumberOfMessages, ApproximateNumberOfMessagesNotVisible};
+    let output = sqs
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(ApproximateNumberOfMessages)
+        .attribute_names(ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await?;
+    let attributes = output.attributes.unwrap_or_default();
+    let count = |name| attributes.get(&name).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+    Ok(count(ApproximateNumberOfMessages) + count(ApproximateNumberOfMessagesNotVisible))
+}
+
+async fn tally(
+    ec2: &aws_sdk_ec2::Client,
+    ssm: &aws_sdk_ssm::Client,
+    sqs: &aws_sdk_sqs::Client,
+    github: &FakeGithub,
+    deployment: &str,
+    outputs: &Outputs,
+    scenario: &[Planned],
+) -> Result<Tally, Error> {
+    let mut tally = Tally { jobs_sent: scenario.len(), ..Default::default() };
+    for planned in scenario {
+        tally.instances_per_job.entry(planned.job_id).or_insert(0);
+    }
+    for (_, state, tags) in instances(ec2, deployment).await? {
+        if is_live(&state) {
+            tally.instances_live += 1;
+        }
+        if let Some(job) = tags.get("sophons:job-id").and_then(|j| j.parse().ok()) {
+            *tally.instances_per_job.entry(job).or_default() += 1;
+        }
+    }
+    tally.jobs_run = tally.instances_per_job.values().filter(|n| **n > 0).count();
+    let parameters = ssm.get_parameters_by_path().path(format!("/{deployment}/jit")).recursive(true).send().await?;
+    tally.parameters_left = parameters.parameters().len();
+    tally.runners_left = github.runners().len();
+    tally.runners_registered = github.requests_to("POST", "generate-jitconfig").iter().filter(|r| r.body.get("name").is_some()).count();
+    tally.jobs_queue_left = queue_depth(sqs, &outputs.jobs_queue_url).await?;
+    tally.dlq_left = queue_depth(sqs, &outputs.dlq_url).await?;
+    Ok(tally)
+}
+
+fn parse_time(text: &str) -> Option<SystemTime> {
+    use aws_sdk_sqs::primitives::{DateTime, DateTimeFormat};
+    DateTime::from_str(text, DateTimeFormat::DateTime).ok().and_then(|t| SystemTime::try_from(t).ok())
+}
+
+fn print_report(report: &Report) {
+    println!("== timelines (ms since the webhook received the delivery)");
+    for timeline in &report.timelines {
+        let Some(start) = timeline.stages.get("received").copied() else { continue };
+        println!(
+            "   job {} → template {} · {} {} ({})",
+            timeline.job_id, timeline.template, timeline.instance_id, timeline.instance_type, timeline.capacity
+        );
+        let stages: Vec<String> = STAGES
+            .iter()
+            .map(|stage| match timeline.stages.get(stage) {
+                Some(at) => format!("{stage} {}", at.duration_since(start).map(|d| d.as_millis()).unwrap_or(0)),
+                None => format!("{stage} —"),
+            })
+            .collect();
+        println!("     {}", stages.join(" → "));
+    }
+    let t = &report.tally;
+    println!("== DLQ: job {} reached the DLQ after {} receive(s): {}; move-jobs moved back {}; served afterwards: {}",
+        report.dlq.job_id, report.dlq.receives_before_dlq, report.dlq.reached_dlq, report.dlq.moved_back, report.dlq.served_after);
+    println!("== max_runners held: {}", report.peak_live.iter().map(|(k, v)| format!("{k} peak {v} of {}", report.max_runners.get(k).copied().unwrap_or(0))).collect::<Vec<_>>().join(", "));
+    println!("== sweep: {}", report.sweep);
+    println!("== tally (from moto and the fake GitHub)");
+    println!("   deliveries sent {}; jobs that got a runner {}; runners registered {}", t.jobs_sent, t.jobs_run, t.runners_registered);
+    let doubled: Vec<_> = t.instances_per_job.iter().filter(|(_, n)| **n > 1).collect();
+    println!("   jobs with more than one instance: {}", doubled.len());
+    println!("   instances still running: {}", t.instances_live);
+    println!("   JIT parameters left: {}", t.parameters_left);
+    println!("   GitHub runners left: {}", t.runners_left);
+    println!("   messages left: jobs queue {}, DLQ {}", t.jobs_queue_left, t.dlq_left);
+    println!("== done in {:.1} s (terraform apply {:.1} s); {}", report.elapsed.as_secs_f64(), report.terraform_apply.as_secs_f64(),
+        if report.clean() { "nothing left behind" } else { "SOMETHING WAS LEFT BEHIND" });
+}
