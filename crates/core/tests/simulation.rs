@@ -1780,6 +1780,14 @@ async fn run_seeds(title: &str, seeds: impl Iterator<Item = u64>, jobs_per_seed:
     for seed in seeds {
         let figures = Sim::new(seed, jobs_per_seed, known).run().await;
         total.add(&figures);
+        if title == "soak" && total.seeds % 100 == 0 {
+            println!(
+                "soak: {} jobs over {} seeds, {:.0} s",
+                total.jobs,
+                total.seeds,
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
     total.print(title, started.elapsed());
     total
