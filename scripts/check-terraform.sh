@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The Terraform checks of `make test`:
 #   1. terraform fmt -check -recursive
-#   2. terraform init -backend=false (from the local provider mirror) + validate: root, each example, the moto wrapper
+#   2. terraform init -backend=false (from the local provider mirror) + validate: root, each example, the moto wrapper;
+#      plans with one bad input at a time fail with their own message (terraform/test/preconditions)
 #   3. checkov over terraform/: 0 failed checks (every skip is annotated inline with its reason)
 #   4. terraform apply of the whole root module against moto server (terraform/test/moto)
 #   5. the IAM security test over the applied policies (terraform/test/check_iam.py, with its self-test)
 #   6. the config document read back from moto's SSM: its names point at what was created
 #      (terraform/test/check_config.py) and the autoscaler accepts it (`autoscaler --check-config`)
-#   7. terraform destroy against moto
+#   7. terraform destroy against moto, when SOPHONS_TF_DESTROY=1 (about a minute more)
 #
 # Environment:
 #   MOTO_ENDPOINT                 use this moto server instead of starting .venv/bin/moto_server on a free port
@@ -15,7 +16,7 @@
 #   SOPHONS_AUTOSCALER_BIN        the autoscaler binary (default target/debug/autoscaler)
 #   SOPHONS_VENV                  the Python venv with moto[server] and checkov (default .venv)
 #   TF_PLUGIN_DIR                 the provider mirror (default /opt/tf-plugins)
-#   SOPHONS_TF_SKIP_DESTROY       1: leave the moto resources in place
+#   SOPHONS_TF_DESTROY            1: also destroy everything again (the moto server is thrown away anyway)
 #
 # The checkout is never written to: everything runs on a copy in a temporary directory.
 set -euo pipefail
@@ -82,7 +83,7 @@ validate() {
 
 checkov_report() {
   "$VENV/bin/checkov" -d "$REPO/terraform" --framework terraform --skip-download --download-external-modules false \
-    --skip-path '\.terraform' -o json >"$WORK/checkov.json" 2>"$WORK/checkov.err" || true
+    --skip-path '\.terraform' --skip-path 'test/preconditions' -o json >"$WORK/checkov.json" 2>"$WORK/checkov.err" || true
   "$PYTHON" - "$WORK/checkov.json" <<'EOF' || { tail -20 "$WORK/checkov.err"; fail "checkov"; }
 import collections, json, sys
 data = json.load(open(sys.argv[1]))
@@ -117,6 +118,28 @@ validate test/moto
 validate_pid=$!
 checkov_report >"$WORK/checkov.log" 2>&1 &
 checkov_pid=$!
+
+# Each bad input of terraform/test/preconditions/cases.txt must fail its plan with its own message.
+precondition_plans() {
+  local case expected output count=0
+  validate test/preconditions
+  while IFS='|' read -r case expected; do
+    [[ -z $case || $case == \#* ]] && continue
+    count=$((count + 1))
+    if output=$(tf test/preconditions plan -no-color -lock=false -refresh=false -var "case=$case" \
+      -var "moto_endpoint=$endpoint" -var "lambda_zip_dir=$WORK/lambda" 2>&1); then
+      [[ -z $expected ]] || fail "plan with bad input '$case' succeeded; expected: $expected"
+    else
+      # Terraform wraps long messages: compare with whitespace collapsed.
+      if [[ -z $expected ]] || ! tr -s ' \n' '  ' <<<"$output" | grep -qF "$expected"; then
+        echo "$output" | tail -20
+        fail "plan with input '$case': expected ${expected:-success}"
+      fi
+    fi
+    echo "plan '$case': ${expected:-plans cleanly}"
+  done <"$TF/test/preconditions/cases.txt"
+  echo "bad inputs refused: $((count - 1)) of $((count - 1))"
+}
 
 step "terraform apply against moto"
 if [[ -n ${MOTO_ENDPOINT:-} ]]; then
@@ -153,8 +176,11 @@ for binary in ("autoscaler", "create-runner", "stop-runner", "move-jobs"):
         archive.writestr(entry, "#!/bin/sh\nexit 1\n")
 EOF
 
+precondition_plans >"$WORK/preconditions.log" 2>&1 &
+preconditions_pid=$!
+
 moto_vars=(-var "moto_endpoint=$endpoint" -var "lambda_zip_dir=$WORK/lambda" -var "deployment_prefix=$prefix")
-if ! tf test/moto apply -auto-approve -no-color "${moto_vars[@]}" >"$WORK/apply.log" 2>&1; then
+if ! tf test/moto apply -auto-approve -no-color -parallelism=30 "${moto_vars[@]}" >"$WORK/apply.log" 2>&1; then
   grep -A12 'Error' "$WORK/apply.log" || tail -40 "$WORK/apply.log"
   fail "terraform apply against moto"
 fi
@@ -168,6 +194,10 @@ cat "$WORK/validate.log"
 step "checkov"
 wait "$checkov_pid" || { cat "$WORK/checkov.log"; fail "checkov"; }
 cat "$WORK/checkov.log"
+
+step "bad inputs (terraform/test/preconditions)"
+wait "$preconditions_pid" || { cat "$WORK/preconditions.log"; fail "bad inputs"; }
+cat "$WORK/preconditions.log"
 
 step "IAM security test"
 tf test/moto show -json >"$WORK/show.json"
@@ -198,7 +228,7 @@ else
 fi
 
 destroyed="skipped"
-if [[ ${SOPHONS_TF_SKIP_DESTROY:-0} != 1 ]]; then
+if [[ ${SOPHONS_TF_DESTROY:-0} == 1 ]]; then
   step "terraform destroy against moto"
   tf test/moto destroy -auto-approve -no-color "${moto_vars[@]}" >"$WORK/destroy.log" 2>&1 ||
     { tail -40 "$WORK/destroy.log"; fail "terraform destroy against moto"; }

@@ -15,11 +15,10 @@ locals {
   launch_template_arns = [for lt in aws_launch_template.runner : lt.arn]
 
   config_parameter_arn = "${local.parameter_arn}${local.config_param_name}"
-  webhook_secret_arn   = "${local.parameter_arn}${local.webhook_secret_param_name}"
-  github_credential_arn = (
-    local.github_credential_param_name == null ? "${local.parameter_arn}${local.parameter_prefix}/github/unset" : "${local.parameter_arn}${local.github_credential_param_name}"
-  )
-  kms_key_arns = var.parameter_kms_key_arn == null ? [] : [var.parameter_kms_key_arn]
+  # A missing credential is reported by the config parameter's precondition; these only must not fail first.
+  webhook_secret_arn    = "${local.parameter_arn}${coalesce(local.webhook_secret_param_name, "${local.parameter_prefix}/github/unset")}"
+  github_credential_arn = "${local.parameter_arn}${coalesce(local.github_credential_param_name, "${local.parameter_prefix}/github/unset")}"
+  kms_key_arns          = var.parameter_kms_key_arn == null ? [] : [var.parameter_kms_key_arn]
 
   # Public parameters (/aws/service/...) have no account in their ARN.
   ami_parameter_arns = distinct([

@@ -4,14 +4,14 @@
 locals {
   runner_templates = {
     for name, t in var.runner_templates : name => merge(t, {
-      subnet_ids = coalesce(t.subnet_ids, var.subnet_ids)
+      subnet_ids = t.subnet_ids != null ? t.subnet_ids : var.subnet_ids
       image_id   = t.ami_id != null ? t.ami_id : "resolve:ssm:${t.ami_ssm_parameter}"
     })
   }
 
   runner_script_key    = "runner.sh"
   runner_cache_prefix  = "actions-runner/"
-  runner_script_source = file("${path.module}/../scripts/runner.sh")
+  runner_script_source = file(coalesce(var.runner_script_path, "${path.module}/../scripts/runner.sh"))
   # The script reads its optional tarball cache location from this line; the copy in the bucket points it at
   # this deployment's bucket when runner_cache_enabled is set.
   runner_cache_marker = "SOPHONS_RUNNER_CACHE_URI:=}"
