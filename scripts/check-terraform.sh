@@ -73,6 +73,20 @@ tf() {
 step "terraform fmt -check -recursive"
 terraform fmt -check -recursive -diff "$REPO/terraform" || fail "terraform fmt: run terraform fmt -recursive terraform"
 
+step "docs/deploy.md lists every variable and output"
+"$PYTHON" - "$REPO/terraform" "$REPO/docs/deploy.md" <<'EOF' || fail "docs/deploy.md is out of date: add the rows to its Reference tables"
+import pathlib, re, sys
+module, doc = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]).read_text()
+missing = []
+for kind, file in (("variable", "variables.tf"), ("output", "outputs.tf")):
+    for name in re.findall(rf'^{kind} "([^"]+)"', (module / file).read_text(), re.M):
+        if f"| `{name}` |" not in doc:
+            missing.append(f"{kind} {name}")
+for line in missing:
+    print(f"docs/deploy.md has no row for {line}")
+sys.exit(1 if missing else 0)
+EOF
+
 validate() {
   local dir=$1 log="$WORK/init-${1//\//_}.log"
   tf "$dir" init -backend=false -plugin-dir="$PLUGIN_DIR" -no-color >"$log" 2>&1 ||
