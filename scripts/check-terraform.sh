@@ -39,6 +39,9 @@ command -v terraform >/dev/null || fail "terraform is not on PATH"
 [[ -x $PYTHON && -x $VENV/bin/checkov ]] || fail "$VENV lacks python/checkov: run make setup"
 [[ -n ${MOTO_ENDPOINT:-} || -x $VENV/bin/moto_server ]] || fail "$VENV lacks moto_server: run make setup"
 [[ -d $PLUGIN_DIR ]] || fail "no provider mirror at $PLUGIN_DIR (set TF_PLUGIN_DIR)"
+if [[ ${SOPHONS_REQUIRE_CONFIG_CHECK:-0} == 1 && ! -x $AUTOSCALER ]]; then
+  fail "$AUTOSCALER is missing (cargo build first), and SOPHONS_REQUIRE_CONFIG_CHECK=1"
+fi
 
 WORK=$(mktemp -d)
 MOTO_PID=""
