@@ -169,3 +169,16 @@ trusting_the_fake_release() {
   run "$SCRIPT" /a /b
   [ "$status" -eq 64 ]
 }
+
+@test "the copy Terraform uploads with runner_cache_enabled (marker rewritten) reads the cache" {
+  trusting_the_fake_release
+  cp "$STUB_STATE/release.tar.gz" "$STUB_STATE/cache/actions-runner-linux-x64-2.326.0.tar.gz"
+  rm "$STUB_STATE/release.tar.gz"
+  # The same rewrite as terraform/runners.tf (local.runner_cache_marker).
+  grep -qF 'SOPHONS_RUNNER_CACHE_URI:=}' "$SCRIPT"
+  sed 's|SOPHONS_RUNNER_CACHE_URI:=}|SOPHONS_RUNNER_CACHE_URI:=s3://sophons-scripts/actions-runner/}|' "$SCRIPT" >"$BATS_TEST_TMPDIR/runner.sh"
+  run bash "$BATS_TEST_TMPDIR/runner.sh" "$PARAMETER"
+  echo "$output"
+  [ "$status" -eq 0 ]
+  grep -q "aws s3 cp --only-show-errors s3://sophons-scripts/actions-runner/actions-runner-linux-x64-2.326.0.tar.gz" "$STUB_STATE/calls"
+}
