@@ -195,8 +195,9 @@ variable "subnet_ids" {
 
 variable "runner_templates" {
   description = <<-EOT
-    Runner templates by name. A job gets a runner from the first template whose labels include all of the job's labels
-    (besides `self-hosted`). Keys are template names ([A-Za-z0-9_-], up to 64 characters); workflows use them as labels:
+    Runner templates by name. A template serves a job when every label of the job (case-insensitively) is among the
+    template's labels, `self-hosted` and the template's name; of several, the one with the fewest labels wins, ties
+    broken by name; jobs without `self-hosted` are never served. Keys are template names ([A-Za-z0-9_-], up to 64 characters); workflows use them as labels:
     `runs-on: [self-hosted, <template>]`.
       labels             - labels the runner registers with, besides `self-hosted` and the template name (which
                            create-runner adds); at most 98

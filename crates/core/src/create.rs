@@ -93,6 +93,60 @@ pub struct CreateRunner {
     config: Arc<Config>,
     ports: Ports,
     backoff: Backoff,
+    gate: Gate,
+}
+
+/// What this process is doing right now, so that the records of one batch, served at once, see
+/// each other: EC2 does not list an instance before its launch returns, so two records of a
+/// template counting at the same moment would both find room, and two records of one job (a
+/// redelivery in the same batch) would both find it unserved.
+#[derive(Default)]
+struct Gate {
+    /// Per template: held while counting, so that counts and reservations do not interleave.
+    rooms: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per template: launches reserved and not yet returned.
+    launching: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// Jobs being served by a record of this process.
+    jobs: std::sync::Mutex<std::collections::HashSet<u64>>,
+}
+
+impl Gate {
+    fn room(&self, template: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.rooms
+            .lock()
+            .unwrap()
+            .entry(template.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn launching(&self, template: &str) -> usize {
+        self.launching.lock().unwrap().get(template).copied().unwrap_or(0)
+    }
+}
+
+/// Releases what a record held in the gate when it is done (or dropped mid-way).
+struct Held<'a> {
+    gate: &'a Gate,
+    job_id: u64,
+    launching: Option<String>,
+}
+
+impl Held<'_> {
+    fn launched(&mut self) {
+        if let Some(template) = self.launching.take()
+            && let Some(count) = self.gate.launching.lock().unwrap().get_mut(&template)
+        {
+            *count = count.saturating_sub(1);
+        }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.launched();
+        self.gate.jobs.lock().unwrap().remove(&self.job_id);
+    }
 }
 
 impl CreateRunner {
@@ -101,6 +155,7 @@ impl CreateRunner {
             config,
             ports,
             backoff: Backoff::default(),
+            gate: Gate::default(),
         }
     }
 
@@ -239,6 +294,17 @@ impl CreateRunner {
             );
         };
 
+        if !self.gate.jobs.lock().unwrap().insert(job_id) {
+            return Outcome::Acknowledged(format!(
+                "job {job_id} is being served by another message of this batch; no second runner launched"
+            ));
+        }
+        let mut held = Held {
+            gate: &self.gate,
+            job_id,
+            launching: None,
+        };
+
         // Already served? Redeliveries, retries and redrives must not launch a second instance.
         let query = InstanceQuery {
             job_id: Some(job_id),
@@ -320,8 +386,10 @@ impl CreateRunner {
             live_only: true,
             ..Default::default()
         };
+        let room = self.gate.room(&message.template);
+        let counting = room.lock().await;
         match self.ports.fleet.instances(deployment, &query).await {
-            Ok(live) if live.len() >= template.max_runners as usize => {
+            Ok(live) if live.len() + self.gate.launching(&message.template) >= template.max_runners as usize => {
                 return Outcome::HandedBack {
                     delay_seconds: self.config.retry_delay_seconds,
                     reason: format!(
@@ -333,9 +401,20 @@ impl CreateRunner {
             Ok(_) => {}
             Err(error) => return transient(format!("cannot count instances: {error}")),
         }
+        *self
+            .gate
+            .launching
+            .lock()
+            .unwrap()
+            .entry(message.template.clone())
+            .or_default() += 1;
+        held.launching = Some(message.template.clone());
+        drop(counting);
 
         // Launch.
-        let launched = match self.launch(message, template, receive_count).await {
+        let launch = self.launch(message, template, receive_count).await;
+        held.launched();
+        let launched = match launch {
             Ok(launched) => launched,
             Err(error) => {
                 let delay_seconds = match error {

@@ -639,3 +639,83 @@ async fn a_busy_runner_whose_handler_died_before_tagging_its_command_is_not_repl
         "the job its runner runs is not interrupted"
     );
 }
+
+/// A fleet whose calls yield first, as real network calls do, so that the records of a batch
+/// interleave between counting and launching.
+struct YieldingFleet(Arc<FakeFleet>);
+
+#[async_trait::async_trait]
+impl sophons_core::fleet::Fleet for YieldingFleet {
+    async fn launch(
+        &self,
+        request: &sophons_core::fleet::LaunchRequest,
+    ) -> Result<sophons_core::fleet::Launched, FleetError> {
+        tokio::task::yield_now().await;
+        self.0.launch(request).await
+    }
+    async fn instances(
+        &self,
+        deployment: &str,
+        query: &sophons_core::fleet::InstanceQuery,
+    ) -> Result<Vec<Instance>, FleetError> {
+        tokio::task::yield_now().await;
+        self.0.instances(deployment, query).await
+    }
+    async fn tag(&self, instance_id: &str, tags: &[(String, String)]) -> Result<(), FleetError> {
+        tokio::task::yield_now().await;
+        self.0.tag(instance_id, tags).await
+    }
+    async fn terminate(&self, instance_id: &str) -> Result<(), FleetError> {
+        self.0.terminate(instance_id).await
+    }
+    async fn cancel_spot_request(&self, request_id: &str) -> Result<(), FleetError> {
+        self.0.cancel_spot_request(request_id).await
+    }
+}
+
+fn yielding_world() -> World {
+    let world = world();
+    let config = Arc::new(
+        Config::parse(&common::config_json("https://sqs.us-east-1.amazonaws.com/123456789012/jobs").to_string())
+            .unwrap(),
+    );
+    let ports = Ports {
+        fleet: Arc::new(YieldingFleet(world.fleet.clone())),
+        github: world.github.clone(),
+        secrets: world.secrets.clone(),
+        commands: world.commands.clone(),
+        queue: world.queue.clone(),
+    };
+    World {
+        create: Arc::new(CreateRunner::new(config, ports)),
+        ..world
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_records_of_one_batch_never_launch_past_max_runners() {
+    let world = yielding_world();
+    let mut event = SqsEvent::default();
+    // template_gpu allows 2.
+    event.records = (0..6)
+        .map(|n| record(&format!("g{n}"), &message(70 + n, "template_gpu").encode(), 1))
+        .collect();
+    let response = world.create.handle_batch(event, far()).await;
+    assert_eq!(world.fleet.peak_live("template_gpu"), 2);
+    assert_eq!(world.fleet.live_instances().len(), 2);
+    assert_eq!(response.batch_item_failures.len(), 4, "the others wait for room");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redelivery_in_the_same_batch_gets_no_second_instance() {
+    let world = yielding_world();
+    let job = message(80, "template_cpu").encode();
+    let mut event = SqsEvent::default();
+    // Two messages of one job (a redelivered webhook), received at different counts: different
+    // ClientTokens, so only the batch itself can keep them from two instances.
+    event.records = vec![record("a", &job, 1), record("b", &job, 2)];
+    let response = world.create.handle_batch(event, far()).await;
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(world.fleet.all_instances().len(), 1);
+    assert_eq!(world.github.runners().len(), 1);
+}

@@ -126,7 +126,11 @@ impl Report {
     /// Nothing left running, nothing left behind.
     pub fn clean(&self) -> bool {
         let t = &self.tally;
-        t.instances_live == 0 && t.parameters_left == 0 && t.runners_left == 0 && t.jobs_queue_left == 0 && t.dlq_left == 0
+        t.instances_live == 0
+            && t.parameters_left == 0
+            && t.runners_left == 0
+            && t.jobs_queue_left == 0
+            && t.dlq_left == 0
     }
 }
 
@@ -146,7 +150,11 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
     };
     for binary in BINARIES {
         if !options.binaries.join(binary).exists() {
-            return Err(format!("{} is missing: run `cargo build --workspace` (make demo does)", options.binaries.join(binary).display()).into());
+            return Err(format!(
+                "{} is missing: run `cargo build --workspace` (make demo does)",
+                options.binaries.join(binary).display()
+            )
+            .into());
         }
     }
     let moto_endpoint = moto::endpoint().to_string();
@@ -154,7 +162,10 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
     github.set_token(TOKEN);
     github.set_default_job_status(Some("queued"));
     let deployment = format!("demo{}", std::process::id() % 100_000);
-    say(format!("== sophons demo: deployment `{deployment}`; moto at {moto_endpoint}; fake GitHub at {}", github.url()));
+    say(format!(
+        "== sophons demo: deployment `{deployment}`; moto at {moto_endpoint}; fake GitHub at {}",
+        github.url()
+    ));
 
     let work = std::env::temp_dir().join(format!("sophons-demo-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
@@ -176,38 +187,78 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
     env.push(("RUST_LOG", "info".into()));
     let mut lambdas = BTreeMap::new();
     for binary in BINARIES {
-        lambdas.insert(binary, LambdaProcess::spawn(&options.binaries.join(binary), binary, &env).await);
+        lambdas.insert(
+            binary,
+            LambdaProcess::spawn(&options.binaries.join(binary), binary, &env).await,
+        );
     }
     let document: Value = serde_json::from_str(
-        ssm.get_parameter().name(&outputs.config_parameter).send().await?.parameter.and_then(|p| p.value).as_deref().unwrap_or("{}"),
+        ssm.get_parameter()
+            .name(&outputs.config_parameter)
+            .send()
+            .await?
+            .parameter
+            .and_then(|p| p.value)
+            .as_deref()
+            .unwrap_or("{}"),
     )?;
     let max_runners: BTreeMap<String, usize> = document["templates"]
         .as_object()
-        .map(|t| t.iter().map(|(k, v)| (k.clone(), v["max_runners"].as_u64().unwrap_or(0) as usize)).collect())
+        .map(|t| {
+            t.iter()
+                .map(|(k, v)| (k.clone(), v["max_runners"].as_u64().unwrap_or(0) as usize))
+                .collect()
+        })
         .unwrap_or_default();
 
     // EC2 refusing the launch, for the DLQ story: the `large` template's launch template is removed
     // (moto cannot produce InsufficientInstanceCapacity; the hand-back path is the same).
     let large_template = outputs.launch_templates.get("large").cloned().unwrap_or_default();
-    ec2.delete_launch_template().launch_template_name(&large_template).send().await?;
+    ec2.delete_launch_template()
+        .launch_template_name(&large_template)
+        .send()
+        .await?;
 
     // API Gateway: the deliveries.
-    let mut report = Report { deployment: deployment.clone(), terraform_apply, max_runners, ..Default::default() };
+    let mut report = Report {
+        deployment: deployment.clone(),
+        terraform_apply,
+        max_runners,
+        ..Default::default()
+    };
     let mut timelines: BTreeMap<u64, Timeline> = BTreeMap::new();
     let scenario = scenario(options.jobs);
-    let dlq_job = scenario.iter().find(|d| d.template == Some("large")).map(|d| d.job_id).unwrap_or_default();
+    let dlq_job = scenario
+        .iter()
+        .find(|d| d.template == Some("large"))
+        .map(|d| d.job_id)
+        .unwrap_or_default();
     report.dlq.job_id = dlq_job;
     say("== deliveries (API Gateway → autoscaler)".into());
     for delivery in &scenario {
         let body = payload(delivery.job_id, &delivery.labels).to_string().into_bytes();
-        let secret = if delivery.kind == "forged" { "not-the-secret" } else { SECRET };
-        let event = testkit::apigw::delivery("workflow_job", &delivery.delivery_id, &sign(secret.as_bytes(), &body), &body);
+        let secret = if delivery.kind == "forged" {
+            "not-the-secret"
+        } else {
+            SECRET
+        };
+        let event = testkit::apigw::delivery(
+            "workflow_job",
+            &delivery.delivery_id,
+            &sign(secret.as_bytes(), &body),
+            &body,
+        );
         let sent_at = SystemTime::now();
         let answer = invoke(&mut lambdas, "autoscaler", event).await?;
         let status = answer["statusCode"].as_u64().unwrap_or(0) as u16;
         let decision: Value = serde_json::from_str(answer["body"].as_str().unwrap_or("{}")).unwrap_or_default();
         let decision = decision["decision"].as_str().unwrap_or_default().to_string();
-        say(format!("   {:<12} job {:<6} labels {:<32} → {status} {decision}", delivery.kind, delivery.job_id, format!("{:?}", delivery.labels)));
+        say(format!(
+            "   {:<12} job {:<6} labels {:<32} → {status} {decision}",
+            delivery.kind,
+            delivery.job_id,
+            format!("{:?}", delivery.labels)
+        ));
         if decision == "enqueued" && delivery.kind != "redelivered" {
             let timeline = timelines.entry(delivery.job_id).or_default();
             timeline.job_id = delivery.job_id;
@@ -215,7 +266,12 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
             timeline.stages.insert("received", sent_at);
             timeline.stages.insert("enqueued", SystemTime::now());
         }
-        report.deliveries.push(Delivery { kind: delivery.kind, job_id: delivery.job_id, status, decision });
+        report.deliveries.push(Delivery {
+            kind: delivery.kind,
+            job_id: delivery.job_id,
+            status,
+            decision,
+        });
     }
     let expected: BTreeSet<u64> = timelines.keys().copied().collect();
 
@@ -228,7 +284,12 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
     say("== serving (SQS event source mapping → create-runner; box; EventBridge → stop-runner)".into());
     loop {
         if Instant::now() > deadline {
-            return Err(format!("jobs not finished within {} s: {:?}", SCENARIO_LIMIT.as_secs(), expected.difference(&finished_jobs).collect::<Vec<_>>()).into());
+            return Err(format!(
+                "jobs not finished within {} s: {:?}",
+                SCENARIO_LIMIT.as_secs(),
+                expected.difference(&finished_jobs).collect::<Vec<_>>()
+            )
+            .into());
         }
         let mut busy = false;
         // SQS event source mapping: a batch of up to 10, deleting what create-runner did not report failed.
@@ -263,16 +324,26 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
                     report.dlq.receives_before_dlq = report.dlq.receives_before_dlq.max(*count);
                 }
             }
-            let refs: Vec<(&str, &str, &str, u32)> =
-                records.iter().map(|(i, r, b, c)| (i.as_str(), r.as_str(), b.as_str(), *c)).collect();
+            let refs: Vec<(&str, &str, &str, u32)> = records
+                .iter()
+                .map(|(i, r, b, c)| (i.as_str(), r.as_str(), b.as_str(), *c))
+                .collect();
             let answer = invoke(&mut lambdas, "create-runner", sqs_event(&refs)).await?;
             let failed: BTreeSet<String> = answer["batchItemFailures"]
                 .as_array()
-                .map(|f| f.iter().filter_map(|i| i["itemIdentifier"].as_str().map(str::to_string)).collect())
+                .map(|f| {
+                    f.iter()
+                        .filter_map(|i| i["itemIdentifier"].as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default();
             for message in messages {
                 if !failed.contains(message.message_id().unwrap_or_default()) {
-                    sqs.delete_message().queue_url(&outputs.jobs_queue_url).receipt_handle(message.receipt_handle().unwrap_or_default()).send().await?;
+                    sqs.delete_message()
+                        .queue_url(&outputs.jobs_queue_url)
+                        .receipt_handle(message.receipt_handle().unwrap_or_default())
+                        .send()
+                        .await?;
                 }
             }
             track_peak(&ec2, &deployment, &mut report.peak_live).await?;
@@ -283,7 +354,11 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
                 busy = true;
                 let parameter = format!("/{deployment}/jit/{instance_id}");
                 // As the runner script: read the JIT config through the instance role, then delete it.
-                ssm.get_parameter().name(&parameter).with_decryption(true).send().await?;
+                ssm.get_parameter()
+                    .name(&parameter)
+                    .with_decryption(true)
+                    .send()
+                    .await?;
                 ssm.delete_parameter().name(&parameter).send().await?;
                 // `./run.sh --jitconfig` brings the runner online and GitHub hands it the job.
                 let runner_name = format!("{deployment}-{instance_id}");
@@ -307,7 +382,12 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
             if let Some(timeline) = timelines.get_mut(&job_id) {
                 timeline.stages.insert("command_ended", SystemTime::now());
             }
-            invoke(&mut lambdas, "stop-runner", ssm_status_event(&instance_id, &command_id, "Success")).await?;
+            invoke(
+                &mut lambdas,
+                "stop-runner",
+                ssm_status_event(&instance_id, &command_id, "Success"),
+            )
+            .await?;
             finished_jobs.insert(job_id);
         }
         // The DLQ story: once the refused job sits in the DLQ, restore its launch template and let
@@ -316,7 +396,9 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
             let in_dlq = queue_depth(&sqs, &outputs.dlq_url).await?;
             if in_dlq > 0 {
                 report.dlq.reached_dlq = true;
-                say(format!("   job {dlq_job}: EC2 refused its launch 3 times; it is in the DLQ. Restoring its launch template; schedule → move-jobs"));
+                say(format!(
+                    "   job {dlq_job}: EC2 refused its launch 3 times; it is in the DLQ. Restoring its launch template; schedule → move-jobs"
+                ));
                 restore_launch_template(&ec2, &large_template).await?;
                 let answer = invoke(&mut lambdas, "move-jobs", scheduled_event("move-jobs")).await?;
                 report.dlq.moved_back = answer["moved"].as_u64().unwrap_or(0);
@@ -340,10 +422,18 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
     // The timelines, from the binaries' own JSON log lines.
     for (name, lambda) in &lambdas {
         for line in lambda.logs().lines() {
-            let Ok(entry) = serde_json::from_str::<Value>(line) else { continue };
-            let Some(job_id) = entry["job_id"].as_u64() else { continue };
-            let Some(timeline) = timelines.get_mut(&job_id) else { continue };
-            let Some(at) = entry["timestamp"].as_str().and_then(parse_time) else { continue };
+            let Ok(entry) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            let Some(job_id) = entry["job_id"].as_u64() else {
+                continue;
+            };
+            let Some(timeline) = timelines.get_mut(&job_id) else {
+                continue;
+            };
+            let Some(at) = entry["timestamp"].as_str().and_then(parse_time) else {
+                continue;
+            };
             if let Some(instance_type) = entry["instance_type"].as_str() {
                 timeline.instance_type = instance_type.to_string();
                 timeline.capacity = entry["capacity"].as_str().unwrap_or_default().to_string();
@@ -393,13 +483,47 @@ struct Planned {
 fn scenario(jobs: usize) -> Vec<Planned> {
     let mut planned = Vec::new();
     for n in 0..jobs.max(1) {
-        let (labels, template) = if n % 3 == 2 { (vec!["self-hosted", "gpu"], "gpu") } else { (vec!["self-hosted", "linux", "x64"], "cpu") };
-        planned.push(Planned { kind: "matching", job_id: 1000 + n as u64, delivery_id: format!("delivery-{n}"), labels, template: Some(template) });
+        let (labels, template) = if n % 3 == 2 {
+            (vec!["self-hosted", "gpu"], "gpu")
+        } else {
+            (vec!["self-hosted", "linux", "x64"], "cpu")
+        };
+        planned.push(Planned {
+            kind: "matching",
+            job_id: 1000 + n as u64,
+            delivery_id: format!("delivery-{n}"),
+            labels,
+            template: Some(template),
+        });
     }
-    planned.push(Planned { kind: "matching", job_id: 900, delivery_id: "delivery-large".into(), labels: vec!["self-hosted", "large"], template: Some("large") });
-    planned.push(Planned { kind: "non-matching", job_id: 901, delivery_id: "delivery-windows".into(), labels: vec!["self-hosted", "windows"], template: None });
-    planned.push(Planned { kind: "forged", job_id: 902, delivery_id: "delivery-forged".into(), labels: vec!["self-hosted", "cpu"], template: None });
-    planned.push(Planned { kind: "redelivered", job_id: 1000, delivery_id: "delivery-0".into(), labels: vec!["self-hosted", "linux", "x64"], template: Some("cpu") });
+    planned.push(Planned {
+        kind: "matching",
+        job_id: 900,
+        delivery_id: "delivery-large".into(),
+        labels: vec!["self-hosted", "large"],
+        template: Some("large"),
+    });
+    planned.push(Planned {
+        kind: "non-matching",
+        job_id: 901,
+        delivery_id: "delivery-windows".into(),
+        labels: vec!["self-hosted", "windows"],
+        template: None,
+    });
+    planned.push(Planned {
+        kind: "forged",
+        job_id: 902,
+        delivery_id: "delivery-forged".into(),
+        labels: vec!["self-hosted", "cpu"],
+        template: None,
+    });
+    planned.push(Planned {
+        kind: "redelivered",
+        job_id: 1000,
+        delivery_id: "delivery-0".into(),
+        labels: vec!["self-hosted", "linux", "x64"],
+        template: Some("cpu"),
+    });
     planned
 }
 
@@ -417,10 +541,19 @@ fn payload(job_id: u64, labels: &[&str]) -> Value {
 
 async fn invoke(lambdas: &mut BTreeMap<&'static str, LambdaProcess>, name: &str, event: Value) -> Result<Value, Error> {
     let lambda = lambdas.get_mut(name).ok_or("no such function")?;
-    lambda.invoke(event).await.map_err(|error| format!("{name} failed: {error}").into())
+    lambda
+        .invoke(event)
+        .await
+        .map_err(|error| format!("{name} failed: {error}").into())
 }
 
-fn terraform_apply(options: &Options, work: &Path, moto: &str, github: &str, deployment: &str) -> Result<Outputs, Error> {
+fn terraform_apply(
+    options: &Options,
+    work: &Path,
+    moto: &str,
+    github: &str,
+    deployment: &str,
+) -> Result<Outputs, Error> {
     let zips = work.join("lambda");
     for binary in BINARIES {
         // Placeholder packages: moto stores the functions; the demo runs the real binaries itself.
@@ -442,12 +575,29 @@ fn terraform_apply(options: &Options, work: &Path, moto: &str, github: &str, dep
             .map_err(|e| format!("cannot run terraform: {e}"))?;
         if !output.status.success() {
             let text = String::from_utf8_lossy(&output.stdout) + String::from_utf8_lossy(&output.stderr);
-            return Err(format!("terraform {} failed:\n{}", args[0], text.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")).into());
+            return Err(format!(
+                "terraform {} failed:\n{}",
+                args[0],
+                text.lines()
+                    .rev()
+                    .take(30)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+            .into());
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     };
     let state = format!("-state={}", work.join("terraform.tfstate").display());
-    terraform(&["init", "-backend=false", "-no-color", &format!("-plugin-dir={}", options.plugin_dir.display())])?;
+    terraform(&[
+        "init",
+        "-backend=false",
+        "-no-color",
+        &format!("-plugin-dir={}", options.plugin_dir.display()),
+    ])?;
     terraform(&[
         "apply",
         "-auto-approve",
@@ -462,23 +612,7 @@ fn terraform_apply(options: &Options, work: &Path, moto: &str, github: &str, dep
         "-var",
         &format!("deployment={deployment}"),
     ])?;
-    // moto acts on an SQS event source mapping itself (it "receives" each message to invoke a function it
-    // cannot run), which would use up receives; the demo's glue is the event source mapping instead.
-    terraform(&[
-        "destroy",
-        "-auto-approve",
-        "-no-color",
-        &state,
-        "-target=module.sophons.aws_lambda_event_source_mapping.jobs",
-        "-var",
-        &format!("moto_endpoint={moto}"),
-        "-var",
-        &format!("github_api_url={github}"),
-        "-var",
-        &format!("lambda_zip_dir={}", zips.display()),
-        "-var",
-        &format!("deployment={deployment}"),
-    ])?;
+    disable_moto_event_source_mappings(moto)?;
     let outputs: Value = serde_json::from_str(&terraform(&["output", "-json", &state])?)?;
     let text = |name: &str| outputs[name]["value"].as_str().unwrap_or_default().to_string();
     Ok(Outputs {
@@ -487,18 +621,58 @@ fn terraform_apply(options: &Options, work: &Path, moto: &str, github: &str, dep
         dlq_url: text("dead_letter_queue_url"),
         launch_templates: outputs["launch_template_names"]["value"]
             .as_object()
-            .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
             .unwrap_or_default(),
     })
 }
 
+/// moto acts on an SQS event source mapping itself: it "receives" each message to invoke a function
+/// it cannot run, which uses up a receive (and deleting the mapping does not stop it; disabling it
+/// does). The demo's glue is the event source mapping, so the one Terraform made is disabled.
+fn disable_moto_event_source_mappings(moto: &str) -> Result<(), Error> {
+    let authorization = "Authorization: AWS4-HMAC-SHA256 Credential=testing/20261128/us-east-1/lambda/aws4_request, \
+                         SignedHeaders=host, Signature=0";
+    let curl = |args: &[&str]| -> Result<String, Error> {
+        let output = std::process::Command::new("curl")
+            .args(["-fsS", "-H", authorization, "-H", "Content-Type: application/json"])
+            .args(args)
+            .output()?;
+        if !output.status.success() {
+            return Err(format!("curl {args:?}: {}", String::from_utf8_lossy(&output.stderr)).into());
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    let listed: Value = serde_json::from_str(&curl(&[&format!("{moto}/2015-03-31/event-source-mappings/")])?)?;
+    for mapping in listed["EventSourceMappings"].as_array().into_iter().flatten() {
+        let uuid = mapping["UUID"].as_str().unwrap_or_default();
+        curl(&[
+            "-X",
+            "PUT",
+            "-d",
+            r#"{"Enabled": false}"#,
+            &format!("{moto}/2015-03-31/event-source-mappings/{uuid}"),
+        ])?;
+    }
+    Ok(())
+}
+
 /// An empty but valid zip archive (the end-of-central-directory record alone).
-const EMPTY_ZIP: &[u8] = &[0x50, 0x4b, 0x05, 0x06, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+const EMPTY_ZIP: &[u8] = &[
+    0x50, 0x4b, 0x05, 0x06, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
 
 async fn restore_launch_template(ec2: &aws_sdk_ec2::Client, name: &str) -> Result<(), Error> {
     ec2.create_launch_template()
         .launch_template_name(name)
-        .launch_template_data(aws_sdk_ec2::types::RequestLaunchTemplateData::builder().image_id("ami-12c6146b").build())
+        .launch_template_data(
+            aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+                .image_id("ami-12c6146b")
+                .build(),
+        )
         .send()
         .await?;
     Ok(())
@@ -509,7 +683,12 @@ type InstanceRow = (String, String, BTreeMap<String, String>);
 async fn instances(ec2: &aws_sdk_ec2::Client, deployment: &str) -> Result<Vec<InstanceRow>, Error> {
     let output = ec2
         .describe_instances()
-        .filters(aws_sdk_ec2::types::Filter::builder().name("tag:sophons:deployment").values(deployment).build())
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:sophons:deployment")
+                .values(deployment)
+                .build(),
+        )
         .send()
         .await?;
     Ok(output
@@ -519,8 +698,14 @@ async fn instances(ec2: &aws_sdk_ec2::Client, deployment: &str) -> Result<Vec<In
         .map(|i| {
             (
                 i.instance_id().unwrap_or_default().to_string(),
-                i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default(),
-                i.tags().iter().filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string()))).collect(),
+                i.state()
+                    .and_then(|s| s.name())
+                    .map(|n| n.as_str().to_string())
+                    .unwrap_or_default(),
+                i.tags()
+                    .iter()
+                    .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+                    .collect(),
             )
         })
         .collect())
@@ -556,11 +741,17 @@ async fn job_of(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result<u64, Err
         .unwrap_or_default())
 }
 
-async fn track_peak(ec2: &aws_sdk_ec2::Client, deployment: &str, peak: &mut BTreeMap<String, usize>) -> Result<(), Error> {
+async fn track_peak(
+    ec2: &aws_sdk_ec2::Client,
+    deployment: &str,
+    peak: &mut BTreeMap<String, usize>,
+) -> Result<(), Error> {
     let mut live: BTreeMap<String, usize> = BTreeMap::new();
     for (_, state, tags) in instances(ec2, deployment).await? {
         if is_live(&state) {
-            *live.entry(tags.get("sophons:template").cloned().unwrap_or_default()).or_default() += 1;
+            *live
+                .entry(tags.get("sophons:template").cloned().unwrap_or_default())
+                .or_default() += 1;
         }
     }
     for (template, count) in live {
@@ -593,7 +784,10 @@ async fn tally(
     outputs: &Outputs,
     scenario: &[Planned],
 ) -> Result<Tally, Error> {
-    let mut tally = Tally { jobs_sent: scenario.len(), ..Default::default() };
+    let mut tally = Tally {
+        jobs_sent: scenario.len(),
+        ..Default::default()
+    };
     for planned in scenario {
         tally.instances_per_job.entry(planned.job_id).or_insert(0);
     }
@@ -606,10 +800,19 @@ async fn tally(
         }
     }
     tally.jobs_run = tally.instances_per_job.values().filter(|n| **n > 0).count();
-    let parameters = ssm.get_parameters_by_path().path(format!("/{deployment}/jit")).recursive(true).send().await?;
+    let parameters = ssm
+        .get_parameters_by_path()
+        .path(format!("/{deployment}/jit"))
+        .recursive(true)
+        .send()
+        .await?;
     tally.parameters_left = parameters.parameters().len();
     tally.runners_left = github.runners().len();
-    tally.runners_registered = github.requests_to("POST", "generate-jitconfig").iter().filter(|r| r.body.get("name").is_some()).count();
+    tally.runners_registered = github
+        .requests_to("POST", "generate-jitconfig")
+        .iter()
+        .filter(|r| r.body.get("name").is_some())
+        .count();
     tally.jobs_queue_left = queue_depth(sqs, &outputs.jobs_queue_url).await?;
     tally.dlq_left = queue_depth(sqs, &outputs.dlq_url).await?;
     Ok(tally)
@@ -617,13 +820,17 @@ async fn tally(
 
 fn parse_time(text: &str) -> Option<SystemTime> {
     use aws_sdk_sqs::primitives::{DateTime, DateTimeFormat};
-    DateTime::from_str(text, DateTimeFormat::DateTime).ok().and_then(|t| SystemTime::try_from(t).ok())
+    DateTime::from_str(text, DateTimeFormat::DateTime)
+        .ok()
+        .and_then(|t| SystemTime::try_from(t).ok())
 }
 
 fn print_report(report: &Report) {
     println!("== timelines (ms since the webhook received the delivery)");
     for timeline in &report.timelines {
-        let Some(start) = timeline.stages.get("received").copied() else { continue };
+        let Some(start) = timeline.stages.get("received").copied() else {
+            continue;
+        };
         println!(
             "   job {} → template {} · {} {} ({})",
             timeline.job_id, timeline.template, timeline.instance_id, timeline.instance_type, timeline.capacity
@@ -631,25 +838,53 @@ fn print_report(report: &Report) {
         let stages: Vec<String> = STAGES
             .iter()
             .map(|stage| match timeline.stages.get(stage) {
-                Some(at) => format!("{stage} {}", at.duration_since(start).map(|d| d.as_millis()).unwrap_or(0)),
+                Some(at) => format!(
+                    "{stage} {}",
+                    at.duration_since(start).map(|d| d.as_millis()).unwrap_or(0)
+                ),
                 None => format!("{stage} —"),
             })
             .collect();
         println!("     {}", stages.join(" → "));
     }
     let t = &report.tally;
-    println!("== DLQ: job {} reached the DLQ after {} receive(s): {}; move-jobs moved back {}; served afterwards: {}",
-        report.dlq.job_id, report.dlq.receives_before_dlq, report.dlq.reached_dlq, report.dlq.moved_back, report.dlq.served_after);
-    println!("== max_runners held: {}", report.peak_live.iter().map(|(k, v)| format!("{k} peak {v} of {}", report.max_runners.get(k).copied().unwrap_or(0))).collect::<Vec<_>>().join(", "));
+    println!(
+        "== DLQ: job {} reached the DLQ after {} receive(s): {}; move-jobs moved back {}; served afterwards: {}",
+        report.dlq.job_id,
+        report.dlq.receives_before_dlq,
+        report.dlq.reached_dlq,
+        report.dlq.moved_back,
+        report.dlq.served_after
+    );
+    println!(
+        "== max_runners held: {}",
+        report
+            .peak_live
+            .iter()
+            .map(|(k, v)| format!("{k} peak {v} of {}", report.max_runners.get(k).copied().unwrap_or(0)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!("== sweep: {}", report.sweep);
     println!("== tally (from moto and the fake GitHub)");
-    println!("   deliveries sent {}; jobs that got a runner {}; runners registered {}", t.jobs_sent, t.jobs_run, t.runners_registered);
+    println!(
+        "   deliveries sent {}; jobs that got a runner {}; runners registered {}",
+        t.jobs_sent, t.jobs_run, t.runners_registered
+    );
     let doubled: Vec<_> = t.instances_per_job.iter().filter(|(_, n)| **n > 1).collect();
     println!("   jobs with more than one instance: {}", doubled.len());
     println!("   instances still running: {}", t.instances_live);
     println!("   JIT parameters left: {}", t.parameters_left);
     println!("   GitHub runners left: {}", t.runners_left);
     println!("   messages left: jobs queue {}, DLQ {}", t.jobs_queue_left, t.dlq_left);
-    println!("== done in {:.1} s (terraform apply {:.1} s); {}", report.elapsed.as_secs_f64(), report.terraform_apply.as_secs_f64(),
-        if report.clean() { "nothing left behind" } else { "SOMETHING WAS LEFT BEHIND" });
+    println!(
+        "== done in {:.1} s (terraform apply {:.1} s); {}",
+        report.elapsed.as_secs_f64(),
+        report.terraform_apply.as_secs_f64(),
+        if report.clean() {
+            "nothing left behind"
+        } else {
+            "SOMETHING WAS LEFT BEHIND"
+        }
+    );
 }

@@ -1,0 +1,59 @@
+//! The demo's scenario as a test, asserting from moto's and the fake GitHub's state (the report's
+//! tally is read from them, not from logs): each matching job got exactly one instance, now ended,
+//! its parameter deleted, its runner removed; the forged and non-matching deliveries produced
+//! nothing; the redelivery produced no second instance; a job whose launch EC2 refused reached the
+//! DLQ after 3 receives and move-jobs brought it back.
+
+#[tokio::test]
+async fn the_whole_system_serves_every_matching_job_once_and_leaves_nothing_behind() {
+    let options = demo::Options {
+        jobs: 4,
+        ..Default::default()
+    };
+    let report = demo::run(&options)
+        .await
+        .unwrap_or_else(|error| panic!("the demo failed: {error}"));
+    let tally = &report.tally;
+
+    let by_kind = |kind: &'static str| report.deliveries.iter().filter(move |d| d.kind == kind);
+    for delivery in by_kind("matching") {
+        assert_eq!(delivery.status, 202, "{delivery:?}");
+        assert_eq!(
+            tally.instances_per_job[&delivery.job_id], 1,
+            "job {} had exactly one instance",
+            delivery.job_id
+        );
+    }
+    for kind in ["non-matching", "forged"] {
+        for delivery in by_kind(kind) {
+            assert_eq!(
+                tally.instances_per_job[&delivery.job_id], 0,
+                "{kind} delivery produced nothing"
+            );
+        }
+    }
+    assert_eq!(by_kind("forged").next().unwrap().status, 401);
+    let redelivered = by_kind("redelivered").next().unwrap();
+    assert_eq!(
+        tally.instances_per_job[&redelivered.job_id], 1,
+        "the redelivery gave no second instance"
+    );
+
+    assert!(report.dlq.reached_dlq, "the refused job reached the DLQ");
+    assert!(
+        report.dlq.receives_before_dlq >= 3,
+        "after 3 receives: {:?}",
+        report.dlq
+    );
+    assert_eq!(report.dlq.moved_back, 1, "move-jobs brought it back");
+    assert!(report.dlq.served_after, "and it was then served");
+
+    for (template, peak) in &report.peak_live {
+        assert!(peak <= &report.max_runners[template], "{template}: {peak} live at once");
+    }
+    assert_eq!(tally.instances_live, 0, "no instance left running");
+    assert_eq!(tally.parameters_left, 0, "no JIT parameter left");
+    assert_eq!(tally.runners_left, 0, "no GitHub runner left");
+    assert_eq!((tally.jobs_queue_left, tally.dlq_left), (0, 0), "no message left");
+    assert!(report.clean());
+}
