@@ -11,7 +11,7 @@ TFVARS      ?= terraform/terraform.tfvars
 CARGO_TEST  := cargo test --workspace --all-targets --locked
 JOBS        ?= 6
 
-.PHONY: help setup build lint test test-rust test-terraform test-scripts demo deploy clean
+.PHONY: help setup build lint test test-rust test-terraform test-scripts demo bench soak fuzz deploy clean
 
 help: ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -54,6 +54,15 @@ test: setup lint test-rust test-terraform test-scripts ## every check CI runs
 demo: setup ## the whole system on this machine: Terraform on moto, the four binaries, a fake GitHub (JOBS=6)
 	cargo build --workspace --all-targets --locked
 	scripts/with-moto.sh target/debug/demo --jobs $(JOBS)
+
+bench: build ## the benchmarks' table: cold start, memory, webhook hot path, create-runner cost, burst, size
+	scripts/bench.sh
+
+soak: setup ## the simulation under faults with >= 1,000,000 jobs (SOPHONS_SOAK_JOBS to change)
+	cargo test -p sophons-core --test simulation --locked -- --ignored --nocapture soak
+
+fuzz: ## coverage-guided fuzzing of the webhook input path (nightly, cargo-fuzz), >= 1,000,000 executions
+	fuzz/run.sh
 
 deploy: build ## build, then terraform apply with TFVARS (default terraform/terraform.tfvars)
 	terraform -chdir=terraform init
