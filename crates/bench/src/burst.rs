@@ -87,9 +87,11 @@ pub async fn run(binary: &Path, jobs: usize, latency: Duration, lambdas: usize, 
                 .iter()
                 .map(|i| (format!("m-{i}"), message(first_job + *i as u64)))
                 .collect();
-            let borrowed: Vec<(&str, &str, u32)> = records
+            // (message id, receipt handle, body, receive count): the receipt is not a real one, as no
+            // message was received; only a hand-back would use it.
+            let borrowed: Vec<(&str, &str, &str, u32)> = records
                 .iter()
-                .map(|(id, body)| (id.as_str(), body.as_str(), 1))
+                .map(|(id, body)| (id.as_str(), id.as_str(), body.as_str(), 1))
                 .collect();
             sqs_event(&borrowed)
         })
