@@ -187,7 +187,12 @@ impl Fleet for Ec2Fleet {
                 FleetLaunchTemplateOverridesRequest::builder()
                     .instance_type(instance_type.as_str().into())
                     .subnet_id(subnet)
-                    .set_max_price(request.spot_max_price.clone().filter(|_| request.capacity == Capacity::Spot))
+                    .set_max_price(
+                        request
+                            .spot_max_price
+                            .clone()
+                            .filter(|_| request.capacity == Capacity::Spot),
+                    )
                     .build()
             })
         });

@@ -40,7 +40,10 @@ async fn one_message_gives_one_instance_one_parameter_one_command_and_one_jit_re
     let body = message_from_the_webhook(&setup.document, 4242).await;
     let mut lambda = LambdaProcess::spawn(binary(), "create-runner", &setup.env).await;
     let response = lambda
-        .invoke(sqs_event(&[("m-1", "receipt-1", &body, 1), ("m-2", "receipt-2", "not a message", 1)]))
+        .invoke(sqs_event(&[
+            ("m-1", "receipt-1", &body, 1),
+            ("m-2", "receipt-2", "not a message", 1),
+        ]))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
@@ -116,7 +119,10 @@ async fn one_message_gives_one_instance_one_parameter_one_command_and_one_jit_re
     assert!(logs.contains("\"outcome\":\"served\""), "{logs}");
 
     // The same message again (a redelivery): acknowledged, no second instance.
-    let response = lambda.invoke(sqs_event(&[("m-3", "receipt-3", &body, 1)])).await.unwrap();
+    let response = lambda
+        .invoke(sqs_event(&[("m-3", "receipt-3", &body, 1)]))
+        .await
+        .unwrap();
     assert_eq!(response["batchItemFailures"], json!([]));
     assert_eq!(setup.github.requests_to("POST", "generate-jitconfig").len(), 1);
 }
