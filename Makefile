@@ -55,7 +55,7 @@ demo: setup ## the whole system on this machine: Terraform on moto, the four bin
 	cargo build --workspace --all-targets --locked
 	scripts/with-moto.sh target/debug/demo --jobs $(JOBS)
 
-bench: build ## the benchmarks' table: cold start, memory, webhook hot path, create-runner cost, burst, size
+bench: setup ## the benchmarks' table: cold start, memory, webhook hot path, create-runner cost, burst, size
 	scripts/bench.sh
 
 soak: setup ## the simulation under faults with >= 1,000,000 jobs (SOPHONS_SOAK_JOBS to change)
