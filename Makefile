@@ -59,7 +59,7 @@ bench: setup ## the benchmarks' table: cold start, memory, webhook hot path, cre
 	scripts/bench.sh
 
 soak: setup ## the simulation under faults with >= 1,000,000 jobs (SOPHONS_SOAK_JOBS to change)
-	cargo test -p sophons-core --test simulation --locked -- --ignored --nocapture soak
+	cargo test -p sophons-core --test simulation --locked -- --ignored --nocapture --exact soak
 
 fuzz: ## coverage-guided fuzzing of the webhook input path (nightly, cargo-fuzz), >= 1,000,000 executions
 	fuzz/run.sh
