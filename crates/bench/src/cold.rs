@@ -58,6 +58,9 @@ pub async fn measure(binary: &Path, name: &str, env: &[(&str, String)], starts: 
 /// `@aws-sdk/client-sqs` is installed) and answers its path: an executable script whose first
 /// line is `node` itself, so that exec → ready is timed with nothing in between.
 pub fn node_script(node: &Path, dir: &Path) -> Result<PathBuf, String> {
+    if !node.is_file() {
+        return Err(format!("{} is not a node executable", node.display()));
+    }
     if !dir.join("node_modules/@aws-sdk/client-sqs").exists() {
         return Err(format!(
             "@aws-sdk/client-sqs is not installed in {}: scripts/bench.sh installs it with npm",

@@ -14,7 +14,7 @@ use std::time::Duration;
 const BINARIES: [&str; 4] = ["autoscaler", "create-runner", "stop-runner", "move-jobs"];
 const USAGE: &str = "usage: sophons-bench [--target DIR] [--starts N] [--node PATH] [--alt PATH] \
                      [--jobs N] [--burst-latency MS] [--lambdas N] [--batch N] \
-                     [--sweep MS,MS..] [--sweep-jobs N] [--sweep-lambdas N]";
+                     [--sweep MS,MS..] [--sweep-jobs N] [--sweep-lambdas N] [--round N]";
 
 struct Options {
     target: PathBuf,
@@ -25,6 +25,8 @@ struct Options {
     sweep: Vec<Duration>,
     sweep_jobs: usize,
     sweep_lambdas: usize,
+    /// Jobs per moto reset.
+    round: usize,
     batch: usize,
     node: Option<PathBuf>,
     /// autoscaler built with the alternative release profile (see scripts/bench.sh).
@@ -41,6 +43,7 @@ fn options() -> Result<Options, String> {
         sweep: [0, 250, 500, 1000].map(Duration::from_millis).to_vec(),
         sweep_jobs: 100,
         sweep_lambdas: 2,
+        round: 100,
         batch: 5,
         node: find_on_path("node"),
         alt: None,
@@ -58,6 +61,7 @@ fn options() -> Result<Options, String> {
             "--node" => options.node = Some(PathBuf::from(value()?)),
             "--alt" => options.alt = Some(PathBuf::from(value()?)).filter(|path| path.exists()),
             "--burst-latency" => options.burst_latency = Duration::from_millis(number(value()?)? as u64),
+            "--round" => options.round = number(value()?)?.max(1),
             "--sweep-jobs" => options.sweep_jobs = number(value()?)?,
             "--sweep-lambdas" => options.sweep_lambdas = number(value()?)?.max(1),
             "--sweep" => {
@@ -246,6 +250,14 @@ async fn run() -> Result<(), String> {
                 "",
                 "",
             ));
+            for (name, label) in [
+                ("match", "webhook: match the labels to a template (of 3)"),
+                ("build_message", "webhook: build + encode the queue message"),
+            ] {
+                if let Some(part) = process::criterion_median(&criterion, "webhook", name) {
+                    rows.push(row(label, us(part), "", ""));
+                }
+            }
             rows.push(row("webhook: verify + parse + match + build", us(full), "", ""));
             let ratio = full.as_secs_f64() / hmac.as_secs_f64();
             rows.push(row(
@@ -284,8 +296,14 @@ async fn run() -> Result<(), String> {
     }
     let mut seconds_per_job_at_zero = std::collections::HashMap::new();
     for (jobs, latency, lambdas) in runs {
-        burst::reset_moto(testkit::moto::endpoint())?;
-        let result = burst::run(create_runner, jobs, latency, lambdas, options.batch).await?;
+        let result =
+            match burst::run_in_rounds(create_runner, jobs, options.round, latency, lambdas, options.batch).await {
+                Ok(result) => result,
+                Err(error) => {
+                    notes.push(format!("burst of {jobs} at {} ms failed: {error}", latency.as_millis()));
+                    continue;
+                }
+            };
         eprintln!(
             "burst of {jobs} at {} ms, {lambdas} Lambdas: {:.1} jobs/s",
             latency.as_millis(),
@@ -315,9 +333,10 @@ async fn run() -> Result<(), String> {
         };
         rows.push(row(
             format!(
-                "burst of {jobs} jobs, GitHub latency {} ms, {lambdas} Lambdas × {} records",
+                "burst of {jobs} jobs, GitHub latency {} ms, {lambdas} Lambdas × {} records, moto reset every {}",
                 latency.as_millis(),
-                options.batch
+                options.batch,
+                options.round
             ),
             format!(
                 "{:.1} jobs/s ({} served, {} retried)",

@@ -15,7 +15,9 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use lambda_http::http::{HeaderMap, HeaderValue, Method};
 use serde_json::{Value, json};
 use sophons_core::Config;
+use sophons_core::job::{JobMessage, MESSAGE_VERSION, now_rfc3339};
 use sophons_core::queue::{Queue, QueueError, Received};
+use sophons_core::templates;
 use sophons_core::webhook::{
     DELIVERY_HEADER, Decision, EVENT_HEADER, SIGNATURE_HEADER, Webhook, sign, verify_signature,
 };
@@ -124,6 +126,29 @@ fn config() -> Config {
     .unwrap()
 }
 
+/// The message the webhook builds for this delivery, as it builds it (owned copies of the fields,
+/// the time of receipt).
+fn message() -> JobMessage {
+    JobMessage {
+        version: MESSAGE_VERSION,
+        delivery_id: "72d3162e-cc78-11e3-81ab-4c9367dc0958".into(),
+        job_id: 289_782_451,
+        run_id: 2_202_229_078,
+        run_attempt: 1,
+        repository: "my-org/app".into(),
+        owner: "my-org".into(),
+        name: "app".into(),
+        labels: vec!["self-hosted".into(), "linux".into(), "x64".into()],
+        template: "cpu".into(),
+        workflow_name: "CodeQL".into(),
+        job_name: "update".into(),
+        job_url: "https://github.com/octo-org/octo-repo/runs/1291536064".into(),
+        created_at: "2021-09-13T02:21:13Z".into(),
+        received_at: now_rfc3339(),
+        relaunches: 0,
+    }
+}
+
 fn hot_path(c: &mut Criterion) {
     let body = payload();
     let signature = sign(SECRET, &body);
@@ -147,6 +172,18 @@ fn hot_path(c: &mut Criterion) {
     group.bench_function("json_skim", |b| {
         b.iter(|| serde_json::from_slice::<serde::de::IgnoredAny>(black_box(&body)).unwrap())
     });
+    // The pieces after the parse, so that the ratio's remainder can be placed.
+    let config = config();
+    let labels = ["self-hosted", "linux", "x64"];
+    group.bench_function("match", |b| {
+        b.iter(|| {
+            templates::select(&config.templates, black_box(&labels))
+                .unwrap()
+                .0
+                .len()
+        })
+    });
+    group.bench_function("build_message", |b| b.iter(|| black_box(message()).encode()));
     group.bench_function("verify_parse_match_build", |b| {
         b.iter(|| runtime.block_on(webhook.answer(&Method::POST, "/webhook", &headers, black_box(&body))))
     });
