@@ -23,6 +23,23 @@ pub fn runner_labels(name: &str, template: &Template) -> Vec<String> {
     labels
 }
 
+/// `runner_labels(name, template).len()` without building the list: this runs on the webhook's
+/// hot path, once per satisfied template.
+fn label_count(name: &str, template: &Template) -> usize {
+    let mut count = if name.eq_ignore_ascii_case(SELF_HOSTED) { 1 } else { 2 };
+    for (index, label) in template.labels.iter().enumerate() {
+        let seen = label.eq_ignore_ascii_case(SELF_HOSTED)
+            || label.eq_ignore_ascii_case(name)
+            || template.labels[..index]
+                .iter()
+                .any(|earlier| earlier.eq_ignore_ascii_case(label));
+        if !seen {
+            count += 1;
+        }
+    }
+    count
+}
+
 fn satisfies(name: &str, template: &Template, job_labels: &[impl AsRef<str>]) -> bool {
     job_labels.iter().all(|label| {
         let label = label.as_ref();
@@ -65,7 +82,7 @@ pub fn select<'a>(
     templates
         .iter()
         .filter(|(name, template)| satisfies(name, template, job_labels))
-        .min_by_key(|(name, template)| runner_labels(name, template).len())
+        .min_by_key(|(name, template)| label_count(name, template))
         .map(|(name, template)| (name.as_str(), template))
         .ok_or(NoMatch::NoTemplate)
 }
@@ -143,6 +160,23 @@ mod tests {
             select(&all, &["self-hosted", "linux", "windows"]),
             Err(NoMatch::NoTemplate)
         );
+    }
+
+    #[test]
+    fn the_label_count_is_the_length_of_the_runner_labels() {
+        for (name, labels) in [
+            ("cpu", vec!["linux", "x64"]),
+            ("cpu", vec!["linux", "Self-Hosted", "x64", "LINUX", "CPU"]),
+            ("self-hosted", vec!["a", "A"]),
+            ("x", vec![]),
+        ] {
+            let t = template(&labels);
+            assert_eq!(
+                label_count(name, &t),
+                runner_labels(name, &t).len(),
+                "{name} {labels:?}"
+            );
+        }
     }
 
     #[test]
