@@ -391,10 +391,11 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
             finished_jobs.insert(job_id);
         }
         // The DLQ story: once the refused job sits in the DLQ, restore its launch template and let
-        // the hourly schedule run move-jobs.
-        if !restored && dlq_job != 0 {
-            let in_dlq = queue_depth(&sqs, &outputs.dlq_url).await?;
-            if in_dlq > 0 {
+        // the hourly schedule run move-jobs. Later DLQ arrivals (a burst that waits for room longer
+        // than three retry delays) go back the same way: the schedule, compressed.
+        if queue_depth(&sqs, &outputs.dlq_url).await? > 0 {
+            busy = true;
+            if !restored {
                 report.dlq.reached_dlq = true;
                 say(format!(
                     "   job {dlq_job}: EC2 refused its launch 3 times; it is in the DLQ. Restoring its launch template; schedule → move-jobs"
@@ -403,7 +404,8 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
                 let answer = invoke(&mut lambdas, "move-jobs", scheduled_event("move-jobs")).await?;
                 report.dlq.moved_back = answer["moved"].as_u64().unwrap_or(0);
                 restored = true;
-                busy = true;
+            } else {
+                invoke(&mut lambdas, "move-jobs", scheduled_event("move-jobs")).await?;
             }
         }
         if finished_jobs.is_superset(&expected) && started_boxes.len() >= expected.len() {
