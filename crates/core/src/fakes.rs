@@ -253,6 +253,14 @@ impl FakeFleet {
         }
     }
 
+    /// EC2 takes the spot instance back.
+    pub fn reclaim(&self, id: &str) {
+        if let Some(instance) = self.state.lock().unwrap().instances.get_mut(id) {
+            instance.state = InstanceState::Terminated;
+            instance.state_reason = Some("Server.SpotInstanceTermination".into());
+        }
+    }
+
     pub fn set_launched_at(&self, id: &str, at: SystemTime) {
         if let Some(instance) = self.state.lock().unwrap().instances.get_mut(id) {
             instance.launched_at = Some(at);
@@ -299,6 +307,7 @@ impl Fleet for FakeFleet {
             instance_type: instance_type.clone(),
             launched_at: Some(SystemTime::now()),
             spot_request_id,
+            state_reason: None,
             tags: request.tags.iter().cloned().collect(),
         };
         let template = instance.tag(TAG_TEMPLATE).unwrap_or_default().to_string();
@@ -332,7 +341,7 @@ impl Fleet for FakeFleet {
                 if query.live_only {
                     i.state.is_live()
                 } else {
-                    i.state != InstanceState::Terminated
+                    query.with_terminated || i.state != InstanceState::Terminated
                 }
             })
             .cloned()
@@ -355,6 +364,7 @@ impl Fleet for FakeFleet {
             && instance.state != InstanceState::Terminated
         {
             instance.state = InstanceState::Terminated;
+            instance.state_reason = Some("Client.UserInitiatedShutdown".into());
             state.terminated.push(instance_id.to_string());
         }
         Ok(())

@@ -20,6 +20,11 @@ pub const TAG_RUN_ID: &str = "sophons:run-id";
 pub const TAG_COMMAND_ID: &str = "sophons:command-id";
 pub const TAG_RUNNER_ID: &str = "sophons:runner-id";
 pub const TAG_RELAUNCHES: &str = "sophons:relaunches";
+/// On an instance EC2 ended (a spot reclaim): its job was sent back, so it is not sent again.
+pub const TAG_RELAUNCHED: &str = "sophons:relaunched";
+/// On an instance whose runner GitHub gave another job: the job it was launched for, which
+/// still needs a runner (see `taken.rs`).
+pub const TAG_OWES_JOB: &str = "sophons:owes-job-id";
 
 /// EC2 error codes that mean "no room in this pool": worth another pool, on-demand, or later.
 const CAPACITY_CODES: &[&str] = &[
@@ -73,12 +78,25 @@ pub struct Instance {
     pub instance_type: String,
     pub launched_at: Option<SystemTime>,
     pub spot_request_id: Option<String>,
+    /// EC2's `StateReason.Code` of an instance that is ending or ended, e.g.
+    /// `Client.UserInitiatedShutdown` or `Server.SpotInstanceTermination`.
+    pub state_reason: Option<String>,
     pub tags: BTreeMap<String, String>,
 }
 
 impl Instance {
     pub fn tag(&self, key: &str) -> Option<&str> {
         self.tags.get(key).map(String::as_str)
+    }
+
+    /// Ended by EC2, not by us: a spot reclaim, a host failure. Codes of EC2's own doing start
+    /// with `Server.`; ours (TerminateInstances) and shutdowns from inside are `Client.`.
+    pub fn ended_by_ec2(&self) -> bool {
+        !self.state.is_live()
+            && self
+                .state_reason
+                .as_deref()
+                .is_some_and(|code| code.starts_with("Server."))
     }
 }
 
@@ -111,6 +129,8 @@ pub struct InstanceQuery {
     pub job_id: Option<u64>,
     /// Only pending and running instances.
     pub live_only: bool,
+    /// Terminated instances too (EC2 lists them for about an hour after they end).
+    pub with_terminated: bool,
 }
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -311,6 +331,15 @@ impl Fleet for Ec2Fleet {
         }
         let states: &[&str] = if query.live_only {
             &["pending", "running"]
+        } else if query.with_terminated {
+            &[
+                "pending",
+                "running",
+                "shutting-down",
+                "stopping",
+                "stopped",
+                "terminated",
+            ]
         } else {
             &["pending", "running", "shutting-down", "stopping", "stopped"]
         };
@@ -342,6 +371,7 @@ impl Fleet for Ec2Fleet {
                             .unwrap_or_default(),
                         launched_at: instance.launch_time().and_then(|t| SystemTime::try_from(*t).ok()),
                         spot_request_id: instance.spot_instance_request_id().map(str::to_string),
+                        state_reason: instance.state_reason().and_then(|r| r.code()).map(str::to_string),
                         tags: instance
                             .tags()
                             .iter()

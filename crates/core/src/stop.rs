@@ -15,8 +15,8 @@ use tokio::time::Instant;
 use crate::commands::{CommandStatus, Commands};
 use crate::config::Config;
 use crate::fleet::{
-    Fleet, Instance, InstanceQuery, TAG_COMMAND_ID, TAG_JOB_ID, TAG_RELAUNCHES, TAG_REPOSITORY, TAG_RUN_ID,
-    TAG_RUNNER_ID, TAG_TEMPLATE,
+    Fleet, Instance, InstanceQuery, InstanceState, TAG_COMMAND_ID, TAG_JOB_ID, TAG_RELAUNCHED, TAG_RELAUNCHES,
+    TAG_REPOSITORY, TAG_RUN_ID, TAG_RUNNER_ID, TAG_TEMPLATE,
 };
 use crate::github::{Github, JobStatus, Runner, RunnerScope};
 use crate::job::{JobMessage, MESSAGE_VERSION, now_rfc3339};
@@ -64,6 +64,8 @@ pub struct SweepReport {
     pub never_started: usize,
     pub command_ended: usize,
     pub idle: usize,
+    /// Instances EC2 ended (spot reclaims) whose job had not been looked after yet.
+    pub reclaimed: usize,
     pub relaunched: usize,
     pub parameters_deleted: usize,
     pub runners_removed: usize,
@@ -72,7 +74,7 @@ pub struct SweepReport {
 
 impl SweepReport {
     pub fn cleaned(&self) -> usize {
-        self.lifetime_exceeded + self.never_started + self.command_ended + self.idle
+        self.lifetime_exceeded + self.never_started + self.command_ended + self.idle + self.reclaimed
     }
 }
 
@@ -142,8 +144,10 @@ impl StopRunner {
         if !TERMINAL_STATUSES.contains(&status) {
             return ignore(format!("status `{status}` is not terminal"));
         }
+        // Terminated too: a spot reclaim ends the instance before its command's status changes.
         let query = InstanceQuery {
             instance_id: Some(instance_id.to_string()),
+            with_terminated: true,
             ..Default::default()
         };
         let instance = match self.ports.fleet.instances(&self.config.deployment, &query).await {
@@ -163,6 +167,13 @@ impl StopRunner {
             return ignore(format!(
                 "command {command_id} is not the runner command of {instance_id}"
             ));
+        }
+        if instance.ended_by_ec2() && instance.tag(TAG_RELAUNCHED).is_none() {
+            let relaunched = self.reclaimed(&instance).await;
+            return Stopped::Ended {
+                instance_id: instance_id.to_string(),
+                relaunched,
+            };
         }
         if !instance.state.is_live() {
             // Already being ended (a repeated or late event): finish the cleanup, relaunch nothing.
@@ -221,6 +232,32 @@ impl StopRunner {
             step = "instance_ended",
             "job {job_id}: instance {instance_id} ended"
         );
+        relaunched
+    }
+
+    /// EC2 ended the instance (a spot reclaim, a host failure), perhaps before its runner took the
+    /// job: the job goes back if GitHub still has it queued, as for a runner that died. The
+    /// instance is then tagged, so that repeated events and later sweeps (EC2 lists a terminated
+    /// instance for about an hour) do not send it again. Answers whether the job was sent back.
+    async fn reclaimed(&self, instance: &Instance) -> bool {
+        let job_id: u64 = instance
+            .tag(TAG_JOB_ID)
+            .and_then(|id| id.parse().ok())
+            .unwrap_or_default();
+        let why = format!(
+            "instance ended by EC2 ({})",
+            instance.state_reason.as_deref().unwrap_or_default()
+        );
+        tracing::warn!(job_id, instance_id = instance.id, reason = why, "job {job_id}: {why}");
+        let Ok(relaunched) = self.relaunch(instance, job_id, &why).await else {
+            return false; // nothing marked: the next event or sweep tries again
+        };
+        let mark = [(TAG_RELAUNCHED.to_string(), relaunched.to_string())];
+        if let Err(error) = self.ports.fleet.tag(&instance.id, &mark).await {
+            // Harmless: a job sent back twice gets one instance (create-runner finds the first).
+            tracing::warn!(job_id, instance_id = instance.id, %error, "cannot mark the ended instance; a later sweep may send its job back again");
+        }
+        self.end(instance, None).await;
         relaunched
     }
 
@@ -311,7 +348,11 @@ impl StopRunner {
         let mut report = SweepReport::default();
         let stop_at = deadline.checked_sub(DEADLINE_MARGIN).unwrap_or(deadline);
         let deployment = &self.config.deployment;
-        let instances = match self.ports.fleet.instances(deployment, &InstanceQuery::default()).await {
+        let everything = InstanceQuery {
+            with_terminated: true,
+            ..Default::default()
+        };
+        let instances = match self.ports.fleet.instances(deployment, &everything).await {
             Ok(instances) => instances,
             Err(error) => {
                 tracing::error!(%error, "sweep: cannot list instances; nothing cleaned");
@@ -340,6 +381,13 @@ impl StopRunner {
                 break;
             }
             if !instance.state.is_live() {
+                // A reclaim whose event was missed.
+                if instance.ended_by_ec2() && instance.tag(TAG_RELAUNCHED).is_none() {
+                    report.reclaimed += 1;
+                    if self.reclaimed(instance).await {
+                        report.relaunched += 1;
+                    }
+                }
                 continue;
             }
             let age = instance
@@ -400,6 +448,7 @@ impl StopRunner {
             never_started = report.never_started,
             command_ended = report.command_ended,
             idle = report.idle,
+            reclaimed = report.reclaimed,
             relaunched = report.relaunched,
             parameters_deleted = report.parameters_deleted,
             runners_removed = report.runners_removed,
@@ -518,8 +567,10 @@ impl StopRunner {
                 continue;
             };
             // Runners of listed instances are ended with them (or still working); a ghost's
-            // instance is gone altogether.
-            let listed = instances.iter().any(|i| i.id == instance_id);
+            // instance is gone altogether (terminated, or no longer listed at all).
+            let listed = instances
+                .iter()
+                .any(|i| i.id == instance_id && i.state != InstanceState::Terminated);
             if !instance_id.starts_with("i-") || runner.status != "offline" || listed || live.contains(instance_id) {
                 continue;
             }

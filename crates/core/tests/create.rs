@@ -241,6 +241,7 @@ async fn an_instance_whose_handler_died_before_starting_it_is_replaced() {
         instance_type: "c7i.large".into(),
         launched_at: Some(SystemTime::now() - Duration::from_secs(3600)),
         spot_request_id: None,
+        state_reason: None,
         tags,
     });
     let instance_id = served_instance(&serve(&world, &job).await);
@@ -535,6 +536,7 @@ async fn a_job_whose_launch_answer_was_lost_is_not_acknowledged_for_an_instance_
         instance_type: "c7i.large".into(),
         launched_at: Some(SystemTime::now()),
         spot_request_id: None,
+        state_reason: None,
         tags,
     });
     let outcome = world.create.serve(&job.encode(), 2, far()).await;
@@ -587,6 +589,7 @@ async fn an_abandoned_instance_that_cannot_be_terminated_is_not_replaced_by_a_se
         instance_type: "c7i.large".into(),
         launched_at: Some(SystemTime::now() - Duration::from_secs(3600)),
         spot_request_id: None,
+        state_reason: None,
         tags,
     });
     let config = Arc::new(Config::parse(&common::config_json("https://sqs.example/jobs").to_string()).unwrap());
@@ -616,6 +619,7 @@ async fn a_busy_runner_whose_handler_died_before_tagging_its_command_is_not_repl
         instance_type: "c7i.large".into(),
         launched_at: Some(SystemTime::now() - Duration::from_secs(3600)),
         spot_request_id: None,
+        state_reason: None,
         tags,
     });
     let scope = RunnerScope::Org("my-org".into());

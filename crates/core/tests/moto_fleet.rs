@@ -100,6 +100,17 @@ async fn create_fleet_launches_one_tagged_instance_found_again_by_its_tags() {
         "terminated is not live"
     );
     assert_eq!(fleet.instances(&deployment, &by_template).await.unwrap().len(), 1);
+
+    // A terminated instance is still listed when asked for, with why it ended: ours, not EC2's.
+    let ended = InstanceQuery {
+        instance_id: Some(launched.instance_id.clone()),
+        with_terminated: true,
+        ..Default::default()
+    };
+    let found = fleet.instances(&deployment, &ended).await.unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].state_reason.as_deref(), Some("Client.UserInitiatedShutdown"));
+    assert!(!found[0].ended_by_ec2());
 }
 
 #[tokio::test]

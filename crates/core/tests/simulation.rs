@@ -27,8 +27,8 @@ use sophons_core::config::Config;
 use sophons_core::create::{self, Backoff, CreateRunner, Outcome};
 use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeSecrets};
 use sophons_core::fleet::{
-    Capacity, Fleet, FleetError, Instance, InstanceQuery, InstanceState, LaunchRequest, Launched, TAG_JOB_ID,
-    TAG_RELAUNCHES, TAG_TEMPLATE,
+    Capacity, Fleet, FleetError, Instance, InstanceQuery, LaunchRequest, Launched, TAG_JOB_ID, TAG_RELAUNCHES,
+    TAG_TEMPLATE,
 };
 use sophons_core::github::{Github, GithubError, JitConfig, JobStatus, Runner, RunnerScope};
 use sophons_core::job::{JobMessage, MESSAGE_VERSION, now_rfc3339};
@@ -112,8 +112,6 @@ const RATES: Rates = Rates {
 struct Known {
     /// Two create-runner handlers at once: both count the room, both launch.
     concurrent_handlers: bool,
-    /// Spot reclaims an instance while it boots: nothing relaunches its job.
-    spot_reclaims: bool,
     /// GitHub gives a runner another queued job: its own job is left with no runner.
     runners_taken_by_another_job: bool,
 }
@@ -121,9 +119,6 @@ struct Known {
 impl Known {
     fn rates(self) -> Rates {
         let mut rates = RATES;
-        if !self.spot_reclaims {
-            rates.spot_reclaimed = 0.0;
-        }
         if !self.runners_taken_by_another_job {
             rates.taken_by_another_job = 0.0;
         }
@@ -1487,7 +1482,7 @@ impl Sim {
             .instance(&instance_id)
             .is_some_and(|i| i.spot_request_id.is_some());
         if spot && self.chaos.fault("spot reclaimed during boot", rates.spot_reclaimed) {
-            self.fleet.set_state(&instance_id, InstanceState::Terminated);
+            self.fleet.reclaim(&instance_id);
             self.chaos.ended(&instance_id);
             self.died_before_its_job(index, "spot reclaimed");
             self.machines[index].phase = Phase::Done;
@@ -1827,16 +1822,6 @@ async fn known_defect_concurrent_handlers_exceed_max_runners() {
         ..Known::default()
     };
     run_seeds("concurrent handlers", seeds(1..=20), 500, known).await;
-}
-
-#[tokio::test(flavor = "current_thread")]
-#[ignore = "known defect: a job whose spot instance is reclaimed during boot is never relaunched"]
-async fn known_defect_spot_reclaim_during_boot_loses_the_job() {
-    let known = Known {
-        spot_reclaims: true,
-        ..Known::default()
-    };
-    run_seeds("spot reclaims", seeds(1..=20), 500, known).await;
 }
 
 #[tokio::test(flavor = "current_thread")]

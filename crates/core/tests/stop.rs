@@ -144,6 +144,7 @@ async fn an_event_for_an_instance_that_is_not_ours_changes_nothing() {
         instance_type: "m7i.large".into(),
         launched_at: Some(SystemTime::now()),
         spot_request_id: None,
+        state_reason: None,
         tags,
     });
     let (ours, _) = running_job(&world, 2).await;
@@ -343,6 +344,7 @@ async fn the_sweep_ends_instances_past_their_lifetime_and_those_never_started() 
         instance_type: "c7i.large".into(),
         launched_at: Some(SystemTime::now() - Duration::from_secs(3600)),
         spot_request_id: None,
+        state_reason: None,
         tags,
     });
     let report = world.stop.sweep(far()).await;
@@ -452,6 +454,7 @@ async fn the_sweep_does_not_end_a_busy_runner_whose_handler_died_before_tagging_
         instance_type: "c7i.large".into(),
         launched_at: Some(SystemTime::now() - Duration::from_secs(3600)),
         spot_request_id: None,
+        state_reason: None,
         tags,
     });
     // SendCommand went out and the runner took its job; the handler died before CreateTags.
@@ -580,6 +583,7 @@ async fn the_sweep_does_not_end_an_untagged_instance_while_github_cannot_list_it
         instance_type: "c7i.large".into(),
         launched_at: Some(SystemTime::now() - Duration::from_secs(3600)),
         spot_request_id: None,
+        state_reason: None,
         tags,
     });
     let stop = StopRunner::new(
@@ -595,4 +599,83 @@ async fn the_sweep_does_not_end_an_untagged_instance_while_github_cannot_list_it
     let report = stop.sweep(far()).await;
     assert_eq!(report.never_started, 0, "its runner may be busy: {report:?}");
     assert_eq!(world.fleet.live_instances().len(), 1);
+}
+
+#[tokio::test]
+async fn a_spot_reclaim_during_boot_gets_the_job_a_new_runner_once() {
+    let world = world();
+    let (instance_id, command_id) = running_job(&world, 40).await;
+    world.fleet.reclaim(&instance_id);
+    let stopped = world.stop.command_ended(&instance_id, &command_id, "Failed").await;
+    assert_eq!(
+        stopped,
+        Stopped::Ended {
+            instance_id: instance_id.clone(),
+            relaunched: true
+        }
+    );
+    let sent = world.queue.sent();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let relaunch = JobMessage::decode(&sent[0].body).unwrap();
+    assert_eq!((relaunch.job_id, relaunch.relaunches), (40, 1));
+    assert!(world.secrets.names().is_empty(), "the JIT parameter is deleted");
+    assert!(world.github.runners().is_empty(), "the runner is removed");
+    // The same event again, and the sweep while EC2 still lists the ended instance: no second send.
+    let again = world.stop.command_ended(&instance_id, &command_id, "Failed").await;
+    assert!(matches!(again, Stopped::Ignored(_)), "{again:?}");
+    let report = world.stop.sweep(far()).await;
+    assert_eq!((report.reclaimed, report.relaunched), (0, 0), "{report:?}");
+    assert_eq!(world.queue.sent().len(), 1);
+    // The job sent back gets a new instance.
+    let Outcome::Served {
+        instance_id: second, ..
+    } = world.create.serve(&relaunch.encode(), 1, far()).await
+    else {
+        panic!("the relaunched job was not served");
+    };
+    assert_ne!(second, instance_id);
+}
+
+#[tokio::test]
+async fn the_sweep_sends_back_the_job_of_a_reclaimed_instance_whose_event_was_lost() {
+    let world = world();
+    let (instance_id, _) = running_job(&world, 41).await;
+    world.fleet.reclaim(&instance_id);
+    let report = world.stop.sweep(far()).await;
+    assert_eq!((report.reclaimed, report.relaunched), (1, 1), "{report:?}");
+    assert_eq!(JobMessage::decode(&world.queue.sent()[0].body).unwrap().job_id, 41);
+    assert!(world.secrets.names().is_empty());
+    assert!(world.github.runners().is_empty());
+    let report = world.stop.sweep(far()).await;
+    assert_eq!(
+        (report.reclaimed, report.relaunched),
+        (0, 0),
+        "the next sweep leaves it: {report:?}"
+    );
+    assert_eq!(world.queue.sent().len(), 1);
+}
+
+#[tokio::test]
+async fn a_reclaimed_instance_whose_job_already_ran_sends_nothing_back() {
+    let world = world();
+    let (instance_id, command_id) = running_job(&world, 42).await;
+    world.github.set_job_status("my-org/app", 42, "completed");
+    world.fleet.reclaim(&instance_id);
+    let stopped = world.stop.command_ended(&instance_id, &command_id, "Failed").await;
+    assert!(
+        matches!(stopped, Stopped::Ended { relaunched: false, .. }),
+        "{stopped:?}"
+    );
+    assert!(world.queue.sent().is_empty());
+    assert_eq!(world.stop.sweep(far()).await.reclaimed, 0, "marked as looked after");
+}
+
+#[tokio::test]
+async fn an_instance_we_ended_ourselves_is_never_taken_for_a_reclaim() {
+    let world = world();
+    let (instance_id, command_id) = running_job(&world, 43).await;
+    world.stop.command_ended(&instance_id, &command_id, "Success").await;
+    let report = world.stop.sweep(far()).await;
+    assert_eq!((report.reclaimed, report.relaunched), (0, 0), "{report:?}");
+    assert!(world.queue.sent().is_empty());
 }

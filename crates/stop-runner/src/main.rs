@@ -43,7 +43,7 @@ async fn main() -> Result<(), Error> {
                 Handled::Sweep(report) => json!({
                     "handled": "sweep", "examined": report.examined, "cleaned": report.cleaned(),
                     "parameters_deleted": report.parameters_deleted, "runners_removed": report.runners_removed,
-                    "relaunched": report.relaunched, "errors": report.errors
+                    "reclaimed": report.reclaimed, "relaunched": report.relaunched, "errors": report.errors
                 }),
                 Handled::Ignored(reason) => json!({ "handled": "ignored", "reason": reason }),
             };
