@@ -61,7 +61,7 @@ data "aws_iam_policy_document" "read_github_credential" {
   }
 }
 
-data "aws_iam_policy_document" "terminate_own_instances" {
+data "aws_iam_policy_document" "own_instances" {
   statement {
     sid       = "TerminateOwnInstances"
     actions   = ["ec2:TerminateInstances"]
@@ -71,6 +71,26 @@ data "aws_iam_policy_document" "terminate_own_instances" {
       test     = "StringEquals"
       variable = "ec2:ResourceTag/sophons:deployment"
       values   = local.deployment_condition_value
+    }
+  }
+
+  # Tags after launch, only on our instances, and only sophons: keys: create-runner's
+  # sophons:command-id and sophons:runner-id, stop-runner's sophons:relaunched on an instance EC2 ended.
+  statement {
+    sid       = "TagOwnInstances"
+    actions   = ["ec2:CreateTags"]
+    resources = [local.instance_arns]
+
+    condition {
+      test     = "StringEquals"
+      variable = "ec2:ResourceTag/sophons:deployment"
+      values   = local.deployment_condition_value
+    }
+
+    condition {
+      test     = "ForAllValues:StringLike"
+      variable = "aws:TagKeys"
+      values   = ["sophons:*"]
     }
   }
 
@@ -122,7 +142,7 @@ data "aws_iam_policy_document" "autoscaler" {
 data "aws_iam_policy_document" "create_runner" {
   source_policy_documents = [
     data.aws_iam_policy_document.read_github_credential.json,
-    data.aws_iam_policy_document.terminate_own_instances.json,
+    data.aws_iam_policy_document.own_instances.json,
   ]
 
   statement {
@@ -216,25 +236,6 @@ data "aws_iam_policy_document" "create_runner" {
     }
   }
 
-  # Later tags (sophons:command-id) only on our instances, and only sophons: keys.
-  statement {
-    sid       = "TagOwnInstances"
-    actions   = ["ec2:CreateTags"]
-    resources = [local.instance_arns]
-
-    condition {
-      test     = "StringEquals"
-      variable = "ec2:ResourceTag/sophons:deployment"
-      values   = local.deployment_condition_value
-    }
-
-    condition {
-      test     = "ForAllValues:StringLike"
-      variable = "aws:TagKeys"
-      values   = ["sophons:*"]
-    }
-  }
-
   statement {
     sid       = "PassRunnerRoleToEc2"
     actions   = ["iam:PassRole"]
@@ -318,7 +319,7 @@ data "aws_iam_policy_document" "create_runner" {
 data "aws_iam_policy_document" "stop_runner" {
   source_policy_documents = [
     data.aws_iam_policy_document.read_github_credential.json,
-    data.aws_iam_policy_document.terminate_own_instances.json,
+    data.aws_iam_policy_document.own_instances.json,
   ]
 
   statement {

@@ -22,9 +22,6 @@ pub const TAG_RUNNER_ID: &str = "sophons:runner-id";
 pub const TAG_RELAUNCHES: &str = "sophons:relaunches";
 /// On an instance EC2 ended (a spot reclaim): its job was sent back, so it is not sent again.
 pub const TAG_RELAUNCHED: &str = "sophons:relaunched";
-/// On an instance whose runner GitHub gave another job: the job it was launched for, which
-/// still needs a runner (see `taken.rs`).
-pub const TAG_OWES_JOB: &str = "sophons:owes-job-id";
 
 /// EC2 error codes that mean "no room in this pool": worth another pool, on-demand, or later.
 const CAPACITY_CODES: &[&str] = &[

@@ -188,7 +188,8 @@ impl StopRunner {
     }
 
     /// Terminate, cancel the spot request, delete the JIT parameter, remove the runner. When the
-    /// command ended in anything but Success and the job is still queued, send the job back.
+    /// command ended (whatever its status) and the job is still queued, send the job back: the
+    /// runner died before taking it, or GitHub gave the runner another job with the same labels.
     /// Answers whether the job was sent back.
     async fn end(&self, instance: &Instance, command_status: Option<&str>) -> bool {
         let instance_id = instance.id.as_str();
@@ -199,11 +200,11 @@ impl StopRunner {
         // The job goes back before anything is ended: if the send fails (or this handler dies
         // before it), the instance is still there for the sweep or the retried event to try again.
         let relaunched = match command_status {
-            Some(status) if status != "Success" => match self.relaunch(instance, job_id, status).await {
+            Some(status) => match self.relaunch(instance, job_id, status).await {
                 Ok(relaunched) => relaunched,
                 Err(()) => return false,
             },
-            _ => false,
+            None => false,
         };
         if let Err(error) = self.ports.fleet.terminate(instance_id).await {
             tracing::error!(job_id, instance_id, %error, "cannot terminate; the sweep will retry");
@@ -261,9 +262,11 @@ impl StopRunner {
         relaunched
     }
 
-    /// The runner died before taking its job (bad AMI, script failure, spot reclaim during boot):
-    /// a job GitHub still has queued goes back to the jobs queue, a limited number of times.
-    /// Answers whether it was sent back; an error when it should have been and could not.
+    /// The runner ended without running its job: it died before taking it (bad AMI, script
+    /// failure, spot reclaim during boot), or GitHub gave it another queued job with the same
+    /// labels (its command then ends in Success). A job GitHub still has queued goes back to the
+    /// jobs queue, a limited number of times. Answers whether it was sent back; an error when it
+    /// should have been and could not, or when GitHub could not say after a Success.
     async fn relaunch(&self, instance: &Instance, job_id: u64, status: &str) -> Result<bool, ()> {
         let repository = instance.tag(TAG_REPOSITORY).unwrap_or_default().to_string();
         match self.ports.github.job_status(&repository, job_id).await {
@@ -276,6 +279,12 @@ impl StopRunner {
                 );
                 return Ok(false);
             }
+            // After a Success the runner almost always ran its own job: relaunching on every
+            // GitHub outage would launch spare instances. The instance stays for the sweep to ask again.
+            Err(error) if status == "Success" => {
+                tracing::warn!(job_id, %error, "cannot ask GitHub whether the job ran; the sweep will ask again");
+                return Err(());
+            }
             Err(error) => {
                 tracing::warn!(job_id, %error, "cannot ask GitHub about the job; relaunching (create-runner asks again)");
             }
@@ -286,8 +295,8 @@ impl StopRunner {
                 job_id,
                 repository,
                 relaunches,
-                "job {job_id} dropped: its runner died {} time(s) before taking it (last: {status}); check the AMI, \
-                 the runner script's output in the command log group, and spot interruptions",
+                "job {job_id} dropped: {} runner(s) launched for it ended without running it (last: {status}); check \
+                 the AMI, the runner script's output in the command log group, and spot interruptions",
                 relaunches + 1
             );
             return Ok(false);
@@ -332,7 +341,7 @@ impl StopRunner {
                     job_id,
                     status,
                     relaunches = relaunches + 1,
-                    "runner died before its job ({status}); job sent back for a new runner"
+                    "runner ended without running its job ({status}); job sent back for a new runner"
                 );
                 Ok(true)
             }

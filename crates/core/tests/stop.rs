@@ -114,6 +114,7 @@ async fn running_job(world: &World, job_id: u64) -> (String, String) {
 async fn a_successful_command_ends_the_instance_and_everything_it_owned() {
     let world = world();
     let (instance_id, command_id) = running_job(&world, 1).await;
+    world.github.set_job_status("my-org/app", 1, "completed");
     let stopped = world.stop.command_ended(&instance_id, &command_id, "Success").await;
     assert_eq!(
         stopped,
@@ -431,7 +432,7 @@ async fn the_sweep_keeps_going_when_github_fails() {
     let (instance_id, command_id) = running_job(&world, 17).await;
     world
         .commands
-        .set_status(&command_id, CommandStatus::Ended("Success".into()));
+        .set_status(&command_id, CommandStatus::Ended("Failed".into()));
     world.github.fail_job_status(GithubError::Unavailable("502".into()));
     let report = world.stop.sweep(far()).await;
     assert_eq!(report.command_ended, 1);
@@ -439,6 +440,51 @@ async fn the_sweep_keeps_going_when_github_fails() {
         world.fleet.instance(&instance_id).unwrap().state,
         InstanceState::Terminated
     );
+    assert_eq!(
+        world.queue.sent().len(),
+        1,
+        "a runner that failed gets its job sent back; create-runner asks again"
+    );
+}
+
+#[tokio::test]
+async fn a_runner_github_gave_another_job_gets_its_own_job_sent_back_when_it_ends() {
+    let world = world();
+    let (instance_id, command_id) = running_job(&world, 18).await;
+    // The runner ran some other job and ended in Success; its own job is still queued.
+    let stopped = world.stop.command_ended(&instance_id, &command_id, "Success").await;
+    assert_eq!(
+        stopped,
+        Stopped::Ended {
+            instance_id: instance_id.clone(),
+            relaunched: true
+        }
+    );
+    let sent = world.queue.sent();
+    let message = JobMessage::decode(&sent[0].body).unwrap();
+    assert_eq!((message.job_id, message.relaunches), (18, 1));
+    assert!(!world.fleet.instance(&instance_id).unwrap().state.is_live());
+}
+
+#[tokio::test]
+async fn a_finished_runner_whose_job_github_cannot_report_is_kept_until_the_sweep_can_ask() {
+    let world = world();
+    let (instance_id, command_id) = running_job(&world, 19).await;
+    world.github.set_job_status("my-org/app", 19, "completed");
+    world.github.fail_job_status(GithubError::Unavailable("502".into()));
+    world.stop.command_ended(&instance_id, &command_id, "Success").await;
+    assert!(
+        world.fleet.instance(&instance_id).unwrap().state.is_live(),
+        "kept: GitHub could not say"
+    );
+    assert!(world.queue.sent().is_empty(), "no spare launch while GitHub is out");
+    world
+        .commands
+        .set_status(&command_id, CommandStatus::Ended("Success".into()));
+    let report = world.stop.sweep(far()).await;
+    assert_eq!((report.command_ended, report.relaunched), (1, 0), "{report:?}");
+    assert!(!world.fleet.instance(&instance_id).unwrap().state.is_live());
+    assert!(world.secrets.names().is_empty());
 }
 
 #[tokio::test]
@@ -674,6 +720,7 @@ async fn a_reclaimed_instance_whose_job_already_ran_sends_nothing_back() {
 async fn an_instance_we_ended_ourselves_is_never_taken_for_a_reclaim() {
     let world = world();
     let (instance_id, command_id) = running_job(&world, 43).await;
+    world.github.set_job_status("my-org/app", 43, "completed");
     world.stop.command_ended(&instance_id, &command_id, "Success").await;
     let report = world.stop.sweep(far()).await;
     assert_eq!((report.reclaimed, report.relaunched), (0, 0), "{report:?}");
