@@ -12,6 +12,8 @@
 locals {
   instance_arns        = "arn:${local.partition}:ec2:${local.region}:${local.account_id}:instance/*"
   jit_parameter_arns   = "${local.parameter_arn}${local.jit_path}/*"
+  slot_path            = "${local.parameter_prefix}/slots"
+  slot_parameter_arns  = "${local.parameter_arn}${local.slot_path}/*"
   launch_template_arns = [for lt in aws_launch_template.runner : lt.arn]
 
   config_parameter_arn = "${local.parameter_arn}${local.config_param_name}"
@@ -293,6 +295,14 @@ data "aws_iam_policy_document" "create_runner" {
     resources = [local.jit_parameter_arns]
   }
 
+  # A launch claims one of its template's max_runners slots (PutParameter without overwrite), so
+  # that concurrent invocations never launch past max_runners; a failed launch gives it back.
+  statement {
+    sid       = "ClaimLaunchSlots"
+    actions   = ["ssm:PutParameter", "ssm:DeleteParameter"]
+    resources = [local.slot_parameter_arns]
+  }
+
   statement {
     sid       = "RunScriptDocument"
     actions   = ["ssm:SendCommand"]
@@ -338,6 +348,13 @@ data "aws_iam_policy_document" "stop_runner" {
     sid       = "CleanUpJitConfig"
     actions   = ["ssm:DeleteParameter", "ssm:DeleteParameters", "ssm:GetParametersByPath"]
     resources = [local.jit_parameter_arns, "${local.parameter_arn}${local.jit_path}"]
+  }
+
+  # An ended instance frees its launch slot; the sweep frees slots whose claimant died.
+  statement {
+    sid       = "FreeLaunchSlots"
+    actions   = ["ssm:GetParameter", "ssm:DeleteParameter", "ssm:GetParametersByPath"]
+    resources = [local.slot_parameter_arns, "${local.parameter_arn}${local.slot_path}"]
   }
 
   statement {

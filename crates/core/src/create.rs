@@ -13,7 +13,7 @@ use crate::commands::{CommandError, CommandRequest, Commands, runner_commands};
 use crate::config::{Config, Template};
 use crate::fleet::{
     Capacity, Fleet, FleetError, Instance, InstanceQuery, LaunchRequest, Launched, TAG_COMMAND_ID, TAG_DEPLOYMENT,
-    TAG_JOB_ID, TAG_RELAUNCHES, TAG_REPOSITORY, TAG_RUN_ID, TAG_RUNNER_ID, TAG_TEMPLATE,
+    TAG_JOB_ID, TAG_RELAUNCHES, TAG_REPOSITORY, TAG_RUN_ID, TAG_RUNNER_ID, TAG_SLOT, TAG_TEMPLATE,
 };
 use crate::github::{Github, GithubError, JobStatus, RunnerScope};
 use crate::job::JobMessage;
@@ -284,15 +284,6 @@ impl CreateRunner {
     ) -> Outcome {
         let deployment = &self.config.deployment;
         let job_id = message.job_id;
-        let step = |name: &str, instance_id: &str| {
-            tracing::info!(
-                job_id,
-                template = message.template,
-                instance_id,
-                step = name,
-                elapsed_ms = started.elapsed().as_millis() as u64
-            );
-        };
 
         if !self.gate.jobs.lock().unwrap().insert(job_id) {
             return Outcome::Acknowledged(format!(
@@ -380,7 +371,8 @@ impl CreateRunner {
             }
         }
 
-        // Room?
+        // Room? Counted under this process's room lock (the records of one batch), then made
+        // exact across concurrent invocations by claiming one of the template's slots.
         let query = InstanceQuery {
             template: Some(message.template.clone()),
             live_only: true,
@@ -388,19 +380,28 @@ impl CreateRunner {
         };
         let room = self.gate.room(&message.template);
         let counting = room.lock().await;
-        match self.ports.fleet.instances(deployment, &query).await {
-            Ok(live) if live.len() + self.gate.launching(&message.template) >= template.max_runners as usize => {
-                return Outcome::HandedBack {
-                    delay_seconds: self.config.retry_delay_seconds,
-                    reason: format!(
-                        "template `{}` is at max_runners ({}); job {job_id} waits {} s",
-                        message.template, template.max_runners, self.config.retry_delay_seconds
-                    ),
-                };
-            }
-            Ok(_) => {}
+        let full = || Outcome::HandedBack {
+            delay_seconds: self.config.retry_delay_seconds,
+            reason: format!(
+                "template `{}` is at max_runners ({}); job {job_id} waits {} s",
+                message.template, template.max_runners, self.config.retry_delay_seconds
+            ),
+        };
+        let live = match self.ports.fleet.instances(deployment, &query).await {
+            Ok(live) => live,
             Err(error) => return transient(format!("cannot count instances: {error}")),
+        };
+        if live.len() + self.gate.launching(&message.template) >= template.max_runners as usize {
+            return full();
         }
+        let slot = match self
+            .claim_slot(&message.template, template.max_runners, &live, job_id)
+            .await
+        {
+            Ok(Some(slot)) => slot,
+            Ok(None) => return full(),
+            Err(error) => return transient(format!("cannot claim a launch slot: {error}")),
+        };
         *self
             .gate
             .launching
@@ -411,8 +412,75 @@ impl CreateRunner {
         held.launching = Some(message.template.clone());
         drop(counting);
 
+        let outcome = self
+            .launch_and_start(message, template, receive_count, slot, &mut held, started, deadline)
+            .await;
+        if !matches!(outcome, Outcome::Served { .. }) {
+            self.release_slot(&message.template, slot).await;
+        }
+        outcome
+    }
+
+    /// Claims a slot of the template no live instance holds: a parameter only one handler can
+    /// create. Answers None when every free slot is claimed by a launch in flight elsewhere.
+    async fn claim_slot(
+        &self,
+        template: &str,
+        max_runners: u32,
+        live: &[Instance],
+        job_id: u64,
+    ) -> Result<Option<u32>, crate::secrets::SecretsError> {
+        let held: std::collections::HashSet<u32> = live
+            .iter()
+            .filter_map(|i| i.tag(TAG_SLOT).and_then(|slot| slot.parse().ok()))
+            .collect();
+        let value = slot_claim(job_id, SystemTime::now());
+        // Handlers start at different slots, so that they seldom try the same one.
+        let first = (job_id % u64::from(max_runners.max(1))) as u32;
+        for offset in 0..max_runners {
+            let slot = (first + offset) % max_runners;
+            if held.contains(&slot) {
+                continue;
+            }
+            let name = names::slot_parameter(&self.config.deployment, template, slot);
+            if self.ports.secrets.create(&name, &value).await? {
+                return Ok(Some(slot));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Gives back a slot this handler claimed and no instance of its holds.
+    async fn release_slot(&self, template: &str, slot: u32) {
+        let name = names::slot_parameter(&self.config.deployment, template, slot);
+        if let Err(error) = self.ports.secrets.delete(&name).await {
+            tracing::warn!(slot = name, %error, "cannot release the launch slot; the sweep frees it");
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn launch_and_start(
+        &self,
+        message: &JobMessage,
+        template: &Template,
+        receive_count: u32,
+        slot: u32,
+        held: &mut Held<'_>,
+        started: Instant,
+        deadline: Instant,
+    ) -> Outcome {
+        let job_id = message.job_id;
+        let step = |name: &str, instance_id: &str| {
+            tracing::info!(
+                job_id,
+                template = message.template,
+                instance_id,
+                step = name,
+                elapsed_ms = started.elapsed().as_millis() as u64
+            );
+        };
         // Launch.
-        let launch = self.launch(message, template, receive_count).await;
+        let launch = self.launch(message, template, receive_count, slot).await;
         held.launched();
         let launched = match launch {
             Ok(launched) => launched,
@@ -550,7 +618,9 @@ impl CreateRunner {
             match self.ports.commands.send(&request).await {
                 Ok(command_id) => break command_id,
                 Err(CommandError::NotReady(_)) if Instant::now() + delay < give_up => {
-                    tokio::time::sleep(jittered(delay)).await;
+                    if !delay.is_zero() {
+                        tokio::time::sleep(jittered(delay)).await;
+                    }
                     delay = (delay * 2).min(self.backoff.max);
                 }
                 Err(error) => {
@@ -593,11 +663,13 @@ impl CreateRunner {
         message: &JobMessage,
         template: &Template,
         receive_count: u32,
+        slot: u32,
     ) -> Result<Launched, FleetError> {
         let deployment = &self.config.deployment;
         let tags = vec![
             (TAG_DEPLOYMENT.to_string(), deployment.clone()),
             (TAG_TEMPLATE.to_string(), message.template.clone()),
+            (TAG_SLOT.to_string(), slot.to_string()),
             (TAG_JOB_ID.to_string(), message.job_id.to_string()),
             (TAG_REPOSITORY.to_string(), names::tag_value(&message.repository)),
             (TAG_RUN_ID.to_string(), message.run_id.to_string()),
@@ -689,6 +761,23 @@ impl CreateRunner {
         }
         terminated
     }
+}
+
+/// What a slot parameter holds: the job that claimed it, and when (Unix seconds).
+pub fn slot_claim(job_id: u64, at: SystemTime) -> String {
+    let seconds = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!("job={job_id} at={seconds}")
+}
+
+/// The job and time of a slot claim; None for a value sophons did not write.
+pub fn parse_slot_claim(value: &str) -> Option<(u64, SystemTime)> {
+    let mut parts = value.split(' ');
+    let job_id = parts.next()?.strip_prefix("job=")?.parse().ok()?;
+    let seconds: u64 = parts.next()?.strip_prefix("at=")?.parse().ok()?;
+    Some((job_id, SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)))
 }
 
 fn transient(reason: String) -> Outcome {

@@ -166,6 +166,15 @@ impl Secrets for FakeSecrets {
         Ok(())
     }
 
+    async fn create(&self, name: &str, value: &str) -> Result<bool, SecretsError> {
+        let mut values = self.values.lock().unwrap();
+        if values.contains_key(name) {
+            return Ok(false);
+        }
+        values.insert(name.into(), value.into());
+        Ok(true)
+    }
+
     async fn delete(&self, name: &str) -> Result<(), SecretsError> {
         self.values.lock().unwrap().remove(name);
         Ok(())

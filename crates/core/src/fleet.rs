@@ -20,6 +20,8 @@ pub const TAG_RUN_ID: &str = "sophons:run-id";
 pub const TAG_COMMAND_ID: &str = "sophons:command-id";
 pub const TAG_RUNNER_ID: &str = "sophons:runner-id";
 pub const TAG_RELAUNCHES: &str = "sophons:relaunches";
+/// The launch slot the instance holds (see `create.rs`): below its template's `max_runners`.
+pub const TAG_SLOT: &str = "sophons:slot";
 /// On an instance EC2 ended (a spot reclaim): its job was sent back, so it is not sent again.
 pub const TAG_RELAUNCHED: &str = "sophons:relaunched";
 

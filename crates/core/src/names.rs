@@ -21,6 +21,21 @@ pub fn jit_parameter(deployment: &str, instance_id: &str) -> String {
     format!("{}{}", jit_prefix(deployment), sanitize_parameter_segment(instance_id))
 }
 
+/// The prefix of a deployment's launch slots: one String parameter per launch in flight or
+/// instance live, `<prefix><template>/<n>`, n below the template's `max_runners`.
+pub fn slot_prefix(deployment: &str) -> String {
+    format!("/{deployment}/slots/")
+}
+
+/// A template's launch slot `n`.
+pub fn slot_parameter(deployment: &str, template: &str, slot: u32) -> String {
+    format!(
+        "{}{}/{slot}",
+        slot_prefix(deployment),
+        sanitize_parameter_segment(template)
+    )
+}
+
 /// SSM parameter names take a-zA-Z0-9_.-/; anything else becomes `_`.
 fn sanitize_parameter_segment(value: &str) -> String {
     value

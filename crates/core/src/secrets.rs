@@ -28,6 +28,9 @@ pub trait Secrets: Send + Sync {
     async fn get(&self, name: &str) -> Result<String, SecretsError>;
     /// Writes a SecureString, replacing any earlier value.
     async fn put_secure(&self, name: &str, value: &str) -> Result<(), SecretsError>;
+    /// Writes a String parameter only if none of that name exists (SSM's `Overwrite=false`, atomic):
+    /// answers false when one does. Claims are made this way.
+    async fn create(&self, name: &str, value: &str) -> Result<bool, SecretsError>;
     /// Deletes a parameter; a parameter already gone is not an error.
     async fn delete(&self, name: &str) -> Result<(), SecretsError>;
     /// Names of the parameters below a path (recursively). Values are not read.
@@ -100,6 +103,23 @@ impl Secrets for SsmSecrets {
             .await
             .map_err(|error| classify(name, &error))?;
         Ok(())
+    }
+
+    async fn create(&self, name: &str, value: &str) -> Result<bool, SecretsError> {
+        let result = self
+            .client
+            .put_parameter()
+            .name(name)
+            .value(value)
+            .r#type(aws_sdk_ssm::types::ParameterType::String)
+            .overwrite(false)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(error) if crate::aws::code(&error) == Some("ParameterAlreadyExists") => Ok(false),
+            Err(error) => Err(classify(name, &error)),
+        }
     }
 
     async fn delete(&self, name: &str) -> Result<(), SecretsError> {

@@ -14,15 +14,17 @@ use tokio::time::Instant;
 
 use crate::commands::{CommandStatus, Commands};
 use crate::config::Config;
+use crate::create::parse_slot_claim;
 use crate::fleet::{
     Fleet, Instance, InstanceQuery, InstanceState, TAG_COMMAND_ID, TAG_JOB_ID, TAG_RELAUNCHED, TAG_RELAUNCHES,
-    TAG_REPOSITORY, TAG_RUN_ID, TAG_RUNNER_ID, TAG_TEMPLATE,
+    TAG_REPOSITORY, TAG_RUN_ID, TAG_RUNNER_ID, TAG_SLOT, TAG_TEMPLATE,
 };
 use crate::github::{Github, JobStatus, Runner, RunnerScope};
 use crate::job::{JobMessage, MESSAGE_VERSION, now_rfc3339};
 use crate::names;
 use crate::queue::Queue;
 use crate::secrets::Secrets;
+use crate::secrets::SecretsError;
 
 pub const SSM_DETAIL_TYPE: &str = "EC2 Command Invocation Status-change Notification";
 pub const SCHEDULE_DETAIL_TYPE: &str = "Scheduled Event";
@@ -35,6 +37,9 @@ pub const TERMINAL_STATUSES: &[&str] = &[
     "Undeliverable",
     "Terminated",
 ];
+/// A launch slot claimed longer ago than this with no live instance holding it is stale: no
+/// create-runner invocation lasts longer (Lambda's limit is 15 minutes).
+pub const SLOT_CLAIM_GRACE: Duration = Duration::from_secs(16 * 60);
 /// Time kept back from the Lambda deadline.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(10);
 
@@ -69,6 +74,7 @@ pub struct SweepReport {
     pub relaunched: usize,
     pub parameters_deleted: usize,
     pub runners_removed: usize,
+    pub slots_freed: usize,
     pub errors: usize,
 }
 
@@ -206,8 +212,9 @@ impl StopRunner {
             },
             None => false,
         };
-        if let Err(error) = self.ports.fleet.terminate(instance_id).await {
-            tracing::error!(job_id, instance_id, %error, "cannot terminate; the sweep will retry");
+        match self.ports.fleet.terminate(instance_id).await {
+            Ok(()) => self.release_slot(instance, job_id).await,
+            Err(error) => tracing::error!(job_id, instance_id, %error, "cannot terminate; the sweep will retry"),
         }
         if let Some(request) = &instance.spot_request_id
             && let Err(error) = self.ports.fleet.cancel_spot_request(request).await
@@ -234,6 +241,78 @@ impl StopRunner {
             "job {job_id}: instance {instance_id} ended"
         );
         relaunched
+    }
+
+    /// Frees the launch slot an ended instance held, unless another job has claimed it since.
+    async fn release_slot(&self, instance: &Instance, job_id: u64) {
+        let (Some(template), Some(slot)) = (
+            instance.tag(TAG_TEMPLATE),
+            instance.tag(TAG_SLOT).and_then(|slot| slot.parse().ok()),
+        ) else {
+            return;
+        };
+        let name = names::slot_parameter(&self.config.deployment, template, slot);
+        match self.ports.secrets.get(&name).await {
+            Ok(value) if parse_slot_claim(&value).is_some_and(|(claimant, _)| claimant == job_id) => {
+                if let Err(error) = self.ports.secrets.delete(&name).await {
+                    tracing::warn!(job_id, slot = name, %error, "cannot free the launch slot; the sweep frees it");
+                }
+            }
+            Ok(_) | Err(SecretsError::NotFound(_)) => {}
+            Err(error) => {
+                tracing::warn!(job_id, slot = name, %error, "cannot read the launch slot; the sweep frees it")
+            }
+        }
+    }
+
+    /// Slots no live instance holds, claimed longer ago than any create-runner invocation lasts:
+    /// their claimant died before launching, or their release failed.
+    async fn free_stale_slots(&self, instances: &[Instance], report: &mut SweepReport) {
+        let prefix = names::slot_prefix(&self.config.deployment);
+        let slots = match self.ports.secrets.list(&prefix).await {
+            Ok(slots) => slots,
+            Err(error) => {
+                tracing::warn!(%error, "sweep: cannot list launch slots");
+                report.errors += 1;
+                return;
+            }
+        };
+        for name in slots {
+            let held = instances.iter().any(|i| {
+                i.state.is_live()
+                    && i.tag(TAG_TEMPLATE)
+                        .zip(i.tag(TAG_SLOT))
+                        .and_then(|(template, slot)| slot.parse().ok().map(|slot| (template, slot)))
+                        .is_some_and(|(template, slot)| {
+                            names::slot_parameter(&self.config.deployment, template, slot) == name
+                        })
+            });
+            if held {
+                continue;
+            }
+            let claimed_at = match self.ports.secrets.get(&name).await {
+                Ok(value) => parse_slot_claim(&value).map(|(_, at)| at),
+                Err(SecretsError::NotFound(_)) => continue,
+                Err(error) => {
+                    tracing::warn!(slot = name, %error, "sweep: cannot read a launch slot");
+                    report.errors += 1;
+                    continue;
+                }
+            };
+            let age = claimed_at
+                .and_then(|at| SystemTime::now().duration_since(at).ok())
+                .unwrap_or(Duration::MAX);
+            if age <= SLOT_CLAIM_GRACE {
+                continue;
+            }
+            match self.ports.secrets.delete(&name).await {
+                Ok(()) => report.slots_freed += 1,
+                Err(error) => {
+                    tracing::warn!(slot = name, %error, "sweep: cannot free a launch slot");
+                    report.errors += 1;
+                }
+            }
+        }
     }
 
     /// EC2 ended the instance (a spot reclaim, a host failure), perhaps before its runner took the
@@ -445,6 +524,7 @@ impl StopRunner {
             }
             still_live.insert(instance.id.clone());
         }
+        self.free_stale_slots(&instances, &mut report).await;
         // Instances that were already ending also own nothing any more.
         self.delete_orphan_parameters(&still_live, &instances, &mut report)
             .await;
@@ -461,6 +541,7 @@ impl StopRunner {
             relaunched = report.relaunched,
             parameters_deleted = report.parameters_deleted,
             runners_removed = report.runners_removed,
+            slots_freed = report.slots_freed,
             errors = report.errors,
             "sweep: examined {} instance(s), cleaned {}",
             report.examined,

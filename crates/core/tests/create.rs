@@ -723,3 +723,80 @@ async fn a_redelivery_in_the_same_batch_gets_no_second_instance() {
     assert_eq!(world.fleet.all_instances().len(), 1);
     assert_eq!(world.github.runners().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_invocations_never_launch_past_max_runners() {
+    let world = yielding_world();
+    // A second invocation: its own process, its own in-process gate, the same AWS and GitHub.
+    let config = Arc::new(
+        Config::parse(&common::config_json("https://sqs.us-east-1.amazonaws.com/123456789012/jobs").to_string())
+            .unwrap(),
+    );
+    let other = Arc::new(CreateRunner::new(
+        config,
+        Ports {
+            fleet: Arc::new(YieldingFleet(world.fleet.clone())),
+            github: world.github.clone(),
+            secrets: world.secrets.clone(),
+            commands: world.commands.clone(),
+            queue: world.queue.clone(),
+        },
+    ));
+    let batch = |first: u64| {
+        let mut event = SqsEvent::default();
+        event.records = (first..first + 4)
+            .map(|n| record(&format!("g{n}"), &message(n, "template_gpu").encode(), 1))
+            .collect();
+        event
+    };
+    // template_gpu allows 2.
+    let (a, b) = tokio::join!(
+        world.create.handle_batch(batch(300), far()),
+        other.handle_batch(batch(400), far())
+    );
+    assert_eq!(world.fleet.peak_live("template_gpu"), 2);
+    assert_eq!(
+        a.batch_item_failures.len() + b.batch_item_failures.len(),
+        6,
+        "the others wait for room"
+    );
+    let slots: Vec<String> = world
+        .secrets
+        .names()
+        .into_iter()
+        .filter(|n| n.contains("/slots/"))
+        .collect();
+    assert_eq!(
+        slots.len(),
+        2,
+        "one slot per live instance, none left by the jobs handed back: {slots:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_slot_claimed_by_a_launch_in_flight_elsewhere_counts_against_max_runners() {
+    let world = world();
+    // Another invocation has claimed both of template_gpu's slots and not launched yet.
+    for slot in 0..2 {
+        let claim = sophons_core::create::slot_claim(900 + slot, SystemTime::now());
+        let name = format!("/sophons/slots/template_gpu/{slot}");
+        assert!(world.secrets.create(&name, &claim).await.unwrap());
+    }
+    let outcome = serve(&world, &message(24, "template_gpu")).await;
+    assert!(
+        matches!(&outcome, Outcome::HandedBack { reason, .. } if reason.contains("max_runners")),
+        "{outcome:?}"
+    );
+    assert!(world.fleet.launches().is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_launch_gives_its_slot_back() {
+    let world = world();
+    world.fleet.fail_launches([FleetError::Rejected(
+        "InvalidLaunchTemplateName.NotFoundException".into(),
+    )]);
+    let outcome = serve(&world, &message(25, "template_gpu")).await;
+    assert!(matches!(outcome, Outcome::HandedBack { .. }), "{outcome:?}");
+    assert!(world.secrets.names().is_empty(), "{:?}", world.secrets.names());
+}

@@ -64,6 +64,20 @@ async fn secure_parameters_are_written_read_back_and_deleted() {
 }
 
 #[tokio::test]
+async fn a_launch_slot_is_claimed_by_one_create_only_until_it_is_freed() {
+    let sdk = moto::sdk_config().await;
+    let ssm = SsmSecrets::new(&sdk);
+    let name = format!("/{}/slots/template_cpu/3", moto::unique("t"));
+    assert!(ssm.create(&name, "job=1 at=100").await.unwrap(), "the first claim wins");
+    assert!(!ssm.create(&name, "job=2 at=101").await.unwrap(), "a second claim is refused");
+    assert_eq!(ssm.get(&name).await.unwrap(), "job=1 at=100", "and changes nothing");
+    ssm.delete(&name).await.unwrap();
+    assert!(ssm.create(&name, "job=2 at=102").await.unwrap(), "a freed slot can be claimed again");
+    let listed = ssm.list(&name[..name.rfind("/template_cpu").unwrap()]).await.unwrap();
+    assert_eq!(listed, vec![name.clone()]);
+}
+
+#[tokio::test]
 async fn the_config_document_is_read_from_its_ssm_parameter() {
     let sdk = moto::sdk_config().await;
     let ssm = SsmSecrets::new(&sdk);

@@ -326,7 +326,7 @@ async fn the_sweep_leaves_a_working_runner_alone() {
         (1, 0, 0, 0)
     );
     assert!(world.fleet.instance(&instance_id).unwrap().state.is_live());
-    assert_eq!(world.secrets.names().len(), 1);
+    assert_eq!(world.secrets.names().len(), 2, "its JIT parameter and its launch slot");
 }
 
 #[tokio::test]
@@ -419,7 +419,8 @@ async fn the_sweep_deletes_leftover_parameters_and_ghost_runners() {
         names,
         vec![
             "/other-deployment/jit/i-gone".to_string(),
-            format!("/sophons/jit/{live}")
+            format!("/sophons/jit/{live}"),
+            "/sophons/slots/template_cpu/16".to_string(),
         ]
     );
     let runners: Vec<String> = world.github.runners().into_iter().map(|r| r.runner.name).collect();
@@ -725,4 +726,54 @@ async fn an_instance_we_ended_ourselves_is_never_taken_for_a_reclaim() {
     let report = world.stop.sweep(far()).await;
     assert_eq!((report.reclaimed, report.relaunched), (0, 0), "{report:?}");
     assert!(world.queue.sent().is_empty());
+}
+
+#[tokio::test]
+async fn an_ended_instance_frees_its_launch_slot() {
+    let world = world();
+    let (instance_id, command_id) = running_job(&world, 44).await;
+    assert_eq!(
+        world.secrets.names(),
+        vec![
+            format!("/sophons/jit/{instance_id}"),
+            "/sophons/slots/template_cpu/4".to_string()
+        ]
+    );
+    world.github.set_job_status("my-org/app", 44, "completed");
+    world.stop.command_ended(&instance_id, &command_id, "Success").await;
+    assert!(world.secrets.names().is_empty(), "{:?}", world.secrets.names());
+}
+
+#[tokio::test]
+async fn an_ended_instance_leaves_a_slot_another_job_has_claimed_since() {
+    let world = world();
+    let (instance_id, command_id) = running_job(&world, 45).await;
+    let slot = "/sophons/slots/template_cpu/5";
+    world.secrets.delete(slot).await.unwrap();
+    let claim = sophons_core::create::slot_claim(99, SystemTime::now());
+    assert!(world.secrets.create(slot, &claim).await.unwrap());
+    world.github.set_job_status("my-org/app", 45, "completed");
+    world.stop.command_ended(&instance_id, &command_id, "Success").await;
+    assert_eq!(world.secrets.get(slot).await.unwrap(), claim);
+}
+
+#[tokio::test]
+async fn the_sweep_frees_a_stale_launch_slot_and_keeps_a_fresh_one() {
+    let world = world();
+    let stale = "/sophons/slots/template_cpu/7";
+    let fresh = "/sophons/slots/template_cpu/8";
+    let long_ago = SystemTime::now() - sophons_core::stop::SLOT_CLAIM_GRACE - Duration::from_secs(60);
+    world
+        .secrets
+        .create(stale, &sophons_core::create::slot_claim(1, long_ago))
+        .await
+        .unwrap();
+    world
+        .secrets
+        .create(fresh, &sophons_core::create::slot_claim(2, SystemTime::now()))
+        .await
+        .unwrap();
+    let report = world.stop.sweep(far()).await;
+    assert_eq!(report.slots_freed, 1, "{report:?}");
+    assert_eq!(world.secrets.names(), vec![fresh.to_string()]);
 }

@@ -43,7 +43,8 @@ async fn main() -> Result<(), Error> {
                 Handled::Sweep(report) => json!({
                     "handled": "sweep", "examined": report.examined, "cleaned": report.cleaned(),
                     "parameters_deleted": report.parameters_deleted, "runners_removed": report.runners_removed,
-                    "reclaimed": report.reclaimed, "relaunched": report.relaunched, "errors": report.errors
+                    "reclaimed": report.reclaimed, "relaunched": report.relaunched, "slots_freed": report.slots_freed,
+                    "errors": report.errors
                 }),
                 Handled::Ignored(reason) => json!({ "handled": "ignored", "reason": reason }),
             };
