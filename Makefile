@@ -58,8 +58,8 @@ demo: setup ## the whole system on this machine: Terraform on moto, the four bin
 bench: setup ## the benchmarks' table: cold start, memory, webhook hot path, create-runner cost, burst, size
 	scripts/bench.sh
 
-soak: setup ## the simulation under faults with >= 1,000,000 jobs (SOPHONS_SOAK_JOBS to change)
-	cargo test -p sophons-core --test simulation --locked -- --ignored --nocapture --exact soak
+soak: ## the simulation under faults with >= 1,000,000 jobs, serial and concurrent (SOPHONS_SOAK_JOBS to change)
+	cargo test --release -p sophons-core --test simulation --locked -- --ignored --nocapture --exact soak
 
 fuzz: ## coverage-guided fuzzing of the webhook input path (nightly, cargo-fuzz), >= 1,000,000 executions
 	fuzz/run.sh

@@ -92,6 +92,8 @@ pub struct Tally {
     pub instances_per_job: BTreeMap<u64, usize>,
     pub instances_live: usize,
     pub parameters_left: usize,
+    /// Launch slots still claimed (SSM parameters under /<deployment>/slots).
+    pub slots_left: usize,
     pub runners_left: usize,
     pub jobs_queue_left: usize,
     pub dlq_left: usize,
@@ -128,6 +130,7 @@ impl Report {
         let t = &self.tally;
         t.instances_live == 0
             && t.parameters_left == 0
+            && t.slots_left == 0
             && t.runners_left == 0
             && t.jobs_queue_left == 0
             && t.dlq_left == 0
@@ -809,6 +812,13 @@ async fn tally(
         .send()
         .await?;
     tally.parameters_left = parameters.parameters().len();
+    let slots = ssm
+        .get_parameters_by_path()
+        .path(format!("/{deployment}/slots"))
+        .recursive(true)
+        .send()
+        .await?;
+    tally.slots_left = slots.parameters().len();
     tally.runners_left = github.runners().len();
     tally.runners_registered = github
         .requests_to("POST", "generate-jitconfig")
@@ -877,6 +887,7 @@ fn print_report(report: &Report) {
     println!("   jobs with more than one instance: {}", doubled.len());
     println!("   instances still running: {}", t.instances_live);
     println!("   JIT parameters left: {}", t.parameters_left);
+    println!("   launch slots still claimed: {}", t.slots_left);
     println!("   GitHub runners left: {}", t.runners_left);
     println!("   messages left: jobs queue {}, DLQ {}", t.jobs_queue_left, t.dlq_left);
     println!(

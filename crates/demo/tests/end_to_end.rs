@@ -53,6 +53,7 @@ async fn the_whole_system_serves_every_matching_job_once_and_leaves_nothing_behi
     }
     assert_eq!(tally.instances_live, 0, "no instance left running");
     assert_eq!(tally.parameters_left, 0, "no JIT parameter left");
+    assert_eq!(tally.slots_left, 0, "no launch slot left claimed");
     assert_eq!(tally.runners_left, 0, "no GitHub runner left");
     assert_eq!((tally.jobs_queue_left, tally.dlq_left), (0, 0), "no message left");
     assert!(report.clean());
