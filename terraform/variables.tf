@@ -470,7 +470,7 @@ variable "idle_runner_seconds" {
 }
 
 variable "max_job_relaunches" {
-  description = "How many times stop-runner queues a job again when its runner died before running it (Spot interruption)."
+  description = "How many times stop-runner queues a job again when its runner ended without running it (died, Spot reclaim, or GitHub gave it another job)."
   type        = number
   default     = 2
 

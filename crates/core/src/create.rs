@@ -9,17 +9,15 @@ use std::time::{Duration, SystemTime};
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use tokio::time::Instant;
 
-use crate::commands::{CommandError, CommandRequest, Commands, runner_commands};
+use crate::commands::{CommandError, CommandRequest, runner_commands};
 use crate::config::{Config, Template};
 use crate::fleet::{
-    Capacity, Fleet, FleetError, Instance, InstanceQuery, LaunchRequest, Launched, TAG_COMMAND_ID, TAG_DEPLOYMENT,
-    TAG_JOB_ID, TAG_RELAUNCHES, TAG_REPOSITORY, TAG_RUN_ID, TAG_RUNNER_ID, TAG_SLOT, TAG_TEMPLATE,
+    Capacity, FleetError, Instance, InstanceQuery, LaunchRequest, Launched, TAG_COMMAND_ID, TAG_DEPLOYMENT, TAG_JOB_ID,
+    TAG_RELAUNCHES, TAG_REPOSITORY, TAG_RUN_ID, TAG_RUNNER_ID, TAG_SLOT, TAG_TEMPLATE,
 };
-use crate::github::{Github, GithubError, JobStatus, RunnerScope};
+use crate::github::{GithubError, JobStatus, RunnerScope};
 use crate::job::JobMessage;
 use crate::names;
-use crate::queue::Queue;
-use crate::secrets::Secrets;
 use crate::templates::runner_labels;
 
 /// Records of one batch served at once; GitHub's JIT endpoint and SSM PutParameter (≈3 TPS on
@@ -30,15 +28,7 @@ pub const TRANSIENT_DELAY_SECONDS: u32 = 60;
 /// Time kept back from the Lambda deadline for cleaning up and answering.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(20);
 
-/// The ports create-runner talks through.
-#[derive(Clone)]
-pub struct Ports {
-    pub fleet: Arc<dyn Fleet>,
-    pub github: Arc<dyn Github>,
-    pub secrets: Arc<dyn Secrets>,
-    pub commands: Arc<dyn Commands>,
-    pub queue: Arc<dyn Queue>,
-}
+pub use crate::ports::Ports;
 
 /// Backoff for SendCommand while the SSM agent registers.
 #[derive(Debug, Clone, Copy)]

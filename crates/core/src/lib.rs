@@ -13,6 +13,7 @@ pub mod job;
 pub mod lambda;
 pub mod logging;
 pub mod names;
+pub mod ports;
 pub mod queue;
 pub mod redrive;
 pub mod secrets;

@@ -12,18 +12,16 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::commands::{CommandStatus, Commands};
+use crate::commands::CommandStatus;
 use crate::config::Config;
 use crate::create::parse_slot_claim;
 use crate::fleet::{
-    Fleet, Instance, InstanceQuery, InstanceState, TAG_COMMAND_ID, TAG_JOB_ID, TAG_RELAUNCHED, TAG_RELAUNCHES,
-    TAG_REPOSITORY, TAG_RUN_ID, TAG_RUNNER_ID, TAG_SLOT, TAG_TEMPLATE,
+    Instance, InstanceQuery, InstanceState, TAG_COMMAND_ID, TAG_JOB_ID, TAG_RELAUNCHED, TAG_RELAUNCHES, TAG_REPOSITORY,
+    TAG_RUN_ID, TAG_RUNNER_ID, TAG_SLOT, TAG_TEMPLATE,
 };
-use crate::github::{Github, JobStatus, Runner, RunnerScope};
+use crate::github::{JobStatus, Runner, RunnerScope};
 use crate::job::{JobMessage, MESSAGE_VERSION, now_rfc3339};
 use crate::names;
-use crate::queue::Queue;
-use crate::secrets::Secrets;
 use crate::secrets::SecretsError;
 
 pub const SSM_DETAIL_TYPE: &str = "EC2 Command Invocation Status-change Notification";
@@ -43,14 +41,7 @@ pub const SLOT_CLAIM_GRACE: Duration = Duration::from_secs(16 * 60);
 /// Time kept back from the Lambda deadline.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(10);
 
-#[derive(Clone)]
-pub struct Ports {
-    pub fleet: Arc<dyn Fleet>,
-    pub github: Arc<dyn Github>,
-    pub secrets: Arc<dyn Secrets>,
-    pub commands: Arc<dyn Commands>,
-    pub queue: Arc<dyn Queue>,
-}
+pub use crate::ports::Ports;
 
 /// What an SSM status event led to.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -69,10 +69,16 @@ async fn a_launch_slot_is_claimed_by_one_create_only_until_it_is_freed() {
     let ssm = SsmSecrets::new(&sdk);
     let name = format!("/{}/slots/template_cpu/3", moto::unique("t"));
     assert!(ssm.create(&name, "job=1 at=100").await.unwrap(), "the first claim wins");
-    assert!(!ssm.create(&name, "job=2 at=101").await.unwrap(), "a second claim is refused");
+    assert!(
+        !ssm.create(&name, "job=2 at=101").await.unwrap(),
+        "a second claim is refused"
+    );
     assert_eq!(ssm.get(&name).await.unwrap(), "job=1 at=100", "and changes nothing");
     ssm.delete(&name).await.unwrap();
-    assert!(ssm.create(&name, "job=2 at=102").await.unwrap(), "a freed slot can be claimed again");
+    assert!(
+        ssm.create(&name, "job=2 at=102").await.unwrap(),
+        "a freed slot can be claimed again"
+    );
     let listed = ssm.list(&name[..name.rfind("/template_cpu").unwrap()]).await.unwrap();
     assert_eq!(listed, vec![name.clone()]);
 }

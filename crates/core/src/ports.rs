@@ -1,0 +1,45 @@
+//! The ports create-runner and stop-runner talk through, and how a Lambda connects them to AWS
+//! and GitHub at cold start.
+
+use std::sync::Arc;
+
+use crate::commands::{Commands, SsmCommands};
+use crate::config::Config;
+use crate::fleet::{Ec2Fleet, Fleet};
+use crate::github::{Github, OctocrabGithub};
+use crate::queue::{Queue, SqsQueue};
+use crate::secrets::{Secrets, SsmSecrets};
+
+#[derive(Clone)]
+pub struct Ports {
+    pub fleet: Arc<dyn Fleet>,
+    pub github: Arc<dyn Github>,
+    pub secrets: Arc<dyn Secrets>,
+    pub commands: Arc<dyn Commands>,
+    pub queue: Arc<dyn Queue>,
+}
+
+impl Ports {
+    /// Reads the config document and the GitHub credential from SSM and builds the real adapters.
+    /// A failure is logged (naming the parameter or key to fix) and fails the cold start.
+    pub async fn connect() -> Result<(Arc<Config>, Self), Box<dyn std::error::Error + Send + Sync>> {
+        let sdk = crate::aws::load().await;
+        let ssm = SsmSecrets::new(&sdk);
+        let config = Arc::new(
+            Config::load(&ssm)
+                .await
+                .inspect_err(|error| tracing::error!("{error}"))?,
+        );
+        let github = OctocrabGithub::connect(&config.github, &ssm)
+            .await
+            .inspect_err(|error| tracing::error!("{error}"))?;
+        let ports = Self {
+            fleet: Arc::new(Ec2Fleet::new(&sdk)),
+            github: Arc::new(github),
+            secrets: Arc::new(ssm),
+            commands: Arc::new(SsmCommands::new(&sdk)),
+            queue: Arc::new(SqsQueue::new(&sdk)),
+        };
+        Ok((config, ports))
+    }
+}
