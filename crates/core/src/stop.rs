@@ -234,7 +234,8 @@ impl StopRunner {
         relaunched
     }
 
-    /// Frees the launch slot an ended instance held, unless another job has claimed it since.
+    /// Frees the launch slot an ended instance held, unless it has been claimed again since: by
+    /// another job, or by this job's relaunch (a claim made after the instance's launch).
     async fn release_slot(&self, instance: &Instance, job_id: u64) {
         let (Some(template), Some(slot)) = (
             instance.tag(TAG_TEMPLATE),
@@ -244,7 +245,14 @@ impl StopRunner {
         };
         let name = names::slot_parameter(&self.config.deployment, template, slot);
         match self.ports.secrets.get(&name).await {
-            Ok(value) if parse_slot_claim(&value).is_some_and(|(claimant, _)| claimant == job_id) => {
+            Ok(value)
+                if parse_slot_claim(&value).is_some_and(|(claimant, at)| {
+                    claimant == job_id
+                        && instance
+                            .launched_at
+                            .is_none_or(|launched| at <= launched + Duration::from_secs(5))
+                }) =>
+            {
                 if let Err(error) = self.ports.secrets.delete(&name).await {
                     tracing::warn!(job_id, slot = name, %error, "cannot free the launch slot; the sweep frees it");
                 }

@@ -758,6 +758,20 @@ async fn an_ended_instance_leaves_a_slot_another_job_has_claimed_since() {
 }
 
 #[tokio::test]
+async fn an_ended_instance_leaves_its_slot_to_its_jobs_relaunch_that_claimed_it_since() {
+    let world = world();
+    let (instance_id, command_id) = running_job(&world, 46).await;
+    let slot = "/sophons/slots/template_cpu/6";
+    world.secrets.delete(slot).await.unwrap();
+    // A repeated event after the job's relaunch claimed the same slot again.
+    let claim = sophons_core::create::slot_claim(46, SystemTime::now() + Duration::from_secs(120));
+    assert!(world.secrets.create(slot, &claim).await.unwrap());
+    world.github.set_job_status("my-org/app", 46, "completed");
+    world.stop.command_ended(&instance_id, &command_id, "Success").await;
+    assert_eq!(world.secrets.get(slot).await.unwrap(), claim);
+}
+
+#[tokio::test]
 async fn the_sweep_frees_a_stale_launch_slot_and_keeps_a_fresh_one() {
     let world = world();
     let stale = "/sophons/slots/template_cpu/7";

@@ -27,8 +27,10 @@ const SECRET: &str = "demo-webhook-secret";
 const TOKEN: &str = "ghp_demo_token_not_a_secret";
 const REPOSITORY: &str = "demo-org/app";
 const BINARIES: [&str; 4] = ["autoscaler", "create-runner", "stop-runner", "move-jobs"];
-/// How long the whole scenario may take before the demo gives up.
+/// How long the scenario may take before the demo gives up: this much at least, and
+/// `SCENARIO_SECONDS_PER_JOB` more for every job (moto slows as instances pile up).
 const SCENARIO_LIMIT: Duration = Duration::from_secs(600);
+const SCENARIO_SECONDS_PER_JOB: u64 = 5;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -283,13 +285,14 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
     let mut started_boxes: BTreeSet<String> = BTreeSet::new();
     let mut finished_jobs: BTreeSet<u64> = BTreeSet::new();
     let mut restored = false;
-    let deadline = Instant::now() + SCENARIO_LIMIT;
+    let limit = SCENARIO_LIMIT.max(Duration::from_secs(SCENARIO_SECONDS_PER_JOB * expected.len() as u64));
+    let deadline = Instant::now() + limit;
     say("== serving (SQS event source mapping → create-runner; box; EventBridge → stop-runner)".into());
     loop {
         if Instant::now() > deadline {
             return Err(format!(
                 "jobs not finished within {} s: {:?}",
-                SCENARIO_LIMIT.as_secs(),
+                limit.as_secs(),
                 expected.difference(&finished_jobs).collect::<Vec<_>>()
             )
             .into());
