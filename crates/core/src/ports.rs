@@ -1,4 +1,4 @@
-//! The ports create-runner and stop-runner talk through, and how a Lambda connects them to AWS
+//! The ports create-runner, stop-runner and move-jobs talk through, and how a Lambda connects them to AWS
 //! and GitHub at cold start.
 
 use std::sync::Arc;

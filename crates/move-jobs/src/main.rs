@@ -5,26 +5,14 @@ use std::sync::Arc;
 
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::{Value, json};
-use sophons_core::Config;
-use sophons_core::github::OctocrabGithub;
-use sophons_core::queue::SqsQueue;
+use sophons_core::ports::Ports;
 use sophons_core::redrive::MoveJobs;
-use sophons_core::secrets::SsmSecrets;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     sophons_core::logging::init();
-    let sdk = sophons_core::aws::load().await;
-    let ssm = SsmSecrets::new(&sdk);
-    let config = Arc::new(
-        Config::load(&ssm)
-            .await
-            .inspect_err(|error| tracing::error!("{error}"))?,
-    );
-    let github = OctocrabGithub::connect(&config.github, &ssm)
-        .await
-        .inspect_err(|error| tracing::error!("{error}"))?;
-    let move_jobs = Arc::new(MoveJobs::new(config, Arc::new(SqsQueue::new(&sdk)), Arc::new(github)));
+    let (config, ports) = Ports::connect().await?;
+    let move_jobs = Arc::new(MoveJobs::new(config, ports.queue, ports.github));
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let move_jobs = Arc::clone(&move_jobs);
         async move {
