@@ -361,8 +361,8 @@ impl CreateRunner {
             }
         }
 
-        // Room? Counted under this process's room lock (the records of one batch), then made
-        // exact across concurrent invocations by claiming one of the template's slots.
+        // Room? Counted under this process's room lock (the records of one batch see each other's
+        // reservations), then made exact across invocations by claiming one of the template's slots.
         let query = InstanceQuery {
             template: Some(message.template.clone()),
             live_only: true,
@@ -384,14 +384,6 @@ impl CreateRunner {
         if live.len() + self.gate.launching(&message.template) >= template.max_runners as usize {
             return full();
         }
-        let slot = match self
-            .claim_slot(&message.template, template.max_runners, &live, job_id)
-            .await
-        {
-            Ok(Some(slot)) => slot,
-            Ok(None) => return full(),
-            Err(error) => return transient(format!("cannot claim a launch slot: {error}")),
-        };
         *self
             .gate
             .launching
@@ -401,6 +393,17 @@ impl CreateRunner {
             .or_default() += 1;
         held.launching = Some(message.template.clone());
         drop(counting);
+        // The count above is this process's quick answer; the claim is the exact one, and needs
+        // no lock of ours (only one caller can create a slot), so the batch's other records count
+        // meanwhile. Returning drops `held`, which gives the reservation back.
+        let slot = match self
+            .claim_slot(&message.template, template.max_runners, &live, job_id)
+            .await
+        {
+            Ok(Some(slot)) => slot,
+            Ok(None) => return full(),
+            Err(error) => return transient(format!("cannot claim a launch slot: {error}")),
+        };
 
         let outcome = self
             .launch_and_start(message, template, receive_count, slot, &mut held, started, deadline)
