@@ -237,13 +237,9 @@ impl StopRunner {
     /// Frees the launch slot an ended instance held, unless it has been claimed again since: by
     /// another job, or by this job's relaunch (a claim made after the instance's launch).
     async fn release_slot(&self, instance: &Instance, job_id: u64) {
-        let (Some(template), Some(slot)) = (
-            instance.tag(TAG_TEMPLATE),
-            instance.tag(TAG_SLOT).and_then(|slot| slot.parse().ok()),
-        ) else {
+        let Some(name) = self.slot_of(instance) else {
             return;
         };
-        let name = names::slot_parameter(&self.config.deployment, template, slot);
         match self.ports.secrets.get(&name).await {
             Ok(value)
                 if parse_slot_claim(&value).is_some_and(|(claimant, at)| {
@@ -264,6 +260,13 @@ impl StopRunner {
         }
     }
 
+    /// The launch slot parameter an instance holds, from its template and slot tags.
+    fn slot_of(&self, instance: &Instance) -> Option<String> {
+        let template = instance.tag(TAG_TEMPLATE)?;
+        let slot = instance.tag(TAG_SLOT)?.parse().ok()?;
+        Some(names::slot_parameter(&self.config.deployment, template, slot))
+    }
+
     /// Slots no live instance holds, claimed longer ago than any create-runner invocation lasts:
     /// their claimant died before launching, or their release failed.
     async fn free_stale_slots(&self, instances: &[Instance], report: &mut SweepReport) {
@@ -276,17 +279,13 @@ impl StopRunner {
                 return;
             }
         };
+        let held: BTreeSet<String> = instances
+            .iter()
+            .filter(|i| i.state.is_live())
+            .filter_map(|i| self.slot_of(i))
+            .collect();
         for name in slots {
-            let held = instances.iter().any(|i| {
-                i.state.is_live()
-                    && i.tag(TAG_TEMPLATE)
-                        .zip(i.tag(TAG_SLOT))
-                        .and_then(|(template, slot)| slot.parse().ok().map(|slot| (template, slot)))
-                        .is_some_and(|(template, slot)| {
-                            names::slot_parameter(&self.config.deployment, template, slot) == name
-                        })
-            });
-            if held {
+            if held.contains(&name) {
                 continue;
             }
             let claimed_at = match self.ports.secrets.get(&name).await {
