@@ -4,9 +4,9 @@
 #   `sophons:deployment` = this deployment.
 # - Instances can only be launched from this deployment's launch templates, tagged at launch, and the only
 #   role that can be passed is the runner role, to EC2.
-# - The runner role reads and deletes parameters under /<deployment>/jit/ only (GetParameter, not
-#   GetParametersByPath: a job on the box cannot list other runners' parameters), reads the runner script
-#   object only, and writes the command log group only.
+# - The runner role reads and deletes only its own instance's JIT parameter (/<deployment>/jit/<instance-id>,
+#   tagged by create-runner with the instance's ARN; see "Runner instances" below), never lists parameters,
+#   reads the runner script object only, and writes the command log group only.
 # - Describe/Get actions that AWS does not scope to resources are the only statements on "*".
 
 locals {
@@ -15,6 +15,10 @@ locals {
   slot_path            = "${local.parameter_prefix}/slots"
   slot_parameter_arns  = "${local.parameter_arn}${local.slot_path}/*"
   launch_template_arns = [for lt in aws_launch_template.runner : lt.arn]
+
+  # create-runner tags each JIT parameter with the ARN of the instance it is for (arn:<partition>:ec2:<region>:
+  # <account>:instance/<instance-id>); only that instance may read or delete it (ReadAndDeleteOwnJitConfig).
+  jit_owner_tag = "sophons:instance-arn"
 
   config_parameter_arn = "${local.parameter_arn}${local.config_param_name}"
   # A missing credential is reported by the config parameter's precondition; these only must not fail first.
@@ -295,6 +299,21 @@ data "aws_iam_policy_document" "create_runner" {
     resources = [local.jit_parameter_arns]
   }
 
+  # The owner tag is what lets an instance read its JIT parameter (ReadAndDeleteOwnJitConfig). PutParameter
+  # takes Tags only when it creates (not with Overwrite), so a rewritten parameter is tagged again with
+  # AddTagsToResource; tagging on create needs this permission too.
+  statement {
+    sid       = "TagJitConfigWithItsInstance"
+    actions   = ["ssm:AddTagsToResource"]
+    resources = [local.jit_parameter_arns]
+
+    condition {
+      test     = "ForAllValues:StringLike"
+      variable = "aws:TagKeys"
+      values   = ["sophons:*"]
+    }
+  }
+
   # A launch claims one of its template's max_runners slots (PutParameter without overwrite), so
   # that concurrent invocations never launch past max_runners; a failed launch gives it back.
   statement {
@@ -451,9 +470,41 @@ data "aws_iam_policy_document" "runner" {
     resources = ["arn:${local.partition}:ssm:${local.region}::document/*"]
   }
 
+  # Only the calling instance's own JIT parameter: a job that learns another instance's id must not be able to
+  # take that runner's registration. The Resource cannot name the caller: an instance ARN is no parameter name
+  # (no ":" allowed), and "The ec2:SourceInstanceARN key cannot be used as a variable to populate the ARN for
+  # the Resource element in a statement" (Amazon EC2 User Guide, policy structure, as published in
+  # awsdocs/amazon-ec2-user-guide: https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/iam-policy-structure.html).
+  # So the parameter carries its instance's ARN as a tag and the condition compares the two:
+  # - ec2:SourceInstanceARN is "the Amazon Resource Name (ARN) of the Amazon EC2 instance from which the
+  #   request is made. This key is present only when the request comes from an Amazon EC2 instance using an
+  #   IAM role associated with an EC2 instance profile", and may be used as a policy variable
+  #   (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_variables.html); "This key is
+  #   included in the request context whenever the role session is created by an Amazon EC2 instance"
+  #   (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_condition-keys.html#condition-keys-ec2-source-instance-arn).
+  # - "You can use a policy variable for Condition values in any condition that involves the string
+  #   operators" (same variables page), and GetParameter and DeleteParameter on a parameter take
+  #   aws:ResourceTag/${TagKey} (https://docs.aws.amazon.com/service-authorization/latest/reference/list_awssystemsmanager.html).
+  # Without the key, or without the tag, the condition cannot match and the request is denied.
   statement {
     sid       = "ReadAndDeleteOwnJitConfig"
     actions   = ["ssm:GetParameter", "ssm:DeleteParameter"]
+    resources = [local.jit_parameter_arns]
+
+    condition {
+      test     = "StringEquals"
+      variable = "aws:ResourceTag/${local.jit_owner_tag}"
+      values   = ["$${ec2:SourceInstanceARN}"]
+    }
+  }
+
+  # The tag is the access check, so the runner must never move it, even if someone attaches a broader policy
+  # to this role ("consider explicitly denying users the ability to add those tags to or remove them",
+  # Amazon EC2 User Guide, attribute-based access).
+  statement {
+    sid       = "NeverRetagJitConfig"
+    effect    = "Deny"
+    actions   = ["ssm:AddTagsToResource", "ssm:RemoveTagsFromResource", "ssm:PutParameter"]
     resources = [local.jit_parameter_arns]
   }
 

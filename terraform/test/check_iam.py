@@ -11,8 +11,11 @@ as narrow as the design says:
     conditioned on the `sophons:deployment` tag of this deployment;
   * launches only from this deployment's launch templates, instances tagged with the deployment at launch;
   * iam:PassRole only for the runner role, only to EC2, only in create-runner's role;
-  * the runner instance role reads and deletes parameters under /<deployment>/jit/ only (no listing), reads
-    the runner script object (and the optional tarball cache) only, writes the command log group only;
+  * the runner instance role reads and deletes parameters under /<deployment>/jit/ only (no listing), and of
+    those only its own instance's: every GetParameter/DeleteParameter is conditioned on the parameter's
+    owner tag being the calling instance's ARN (StringEquals aws:ResourceTag/sophons:instance-arn =
+    ${ec2:SourceInstanceARN}); it can never tag or write those parameters, and only create-runner tags them;
+    it reads the runner script object (and the optional tarball cache) only, writes the command log group only;
   * each Lambda has its own role, and only the functions that need a secret can read it.
 
 Usage: check_iam.py <terraform-show.json> [--self-test]
@@ -50,6 +53,12 @@ UNSCOPABLE_ACTIONS = {
     "ssmmessages:OpenControlChannel",
     "ssmmessages:OpenDataChannel",
 }
+
+# create-runner tags each JIT parameter with the ARN of its instance (terraform/iam.tf, local.jit_owner_tag);
+# the runner role may touch a JIT parameter only when that tag equals the calling instance's ARN.
+JIT_OWNER_TAG = "sophons:instance-arn"
+CALLING_INSTANCE = "${ec2:SourceInstanceARN}"
+PARAMETER_TAGGING = {"ssm:AddTagsToResource", "ssm:RemoveTagsFromResource"}
 
 # Actions on instances (and spot requests) that must carry the deployment tag condition.
 TAG_CONDITIONED = {
@@ -153,6 +162,22 @@ def condition_values(statement, key):
     return values
 
 
+def own_instance_only(statement):
+    """Whether a statement applies only when the parameter's owner tag is the calling instance's ARN.
+
+    Exactly StringEquals (no ...IfExists, which would pass an untagged parameter; no set operator), on the
+    owner tag (aws: or ssm: prefix), with the calling instance's ARN as the only value.
+    """
+    for operator, conditions in (statement.get("Condition") or {}).items():
+        if operator != "StringEquals":
+            continue
+        for key, value in conditions.items():
+            if key.lower() in (f"aws:resourcetag/{JIT_OWNER_TAG}", f"ssm:resourcetag/{JIT_OWNER_TAG}"):
+                if as_list(value) == [CALLING_INSTANCE]:
+                    return True
+    return False
+
+
 def check(deployment):
     errors = []
     name = deployment.name
@@ -254,11 +279,26 @@ def check(deployment):
                     if parameter == credential and role == f"{name}-autoscaler-lambda":
                         error(role, statement, "the autoscaler must not read the GitHub credential")
 
+    # 7b. Tags on JIT parameters decide which instance reads them: only create-runner may set them, only on
+    # this deployment's JIT parameters, only sophons: keys.
+    jit_arn = re.compile(rf"^arn:aws:ssm:[a-z0-9-]+:\d{{12}}:parameter/{re.escape(name)}/jit/\*$")
+    for role in sorted(all_roles):
+        for statement in deployment.statements(role):
+            if statement.get("Effect") != "Allow":
+                continue
+            for action in set(as_list(statement.get("Action"))) & PARAMETER_TAGGING:
+                resources = as_list(statement.get("Resource"))
+                if role != f"{name}-create-runner-lambda":
+                    error(role, statement, f"{action} outside create-runner's role: the owner tag of a JIT parameter is its access check")
+                elif not all(jit_arn.match(r) for r in resources):
+                    error(role, statement, f"{action} beyond /{name}/jit/*: {resources}")
+                elif condition_values(statement, "aws:TagKeys") != ["sophons:*"]:
+                    error(role, statement, f"{action} not limited to sophons: tag keys")
+
     # 8. The runner instance role, in full.
     runner = deployment.runner_role["name"]
     script_arn = f"arn:aws:s3:::{deployment.bucket}/{deployment.script_key}"
     cache_arn = f"arn:aws:s3:::{deployment.bucket}/actions-runner/*"
-    jit_arn = re.compile(rf"^arn:aws:ssm:[a-z0-9-]+:\d{{12}}:parameter/{re.escape(name)}/jit/\*$")
     log_group = re.compile(rf"^arn:aws:logs:[a-z0-9-]+:\d{{12}}:log-group:{re.escape(deployment.command_log_group)}:\*$")
     if not list(deployment.statements(runner)):
         errors.append(f"the runner role {runner} has no policy")
@@ -280,6 +320,13 @@ def check(deployment):
             elif action in ("ssm:GetParameter", "ssm:DeleteParameter"):
                 if not all(jit_arn.match(r) for r in resources):
                     error(runner, statement, f"{action} beyond /{name}/jit/*: {resources}")
+                if not own_instance_only(statement):
+                    error(
+                        runner,
+                        statement,
+                        f"{action} on any instance's JIT parameter: needs StringEquals "
+                        f"aws:ResourceTag/{JIT_OWNER_TAG} = {CALLING_INSTANCE}",
+                    )
             elif action == "s3:GetObject":
                 if not all(r in (script_arn, cache_arn) for r in resources):
                     error(runner, statement, f"s3:GetObject beyond the runner script: {resources}")
@@ -294,6 +341,16 @@ def check(deployment):
                     error(runner, statement, "kms:Decrypt not limited to SSM")
             else:
                 error(runner, statement, f"unexpected action {action} for the runner instances")
+
+    # 8b. ...and an explicit Deny keeps the owner tags out of the runner's reach even if a broader policy is
+    # attached to its role later.
+    retag_denied = set()
+    for statement in deployment.statements(runner):
+        if statement.get("Effect") == "Deny" and all(jit_arn.match(r) for r in as_list(statement.get("Resource"))):
+            if not statement.get("Condition"):
+                retag_denied |= set(as_list(statement.get("Action")))
+    for action in sorted(PARAMETER_TAGGING - retag_denied):
+        errors.append(f"{runner}: no unconditional Deny of {action} on /{name}/jit/*")
 
     # 9. Resource policies: no wildcard actions, no public Allow.
     for kind, document in deployment.resource_policies:
@@ -326,6 +383,28 @@ def self_test(deployment):
                     statement.pop("Condition", None)
         return edit
 
+    def drop_statement(sid):
+        def edit(statements):
+            statements[:] = [statement for statement in statements if statement.get("Sid") != sid]
+        return edit
+
+    def rename_operator(sid, operator, new_operator):
+        def edit(statements):
+            for statement in statements:
+                if statement.get("Sid") == sid and operator in statement.get("Condition", {}):
+                    statement["Condition"][new_operator] = statement["Condition"].pop(operator)
+        return edit
+
+    def set_condition(sid, operator, key, value):
+        def edit(statements):
+            for statement in statements:
+                if statement.get("Sid") == sid:
+                    conditions = statement.setdefault("Condition", {}).setdefault(operator, {})
+                    for existing in [k for k in conditions if k.lower() == key.lower()]:
+                        del conditions[existing]
+                    conditions[key] = value
+        return edit
+
     cases = {
         "wildcard action": (stop_role, lambda s: s.append({"Effect": "Allow", "Action": "ec2:*", "Resource": "arn:aws:ec2:::instance/x"})),
         "terminate without tag condition": (stop_role, drop_condition("TerminateOwnInstances")),
@@ -345,12 +424,23 @@ def self_test(deployment):
             {"Effect": "Allow", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{deployment.bucket}/*"})),
         "runner lists parameters": (deployment.runner_role["name"], lambda s: s.append(
             {"Effect": "Allow", "Action": "ssm:GetParametersByPath", "Resource": f"arn:aws:ssm:us-east-1:123456789012:parameter/{name}/jit"})),
+        "runner reads any instance's JIT parameter": (deployment.runner_role["name"], drop_condition("ReadAndDeleteOwnJitConfig")),
+        "runner reads an untagged JIT parameter": (deployment.runner_role["name"], rename_operator(
+            "ReadAndDeleteOwnJitConfig", "StringEquals", "StringEqualsIfExists")),
+        "runner reads JIT parameters tagged for another instance": (deployment.runner_role["name"], set_condition(
+            "ReadAndDeleteOwnJitConfig", "StringEquals", f"aws:ResourceTag/{JIT_OWNER_TAG}", "arn:aws:ec2:*")),
+        "runner role without the Deny on retagging": (deployment.runner_role["name"], drop_statement("NeverRetagJitConfig")),
+        "runner retags JIT parameters": (deployment.runner_role["name"], lambda s: s.append(
+            {"Effect": "Allow", "Action": "ssm:AddTagsToResource", "Resource": f"arn:aws:ssm:us-east-1:123456789012:parameter/{name}/jit/*"})),
+        "stop-runner tags JIT parameters": (stop_role, lambda s: s.append(
+            {"Effect": "Allow", "Action": "ssm:AddTagsToResource", "Resource": f"arn:aws:ssm:us-east-1:123456789012:parameter/{name}/jit/*",
+             "Condition": {"ForAllValues:StringLike": {"aws:TagKeys": "sophons:*"}}})),
     }
     failures = []
     for label, (role, edit) in cases.items():
         if not mutated(role, edit):
             failures.append(label)
-    return failures
+    return failures, len(cases)
 
 
 def main(argv):
@@ -365,9 +455,10 @@ def main(argv):
         for line in errors:
             print(f"IAM {deployment.name}: {line}")
         if "--self-test" in argv:
-            missed = self_test(deployment)
+            missed, tried = self_test(deployment)
             for label in missed:
                 print(f"IAM {deployment.name} self-test: the checker did not catch: {label}")
+            print(f"IAM {deployment.name} self-test: {tried - len(missed)} of {tried} broadenings caught")
             errors += missed
         statements = sum(len(list(deployment.statements(role))) for role in deployment.role_policies)
         print(
