@@ -1,12 +1,18 @@
 //! GitHub: is a job still queued, register a just-in-time runner, list and remove runners.
 //! The adapter is octocrab, with a PAT or a GitHub App installation (octocrab mints the JWT,
 //! exchanges it for an installation token and refreshes that before it expires).
+//!
+//! The adapter retries itself rather than through octocrab, because a retried registration must
+//! know that it is one: octocrab's retry resends the generate-jitconfig POST after a 5xx or a lost
+//! answer, and when the first attempt had registered the runner the retry meets 409 for our own
+//! name. Here, a 409 after an unanswered attempt of ours removes that runner and registers again.
 
 use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use octocrab::Octocrab;
+use octocrab::service::middleware::retry::RetryConfig;
 use serde::Deserialize;
 
 use crate::config::{GithubConfig, Scope};
@@ -80,6 +86,12 @@ pub enum GithubError {
     Unauthorized(String),
     #[error("GitHub rejected the request: {0}")]
     Rejected(String),
+    /// GitHub's 422 to deleting a runner that is running a job. GitHub removes a JIT runner
+    /// itself when its one job ends, so this is not lost: try again later, or leave it.
+    #[error(
+        "GitHub refused to remove a runner that is running a job: {0}. GitHub removes a JIT runner itself when its job ends"
+    )]
+    Busy(String),
     #[error("GitHub is unreachable or failing: {0}")]
     Unavailable(String),
 }
@@ -101,7 +113,7 @@ pub trait Github: Send + Sync {
         runner_group_id: u64,
     ) -> Result<JitConfig, GithubError>;
     async fn runners(&self, scope: &RunnerScope) -> Result<Vec<Runner>, GithubError>;
-    /// Removes a runner; one already gone is not an error.
+    /// Removes a runner; one already gone is not an error, one running a job is `Busy`.
     async fn remove_runner(&self, scope: &RunnerScope, runner_id: u64) -> Result<(), GithubError>;
 }
 
@@ -127,6 +139,8 @@ impl OctocrabGithub {
     /// Reads the credential the config names (once per cold start) and builds the client.
     pub async fn connect(github: &GithubConfig, secrets: &dyn Secrets) -> Result<Self, GithubSetupError> {
         let builder = Octocrab::builder()
+            // The adapter retries itself (see the module's comment).
+            .add_retry_config(RetryConfig::None)
             .base_uri(github.api_url.as_str())
             .map_err(|_| GithubSetupError::ApiUrl(github.api_url.clone()))?
             .set_connect_timeout(Some(Duration::from_secs(5)))
@@ -152,6 +166,95 @@ impl OctocrabGithub {
             (None, None) => return Err(GithubSetupError::Client("the config names no credential".into())),
         };
         Ok(Self { client })
+    }
+}
+
+/// Attempts per call: GitHub's 5xx and dropped connections are usually gone on the next one.
+const ATTEMPTS: u32 = 3;
+/// Pause before trying again after a 5xx or a lost answer, doubled each time.
+const BACKOFF: Duration = Duration::from_millis(100);
+/// The longest a call waits in all for GitHub's `retry-after`. A Lambda must not sleep long; a
+/// longer wait is `RateLimited`, and the job waits in its queue instead, which costs nothing.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(2);
+
+/// What a failed attempt says about trying again.
+enum Next {
+    /// A 5xx, or no answer at all: GitHub may have done the work, and may do it next time.
+    Unanswered,
+    /// A rate limit that says when to come back (GitHub did nothing).
+    RetryAfter(Duration),
+    /// The same request would meet the same answer.
+    Stop,
+}
+
+fn next_after(error: &octocrab::Error) -> Next {
+    match error {
+        octocrab::Error::GitHub { source, .. } => {
+            let status = source.status_code.as_u16();
+            let retry_after = source
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("retry-after"))
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            match (status, retry_after) {
+                (500.., _) => Next::Unanswered,
+                (403 | 429, Some(seconds)) => Next::RetryAfter(Duration::from_secs(seconds)),
+                _ => Next::Stop,
+            }
+        }
+        // Transport failures and timeouts: the request may have reached GitHub.
+        octocrab::Error::Hyper { .. } | octocrab::Error::Service { .. } => Next::Unanswered,
+        _ => Next::Stop,
+    }
+}
+
+/// A call's last error, and whether an earlier attempt of it went unanswered, so that GitHub may
+/// have carried it out.
+struct Failed {
+    error: octocrab::Error,
+    after_unanswered: bool,
+}
+
+impl Failed {
+    fn status(&self) -> Option<u16> {
+        match &self.error {
+            octocrab::Error::GitHub { source, .. } => Some(source.status_code.as_u16()),
+            _ => None,
+        }
+    }
+}
+
+/// Runs `attempt` up to `ATTEMPTS` times while GitHub's answer says another try may succeed.
+async fn with_retries<T, F, Fut>(mut attempt: F) -> Result<T, Failed>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, octocrab::Error>>,
+{
+    let (mut attempts, mut waited, mut after_unanswered) = (0, Duration::ZERO, false);
+    loop {
+        attempts += 1;
+        let error = match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(error) => error,
+        };
+        let pause = match next_after(&error) {
+            Next::Unanswered if attempts < ATTEMPTS => {
+                after_unanswered = true;
+                BACKOFF * 2u32.pow(attempts - 1)
+            }
+            Next::RetryAfter(wait) if attempts < ATTEMPTS && waited + wait <= MAX_RETRY_AFTER => {
+                waited += wait;
+                wait
+            }
+            _ => {
+                return Err(Failed {
+                    error,
+                    after_unanswered,
+                });
+            }
+        };
+        tokio::time::sleep(pause).await;
     }
 }
 
@@ -204,15 +307,67 @@ struct RunnersPage {
     runners: Vec<Runner>,
 }
 
+impl OctocrabGithub {
+    async fn generate_jitconfig(&self, scope: &RunnerScope, body: &serde_json::Value) -> Result<JitResponse, Failed> {
+        let route = format!("{}/generate-jitconfig", scope.path());
+        with_retries(|| self.client.post(&route, Some(body))).await
+    }
+
+    /// Every runner of `scope` (named `name`, when given), read across pages.
+    async fn list(&self, scope: &RunnerScope, name: Option<&str>) -> Result<Vec<Runner>, GithubError> {
+        let filter = name.map(|n| format!("&name={}", query_encode(n))).unwrap_or_default();
+        let mut runners = Vec::new();
+        for page in 1.. {
+            let route = format!("{}?per_page=100&page={page}{filter}", scope.path());
+            let response: RunnersPage = with_retries(|| self.client.get(&route, None::<&()>))
+                .await
+                .map_err(|failed| classify("runner list", failed.error))?;
+            let done = response.runners.is_empty()
+                || runners.len() as u64 + response.runners.len() as u64 >= response.total_count;
+            runners.extend(response.runners);
+            if done {
+                break;
+            }
+        }
+        Ok(runners)
+    }
+
+    /// Removes the runner named `name` that an unanswered registration of ours left behind. It
+    /// never ran (its JIT config never reached an instance), so one that is online or busy was
+    /// started by someone else's config, and stays.
+    async fn remove_unanswered_registration(&self, scope: &RunnerScope, name: &str) -> Result<(), GithubError> {
+        let found = self.list(scope, Some(name)).await?.into_iter().find(|r| r.name == name);
+        match found {
+            None => Ok(()),
+            Some(runner) if runner.busy || runner.status != "offline" => Err(GithubError::Conflict(format!(
+                "runner `{name}` exists and is {}{}: it is not the registration whose answer was lost",
+                runner.status,
+                if runner.busy { " and busy" } else { "" }
+            ))),
+            Some(runner) => self.remove_runner(scope, runner.id).await,
+        }
+    }
+}
+
+/// Percent-encodes a query value (runner names are letters, digits, `-`, `_` and `.`, but a
+/// name is data).
+fn query_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 #[async_trait]
 impl Github for OctocrabGithub {
     async fn job_status(&self, repository: &str, job_id: u64) -> Result<JobStatus, GithubError> {
         let route = format!("/repos/{repository}/actions/jobs/{job_id}");
-        let job: JobResponse = self
-            .client
-            .get(route, None::<&()>)
+        let job: JobResponse = with_retries(|| self.client.get(&route, None::<&()>))
             .await
-            .map_err(|e| classify(&format!("job {job_id} of {repository}"), e))?;
+            .map_err(|failed| classify(&format!("job {job_id} of {repository}"), failed.error))?;
         Ok(match job.status.as_str() {
             "queued" => JobStatus::Queued,
             _ => JobStatus::Other(job.status),
@@ -232,11 +387,24 @@ impl Github for OctocrabGithub {
             "labels": labels,
             "work_folder": "_work",
         });
-        let response: JitResponse = self
-            .client
-            .post(format!("{}/generate-jitconfig", scope.path()), Some(&body))
-            .await
-            .map_err(|e| classify(&format!("runner registration `{name}`"), e))?;
+        let what = format!("runner registration `{name}`");
+        let response = match self.generate_jitconfig(scope, &body).await {
+            // A 409 on the first attempt is another handler's runner; after an attempt of ours
+            // that went unanswered, it is most likely ours, which GitHub registered without
+            // telling us. Its JIT config is lost with the answer, so it is removed and made again.
+            Err(failed) if failed.status() == Some(409) && failed.after_unanswered => {
+                tracing::warn!(
+                    runner_name = name,
+                    "GitHub has runner `{name}` after a registration attempt that went unanswered; \
+                     removing it and registering again"
+                );
+                self.remove_unanswered_registration(scope, name).await?;
+                self.generate_jitconfig(scope, &body)
+                    .await
+                    .map_err(|failed| classify(&what, failed.error))?
+            }
+            other => other.map_err(|failed| classify(&what, failed.error))?,
+        };
         Ok(JitConfig {
             runner_id: response.runner.id,
             encoded: response.encoded_jit_config,
@@ -244,38 +412,26 @@ impl Github for OctocrabGithub {
     }
 
     async fn runners(&self, scope: &RunnerScope) -> Result<Vec<Runner>, GithubError> {
-        let mut runners = Vec::new();
-        for page in 1.. {
-            let route = format!("{}?per_page=100&page={page}", scope.path());
-            let response: RunnersPage = self
-                .client
-                .get(route, None::<&()>)
-                .await
-                .map_err(|e| classify("runner list", e))?;
-            let done = response.runners.is_empty()
-                || runners.len() as u64 + response.runners.len() as u64 >= response.total_count;
-            runners.extend(response.runners);
-            if done {
-                break;
-            }
-        }
-        Ok(runners)
+        self.list(scope, None).await
     }
 
     async fn remove_runner(&self, scope: &RunnerScope, runner_id: u64) -> Result<(), GithubError> {
         let route = format!("{}/{runner_id}", scope.path());
         let what = format!("runner {runner_id}");
-        let response = self
-            .client
-            ._delete(route, None::<&()>)
-            .await
-            .map_err(|e| classify(&what, e))?;
-        match octocrab::map_github_error(response).await {
+        let deleted = with_retries(|| async {
+            let response = self.client._delete(route.as_str(), None::<&()>).await?;
+            octocrab::map_github_error(response).await
+        })
+        .await;
+        match deleted {
             Ok(_) => Ok(()),
-            Err(error) => match classify(&what, error) {
-                GithubError::NotFound(_) => Ok(()),
-                other => Err(other),
-            },
+            // Gone already, or removed by an attempt whose answer was lost.
+            Err(failed) if failed.status() == Some(404) => Ok(()),
+            Err(Failed {
+                error: octocrab::Error::GitHub { source, .. },
+                ..
+            }) if source.status_code == 422 => Err(GithubError::Busy(format!("{what}: {}", source.message))),
+            Err(failed) => Err(classify(&what, failed.error)),
         }
     }
 }

@@ -1,5 +1,8 @@
 //! The octocrab adapter against the fake GitHub over real HTTP: PAT and App auth, org and repo
-//! scope, job status, runner removal, 5xx and rate-limit answers.
+//! scope, job status, runner removal, 5xx and rate-limit answers, and GitHub's bad days: a retried
+//! registration meeting its own first attempt, busy runners, pages, secondary rate limits.
+
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sophons_core::config::{AppConfig, GithubConfig, Scope};
@@ -101,7 +104,7 @@ async fn server_errors_and_rate_limits_are_told_apart_from_refusals() {
     let fake = FakeGithub::start().await;
     let github = pat_client(&fake).await;
     fake.set_job_status("my-org/app", 1, "queued");
-    // octocrab retries a 5xx itself; one that persists is "unavailable".
+    // The adapter retries a 5xx; one that persists is "unavailable".
     fake.fail_next("/actions/jobs/1", 10, 502, vec![], json!({"message": "Bad Gateway"}));
     assert!(matches!(
         github.job_status("my-org/app", 1).await,
@@ -124,7 +127,8 @@ async fn server_errors_and_rate_limits_are_told_apart_from_refusals() {
         matches!(&limited, Err(e @ GithubError::RateLimited(_)) if e.is_retryable()),
         "{limited:?}"
     );
-    // octocrab itself retries a 429 a few times; one that persists is "rate limited".
+    // A 429 with a short retry-after is waited for, up to 2 s in all; one that persists is
+    // "rate limited".
     fake.fail_next(
         "generate-jitconfig",
         10,
@@ -211,4 +215,214 @@ async fn an_app_key_that_is_not_pem_fails_the_cold_start_clearly() {
     });
     let error = OctocrabGithub::connect(&config, &secrets).await.err().expect("refused");
     assert!(error.to_string().contains("`/k`"), "{error}");
+}
+
+#[tokio::test]
+async fn a_retried_registration_that_meets_its_own_first_attempt_registers_again() {
+    let fake = FakeGithub::start().await;
+    let github = pat_client(&fake).await;
+    let org = RunnerScope::Org("my-org".into());
+    // GitHub registers the runner, then the answer fails on its way back; the retry meets 409.
+    fake.fail_after_success_next("generate-jitconfig", 502);
+    let jit = github
+        .register_runner(&org, "sophons-i-0abc", &labels(), 1)
+        .await
+        .expect("the runner is ours: removed and registered again");
+    let runners = fake.runners();
+    assert_eq!(runners.len(), 1, "{runners:?}");
+    assert_eq!(
+        (runners[0].id, runners[0].name.as_str()),
+        (jit.runner_id, "sophons-i-0abc")
+    );
+    assert!(jit.encoded.starts_with(&format!("fakejit-{}-", jit.runner_id)));
+    let posts = fake.requests_to("POST", "/generate-jitconfig").len();
+    let deletes = fake.requests_to("DELETE", "/orgs/my-org/actions/runners/1000").len();
+    assert_eq!(
+        (posts, deletes),
+        (3, 1),
+        "502, 409, then 201 after removing runner 1000"
+    );
+}
+
+#[tokio::test]
+async fn a_registration_whose_answer_was_lost_registers_again() {
+    let fake = FakeGithub::start().await;
+    let github = pat_client(&fake).await;
+    let org = RunnerScope::Org("my-org".into());
+    fake.lose_answer_after_success_next("generate-jitconfig");
+    let jit = github
+        .register_runner(&org, "sophons-i-0abc", &labels(), 1)
+        .await
+        .expect("a lost answer is retried, and the retry's 409 is ours");
+    assert_eq!(
+        fake.runners().iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![jit.runner_id]
+    );
+}
+
+#[tokio::test]
+async fn a_conflict_on_the_first_attempt_is_another_handlers_runner() {
+    let fake = FakeGithub::start().await;
+    let github = pat_client(&fake).await;
+    let org = RunnerScope::Org("my-org".into());
+    let theirs = github
+        .register_runner(&org, "sophons-i-0abc", &labels(), 1)
+        .await
+        .unwrap();
+    let again = github.register_runner(&org, "sophons-i-0abc", &labels(), 1).await;
+    assert!(
+        matches!(&again, Err(GithubError::Conflict(m)) if m.contains("409")),
+        "{again:?}"
+    );
+    assert_eq!(
+        fake.runners().iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![theirs.runner_id]
+    );
+    assert!(
+        fake.requests_to("DELETE", "").is_empty(),
+        "another handler's runner is left alone"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_that_meets_a_runner_already_at_work_leaves_it_alone() {
+    let fake = FakeGithub::start().await;
+    let github = pat_client(&fake).await;
+    let org = RunnerScope::Org("my-org".into());
+    // Another handler's runner of this name is online; our first attempt fails with a 502 that
+    // GitHub answered without doing anything, and the retry meets the other runner.
+    let theirs = github
+        .register_runner(&org, "sophons-i-0abc", &labels(), 1)
+        .await
+        .unwrap();
+    fake.set_runner_status(theirs.runner_id, "online", false);
+    fake.fail_next("generate-jitconfig", 1, 502, vec![], json!({"message": "Server Error"}));
+    let again = github.register_runner(&org, "sophons-i-0abc", &labels(), 1).await;
+    assert!(
+        matches!(&again, Err(GithubError::Conflict(m)) if m.contains("online")),
+        "{again:?}"
+    );
+    assert_eq!(fake.runners().len(), 1);
+    assert!(fake.requests_to("DELETE", "").is_empty());
+}
+
+#[tokio::test]
+async fn deleting_a_busy_runner_is_refused_not_lost() {
+    let fake = FakeGithub::start().await;
+    let github = pat_client(&fake).await;
+    let org = RunnerScope::Org("my-org".into());
+    let jit = github
+        .register_runner(&org, "sophons-i-0abc", &labels(), 1)
+        .await
+        .unwrap();
+    fake.set_runner_status(jit.runner_id, "online", true);
+    let refused = github.remove_runner(&org, jit.runner_id).await;
+    assert!(
+        matches!(&refused, Err(e @ GithubError::Busy(m)) if m.contains("still running a job") && !e.is_retryable()),
+        "{refused:?}"
+    );
+    assert_eq!(fake.runners().len(), 1);
+    assert_eq!(fake.requests_to("DELETE", "").len(), 1, "a 422 is not retried");
+    // When the job ends, GitHub removes the JIT runner itself; removing it then is no error.
+    fake.runner_finished(jit.runner_id);
+    github.remove_runner(&org, jit.runner_id).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_removal_whose_answer_failed_is_done() {
+    let fake = FakeGithub::start().await;
+    let github = pat_client(&fake).await;
+    let org = RunnerScope::Org("my-org".into());
+    let jit = github
+        .register_runner(&org, "sophons-i-0abc", &labels(), 1)
+        .await
+        .unwrap();
+    fake.fail_after_success_next("/actions/runners/", 502);
+    github.remove_runner(&org, jit.runner_id).await.unwrap();
+    assert!(fake.runners().is_empty());
+    assert_eq!(fake.requests_to("DELETE", "").len(), 2, "502, then 404: gone");
+}
+
+#[tokio::test]
+async fn runner_lists_are_read_across_pages() {
+    let fake = FakeGithub::start().await;
+    let github = pat_client(&fake).await;
+    let org = RunnerScope::Org("my-org".into());
+    fake.set_short_jit_configs(true);
+    for i in 0..205 {
+        github
+            .register_runner(&org, &format!("sophons-i-{i:03}"), &labels(), 1)
+            .await
+            .unwrap();
+    }
+    let listed = github.runners(&org).await.unwrap();
+    assert_eq!(listed.len(), 205);
+    assert_eq!(listed[204].name, "sophons-i-204");
+    let pages: Vec<String> = fake
+        .requests_to("GET", "/orgs/my-org/actions/runners")
+        .into_iter()
+        .map(|r| r.query)
+        .collect();
+    assert_eq!(
+        pages,
+        ["per_page=100&page=1", "per_page=100&page=2", "per_page=100&page=3"],
+        "100 a page, GitHub's most"
+    );
+}
+
+#[tokio::test]
+async fn a_secondary_rate_limit_with_retry_after_is_rate_limited() {
+    let fake = FakeGithub::start().await;
+    let github = pat_client(&fake).await;
+    fake.set_job_status("my-org/app", 1, "queued");
+    fake.secondary_rate_limit_next("/actions/jobs/1", 1, 403, Some(60));
+    let started = Instant::now();
+    let limited = github.job_status("my-org/app", 1).await;
+    assert!(
+        matches!(&limited, Err(e @ GithubError::RateLimited(m)) if e.is_retryable() && m.contains("secondary")),
+        "{limited:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a Lambda does not sleep for a minute"
+    );
+    assert_eq!(
+        fake.requests_to("GET", "/actions/jobs/1").len(),
+        1,
+        "no retry before retry-after"
+    );
+    fake.secondary_rate_limit_next("generate-jitconfig", 1, 429, None);
+    let limited = github
+        .register_runner(&RunnerScope::Org("my-org".into()), "r", &labels(), 1)
+        .await;
+    assert!(matches!(limited, Err(GithubError::RateLimited(_))), "{limited:?}");
+    assert!(fake.runners().is_empty());
+}
+
+#[tokio::test]
+async fn a_short_retry_after_is_waited_for_and_the_call_goes_through() {
+    let fake = FakeGithub::start().await;
+    let github = pat_client(&fake).await;
+    fake.set_job_status("my-org/app", 1, "queued");
+    fake.secondary_rate_limit_next("/actions/jobs/1", 1, 429, Some(1));
+    let started = Instant::now();
+    assert_eq!(github.job_status("my-org/app", 1).await.unwrap(), JobStatus::Queued);
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert_eq!(fake.requests_to("GET", "/actions/jobs/1").len(), 2);
+}
+
+#[tokio::test]
+async fn jit_configs_are_larger_than_a_standard_parameter() {
+    let fake = FakeGithub::start().await;
+    let github = pat_client(&fake).await;
+    let jit = github
+        .register_runner(&RunnerScope::Org("my-org".into()), "sophons-i-0abc", &labels(), 1)
+        .await
+        .unwrap();
+    // SSM's Standard tier holds 4,096 characters; GitHub's JIT configs no longer fit.
+    assert!(
+        (4_097..=testkit::github::JIT_CONFIG_MAX_SIZE).contains(&jit.encoded.len()),
+        "{}",
+        jit.encoded.len()
+    );
 }

@@ -2,6 +2,13 @@
 //! rate-limit handling, JSON models) runs exactly as it does against api.github.com. It covers the
 //! calls sophons makes: App installation tokens, job status, JIT runner registration, runner list
 //! and removal. Tests steer it with setters and read back every request it saw.
+//!
+//! It answers as GitHub does on a bad day, by default: JIT configs are over 4 KB and grow with the
+//! runner's name and labels; a second registration of a name is 409, including the retry of a POST
+//! whose first attempt succeeded; deleting a busy runner is 422; runner lists come in pages of at
+//! most 100 (30 unless asked) with `Link` headers. Faults (5xx, lost answers, rate limits) are
+//! opt-in per test; the two kind defaults can be switched off (`set_short_jit_configs`,
+//! `set_busy_runners_deletable`) by a test about something else.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -45,6 +52,22 @@ struct Fault {
     body: Value,
 }
 
+/// What becomes of a request that was carried out: its answer replaced by a 5xx, or lost.
+enum AfterSuccess {
+    Status(u16),
+    Lost,
+}
+
+struct AfterFault {
+    path_contains: String,
+    then: AfterSuccess,
+}
+
+/// The size GitHub's JIT configs had in 2025 for a short name and a few labels (they passed 4 KB,
+/// the SSM Standard tier's limit), and the most one is made to reach here.
+pub const JIT_CONFIG_BASE_SIZE: usize = 4_600;
+pub const JIT_CONFIG_MAX_SIZE: usize = 6_144;
+
 #[derive(Default)]
 struct Inner {
     pat: Option<String>,
@@ -57,7 +80,10 @@ struct Inner {
     jit_calls: u64,
     requests: Vec<Recorded>,
     faults: Vec<Fault>,
+    after_faults: Vec<AfterFault>,
     latency: Duration,
+    short_jit_configs: bool,
+    busy_runners_deletable: bool,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -132,6 +158,23 @@ impl FakeGithub {
         self.lock().runners.clear();
     }
 
+    /// Plays GitHub's side when a JIT runner's one job ends: the runner is removed. Unknown ids
+    /// are ignored.
+    pub fn runner_finished(&self, runner_id: u64) {
+        self.lock().runners.retain(|r| r.id != runner_id);
+    }
+
+    /// `true` makes JIT configs `fakejit-<runner id>-<serial>` alone, as short as the fakes of old;
+    /// by default they are 4.6–6 KB like GitHub's.
+    pub fn set_short_jit_configs(&self, short: bool) {
+        self.lock().short_jit_configs = short;
+    }
+
+    /// `true` lets a busy runner be deleted; by default GitHub's 422 "still running a job".
+    pub fn set_busy_runners_deletable(&self, deletable: bool) {
+        self.lock().busy_runners_deletable = deletable;
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         self.lock().requests.clone()
     }
@@ -174,6 +217,40 @@ impl FakeGithub {
         });
     }
 
+    /// The next request whose path contains `path_contains` and succeeds is carried out (a runner
+    /// registered, deleted...), then answered with `status` instead, as a gateway does when GitHub
+    /// did the work but the answer failed on the way back. A client that retries meets its own
+    /// first attempt: a second registration of the name is 409.
+    pub fn fail_after_success_next(&self, path_contains: &str, status: u16) {
+        self.lock().after_faults.push(AfterFault {
+            path_contains: path_contains.into(),
+            then: AfterSuccess::Status(status),
+        });
+    }
+
+    /// Like `fail_after_success_next`, but the answer is lost: the status line and headers of the
+    /// success arrive, then the connection closes before the body (a reset or a timeout, as the
+    /// client sees it).
+    pub fn lose_answer_after_success_next(&self, path_contains: &str) {
+        self.lock().after_faults.push(AfterFault {
+            path_contains: path_contains.into(),
+            then: AfterSuccess::Lost,
+        });
+    }
+
+    /// The next `times` requests whose path contains `path_contains` meet a secondary rate limit:
+    /// `status` 403 or 429 with GitHub's message, and `retry-after: <seconds>` when given.
+    pub fn secondary_rate_limit_next(&self, path_contains: &str, times: usize, status: u16, retry_after: Option<u64>) {
+        let headers = retry_after
+            .map(|seconds| vec![("retry-after".to_string(), seconds.to_string())])
+            .unwrap_or_default();
+        let body = json!({
+            "message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
+            "documentation_url": "https://docs.github.com/rest/using-the-rest-api/rate-limits-for-the-rest-api#about-secondary-rate-limits",
+        });
+        self.fail_next(path_contains, times, status, headers, body);
+    }
+
     /// Delays every answer, to model GitHub's round trip in benchmarks.
     pub fn set_latency(&self, latency: Duration) {
         self.lock().latency = latency;
@@ -211,12 +288,41 @@ async fn handle(State(shared): State<Shared>, method: Method, uri: Uri, headers:
     if let Some(fault) = take_fault(&mut inner, uri.path()) {
         return fault;
     }
+    let response = route(&mut inner, method, &uri, host, authorization.as_deref(), &body);
+    if !response.status().is_success() {
+        return response;
+    }
+    let Some(index) = inner
+        .after_faults
+        .iter()
+        .position(|f| uri.path().contains(&f.path_contains))
+    else {
+        return response;
+    };
+    match inner.after_faults.remove(index).then {
+        AfterSuccess::Status(status) => answer(status, json!({"message": "Server Error"})),
+        AfterSuccess::Lost => {
+            // A body that fails on its first frame: hyper closes the connection mid-answer, so
+            // the client has at most the status line and loses the rest.
+            let failing = http_body_util::Limited::new(http_body_util::Full::new(Bytes::from(vec![b' '; 4096])), 1);
+            let (parts, _) = response.into_parts();
+            Response::from_parts(parts, Body::new(failing))
+        }
+    }
+}
+
+fn route(
+    inner: &mut Inner,
+    method: Method,
+    uri: &Uri,
+    host: Option<&str>,
+    authorization: Option<&str>,
+    body: &Value,
+) -> Response {
     let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
-    let bearer = authorization
-        .as_deref()
-        .and_then(|a| a.strip_prefix("Bearer ").or_else(|| a.strip_prefix("token ")));
+    let bearer = authorization.and_then(|a| a.strip_prefix("Bearer ").or_else(|| a.strip_prefix("token ")));
     if let (&Method::POST, ["app", "installations", id, "access_tokens"]) = (&method, segments.as_slice()) {
-        return installation_token(&mut inner, id, bearer);
+        return installation_token(inner, id, bearer);
     }
     let accepted =
         bearer.is_some_and(|t| inner.pat.as_deref() == Some(t) || inner.installation_tokens.iter().any(|i| i == t));
@@ -228,13 +334,13 @@ async fn handle(State(shared): State<Shared>, method: Method, uri: Uri, headers:
         ["orgs", org, "actions", "runners", rest @ ..] => (format!("org:{org}"), rest),
         ["repos", owner, repo, "actions", "runners", rest @ ..] => (format!("repo:{owner}/{repo}"), rest),
         ["repos", owner, repo, "actions", "jobs", id] if method == Method::GET => {
-            return job(&inner, &format!("{owner}/{repo}"), id);
+            return job(inner, &format!("{owner}/{repo}"), id);
         }
         _ => return not_found(),
     };
     match (method, rest) {
-        (Method::POST, ["generate-jitconfig"]) => generate_jitconfig(&mut inner, scope, &body),
-        (Method::GET, []) => list_runners(&inner, &scope, &uri, host),
+        (Method::POST, ["generate-jitconfig"]) => generate_jitconfig(inner, scope, body),
+        (Method::GET, []) => list_runners(inner, &scope, uri, host),
         (Method::GET, [id]) => match inner
             .runners
             .iter()
@@ -244,13 +350,26 @@ async fn handle(State(shared): State<Shared>, method: Method, uri: Uri, headers:
             None => not_found(),
         },
         (Method::DELETE, [id]) => {
-            let before = inner.runners.len();
-            inner.runners.retain(|r| !(r.scope == scope && id == &r.id.to_string()));
-            if inner.runners.len() < before {
-                empty(204)
-            } else {
-                not_found()
+            let Some(index) = inner
+                .runners
+                .iter()
+                .position(|r| r.scope == scope && id == &r.id.to_string())
+            else {
+                return not_found();
+            };
+            let runner = &inner.runners[index];
+            if runner.busy && !inner.busy_runners_deletable {
+                // GitHub's answer, as clients log it: 422 `Bad request - Runner "x" is still running a job`.
+                return answer(
+                    422,
+                    json!({
+                        "message": format!("Bad request - Runner \"{}\" is still running a job", runner.name),
+                        "documentation_url": "https://docs.github.com/rest/actions/self-hosted-runners#delete-a-self-hosted-runner-from-an-organization",
+                    }),
+                );
             }
+            inner.runners.remove(index);
+            empty(204)
         }
         _ => not_found(),
     }
@@ -372,11 +491,48 @@ fn generate_jitconfig(inner: &mut Inner, scope: String, body: &Value) -> Respons
     };
     inner.next_runner_id += 1;
     inner.jit_calls += 1;
-    // Opaque like the real one, but carrying the runner id so a test can tell which runner it is for.
-    let encoded = format!("fakejit-{}-{}", runner.id, inner.jit_calls);
+    let encoded = jit_config(&runner, inner.jit_calls, inner.short_jit_configs);
     let answer_body = json!({"runner": runner_json(&runner), "encoded_jit_config": encoded});
     inner.runners.push(runner);
     answer(201, answer_body)
+}
+
+/// Opaque like the real one, but starting `fakejit-<runner id>-<serial>-` so a test can tell which
+/// runner it is for. GitHub's is base64 of a document that holds the runner's name and labels
+/// (themselves base64 inside it), so it grows by about two characters for each of theirs.
+fn jit_config(runner: &Runner, serial: u64, short: bool) -> String {
+    let prefix = format!("fakejit-{}-{serial}", runner.id);
+    if short {
+        return prefix;
+    }
+    let grows_with = runner.name.len() + runner.labels.iter().map(|l| l.len() + 3).sum::<usize>();
+    let size = (JIT_CONFIG_BASE_SIZE + 2 * grows_with).min(JIT_CONFIG_MAX_SIZE);
+    let document = json!({"name": runner.name, "labels": runner.labels, "id": runner.id}).to_string();
+    let filler = base64_encode(document.as_bytes());
+    let mut encoded = format!("{prefix}-");
+    while encoded.len() < size {
+        encoded.push_str(&filler);
+    }
+    encoded.truncate(size);
+    encoded
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    while !out.len().is_multiple_of(4) {
+        out.push('=');
+    }
+    out
 }
 
 fn list_runners(inner: &Inner, scope: &str, uri: &Uri, host: Option<&str>) -> Response {
@@ -397,16 +553,28 @@ fn list_runners(inner: &Inner, scope: &str, uri: &Uri, host: Option<&str>) -> Re
         .map(|r| runner_json(r))
         .collect();
     let mut response = answer(200, json!({"total_count": matching.len(), "runners": runners}));
-    // Clients that page by following `Link` (octocrab's `Page`) need it, as GitHub sends it.
-    if page * per_page < matching.len() {
-        let name = name.map(|n| format!("&name={n}")).unwrap_or_default();
-        let link = format!(
-            "<http://{}{}?per_page={per_page}&page={}{name}>; rel=\"next\"",
+    // Clients that page by following `Link` (octocrab's `Page`) need it, as GitHub sends it:
+    // `next` and `last` while there are more pages, `prev` and `first` after the first.
+    let last = matching.len().div_ceil(per_page).max(1);
+    let name = name.map(|n| format!("&name={n}")).unwrap_or_default();
+    let url = |page: usize| {
+        format!(
+            "<http://{}{}?per_page={per_page}&page={page}{name}>",
             host.unwrap_or("127.0.0.1"),
-            uri.path(),
-            page + 1
-        );
-        response.headers_mut().insert("link", link.parse().unwrap());
+            uri.path()
+        )
+    };
+    let mut links = Vec::new();
+    if page < last {
+        links.push(format!("{}; rel=\"next\"", url(page + 1)));
+        links.push(format!("{}; rel=\"last\"", url(last)));
+    }
+    if page > 1 {
+        links.push(format!("{}; rel=\"prev\"", url(page - 1)));
+        links.push(format!("{}; rel=\"first\"", url(1)));
+    }
+    if !links.is_empty() {
+        response.headers_mut().insert("link", links.join(", ").parse().unwrap());
     }
     response
 }
@@ -517,6 +685,30 @@ mod tests {
         )
     }
 
+    /// The status, if it arrived, and the body read until the connection closed.
+    async fn lossy_exchange(method: &str, url: &str, auth: Option<&str>, body: Option<Value>) -> (Option<u16>, String) {
+        let rest = url.strip_prefix("http://").unwrap();
+        let (host, path) = rest.split_at(rest.find('/').unwrap());
+        let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        let _ = stream.read_to_end(&mut raw).await;
+        let raw = String::from_utf8_lossy(&raw);
+        let status = raw.get(9..12).and_then(|s| s.parse().ok());
+        let body = raw
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
     async fn http(method: &str, url: &str, auth: Option<&str>, body: Option<Value>) -> (u16, Value) {
         let (status, _, body) = exchange(method, url, auth, body).await;
         (status, body)
@@ -600,11 +792,137 @@ mod tests {
         assert_eq!(body["runners"][0]["busy"], true);
         let other_scope = format!("{}/repos/acme/app/actions/runners/1001", github.url());
         assert_eq!(http("DELETE", &other_scope, PAT, None).await.0, 404);
+        github.set_runner_status(1001, "offline", false);
         assert_eq!(http("DELETE", &format!("{base}/1001"), PAT, None).await.0, 204);
         assert_eq!(http("DELETE", &format!("{base}/1001"), PAT, None).await.0, 404);
         assert_eq!(github.runners().len(), 2);
         github.remove_all_runners();
         assert_eq!(http("GET", &base, PAT, None).await.1["total_count"], 0);
+    }
+
+    #[tokio::test]
+    async fn jit_configs_are_larger_than_a_standard_parameter_and_grow_with_name_and_labels() {
+        let github = started().await;
+        let url = format!("{}/orgs/acme/actions/runners/generate-jitconfig", github.url());
+        let (_, short) = http("POST", &url, PAT, jit("r", &["x"])).await;
+        let short = short["encoded_jit_config"].as_str().unwrap().to_string();
+        assert!(short.starts_with("fakejit-1000-1-"), "{}", &short[..20]);
+        assert!((4_097..=JIT_CONFIG_MAX_SIZE).contains(&short.len()), "{}", short.len());
+        let labels: Vec<String> = (0..10).map(|i| format!("label-{i}")).collect();
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let name = "sophons-production-i-0123456789abcdef0";
+        let (_, long) = http("POST", &url, PAT, jit(name, &labels)).await;
+        let long = long["encoded_jit_config"].as_str().unwrap();
+        assert!(long.len() > short.len() + 100, "{} vs {}", long.len(), short.len());
+        let many: Vec<String> = (0..100).map(|i| format!("a-rather-long-label-{i}")).collect();
+        let body = json!({"name": "r-many", "runner_group_id": 1, "labels": many});
+        let (_, capped) = http("POST", &url, PAT, Some(body)).await;
+        assert_eq!(
+            capped["encoded_jit_config"].as_str().unwrap().len(),
+            JIT_CONFIG_MAX_SIZE
+        );
+        github.set_short_jit_configs(true);
+        let (_, compact) = http("POST", &url, PAT, jit("r-short", &["x"])).await;
+        assert_eq!(compact["encoded_jit_config"], "fakejit-1003-4");
+    }
+
+    #[tokio::test]
+    async fn a_registration_carried_out_then_failed_meets_its_own_name_on_retry() {
+        let github = started().await;
+        let url = format!("{}/orgs/acme/actions/runners/generate-jitconfig", github.url());
+        github.fail_after_success_next("generate-jitconfig", 502);
+        let (status, _) = http("POST", &url, PAT, jit("r-1", &["x"])).await;
+        assert_eq!(status, 502);
+        assert_eq!(github.runners().len(), 1, "the failed answer hid a registration");
+        let (status, body) = http("POST", &url, PAT, jit("r-1", &["x"])).await;
+        assert_eq!(status, 409);
+        assert_eq!(
+            body["message"],
+            "Already exists - A runner with the name r-1 already exists."
+        );
+        // The fault was used up; other names register as usual.
+        assert_eq!(http("POST", &url, PAT, jit("r-2", &["x"])).await.0, 201);
+    }
+
+    #[tokio::test]
+    async fn a_lost_answer_arrives_without_its_body_after_the_work_is_done() {
+        let github = started().await;
+        let url = format!("{}/orgs/acme/actions/runners/generate-jitconfig", github.url());
+        // A failing request does not use up the fault: it waits for one that succeeds.
+        github.lose_answer_after_success_next("generate-jitconfig");
+        assert_eq!(http("POST", &url, PAT, jit("r-1", &[])).await.0, 422);
+        let (status, body) = lossy_exchange("POST", &url, PAT, jit("r-1", &["x"])).await;
+        assert!(status.is_none_or(|s| s == 201), "{status:?}");
+        assert_eq!(body, "", "the body never arrives");
+        assert_eq!(github.runners().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn deleting_a_busy_runner_is_refused_until_its_job_ends() {
+        let github = started().await;
+        let base = format!("{}/orgs/acme/actions/runners", github.url());
+        let url = format!("{base}/generate-jitconfig");
+        assert_eq!(http("POST", &url, PAT, jit("r-1", &["x"])).await.0, 201);
+        assert_eq!(http("POST", &url, PAT, jit("r-2", &["x"])).await.0, 201);
+        github.set_runner_status(1000, "online", true);
+        let (status, body) = http("DELETE", &format!("{base}/1000"), PAT, None).await;
+        assert_eq!(status, 422);
+        assert_eq!(body["message"], "Bad request - Runner \"r-1\" is still running a job");
+        github.runner_finished(1000);
+        assert_eq!(http("DELETE", &format!("{base}/1000"), PAT, None).await.0, 404);
+        github.set_runner_status(1001, "online", true);
+        github.set_busy_runners_deletable(true);
+        assert_eq!(http("DELETE", &format!("{base}/1001"), PAT, None).await.0, 204);
+        assert!(github.runners().is_empty());
+    }
+
+    #[tokio::test]
+    async fn runner_lists_default_to_30_a_page_at_most_100_with_links_both_ways() {
+        let github = started().await;
+        let base = format!("{}/orgs/acme/actions/runners", github.url());
+        for i in 0..205 {
+            let url = format!("{base}/generate-jitconfig");
+            assert_eq!(http("POST", &url, PAT, jit(&format!("r-{i}"), &["x"])).await.0, 201);
+        }
+        let (_, head, body) = exchange("GET", &base, PAT, None).await;
+        assert_eq!(body["runners"].as_array().unwrap().len(), 30);
+        assert_eq!(body["total_count"], 205);
+        assert!(head.contains("per_page=30&page=2>; rel=\"next\""), "{head}");
+        assert!(head.contains("per_page=30&page=7>; rel=\"last\""), "{head}");
+        let (_, head, body) = exchange("GET", &format!("{base}?per_page=500&page=2"), PAT, None).await;
+        assert_eq!(body["runners"].as_array().unwrap().len(), 100);
+        assert_eq!(body["runners"][0]["name"], "r-100");
+        assert!(head.contains("page=3>; rel=\"next\""), "{head}");
+        assert!(head.contains("page=1>; rel=\"prev\""), "{head}");
+        let (_, head, body) = exchange("GET", &format!("{base}?per_page=100&page=3"), PAT, None).await;
+        assert_eq!(body["runners"].as_array().unwrap().len(), 5);
+        assert!(!head.contains("rel=\"next\""), "{head}");
+    }
+
+    #[tokio::test]
+    async fn a_secondary_rate_limit_answers_with_retry_after() {
+        let github = started().await;
+        github.set_job_status("acme/app", 7, "queued");
+        github.secondary_rate_limit_next("/actions/jobs/", 1, 429, Some(60));
+        github.secondary_rate_limit_next("/actions/jobs/", 1, 403, None);
+        let url = format!("{}/repos/acme/app/actions/jobs/7", github.url());
+        let (status, head, body) = exchange("GET", &url, PAT, None).await;
+        assert_eq!(status, 429);
+        assert!(head.contains("retry-after: 60"), "{head}");
+        assert!(body["message"].as_str().unwrap().contains("secondary rate limit"));
+        let (status, head, _) = exchange("GET", &url, PAT, None).await;
+        assert_eq!(status, 403);
+        assert!(!head.contains("retry-after"), "{head}");
+        assert_eq!(http("GET", &url, PAT, None).await.0, 200);
+    }
+
+    #[test]
+    fn base64_matches_the_standard_alphabet_and_padding() {
+        assert_eq!(base64_encode(b""), "");
+        assert_eq!(base64_encode(b"f"), "Zg==");
+        assert_eq!(base64_encode(b"fo"), "Zm8=");
+        assert_eq!(base64_encode(b"foo"), "Zm9v");
+        assert_eq!(base64_encode(b"\xff\xfe\xfd\xfc"), "//79/A==");
     }
 
     #[tokio::test]
