@@ -50,6 +50,8 @@ fn message(job_id: u64) -> String {
         created_at: "2026-11-28T06:00:00Z".into(),
         received_at: "2026-11-28T06:00:01.000Z".into(),
         relaunches: 0,
+        runner_failures: 0,
+        trip: 0,
     }
     .encode()
 }

@@ -146,6 +146,8 @@ fn message() -> JobMessage {
         created_at: "2021-09-13T02:21:13Z".into(),
         received_at: now_rfc3339(),
         relaunches: 0,
+        runner_failures: 0,
+        trip: 0,
     }
 }
 

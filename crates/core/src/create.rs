@@ -13,7 +13,7 @@ use crate::commands::{CommandError, CommandRequest, runner_commands};
 use crate::config::{Config, Template};
 use crate::fleet::{
     Capacity, FleetError, Instance, InstanceQuery, LaunchRequest, Launched, TAG_COMMAND_ID, TAG_DEPLOYMENT, TAG_JOB_ID,
-    TAG_RELAUNCHES, TAG_REPOSITORY, TAG_RUN_ID, TAG_RUNNER_ID, TAG_SLOT, TAG_TEMPLATE,
+    TAG_RELAUNCHES, TAG_REPOSITORY, TAG_RUN_ID, TAG_RUNNER_FAILURES, TAG_RUNNER_ID, TAG_SLOT, TAG_TEMPLATE,
 };
 use crate::github::{GithubError, JobStatus, RunnerScope};
 use crate::job::JobMessage;
@@ -71,12 +71,63 @@ impl Outcome {
     }
 }
 
-/// A failure after the launch: what to say, and how long to wait before the retry.
+/// A failure after the launch: what to say, how long to wait before the retry, and the runner
+/// registered before it (to remove).
 struct SetupFailure {
     reason: String,
     delay_seconds: u32,
     /// The instance belongs to another handler (same ClientToken): leave it alone.
     not_ours: bool,
+    runner_id: Option<u64>,
+}
+
+/// A runner registered and its command sent.
+struct StartedRunner {
+    runner_id: u64,
+    command_id: String,
+}
+
+/// One record's launch: the message, its template, its receive, the slot it claimed, and its
+/// clock.
+#[derive(Clone, Copy)]
+struct Attempt<'a> {
+    message: &'a JobMessage,
+    template: &'a Template,
+    receive_count: u32,
+    slot: u32,
+    started: Instant,
+    deadline: Instant,
+}
+
+/// Whether a record's launch slot is still held by an instance after its launch and start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotFate {
+    /// An instance carries it (served, or not ended after a failed start: the sweep frees it).
+    Kept,
+    /// No instance of this record holds it: give it back now.
+    GiveBack,
+}
+
+/// What a record's slot claim found.
+enum Claim {
+    Claimed(u32),
+    /// Every slot is held or claimed.
+    Full,
+    /// Another handler claimed a slot for this job and relaunch: it is launching the job.
+    JobBeingLaunched(u32),
+}
+
+/// The launch slot an instance holds (its `sophons:slot` tag).
+pub fn slot_of(instance: &Instance) -> Option<u32> {
+    instance.tag(TAG_SLOT).and_then(|slot| slot.parse().ok())
+}
+
+/// Tries of one slot's claim while Parameter Store throttles.
+const CLAIM_ATTEMPTS: u32 = 3;
+
+/// The relaunch an instance was launched for (its `sophons:relaunches` tag).
+fn generation(instance: &Instance) -> u32 {
+    instance.tag(TAG_RELAUNCHES).and_then(|n| n.parse().ok()).unwrap_or(0)
 }
 
 pub struct CreateRunner {
@@ -297,6 +348,21 @@ impl CreateRunner {
             Err(error) => return transient(format!("cannot list instances: {error}")),
         };
         for instance in existing {
+            if generation(&instance) < message.relaunches {
+                // The instance of an earlier relaunch: its run has ended (stop-runner sends the
+                // job back before ending it, and SQS can hand us the message at once), so it
+                // never serves this message. Launching beside it would give the job two live
+                // instances; wait until it is gone (stop-runner, or the sweep, ends it).
+                return Outcome::HandedBack {
+                    delay_seconds: TRANSIENT_DELAY_SECONDS,
+                    reason: format!(
+                        "job {job_id}'s previous instance {} (relaunch {}) is still being ended; its new runner \
+                         is launched once it is gone",
+                        instance.id,
+                        generation(&instance)
+                    ),
+                };
+            }
             if instance.tag(TAG_COMMAND_ID).is_some() {
                 return Outcome::Acknowledged(format!(
                     "job {job_id} already has instance {}; no second runner launched",
@@ -396,51 +462,110 @@ impl CreateRunner {
         // The count above is this process's quick answer; the claim is the exact one, and needs
         // no lock of ours (only one caller can create a slot), so the batch's other records count
         // meanwhile. Returning drops `held`, which gives the reservation back.
-        let slot = match self
-            .claim_slot(&message.template, template.max_runners, &live, job_id)
-            .await
-        {
-            Ok(Some(slot)) => slot,
-            Ok(None) => return full(),
+        let slot = match self.claim_slot(message, template.max_runners, &live).await {
+            Ok(Claim::Claimed(slot)) => slot,
+            Ok(Claim::Full) => return full(),
+            // Not acknowledged: the claimant may die before it launches. Once its launch is
+            // listed, the next receive acknowledges; if it died, its claim goes stale and the next
+            // receive takes the slot over.
+            Ok(Claim::JobBeingLaunched(slot)) => {
+                return transient(format!(
+                    "job {job_id} is being launched by another handler (it holds launch slot {slot}); checking again \
+                     in {TRANSIENT_DELAY_SECONDS} s"
+                ));
+            }
             Err(error) => return transient(format!("cannot claim a launch slot: {error}")),
         };
 
-        let outcome = self
-            .launch_and_start(message, template, receive_count, slot, &mut held, started, deadline)
-            .await;
-        if !matches!(outcome, Outcome::Served { .. }) {
+        let attempt = Attempt {
+            message,
+            template,
+            receive_count,
+            slot,
+            started,
+            deadline,
+        };
+        let (outcome, slot_fate) = self.launch_and_start(&attempt, &mut held).await;
+        if slot_fate == SlotFate::GiveBack {
             self.release_slot(&message.template, slot).await;
         }
         outcome
     }
 
     /// Claims a slot of the template no live instance holds: a parameter only one handler can
-    /// create. Answers None when every free slot is claimed by a launch in flight elsewhere.
+    /// create. Every handler of a job walks the slots in the same order, so a handler serving a
+    /// duplicate of a message (another receive count, so another launch token) meets the claim of
+    /// the handler launching for the same job and relaunch, and stops there: EC2 may not list
+    /// that launch yet.
     async fn claim_slot(
         &self,
-        template: &str,
+        message: &JobMessage,
         max_runners: u32,
         live: &[Instance],
-        job_id: u64,
-    ) -> Result<Option<u32>, crate::secrets::SecretsError> {
-        let held: std::collections::HashSet<u32> = live
-            .iter()
-            .filter_map(|i| i.tag(TAG_SLOT).and_then(|slot| slot.parse().ok()))
-            .collect();
-        let value = slot_claim(job_id, SystemTime::now());
-        // Handlers start at different slots, so that they seldom try the same one.
-        let first = (job_id % u64::from(max_runners.max(1))) as u32;
+    ) -> Result<Claim, crate::secrets::SecretsError> {
+        let held: std::collections::HashSet<u32> = live.iter().filter_map(slot_of).collect();
+        let claim = SlotClaim {
+            job_id: message.job_id,
+            relaunches: message.relaunches,
+            at: SystemTime::now(),
+        };
+        let value = claim.encode();
+        let first = (message.job_id % u64::from(max_runners.max(1))) as u32;
+        let mut last_error = None;
         for offset in 0..max_runners {
             let slot = (first + offset) % max_runners;
             if held.contains(&slot) {
                 continue;
             }
-            let name = names::slot_parameter(&self.config.deployment, template, slot);
-            if self.ports.secrets.create(&name, &value).await? {
-                return Ok(Some(slot));
+            let name = names::slot_parameter(&self.config.deployment, &message.template, slot);
+            // PutParameter is throttled at a low account-wide rate: a throttled claim is tried
+            // again after a short pause, and then the scan goes on to the next slot; only a scan
+            // that found no slot because of errors is an error.
+            let mut delay = self.backoff.first.min(Duration::from_millis(500));
+            for attempt in 1..=CLAIM_ATTEMPTS {
+                match self.ports.secrets.create(&name, &value).await {
+                    Ok(true) => return Ok(Claim::Claimed(slot)),
+                    Ok(false) => {
+                        let found = self
+                            .ports
+                            .secrets
+                            .get(&name)
+                            .await
+                            .ok()
+                            .and_then(|v| SlotClaim::parse(&v));
+                        let Some(found) =
+                            found.filter(|c| c.job_id == claim.job_id && c.relaunches == claim.relaunches)
+                        else {
+                            break;
+                        };
+                        // A claim of this job older than any launch takes is its claimant's
+                        // leftover (it died, or could not give it back): take it over.
+                        let stale = SystemTime::now()
+                            .duration_since(found.at)
+                            .is_ok_and(|age| age > self.start_limit());
+                        if !stale {
+                            return Ok(Claim::JobBeingLaunched(slot));
+                        }
+                        self.ports.secrets.delete(&name).await?;
+                    }
+                    Err(error @ crate::secrets::SecretsError::Throttled(_)) if attempt < CLAIM_ATTEMPTS => {
+                        last_error = Some(error);
+                        if !delay.is_zero() {
+                            tokio::time::sleep(jittered(delay)).await;
+                        }
+                        delay *= 2;
+                    }
+                    Err(error) => {
+                        last_error = Some(error);
+                        break;
+                    }
+                }
             }
         }
-        Ok(None)
+        match last_error {
+            Some(error) => Err(error),
+            None => Ok(Claim::Full),
+        }
     }
 
     /// Gives back a slot this handler claimed and no instance of its holds.
@@ -451,47 +576,50 @@ impl CreateRunner {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn launch_and_start(
-        &self,
-        message: &JobMessage,
-        template: &Template,
-        receive_count: u32,
-        slot: u32,
-        held: &mut Held<'_>,
-        started: Instant,
-        deadline: Instant,
-    ) -> Outcome {
+    /// Launch, register, start. Answers the outcome and whether the record's launch slot is
+    /// still held by an instance (kept) or must be given back.
+    async fn launch_and_start(&self, attempt: &Attempt<'_>, held: &mut Held<'_>) -> (Outcome, SlotFate) {
+        let message = attempt.message;
         let job_id = message.job_id;
-        let step = |name: &str, instance_id: &str| {
-            tracing::info!(
-                job_id,
-                template = message.template,
-                instance_id,
-                step = name,
-                elapsed_ms = started.elapsed().as_millis() as u64
-            );
-        };
-        // Launch.
-        let launch = self.launch(message, template, receive_count, slot).await;
+        let launch = self.launch(attempt).await;
         held.launched();
         let launched = match launch {
             Ok(launched) => launched,
+            Err(FleetError::TokenMismatch(reason)) => {
+                // Same job, relaunch, trip and receive, other slot: a handler serving a duplicate
+                // of this message launched first; its message holds the job.
+                return (
+                    Outcome::Acknowledged(format!(
+                        "job {job_id} is being launched by another handler with the same launch token ({reason}); \
+                         no second runner launched"
+                    )),
+                    SlotFate::GiveBack,
+                );
+            }
             Err(error) => {
                 let delay_seconds = match error {
                     FleetError::Unavailable(_) => TRANSIENT_DELAY_SECONDS,
                     _ => self.config.retry_delay_seconds,
                 };
                 if let FleetError::Rejected(_) = error {
-                    tracing::error!(job_id, template = message.template, %error, "launch refused: check the launch template `{}` and the function's permissions", template.launch_template);
+                    tracing::error!(job_id, template = message.template, %error, "launch refused: check the launch template `{}` and the function's permissions", attempt.template.launch_template);
                 }
-                return Outcome::HandedBack {
-                    delay_seconds,
-                    reason: format!("no instance launched for job {job_id}: {error}"),
-                };
+                return (
+                    Outcome::HandedBack {
+                        delay_seconds,
+                        reason: format!("no instance launched for job {job_id}: {error}"),
+                    },
+                    SlotFate::GiveBack,
+                );
             }
         };
-        step("launched", &launched.instance_id);
+        tracing::info!(
+            job_id,
+            template = message.template,
+            instance_id = launched.instance_id,
+            step = "launched",
+            elapsed_ms = attempt.started.elapsed().as_millis() as u64
+        );
         tracing::info!(
             job_id,
             instance_id = launched.instance_id,
@@ -503,17 +631,21 @@ impl CreateRunner {
         );
 
         let scope = RunnerScope::for_job(&self.config.github, &message.repository);
-        match self.start_runner(message, &launched, &scope, started, deadline).await {
-            Ok((runner_id, command_id)) => Outcome::Served {
-                instance_id: launched.instance_id,
-                instance_type: launched.instance_type,
-                capacity: launched.capacity,
-                runner_id,
-                command_id,
-            },
-            Err((failure, runner_id)) => {
+        match self.start_runner(attempt, &launched, &scope).await {
+            Ok(started) => (
+                Outcome::Served {
+                    instance_id: launched.instance_id,
+                    instance_type: launched.instance_type,
+                    capacity: launched.capacity,
+                    runner_id: started.runner_id,
+                    command_id: started.command_id,
+                },
+                SlotFate::Kept,
+            ),
+            Err(failure) => {
                 if failure.not_ours {
-                    return Outcome::Acknowledged(failure.reason);
+                    // The token answered another handler's instance, which holds its own slot.
+                    return (Outcome::Acknowledged(failure.reason), SlotFate::GiveBack);
                 }
                 tracing::warn!(
                     job_id,
@@ -521,11 +653,17 @@ impl CreateRunner {
                     reason = failure.reason,
                     "cleaning up after a failed start"
                 );
-                self.clean_up(&launched.instance_id, runner_id, &scope).await;
-                Outcome::HandedBack {
-                    delay_seconds: failure.delay_seconds,
-                    reason: failure.reason,
-                }
+                let ended = self.clean_up(&launched.instance_id, failure.runner_id, &scope).await;
+                // An instance that could not be ended keeps its slot (by its tag) until the sweep
+                // ends it and frees the slot; one that was ended frees it now.
+                let fate = if ended { SlotFate::GiveBack } else { SlotFate::Kept };
+                (
+                    Outcome::HandedBack {
+                        delay_seconds: failure.delay_seconds,
+                        reason: failure.reason,
+                    },
+                    fate,
+                )
             }
         }
     }
@@ -533,18 +671,23 @@ impl CreateRunner {
     /// Register (JIT config into its parameter) and start (SendCommand, then tag).
     async fn start_runner(
         &self,
-        message: &JobMessage,
+        attempt: &Attempt<'_>,
         launched: &Launched,
         scope: &RunnerScope,
-        started: Instant,
-        deadline: Instant,
-    ) -> Result<(u64, String), (SetupFailure, Option<u64>)> {
+    ) -> Result<StartedRunner, SetupFailure> {
+        let Attempt {
+            message,
+            started,
+            deadline,
+            ..
+        } = *attempt;
         let job_id = message.job_id;
         let instance_id = &launched.instance_id;
-        let fail = |reason: String, delay_seconds: u32| SetupFailure {
+        let fail = |reason: String, delay_seconds: u32, runner_id: Option<u64>| SetupFailure {
             reason,
             delay_seconds,
             not_ours: false,
+            runner_id,
         };
         let template = &self.config.templates[&message.template];
         let labels = runner_labels(&message.template, template);
@@ -556,15 +699,15 @@ impl CreateRunner {
             .await
         {
             Ok(jit) => jit,
+            // The adapter re-registers after meeting its own retried POST, so a conflict here is
+            // another handler's registration for this instance (the same launch token).
             Err(GithubError::Conflict(reason)) => {
-                return Err((
-                    SetupFailure {
-                        reason: format!("runner `{runner_name}` is already registered by another handler: {reason}"),
-                        delay_seconds: 0,
-                        not_ours: true,
-                    },
-                    None,
-                ));
+                return Err(SetupFailure {
+                    reason: format!("runner `{runner_name}` is already registered by another handler: {reason}"),
+                    delay_seconds: 0,
+                    not_ours: true,
+                    runner_id: None,
+                });
             }
             Err(error) => {
                 let delay = if error.is_retryable() {
@@ -572,7 +715,7 @@ impl CreateRunner {
                 } else {
                     self.config.retry_delay_seconds
                 };
-                return Err((fail(format!("runner registration failed: {error}"), delay), None));
+                return Err(fail(format!("runner registration failed: {error}"), delay, None));
             }
         };
         tracing::info!(
@@ -585,10 +728,13 @@ impl CreateRunner {
         let runner_id = Some(jit.runner_id);
         let parameter = names::jit_parameter(&self.config.deployment, instance_id);
         if let Err(error) = self.ports.secrets.put_secure(&parameter, &jit.encoded).await {
-            return Err((
-                fail(format!("cannot store the JIT config: {error}"), TRANSIENT_DELAY_SECONDS),
-                runner_id,
-            ));
+            let delay = if error.is_retryable() {
+                TRANSIENT_DELAY_SECONDS
+            } else {
+                tracing::error!(job_id, %error, "the JIT config cannot be stored; no runner can start until this is fixed");
+                self.config.retry_delay_seconds
+            };
+            return Err(fail(format!("cannot store the JIT config: {error}"), delay, runner_id));
         }
 
         let request = CommandRequest {
@@ -617,11 +763,9 @@ impl CreateRunner {
                     delay = (delay * 2).min(self.backoff.max);
                 }
                 Err(error) => {
-                    return Err((
-                        fail(
-                            format!("runner not started after {attempts} attempt(s): {error}"),
-                            TRANSIENT_DELAY_SECONDS,
-                        ),
+                    return Err(fail(
+                        format!("runner not started after {attempts} attempt(s): {error}"),
+                        TRANSIENT_DELAY_SECONDS,
                         runner_id,
                     ));
                 }
@@ -632,11 +776,9 @@ impl CreateRunner {
             (TAG_RUNNER_ID.to_string(), jit.runner_id.to_string()),
         ];
         if let Err(error) = self.ports.fleet.tag(instance_id, &tags).await {
-            return Err((
-                fail(
-                    format!("cannot tag the instance with its command: {error}"),
-                    TRANSIENT_DELAY_SECONDS,
-                ),
+            return Err(fail(
+                format!("cannot tag the instance with its command: {error}"),
+                TRANSIENT_DELAY_SECONDS,
                 runner_id,
             ));
         }
@@ -648,16 +790,20 @@ impl CreateRunner {
             step = "command_sent",
             elapsed_ms = started.elapsed().as_millis() as u64
         );
-        Ok((jit.runner_id, command_id))
+        Ok(StartedRunner {
+            runner_id: jit.runner_id,
+            command_id,
+        })
     }
 
-    async fn launch(
-        &self,
-        message: &JobMessage,
-        template: &Template,
-        receive_count: u32,
-        slot: u32,
-    ) -> Result<Launched, FleetError> {
+    async fn launch(&self, attempt: &Attempt<'_>) -> Result<Launched, FleetError> {
+        let Attempt {
+            message,
+            template,
+            receive_count,
+            slot,
+            ..
+        } = *attempt;
         let deployment = &self.config.deployment;
         let tags = vec![
             (TAG_DEPLOYMENT.to_string(), deployment.clone()),
@@ -667,6 +813,7 @@ impl CreateRunner {
             (TAG_REPOSITORY.to_string(), names::tag_value(&message.repository)),
             (TAG_RUN_ID.to_string(), message.run_id.to_string()),
             (TAG_RELAUNCHES.to_string(), message.relaunches.to_string()),
+            (TAG_RUNNER_FAILURES.to_string(), message.runner_failures.to_string()),
             (
                 "Name".to_string(),
                 names::tag_value(&format!("{deployment}-{}-{}", message.template, message.job_id)),
@@ -704,13 +851,16 @@ impl CreateRunner {
             let launched = self.ports.fleet.launch(&request).await?;
             let query = InstanceQuery {
                 instance_id: Some(launched.instance_id.clone()),
-                live_only: true,
+                with_terminated: true,
                 ..Default::default()
             };
-            // When EC2 cannot say, go on: SendCommand finds out, and the failure path cleans up.
+            // Ended only when EC2 lists it as ended: an instance missing from the listing right
+            // after its launch is not visible yet (EC2's reads are eventually consistent), and a
+            // new token then would launch a second one. When EC2 cannot say, go on: SendCommand
+            // finds out, and the failure path cleans up.
             let ended = matches!(
                 self.ports.fleet.instances(&self.config.deployment, &query).await,
-                Ok(found) if found.is_empty()
+                Ok(found) if found.iter().any(|i| !i.state.is_live())
             );
             if !ended {
                 return Ok(launched);
@@ -726,11 +876,15 @@ impl CreateRunner {
 
     /// An instance with no command tag, older than the start deadline: its handler died.
     fn is_abandoned(&self, instance: &Instance) -> bool {
-        let limit = Duration::from_secs(u64::from(self.config.command.start_deadline_seconds) + 60);
         instance
             .launched_at
             .and_then(|at| SystemTime::now().duration_since(at).ok())
-            .is_some_and(|age| age > limit)
+            .is_some_and(|age| age > self.start_limit())
+    }
+
+    /// Longer than a handler takes from its slot claim to its command sent.
+    fn start_limit(&self) -> Duration {
+        Duration::from_secs(u64::from(self.config.command.start_deadline_seconds) + 60)
     }
 
     /// Terminate the instance, delete its parameter, remove its runner. Failures are logged;
@@ -756,21 +910,44 @@ impl CreateRunner {
     }
 }
 
-/// What a slot parameter holds: the job that claimed it, and when (Unix seconds).
-pub fn slot_claim(job_id: u64, at: SystemTime) -> String {
-    let seconds = at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    format!("job={job_id} at={seconds}")
+/// What a slot parameter holds: the job (and its relaunch) that claimed it, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotClaim {
+    pub job_id: u64,
+    pub relaunches: u32,
+    pub at: SystemTime,
 }
 
-/// The job and time of a slot claim; None for a value sophons did not write.
-pub fn parse_slot_claim(value: &str) -> Option<(u64, SystemTime)> {
-    let mut parts = value.split(' ');
-    let job_id = parts.next()?.strip_prefix("job=")?.parse().ok()?;
-    let seconds: u64 = parts.next()?.strip_prefix("at=")?.parse().ok()?;
-    Some((job_id, SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)))
+impl SlotClaim {
+    /// `job=<id> relaunch=<n> at=<Unix seconds>`.
+    pub fn encode(&self) -> String {
+        let seconds = self
+            .at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        format!("job={} relaunch={} at={seconds}", self.job_id, self.relaunches)
+    }
+
+    /// None for a value sophons did not write (a claim without `relaunch=` is relaunch 0).
+    pub fn parse(value: &str) -> Option<Self> {
+        let mut job_id = None;
+        let mut relaunches = 0;
+        let mut at = None;
+        for part in value.split(' ') {
+            match part.split_once('=')? {
+                ("job", id) => job_id = Some(id.parse().ok()?),
+                ("relaunch", n) => relaunches = n.parse().ok()?,
+                ("at", seconds) => at = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds.parse().ok()?)),
+                _ => return None,
+            }
+        }
+        Some(Self {
+            job_id: job_id?,
+            relaunches,
+            at: at?,
+        })
+    }
 }
 
 fn transient(reason: String) -> Outcome {

@@ -133,16 +133,50 @@ impl Queue for FakeQueue {
     }
 }
 
+/// Parameter Store's limits, which it enforces (moto does not): a Standard value holds 4 KB, an
+/// Advanced one 8 KB; a name at most 1,011 characters.
+pub const STANDARD_VALUE_LIMIT: usize = 4096;
+pub const ADVANCED_VALUE_LIMIT: usize = 8192;
+pub const PARAMETER_NAME_LIMIT: usize = 1011;
+
+fn check_parameter(name: &str, value: &str, value_limit: usize) -> Result<(), SecretsError> {
+    if value.len() > value_limit {
+        return Err(SecretsError::Invalid {
+            name: name.into(),
+            reason: format!(
+                "ValidationException: the value is {} characters, the tier holds {value_limit}",
+                value.len()
+            ),
+        });
+    }
+    if name.len() > PARAMETER_NAME_LIMIT {
+        return Err(SecretsError::Invalid {
+            name: name.into(),
+            reason: format!("ValidationException: the name is longer than {PARAMETER_NAME_LIMIT} characters"),
+        });
+    }
+    Ok(())
+}
+
+/// Parameter Store in memory, with its size limits: `put_secure` writes Intelligent-Tiering (up to
+/// 8 KB), `create` a Standard String (up to 4 KB).
 #[derive(Default)]
 pub struct FakeSecrets {
     values: Mutex<BTreeMap<String, String>>,
+    throttled_creates: Mutex<usize>,
 }
 
 impl FakeSecrets {
     pub fn with(values: &[(&str, &str)]) -> Self {
         Self {
             values: Mutex::new(values.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            throttled_creates: Mutex::default(),
         }
+    }
+
+    /// The next `times` creates answer `TooManyUpdates`, as PutParameter under its rate limit.
+    pub fn throttle_next_creates(&self, times: usize) {
+        *self.throttled_creates.lock().unwrap() = times;
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -162,11 +196,20 @@ impl Secrets for FakeSecrets {
     }
 
     async fn put_secure(&self, name: &str, value: &str) -> Result<(), SecretsError> {
+        check_parameter(name, value, ADVANCED_VALUE_LIMIT)?;
         self.values.lock().unwrap().insert(name.into(), value.into());
         Ok(())
     }
 
     async fn create(&self, name: &str, value: &str) -> Result<bool, SecretsError> {
+        check_parameter(name, value, STANDARD_VALUE_LIMIT)?;
+        {
+            let mut throttled = self.throttled_creates.lock().unwrap();
+            if *throttled > 0 {
+                *throttled -= 1;
+                return Err(SecretsError::Throttled(name.into()));
+            }
+        }
         let mut values = self.values.lock().unwrap();
         if values.contains_key(name) {
             return Ok(false);
@@ -206,35 +249,103 @@ use crate::fleet::{
 };
 use crate::github::{Github, GithubError, JitConfig, JobStatus, Runner, RunnerScope};
 
+/// How late EC2's reads are, in the fake's clock units (the simulation's minutes; unit tests
+/// move the clock by hand). EC2's DescribeInstances is eventually consistent: a new instance can
+/// be missing, a terminated one can still read `running` then `shutting-down`, and tags written
+/// by CreateTags can show late. All zero: strongly consistent (the default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lag {
+    /// A launched instance is missing from listings this long.
+    pub new: u64,
+    /// A terminated (or reclaimed) instance still reads as it was this long, then `shutting-down`
+    /// as long again.
+    pub ended: u64,
+    /// Tags written after the launch show this late.
+    pub tags: u64,
+}
+
+/// What listings show of an instance, against the truth in `instances`.
+#[derive(Debug, Clone, Default)]
+struct View {
+    visible_from: u64,
+    /// When it ended, and the state listings showed before.
+    ended: Option<(u64, InstanceState)>,
+    /// Tags written after the launch, each visible from its time.
+    late_tags: Vec<(u64, String, String)>,
+    ended_lag: u64,
+    tags_lag: u64,
+}
+
+/// What a ClientToken's first call answered, with the request it answered.
+#[derive(Clone)]
+struct TokenUse {
+    request: LaunchRequest,
+    answer: Result<String, FleetError>,
+}
+
 #[derive(Default)]
 struct FleetState {
     instances: BTreeMap<String, Instance>,
-    tokens: HashMap<String, String>,
+    views: HashMap<String, View>,
+    tokens: HashMap<String, TokenUse>,
     launches: Vec<LaunchRequest>,
     launch_faults: VecDeque<FleetError>,
     next_id: u64,
     peak_live: HashMap<String, usize>,
     terminated: Vec<String>,
     cancelled_spot_requests: Vec<String>,
+    now: u64,
+    lag: Lag,
 }
 
-/// EC2 in memory: instances with tags and states, CreateFleet's ClientToken idempotency, and
-/// launch faults to inject.
+/// A source of per-instance lags (the simulation draws them from its seeded generator).
+type LagSource = Box<dyn FnMut() -> Lag + Send>;
+
+/// EC2 in memory: instances with tags and states; CreateFleet's ClientToken idempotency as EC2
+/// documents it (the first answer replayed, errors included; other parameters with the same token
+/// answer `IdempotentParameterMismatch`); eventual consistency when a `Lag` is set; launch faults.
 #[derive(Default)]
 pub struct FakeFleet {
     state: Mutex<FleetState>,
+    lags: Mutex<Option<LagSource>>,
 }
 
 impl FakeFleet {
-    /// The next launches fail with these errors, one each, in order.
+    /// The next launches fail with these errors, one each, in order. Errors EC2 answers inside a
+    /// CreateFleet response (no capacity, pools refused) are replayed for the same token, as EC2
+    /// does; throttling and request errors are not.
     pub fn fail_launches(&self, errors: impl IntoIterator<Item = FleetError>) {
         self.state.lock().unwrap().launch_faults.extend(errors);
+    }
+
+    /// The next launch launches nothing and answers these per-pool errors (code, message), as
+    /// CreateFleet instant does: e.g. `Unsupported` in one zone beside
+    /// `InsufficientInstanceCapacity` in another.
+    pub fn fail_launch_with_pool_errors(&self, errors: &[(&str, &str)]) {
+        let errors: Vec<(String, String)> = errors.iter().map(|(c, m)| (c.to_string(), m.to_string())).collect();
+        self.fail_launches([crate::fleet::pool_errors_outcome(&errors)]);
+    }
+
+    /// Every instance launched from now on lags this much.
+    pub fn set_lag(&self, lag: Lag) {
+        self.state.lock().unwrap().lag = lag;
+    }
+
+    /// Each instance launched from now on lags as this source says.
+    pub fn set_lag_source(&self, source: impl FnMut() -> Lag + Send + 'static) {
+        *self.lags.lock().unwrap() = Some(Box::new(source));
+    }
+
+    /// Moves the fake's clock (the unit of `Lag`).
+    pub fn set_now(&self, now: u64) {
+        self.state.lock().unwrap().now = now;
     }
 
     pub fn launches(&self) -> Vec<LaunchRequest> {
         self.state.lock().unwrap().launches.clone()
     }
 
+    /// The truth, whatever listings show.
     pub fn all_instances(&self) -> Vec<Instance> {
         self.state.lock().unwrap().instances.values().cloned().collect()
     }
@@ -247,13 +358,11 @@ impl FakeFleet {
         self.all_instances().into_iter().filter(|i| i.state.is_live()).collect()
     }
 
-    /// Puts an instance in place as if some earlier launch had made it.
+    /// Puts an instance in place as if some earlier launch had made it (visible at once).
     pub fn insert(&self, instance: Instance) {
-        self.state
-            .lock()
-            .unwrap()
-            .instances
-            .insert(instance.id.clone(), instance);
+        let mut state = self.state.lock().unwrap();
+        state.views.remove(&instance.id);
+        state.instances.insert(instance.id.clone(), instance);
     }
 
     pub fn set_state(&self, id: &str, state: InstanceState) {
@@ -264,10 +373,7 @@ impl FakeFleet {
 
     /// EC2 takes the spot instance back.
     pub fn reclaim(&self, id: &str) {
-        if let Some(instance) = self.state.lock().unwrap().instances.get_mut(id) {
-            instance.state = InstanceState::Terminated;
-            instance.state_reason = Some("Server.SpotInstanceTermination".into());
-        }
+        self.end(id, "Server.SpotInstanceTermination");
     }
 
     pub fn set_launched_at(&self, id: &str, at: SystemTime) {
@@ -288,14 +394,85 @@ impl FakeFleet {
     pub fn cancelled_spot_requests(&self) -> Vec<String> {
         self.state.lock().unwrap().cancelled_spot_requests.clone()
     }
+
+    /// Ends an instance (truth at once; listings as the lag says). Answers whether it was live.
+    fn end(&self, id: &str, reason: &str) -> bool {
+        let mut guard = self.state.lock().unwrap();
+        let state = &mut *guard;
+        let now = state.now;
+        let Some(instance) = state.instances.get_mut(id) else {
+            return false;
+        };
+        if instance.state == InstanceState::Terminated {
+            return false;
+        }
+        let before = instance.state;
+        instance.state = InstanceState::Terminated;
+        instance.state_reason = Some(reason.into());
+        state.views.entry(id.to_string()).or_default().ended = Some((now, before));
+        true
+    }
+
+    fn next_lag(&self, state: &FleetState) -> Lag {
+        match self.lags.lock().unwrap().as_mut() {
+            Some(source) => source(),
+            None => state.lag,
+        }
+    }
+
+    /// What a listing shows of an instance now; None while it is not visible yet.
+    fn view(state: &FleetState, instance: &Instance) -> Option<Instance> {
+        let Some(view) = state.views.get(&instance.id) else {
+            return Some(instance.clone());
+        };
+        let now = state.now;
+        if now < view.visible_from {
+            return None;
+        }
+        let lag = view.ended_lag;
+        let mut shown = instance.clone();
+        if let Some((at, before)) = view.ended
+            && now < at + 2 * lag
+        {
+            shown.state = if now < at + lag {
+                before
+            } else {
+                InstanceState::ShuttingDown
+            };
+            if now < at + lag {
+                shown.state_reason = None;
+            }
+        }
+        for (visible_from, key, _) in &view.late_tags {
+            if now < *visible_from {
+                shown.tags.remove(key);
+            }
+        }
+        // A tag rewritten late shows its latest visible value.
+        for (visible_from, key, value) in &view.late_tags {
+            if now >= *visible_from {
+                shown.tags.insert(key.clone(), value.clone());
+            }
+        }
+        Some(shown)
+    }
 }
 
-#[async_trait]
-impl Fleet for FakeFleet {
-    async fn launch(&self, request: &LaunchRequest) -> Result<Launched, FleetError> {
-        let mut state = self.state.lock().unwrap();
+impl FakeFleet {
+    /// CreateFleet with `fault` as its answer if the token is new (else the next queued fault):
+    /// a token already used replays its first answer whatever the fault.
+    pub fn launch_or_fail(&self, request: &LaunchRequest, fault: Option<FleetError>) -> Result<Launched, FleetError> {
+        let mut guard = self.state.lock().unwrap();
+        let state = &mut *guard;
         state.launches.push(request.clone());
-        if let Some(id) = state.tokens.get(&request.client_token).cloned() {
+        if let Some(used) = state.tokens.get(&request.client_token) {
+            if used.request != *request {
+                return Err(FleetError::TokenMismatch(format!(
+                    "client token {} was used with other parameters",
+                    request.client_token
+                )));
+            }
+            let id = used.answer.clone()?;
             let instance = &state.instances[&id];
             return Ok(Launched {
                 instance_id: id,
@@ -303,7 +480,17 @@ impl Fleet for FakeFleet {
                 capacity: request.capacity,
             });
         }
-        if let Some(error) = state.launch_faults.pop_front() {
+        if let Some(error) = fault.or_else(|| state.launch_faults.pop_front()) {
+            // Errors inside a CreateFleet answer belong to the token; request errors do not.
+            if matches!(error, FleetError::NoCapacity(_) | FleetError::Rejected(_)) {
+                state.tokens.insert(
+                    request.client_token.clone(),
+                    TokenUse {
+                        request: request.clone(),
+                        answer: Err(error.clone()),
+                    },
+                );
+            }
             return Err(error);
         }
         state.next_id += 1;
@@ -321,7 +508,26 @@ impl Fleet for FakeFleet {
         };
         let template = instance.tag(TAG_TEMPLATE).unwrap_or_default().to_string();
         state.instances.insert(id.clone(), instance);
-        state.tokens.insert(request.client_token.clone(), id.clone());
+        let lag = self.next_lag(state);
+        if lag != Lag::default() {
+            state.views.insert(
+                id.clone(),
+                View {
+                    visible_from: state.now + lag.new,
+                    ended: None,
+                    late_tags: Vec::new(),
+                    ended_lag: lag.ended,
+                    tags_lag: lag.tags,
+                },
+            );
+        }
+        state.tokens.insert(
+            request.client_token.clone(),
+            TokenUse {
+                request: request.clone(),
+                answer: Ok(id.clone()),
+            },
+        );
         let live = state
             .instances
             .values()
@@ -335,6 +541,13 @@ impl Fleet for FakeFleet {
             capacity: request.capacity,
         })
     }
+}
+
+#[async_trait]
+impl Fleet for FakeFleet {
+    async fn launch(&self, request: &LaunchRequest) -> Result<Launched, FleetError> {
+        self.launch_or_fail(request, None)
+    }
 
     async fn instances(&self, deployment: &str, query: &InstanceQuery) -> Result<Vec<Instance>, FleetError> {
         let state = self.state.lock().unwrap();
@@ -342,6 +555,7 @@ impl Fleet for FakeFleet {
         Ok(state
             .instances
             .values()
+            .filter_map(|i| Self::view(&state, i))
             .filter(|i| i.tag(TAG_DEPLOYMENT) == Some(deployment))
             .filter(|i| query.instance_id.as_deref().is_none_or(|id| i.id == id))
             .filter(|i| query.template.as_deref().is_none_or(|t| i.tag(TAG_TEMPLATE) == Some(t)))
@@ -353,28 +567,31 @@ impl Fleet for FakeFleet {
                     query.with_terminated || i.state != InstanceState::Terminated
                 }
             })
-            .cloned()
             .collect())
     }
 
     async fn tag(&self, instance_id: &str, tags: &[(String, String)]) -> Result<(), FleetError> {
-        let mut state = self.state.lock().unwrap();
+        let mut guard = self.state.lock().unwrap();
+        let state = &mut *guard;
+        let now = state.now;
         let instance = state
             .instances
             .get_mut(instance_id)
             .ok_or_else(|| FleetError::Rejected(format!("InvalidInstanceID.NotFound: {instance_id}")))?;
         instance.tags.extend(tags.iter().cloned());
+        if let Some(view) = state.views.get_mut(instance_id)
+            && view.tags_lag > 0
+        {
+            let visible_from = now + view.tags_lag;
+            view.late_tags
+                .extend(tags.iter().map(|(k, v)| (visible_from, k.clone(), v.clone())));
+        }
         Ok(())
     }
 
     async fn terminate(&self, instance_id: &str) -> Result<(), FleetError> {
-        let mut state = self.state.lock().unwrap();
-        if let Some(instance) = state.instances.get_mut(instance_id)
-            && instance.state != InstanceState::Terminated
-        {
-            instance.state = InstanceState::Terminated;
-            instance.state_reason = Some("Client.UserInitiatedShutdown".into());
-            state.terminated.push(instance_id.to_string());
+        if self.end(instance_id, "Client.UserInitiatedShutdown") {
+            self.state.lock().unwrap().terminated.push(instance_id.to_string());
         }
         Ok(())
     }
@@ -481,7 +698,21 @@ struct GithubState {
     removed: Vec<u64>,
 }
 
-/// GitHub in memory: job statuses, registered runners, faults to inject.
+/// A JIT config as large as GitHub's are now (over 4 KB, growing with the runner's name and
+/// labels), starting `jit-secret-<runner id>-` so that tests can tell whose it is.
+pub fn jit_config(runner_id: u64, name: &str, labels: &[String]) -> String {
+    let size = 4_600 + 4 * name.len() + labels.iter().map(|l| 4 * l.len()).sum::<usize>();
+    let mut encoded = format!("jit-secret-{runner_id}-");
+    let filler = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    while encoded.len() < size.min(6_000) {
+        encoded.push_str(filler);
+    }
+    encoded.truncate(size.min(6_000));
+    encoded
+}
+
+/// GitHub in memory: job statuses, registered runners, faults to inject. As GitHub: JIT configs
+/// over 4 KB, a name registered twice in a scope is 409, a busy runner cannot be deleted (422).
 #[derive(Default)]
 pub struct FakeGithub {
     state: Mutex<GithubState>,
@@ -599,7 +830,7 @@ impl Github for FakeGithub {
         );
         Ok(JitConfig {
             runner_id: id,
-            encoded: format!("jit-secret-{id}"),
+            encoded: jit_config(id, name, labels),
         })
     }
 
@@ -615,6 +846,11 @@ impl Github for FakeGithub {
 
     async fn remove_runner(&self, _scope: &RunnerScope, runner_id: u64) -> Result<(), GithubError> {
         let mut state = self.state.lock().unwrap();
+        if state.runners.get(&runner_id).is_some_and(|r| r.runner.busy) {
+            return Err(GithubError::Rejected(format!(
+                "422 runner {runner_id} is still running a job"
+            )));
+        }
         if state.runners.remove(&runner_id).is_some() {
             state.removed.push(runner_id);
         }

@@ -19,7 +19,10 @@ pub const TAG_REPOSITORY: &str = "sophons:repository";
 pub const TAG_RUN_ID: &str = "sophons:run-id";
 pub const TAG_COMMAND_ID: &str = "sophons:command-id";
 pub const TAG_RUNNER_ID: &str = "sophons:runner-id";
+/// How many times the job was sent back for a new runner before this instance (any reason).
 pub const TAG_RELAUNCHES: &str = "sophons:relaunches";
+/// Of those, runners that ended without running any job: they count against `max_job_relaunches`.
+pub const TAG_RUNNER_FAILURES: &str = "sophons:runner-failures";
 /// The launch slot the instance holds (see `create.rs`): below its template's `max_runners`.
 pub const TAG_SLOT: &str = "sophons:slot";
 /// On an instance EC2 ended (a spot reclaim): its job was sent back, so it is not sent again.
@@ -140,6 +143,42 @@ pub enum FleetError {
     Rejected(String),
     #[error("EC2 request failed: {0}")]
     Unavailable(String),
+    /// The ClientToken was first used with other parameters: another handler launched for this
+    /// job with this token (its slot differs). Retrying with the same token can never succeed.
+    #[error("EC2 answered IdempotentParameterMismatch: {0}")]
+    TokenMismatch(String),
+}
+
+/// EC2 error codes of a pool that does not offer the instance type (in that zone): no use trying
+/// it again, but beside capacity errors of other pools the request is still "no capacity".
+const NOT_OFFERED_CODES: &[&str] = &["Unsupported", "InstanceTypeNotSupported", "UnsupportedInstanceType"];
+
+/// What CreateFleet's per-pool errors (code, message) mean when it launched nothing: "no
+/// capacity" when every pool failed for capacity or does not offer the type there, and at least
+/// one for capacity (so spot may be retried later or on-demand tried now); refused otherwise.
+pub fn pool_errors_outcome(errors: &[(String, String)]) -> FleetError {
+    let summary = if errors.is_empty() {
+        "CreateFleet launched nothing and gave no reason".to_string()
+    } else {
+        errors
+            .iter()
+            .map(|(code, message)| format!("{code}: {message}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let capacity = |code: &str| CAPACITY_CODES.contains(&code);
+    let not_offered = |code: &str| NOT_OFFERED_CODES.contains(&code);
+    let all_capacity_or_not_offered = errors.iter().all(|(code, _)| capacity(code) || not_offered(code));
+    if !errors.is_empty() && all_capacity_or_not_offered && errors.iter().any(|(code, _)| capacity(code)) {
+        FleetError::NoCapacity(summary)
+    } else if !errors.is_empty() && all_capacity_or_not_offered {
+        FleetError::Rejected(format!(
+            "no pool offers the template's instance types in its subnets ({summary}); change `instance_types` or \
+             `subnet_ids`"
+        ))
+    } else {
+        FleetError::Rejected(summary)
+    }
 }
 
 #[async_trait]
@@ -176,6 +215,7 @@ where
     let reason = crate::aws::describe(error);
     match crate::aws::code(error) {
         Some(code) if CAPACITY_CODES.contains(&code) => FleetError::NoCapacity(reason),
+        Some("IdempotentParameterMismatch") => FleetError::TokenMismatch(reason),
         Some(code)
             if code.starts_with("InvalidLaunchTemplate")
                 || code.starts_with("InvalidParameter")
@@ -280,26 +320,17 @@ impl Fleet for Ec2Fleet {
                 });
             }
         }
-        let errors: Vec<String> = output
+        let errors: Vec<(String, String)> = output
             .errors()
             .iter()
-            .map(|e| format!("{}: {}", e.error_code().unwrap_or("?"), e.error_message().unwrap_or("")))
+            .map(|e| {
+                (
+                    e.error_code().unwrap_or("?").to_string(),
+                    e.error_message().unwrap_or("").to_string(),
+                )
+            })
             .collect();
-        let all_capacity = !output.errors().is_empty()
-            && output
-                .errors()
-                .iter()
-                .all(|e| e.error_code().is_some_and(|code| CAPACITY_CODES.contains(&code)));
-        let summary = if errors.is_empty() {
-            "CreateFleet launched nothing and gave no reason".to_string()
-        } else {
-            errors.join("; ")
-        };
-        Err(if all_capacity {
-            FleetError::NoCapacity(summary)
-        } else {
-            FleetError::Rejected(summary)
-        })
+        Err(pool_errors_outcome(&errors))
     }
 
     async fn instances(&self, deployment: &str, query: &InstanceQuery) -> Result<Vec<Instance>, FleetError> {
@@ -422,5 +453,43 @@ impl Fleet for Ec2Fleet {
             Err(error) if crate::aws::code(&error) == Some("InvalidSpotInstanceRequestID.NotFound") => Ok(()),
             Err(error) => Err(unavailable(&error)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pools(errors: &[(&str, &str)]) -> FleetError {
+        let errors: Vec<(String, String)> = errors.iter().map(|(c, m)| (c.to_string(), m.to_string())).collect();
+        pool_errors_outcome(&errors)
+    }
+
+    #[test]
+    fn capacity_errors_mixed_with_pools_that_do_not_offer_the_type_are_no_capacity() {
+        let outcome = pools(&[
+            ("InsufficientInstanceCapacity", "no capacity in us-east-1a"),
+            ("Unsupported", "not offered in us-east-1e"),
+        ]);
+        assert!(matches!(outcome, FleetError::NoCapacity(_)), "{outcome:?}");
+    }
+
+    #[test]
+    fn pools_that_all_do_not_offer_the_type_are_a_configuration_to_fix() {
+        let outcome = pools(&[("Unsupported", "not offered in us-east-1e")]);
+        assert!(
+            matches!(&outcome, FleetError::Rejected(reason) if reason.contains("instance_types")),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
+    fn any_other_pool_error_is_a_refusal() {
+        let outcome = pools(&[
+            ("InsufficientInstanceCapacity", "no capacity"),
+            ("InvalidLaunchTemplateId.NotFound", "no such launch template"),
+        ]);
+        assert!(matches!(outcome, FleetError::Rejected(_)), "{outcome:?}");
+        assert!(matches!(pools(&[]), FleetError::Rejected(_)));
     }
 }

@@ -25,9 +25,19 @@ pub struct JobMessage {
     pub created_at: String,
     /// When the webhook took the delivery (RFC 3339).
     pub received_at: String,
-    /// How many times stop-runner sent this job back after its runner died before taking it.
+    /// How many times stop-runner (or the sweep) sent this job back for a new runner, for any
+    /// reason. An instance launched for an earlier relaunch never serves this message.
     #[serde(default)]
     pub relaunches: u32,
+    /// Of those, the runners that ended without running any job (died, spot reclaim): these
+    /// count against `max_job_relaunches`; a runner GitHub gave another job does not.
+    #[serde(default)]
+    pub runner_failures: u32,
+    /// How many times move-jobs sent this message back from the DLQ. Part of every launch
+    /// token: SQS counts receives from 1 again on each trip, and EC2 replays a token's first
+    /// answer, so a trip without a number of its own would get its first trip's answers.
+    #[serde(default)]
+    pub trip: u32,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -95,6 +105,8 @@ mod tests {
             created_at: "2026-11-28T06:00:00Z".into(),
             received_at: "2026-11-28T06:00:01.000Z".into(),
             relaunches: 0,
+            runner_failures: 0,
+            trip: 0,
         }
     }
 

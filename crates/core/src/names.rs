@@ -61,16 +61,18 @@ pub fn tag_value(value: &str) -> String {
     value.chars().filter(|c| !c.is_control()).take(256).collect()
 }
 
-/// CreateFleet's idempotency token: the same job, attempt, relaunch and receive give the same
-/// token, so two handlers racing on one delivery get one instance; a retry after a failure (a
-/// new receive) gets a new one. At most 64 ASCII characters.
+/// CreateFleet's idempotency token: the same job, attempt, relaunch, DLQ trip and receive give
+/// the same token, so two handlers racing on one delivery get one instance; a retry after a
+/// failure (a new receive) and a trip back from the DLQ (receives count from 1 again) get new
+/// ones. At most 64 ASCII characters.
 pub fn client_token(deployment: &str, message: &JobMessage, receive_count: u32, capacity: Capacity) -> String {
     let mut hash = Sha256::new();
     hash.update(format!(
-        "{deployment}/{}/{}/{}/{receive_count}/{}",
+        "{deployment}/{}/{}/{}/{}/{receive_count}/{}",
         message.job_id,
         message.run_attempt,
         message.relaunches,
+        message.trip,
         capacity.as_str()
     ));
     hex::encode(&hash.finalize()[..24])

@@ -59,10 +59,13 @@ impl MoveJobs {
             }
             for message in batch {
                 match self.decide(&message.body).await {
-                    Decision::Move => {
+                    Decision::Move(mut job) => {
+                        // A trip of its own: receives count from 1 again, and the launch tokens
+                        // must not be the first trip's (EC2 would replay that trip's answers).
+                        job.trip += 1;
                         match self
                             .queue
-                            .send(&self.config.queue_url, &message.body, &message.delivery_id)
+                            .send(&self.config.queue_url, &job.encode(), &message.delivery_id)
                             .await
                         {
                             Ok(_) => match self.queue.delete(&self.config.dlq_url, &message.receipt_handle).await {
@@ -142,7 +145,7 @@ impl MoveJobs {
             };
         }
         match self.github.job_status(&message.repository, job_id).await {
-            Ok(JobStatus::Queued) => Decision::Move,
+            Ok(JobStatus::Queued) => Decision::Move(Box::new(message)),
             Ok(JobStatus::Other(status)) => Decision::Drop {
                 reason: "not_queued",
                 why: format!("job {job_id} is {status}"),
@@ -162,7 +165,7 @@ impl MoveJobs {
 }
 
 enum Decision {
-    Move,
+    Move(Box<JobMessage>),
     Drop {
         reason: &'static str,
         why: String,

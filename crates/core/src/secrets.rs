@@ -13,6 +13,10 @@ pub enum SecretsError {
     Throttled(String),
     #[error("SSM request for parameter `{name}` failed: {reason}")]
     Failed { name: String, reason: String },
+    /// Parameter Store refused the request as such (too large a value, a bad name): retrying
+    /// the same request cannot succeed.
+    #[error("SSM refused parameter `{name}`: {reason}")]
+    Invalid { name: String, reason: String },
 }
 
 impl SecretsError {
@@ -26,7 +30,8 @@ impl SecretsError {
 pub trait Secrets: Send + Sync {
     /// The decrypted value of a parameter.
     async fn get(&self, name: &str) -> Result<String, SecretsError>;
-    /// Writes a SecureString, replacing any earlier value.
+    /// Writes a SecureString of up to 8 KB (Intelligent-Tiering: Standard when the value fits in
+    /// 4 KB, else Advanced), replacing any earlier value.
     async fn put_secure(&self, name: &str, value: &str) -> Result<(), SecretsError>;
     /// Writes a String parameter only if none of that name exists (SSM's `Overwrite=false`, atomic):
     /// answers false when one does. Claims are made this way.
@@ -68,6 +73,12 @@ where
             reason,
         },
         Some("ThrottlingException" | "TooManyUpdates") => SecretsError::Throttled(name.into()),
+        Some("ValidationException" | "ParameterMaxVersionLimitExceeded" | "HierarchyLevelLimitExceededException") => {
+            SecretsError::Invalid {
+                name: name.into(),
+                reason,
+            }
+        }
         _ => SecretsError::Failed {
             name: name.into(),
             reason,
@@ -98,6 +109,10 @@ impl Secrets for SsmSecrets {
             .name(name)
             .value(value)
             .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+            // GitHub's JIT configs exceed the Standard tier's 4 KB: Intelligent-Tiering makes
+            // such a value Advanced (8 KB, charged) and keeps a smaller one Standard (free).
+            // https://docs.aws.amazon.com/systems-manager/latest/userguide/ps-default-tier.html
+            .tier(aws_sdk_ssm::types::ParameterTier::IntelligentTiering)
             .overwrite(true)
             .send()
             .await

@@ -14,10 +14,10 @@ use tokio::time::Instant;
 
 use crate::commands::CommandStatus;
 use crate::config::Config;
-use crate::create::parse_slot_claim;
+use crate::create::SlotClaim;
 use crate::fleet::{
     Instance, InstanceQuery, InstanceState, TAG_COMMAND_ID, TAG_JOB_ID, TAG_RELAUNCHED, TAG_RELAUNCHES, TAG_REPOSITORY,
-    TAG_RUN_ID, TAG_RUNNER_ID, TAG_SLOT, TAG_TEMPLATE,
+    TAG_RUN_ID, TAG_RUNNER_FAILURES, TAG_RUNNER_ID, TAG_TEMPLATE,
 };
 use crate::github::{JobStatus, Runner, RunnerScope};
 use crate::job::{JobMessage, MESSAGE_VERSION, now_rfc3339};
@@ -38,6 +38,9 @@ pub const TERMINAL_STATUSES: &[&str] = &[
 /// A launch slot claimed longer ago than this with no live instance holding it is stale: no
 /// create-runner invocation lasts longer (Lambda's limit is 15 minutes).
 pub const SLOT_CLAIM_GRACE: Duration = Duration::from_secs(16 * 60);
+/// A job is sent back at most this often whatever the reason: a bound on a job whose runners
+/// keep being given other jobs.
+pub const MAX_SEND_BACKS: u32 = 20;
 /// Time kept back from the Lambda deadline.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(10);
 
@@ -52,6 +55,14 @@ pub enum Stopped {
     Ignored(String),
 }
 
+/// What an online runner is doing, as the sweep sees it.
+enum Idleness {
+    Working,
+    JobWentElsewhere,
+    /// Online and idle past the idle limit while its own job stays queued.
+    JobNeverRouted,
+}
+
 /// Counts of one sweep, by reason.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SweepReport {
@@ -60,6 +71,8 @@ pub struct SweepReport {
     pub never_started: usize,
     pub command_ended: usize,
     pub idle: usize,
+    /// Runners online and idle while their own job stayed queued: GitHub never routes it to them.
+    pub unroutable: usize,
     /// Instances EC2 ended (spot reclaims) whose job had not been looked after yet.
     pub reclaimed: usize,
     pub relaunched: usize,
@@ -71,7 +84,7 @@ pub struct SweepReport {
 
 impl SweepReport {
     pub fn cleaned(&self) -> usize {
-        self.lifetime_exceeded + self.never_started + self.command_ended + self.idle + self.reclaimed
+        self.lifetime_exceeded + self.never_started + self.command_ended + self.idle + self.unroutable + self.reclaimed
     }
 }
 
@@ -242,12 +255,16 @@ impl StopRunner {
         };
         match self.ports.secrets.get(&name).await {
             Ok(value)
-                if parse_slot_claim(&value).is_some_and(|(claimant, at)| {
-                    claimant == job_id
-                        && instance
-                            .launched_at
-                            .is_none_or(|launched| at <= launched + Duration::from_secs(5))
-                }) =>
+                if SlotClaim::parse(&value).is_some_and(
+                    |SlotClaim {
+                         job_id: claimant, at, ..
+                     }| {
+                        claimant == job_id
+                            && instance
+                                .launched_at
+                                .is_none_or(|launched| at <= launched + Duration::from_secs(5))
+                    },
+                ) =>
             {
                 if let Err(error) = self.ports.secrets.delete(&name).await {
                     tracing::warn!(job_id, slot = name, %error, "cannot free the launch slot; the sweep frees it");
@@ -263,7 +280,7 @@ impl StopRunner {
     /// The launch slot parameter an instance holds, from its template and slot tags.
     fn slot_of(&self, instance: &Instance) -> Option<String> {
         let template = instance.tag(TAG_TEMPLATE)?;
-        let slot = instance.tag(TAG_SLOT)?.parse().ok()?;
+        let slot = crate::create::slot_of(instance)?;
         Some(names::slot_parameter(&self.config.deployment, template, slot))
     }
 
@@ -289,7 +306,7 @@ impl StopRunner {
                 continue;
             }
             let claimed_at = match self.ports.secrets.get(&name).await {
-                Ok(value) => parse_slot_claim(&value).map(|(_, at)| at),
+                Ok(value) => SlotClaim::parse(&value).map(|claim| claim.at),
                 Err(SecretsError::NotFound(_)) => continue,
                 Err(error) => {
                     tracing::warn!(slot = name, %error, "sweep: cannot read a launch slot");
@@ -367,16 +384,43 @@ impl StopRunner {
             }
         }
         let relaunches: u32 = instance.tag(TAG_RELAUNCHES).and_then(|n| n.parse().ok()).unwrap_or(0);
-        if relaunches >= self.config.max_job_relaunches {
+        let failures: u32 = instance
+            .tag(TAG_RUNNER_FAILURES)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        // After a Success the runner ran a job: GitHub gave it another queued job with the same
+        // labels. That runner did nothing wrong, so it does not count against the limit.
+        let took_another_job = status == "Success";
+        let failures_after = failures + u32::from(!took_another_job);
+        if !took_another_job && failures >= self.config.max_job_relaunches {
             tracing::error!(
                 job_id,
                 repository,
                 relaunches,
-                "job {job_id} dropped: {} runner(s) launched for it ended without running it (last: {status}); check \
-                 the AMI, the runner script's output in the command log group, and spot interruptions",
-                relaunches + 1
+                runner_failures = failures_after,
+                "job {job_id} dropped: {failures_after} runner(s) launched for it ended without running any job \
+                 (last: {status}); check the AMI, the runner script's output in the command log group, and spot \
+                 interruptions"
             );
             return Ok(false);
+        }
+        if relaunches >= MAX_SEND_BACKS {
+            tracing::error!(
+                job_id,
+                repository,
+                relaunches,
+                "job {job_id} dropped: sent back {relaunches} times; its runners keep being given other jobs \
+                 (GitHub gives a queued job to any runner with matching labels)"
+            );
+            return Ok(false);
+        }
+        if took_another_job {
+            tracing::info!(
+                job_id,
+                instance_id = instance.id,
+                "job {job_id}: its runner ran another queued job with the same labels (GitHub's choice); the job \
+                 gets a new runner, which does not count against max_job_relaunches"
+            );
         }
         let template = instance.tag(TAG_TEMPLATE).unwrap_or_default().to_string();
         let labels = self
@@ -406,6 +450,8 @@ impl StopRunner {
             created_at: String::new(),
             received_at: now_rfc3339(),
             relaunches: relaunches + 1,
+            runner_failures: failures_after,
+            trip: 0,
         };
         match self
             .ports
@@ -418,6 +464,7 @@ impl StopRunner {
                     job_id,
                     status,
                     relaunches = relaunches + 1,
+                    runner_failures = failures_after,
                     "runner ended without running its job ({status}); job sent back for a new runner"
                 );
                 Ok(true)
@@ -515,10 +562,33 @@ impl StopRunner {
                     report.errors += 1;
                 }
             }
-            if self.is_idle(instance, age, &runners).await {
-                report.idle += 1;
-                self.end(instance, None).await;
-                continue;
+            match self.idleness(instance, age, &runners).await {
+                Idleness::Working => {}
+                Idleness::JobWentElsewhere => {
+                    report.idle += 1;
+                    self.end(instance, None).await;
+                    continue;
+                }
+                Idleness::JobNeverRouted => {
+                    let job_id = instance.tag(TAG_JOB_ID).unwrap_or_default();
+                    let repository = instance.tag(TAG_REPOSITORY).unwrap_or_default();
+                    tracing::error!(
+                        job_id,
+                        repository,
+                        instance_id = instance.id,
+                        idle_seconds = age.as_secs(),
+                        "job {job_id}: GitHub does not give it to its runner, online and idle for over {} s while the \
+                         job stays queued; the instance is ended and no new runner launched. Likely causes: the \
+                         runner group (runner_group_id {}) is not granted to {repository}, the workflow asks for \
+                         another runner group, or its labels differ from the template's in a way GitHub compares. \
+                         Fix the group's repository access or the job's `runs-on`, then re-run the job",
+                        self.config.sweep.idle_runner_seconds,
+                        self.config.github.runner_group_id
+                    );
+                    report.unroutable += 1;
+                    self.end(instance, None).await;
+                    continue;
+                }
             }
             still_live.insert(instance.id.clone());
         }
@@ -535,6 +605,7 @@ impl StopRunner {
             never_started = report.never_started,
             command_ended = report.command_ended,
             idle = report.idle,
+            unroutable = report.unroutable,
             reclaimed = report.reclaimed,
             relaunched = report.relaunched,
             parameters_deleted = report.parameters_deleted,
@@ -548,36 +619,38 @@ impl StopRunner {
         report
     }
 
-    /// Online, not busy, past the idle limit, and its own job no longer queued: GitHub gave the
-    /// job to another runner, or it was cancelled.
-    async fn is_idle(
+    /// Whether a runner online and not busy past the idle limit has anything left to do: its own
+    /// job went elsewhere (GitHub gave it another runner, or it was cancelled), or GitHub keeps
+    /// its own job queued without giving it to this runner (it never will).
+    async fn idleness(
         &self,
         instance: &Instance,
         age: Duration,
         runners: &BTreeMap<u64, (RunnerScope, Runner)>,
-    ) -> bool {
+    ) -> Idleness {
         if age <= Duration::from_secs(self.config.sweep.idle_runner_seconds.into()) {
-            return false;
+            return Idleness::Working;
         }
         let Some((_, runner)) = instance
             .tag(TAG_RUNNER_ID)
             .and_then(|id| id.parse().ok())
             .and_then(|id| runners.get(&id))
         else {
-            return false;
+            return Idleness::Working;
         };
         if runner.status != "online" || runner.busy {
-            return false;
+            return Idleness::Working;
         }
         let job_id = instance
             .tag(TAG_JOB_ID)
             .and_then(|id| id.parse().ok())
             .unwrap_or_default();
         let repository = instance.tag(TAG_REPOSITORY).unwrap_or_default();
-        matches!(
-            self.ports.github.job_status(repository, job_id).await,
-            Ok(JobStatus::Other(_))
-        )
+        match self.ports.github.job_status(repository, job_id).await {
+            Ok(JobStatus::Other(_)) => Idleness::JobWentElsewhere,
+            Ok(JobStatus::Queued) => Idleness::JobNeverRouted,
+            Err(_) => Idleness::Working,
+        }
     }
 
     fn runner_scopes(&self, instances: &[Instance]) -> Vec<RunnerScope> {

@@ -400,6 +400,8 @@ impl Webhook {
             created_at: text(job.created_at),
             received_at: now_rfc3339(),
             relaunches: 0,
+            runner_failures: 0,
+            trip: 0,
         };
         let mut answer = match self
             .queue

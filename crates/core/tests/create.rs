@@ -10,10 +10,11 @@ use serde_json::json;
 use sophons_core::commands::CommandError;
 use sophons_core::config::Config;
 use sophons_core::create::{Backoff, CreateRunner, Outcome, Ports};
-use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeQueue, FakeSecrets};
-use sophons_core::fleet::{Capacity, FleetError, Instance, InstanceState};
+use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeQueue, FakeSecrets, Lag};
+use sophons_core::fleet::{Capacity, Fleet, FleetError, Instance, InstanceState};
 use sophons_core::github::{GithubError, RunnerScope};
 use sophons_core::job::{JobMessage, MESSAGE_VERSION};
+use sophons_core::queue::Queue;
 use sophons_core::secrets::Secrets;
 use tokio::time::Instant;
 
@@ -80,6 +81,8 @@ fn message(job_id: u64, template: &str) -> JobMessage {
         created_at: "2026-11-28T06:00:00Z".into(),
         received_at: "2026-11-28T06:00:01.000Z".into(),
         relaunches: 0,
+        runner_failures: 0,
+        trip: 0,
     }
 }
 
@@ -127,9 +130,10 @@ async fn a_queued_job_gets_one_tagged_spot_instance_a_registered_runner_and_a_st
     assert_eq!(runners[0].group_id, 1);
 
     let parameter = format!("/sophons/jit/{instance_id}");
-    assert_eq!(
-        world.secrets.get(&parameter).await.unwrap(),
-        format!("jit-secret-{}", runners[0].runner.id)
+    let stored = world.secrets.get(&parameter).await.unwrap();
+    assert!(
+        stored.starts_with(&format!("jit-secret-{}-", runners[0].runner.id)),
+        "the runner's own JIT config"
     );
 
     let sent = world.commands.sent();
@@ -778,7 +782,12 @@ async fn a_slot_claimed_by_a_launch_in_flight_elsewhere_counts_against_max_runne
     let world = world();
     // Another invocation has claimed both of template_gpu's slots and not launched yet.
     for slot in 0..2 {
-        let claim = sophons_core::create::slot_claim(900 + slot, SystemTime::now());
+        let claim = sophons_core::create::SlotClaim {
+            job_id: 900 + slot,
+            relaunches: 0,
+            at: SystemTime::now(),
+        }
+        .encode();
         let name = format!("/sophons/slots/template_gpu/{slot}");
         assert!(world.secrets.create(&name, &claim).await.unwrap());
     }
@@ -799,4 +808,187 @@ async fn a_failed_launch_gives_its_slot_back() {
     let outcome = serve(&world, &message(25, "template_gpu")).await;
     assert!(matches!(outcome, Outcome::HandedBack { .. }), "{outcome:?}");
     assert!(world.secrets.names().is_empty(), "{:?}", world.secrets.names());
+}
+
+#[tokio::test]
+async fn a_relaunched_job_is_never_acknowledged_against_the_instance_being_ended() {
+    let world = world();
+    let first = served_instance(&serve(&world, &message(40, "template_cpu")).await);
+    // stop-runner sends the job back before it ends the old instance, and SQS can hand the
+    // message to create-runner at once: the old instance is still live, with its command tag.
+    let mut relaunch = message(40, "template_cpu");
+    relaunch.relaunches = 1;
+    let outcome = serve(&world, &relaunch).await;
+    assert!(
+        matches!(&outcome, Outcome::HandedBack { reason, .. } if reason.contains("still being ended")),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        world.fleet.all_instances().len(),
+        1,
+        "never two live instances for one job"
+    );
+    // Once the old instance is gone, the relaunch gets its runner.
+    world.fleet.terminate(&first).await.unwrap();
+    let second = served_instance(&world.create.serve(&relaunch.encode(), 2, far()).await);
+    assert_ne!(second, first);
+}
+
+#[tokio::test]
+async fn a_job_back_from_the_dlq_launches_with_tokens_of_its_own() {
+    use sophons_core::redrive::MoveJobs;
+    let world = world_with(|c| c["templates"]["template_cpu"]["on_demand_fallback"] = json!(false));
+    let mut job = message(41, "template_cpu");
+    job.created_at = sophons_core::job::now_rfc3339();
+    // Its first trip found no capacity; EC2 keeps that answer with the token for a day.
+    world
+        .fleet
+        .fail_launches([FleetError::NoCapacity("InsufficientInstanceCapacity".into())]);
+    let first = world.create.serve(&job.encode(), 1, far()).await;
+    assert!(matches!(first, Outcome::HandedBack { .. }), "{first:?}");
+    // Three receives later it is in the DLQ; move-jobs sends it back and SQS counts from 1.
+    let dlq = "https://sqs.us-east-1.amazonaws.com/123456789012/jobs-dlq";
+    world.queue.send(dlq, &job.encode(), &job.delivery_id).await.unwrap();
+    let config = Arc::new(common::config("https://sqs.us-east-1.amazonaws.com/123456789012/jobs"));
+    let moved = MoveJobs::new(config, world.queue.clone(), world.github.clone())
+        .run(far())
+        .await;
+    assert_eq!(moved.moved, 1);
+    let body = world
+        .queue
+        .messages("https://sqs.us-east-1.amazonaws.com/123456789012/jobs")
+        .pop()
+        .unwrap();
+    // Capacity is back: the moved job launches, and is not answered its first trip's failure.
+    served_instance(&world.create.serve(&body, 1, far()).await);
+}
+
+#[tokio::test]
+async fn a_launch_token_used_with_other_parameters_is_never_retried_as_if_transient() {
+    let world = world();
+    let job = message(42, "template_cpu");
+    // A handler serving a duplicate delivery launched first with the same token and another slot.
+    let token = sophons_core::names::client_token("sophons", &job, 1, Capacity::Spot);
+    let request = sophons_core::fleet::LaunchRequest {
+        launch_template: "sophons-template_cpu".into(),
+        instance_types: vec!["c7i.large".into()],
+        subnet_ids: vec!["subnet-0abc".into()],
+        capacity: Capacity::Spot,
+        spot_max_price: None,
+        client_token: token,
+        tags: vec![("sophons:slot".into(), "19".into())],
+    };
+    world.fleet.launch(&request).await.unwrap();
+    let outcome = serve(&world, &job).await;
+    assert!(
+        matches!(&outcome, Outcome::Acknowledged(reason) if reason.contains("same launch token")),
+        "{outcome:?}"
+    );
+    assert!(
+        world.secrets.names().iter().all(|n| !n.contains("/slots/")),
+        "its slot is given back: {:?}",
+        world.secrets.names()
+    );
+}
+
+#[tokio::test]
+async fn unsupported_pools_beside_capacity_errors_still_fall_back_to_on_demand() {
+    let world = world();
+    world.fleet.fail_launch_with_pool_errors(&[
+        ("InsufficientInstanceCapacity", "no spot capacity in us-east-1a"),
+        ("Unsupported", "c7i.large is not offered in us-east-1e"),
+    ]);
+    let outcome = serve(&world, &message(43, "template_cpu")).await;
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Served {
+                capacity: Capacity::OnDemand,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_instance_missing_from_the_listing_right_after_its_launch_is_not_taken_for_ended() {
+    let world = world();
+    // EC2's reads lag: the new instance is not listed until the clock moves.
+    world.fleet.set_lag(Lag {
+        new: 1,
+        ..Lag::default()
+    });
+    served_instance(&serve(&world, &message(44, "template_cpu")).await);
+    assert_eq!(world.fleet.launches().len(), 1, "no second launch with a new token");
+    assert_eq!(world.fleet.all_instances().len(), 1);
+}
+
+#[tokio::test]
+async fn a_terminated_instance_still_listed_as_running_does_not_serve_its_jobs_relaunch() {
+    let world = world();
+    world.fleet.set_lag(Lag {
+        ended: 2,
+        ..Lag::default()
+    });
+    let first = served_instance(&serve(&world, &message(45, "template_cpu")).await);
+    world.fleet.terminate(&first).await.unwrap();
+    let mut relaunch = message(45, "template_cpu");
+    relaunch.relaunches = 1;
+    let outcome = serve(&world, &relaunch).await;
+    assert!(matches!(outcome, Outcome::HandedBack { .. }), "{outcome:?}");
+    world.fleet.set_now(5);
+    served_instance(&world.create.serve(&relaunch.encode(), 2, far()).await);
+}
+
+#[tokio::test]
+async fn a_throttled_slot_claim_is_tried_again_instead_of_handing_the_job_back() {
+    let world = world();
+    world.secrets.throttle_next_creates(2);
+    let outcome = serve(&world, &message(46, "template_cpu")).await;
+    served_instance(&outcome);
+}
+
+#[tokio::test]
+async fn an_instance_ended_by_a_failed_start_frees_its_slot_at_once() {
+    let world = world();
+    world.commands.fail_next(CommandError::Failed("AccessDenied".into()));
+    let outcome = serve(&world, &message(47, "template_cpu")).await;
+    assert!(matches!(outcome, Outcome::HandedBack { .. }), "{outcome:?}");
+    assert!(world.secrets.names().is_empty(), "{:?}", world.secrets.names());
+}
+
+#[tokio::test]
+async fn jit_configs_as_large_as_githubs_are_stored_for_the_runner() {
+    let world = world();
+    let instance_id = served_instance(&serve(&world, &message(48, "template_cpu")).await);
+    let value = world
+        .secrets
+        .get(&sophons_core::names::jit_parameter("sophons", &instance_id))
+        .await
+        .unwrap();
+    assert!(
+        value.len() > 4096,
+        "GitHub's JIT configs exceed a Standard parameter: {}",
+        value.len()
+    );
+}
+
+#[tokio::test]
+async fn a_duplicate_message_served_before_ec2_lists_the_first_launch_gets_no_second_instance() {
+    let world = world();
+    // Not listed yet: the "already served?" lookup cannot see the first launch.
+    world.fleet.set_lag(Lag {
+        new: 1,
+        ..Lag::default()
+    });
+    let job = message(49, "template_cpu");
+    served_instance(&world.create.serve(&job.encode(), 1, far()).await);
+    // A duplicate of the message, at another receive count (so another launch token).
+    let outcome = world.create.serve(&job.encode(), 2, far()).await;
+    assert!(
+        matches!(&outcome, Outcome::HandedBack { reason, .. } if reason.contains("being launched by another handler")),
+        "{outcome:?}"
+    );
+    assert_eq!(world.fleet.all_instances().len(), 1);
 }

@@ -298,6 +298,8 @@ fn message_naming(value: &str, job_id: u64) -> JobMessage {
         created_at: value.into(),
         received_at: value.into(),
         relaunches: 0,
+        runner_failures: 0,
+        trip: 0,
     }
 }
 

@@ -41,6 +41,8 @@ fn message(job_id: u64, created_at: &str) -> String {
         created_at: created_at.into(),
         received_at: now_rfc3339(),
         relaunches: 0,
+        runner_failures: 0,
+        trip: 0,
     }
     .encode()
 }

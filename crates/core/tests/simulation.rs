@@ -25,10 +25,10 @@ use serde_json::json;
 use sophons_core::commands::{CommandError, CommandRequest, CommandStatus, Commands};
 use sophons_core::config::Config;
 use sophons_core::create::{self, Backoff, CreateRunner, Outcome};
-use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeSecrets};
+use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeSecrets, Lag};
 use sophons_core::fleet::{
     Capacity, Fleet, FleetError, Instance, InstanceQuery, LaunchRequest, Launched, TAG_JOB_ID, TAG_RELAUNCHES,
-    TAG_TEMPLATE,
+    TAG_RUNNER_FAILURES, TAG_TEMPLATE, pool_errors_outcome,
 };
 use sophons_core::github::{Github, GithubError, JitConfig, JobStatus, Runner, RunnerScope};
 use sophons_core::job::{JobMessage, MESSAGE_VERSION, now_rfc3339};
@@ -81,6 +81,16 @@ struct Rates {
     taken_by_another_job: f64,
     bad_ami: f64,
     spot_reclaimed: f64,
+    /// A launch whose instance is missing from listings until the next minute.
+    listing_late: f64,
+    /// A terminated instance listed as it was for up to two minutes.
+    ended_late: f64,
+    /// Tags written after the launch shown a minute late.
+    tags_late: f64,
+    /// A no-capacity answer also names pools that do not offer the type (`Unsupported`).
+    pools_unsupported: f64,
+    /// A job GitHub never gives to our runners (runner group not granted to the repository).
+    unroutable: f64,
 }
 
 const RATES: Rates = Rates {
@@ -104,6 +114,11 @@ const RATES: Rates = Rates {
     taken_by_another_job: 0.05,
     bad_ami: 0.03,
     spot_reclaimed: 0.02,
+    listing_late: 0.3,
+    ended_late: 0.3,
+    tags_late: 0.2,
+    pools_unsupported: 0.5,
+    unroutable: 0.005,
 };
 
 /// How create-runner is invoked: one record at a time, or several invocations at once (the
@@ -318,18 +333,27 @@ impl Fleet for ChaosFleet {
                 "RequestLimitExceeded: Request limit exceeded.".into(),
             ));
         }
+        // Errors inside CreateFleet's answer: the fake keeps them with the token, as EC2 does.
+        let mut fault = None;
         if request.capacity == Capacity::Spot
             && chaos.fault("InsufficientInstanceCapacity", rates.insufficient_capacity)
         {
-            return Err(FleetError::NoCapacity(
-                "InsufficientInstanceCapacity: no spot capacity".into(),
-            ));
-        }
-        if chaos.fault("quota (VcpuLimitExceeded)", rates.quota) {
-            return Err(FleetError::NoCapacity("VcpuLimitExceeded: vCPU quota reached".into()));
+            let mut pools = vec![(
+                "InsufficientInstanceCapacity".to_string(),
+                "There is no Spot capacity available that matches your request.".to_string(),
+            )];
+            if chaos.fault("Unsupported pools beside capacity errors", rates.pools_unsupported) {
+                pools.push((
+                    "Unsupported".to_string(),
+                    "The requested configuration is currently not supported.".to_string(),
+                ));
+            }
+            fault = Some(pool_errors_outcome(&pools));
+        } else if chaos.fault("quota (VcpuLimitExceeded)", rates.quota) {
+            fault = Some(FleetError::NoCapacity("VcpuLimitExceeded: vCPU quota reached".into()));
         }
         let answer_lost = chaos.fault("EC2 timeout after the launch", rates.timeout);
-        let launched = self.inner.launch(request).await?;
+        let launched = self.inner.launch_or_fail(request, fault)?;
         if let Some(instance) = self.inner.instance(&launched.instance_id) {
             let fresh = !chaos.ledger.lock().unwrap().launched_at.contains_key(&instance.id);
             chaos.launched(&instance);
@@ -464,13 +488,14 @@ impl Secrets for ChaosSecrets {
         let value = self.inner.get(name).await?;
         // A launch slot's claim time, in simulated time (as `Chaos::aged` does for instances).
         let claimed = self.chaos.ledger.lock().unwrap().claims.get(name).copied();
-        match (claimed, sophons_core::create::parse_slot_claim(&value)) {
-            (Some(minute), Some((job_id, _))) => {
+        match (claimed, sophons_core::create::SlotClaim::parse(&value)) {
+            (Some(minute), Some(claim)) => {
                 let age = Duration::from_secs(self.chaos.now().saturating_sub(minute) * 60);
-                Ok(sophons_core::create::slot_claim(
-                    job_id,
-                    SystemTime::now() + Duration::from_secs(30) - age,
-                ))
+                Ok(sophons_core::create::SlotClaim {
+                    at: SystemTime::now() + Duration::from_secs(30) - age,
+                    ..claim
+                }
+                .encode())
             }
             _ => Ok(value),
         }
@@ -911,6 +936,17 @@ async fn interleave<'a, T: 'a>(chaos: &Chaos, tasks: Vec<(u64, Task<'a, T>)>) ->
     results
 }
 
+enum Either<T> {
+    Stop(T),
+    Served(Vec<(String, (String, Outcome))>),
+}
+
+/// A stop-runner invocation's answer (None: killed), and what create-runner served beside it.
+struct Besides<T> {
+    value: Option<T>,
+    served: Vec<(String, (String, Outcome))>,
+}
+
 // ---------------------------------------------------------------------------------------------
 // The world around the flows: GitHub's jobs, the boxes, EventBridge
 
@@ -929,6 +965,8 @@ struct Job {
     state: JobState,
     /// A runner of this job died before taking it after its last allowed relaunch.
     relaunches_exhausted: bool,
+    /// GitHub never gives this job to our runners.
+    unroutable: bool,
     /// Why its message last went back to the queue (for the DLQ accounting).
     last_hand_back: Option<String>,
     /// What happened to it, for the failure message.
@@ -949,6 +987,7 @@ struct Machine {
     command_id: String,
     job: u64,
     relaunches: u32,
+    runner_failures: u32,
     runner_id: Option<u64>,
     phase: Phase,
 }
@@ -976,6 +1015,9 @@ struct Figures {
     dlq_trips: u64,
     moved_back: u64,
     relaunched: u64,
+    /// Jobs GitHub never routed to our runners, ended by the sweep with an error line.
+    unroutable: u64,
+    unroutable_ended: u64,
     dropped: BTreeMap<String, u64>,
     faults: BTreeMap<&'static str, u64>,
     peak_live: BTreeMap<String, usize>,
@@ -997,6 +1039,8 @@ impl Figures {
         self.dlq_trips += other.dlq_trips;
         self.moved_back += other.moved_back;
         self.relaunched += other.relaunched;
+        self.unroutable += other.unroutable;
+        self.unroutable_ended += other.unroutable_ended;
         self.leaks += other.leaks;
         self.minutes += other.minutes;
         for (reason, n) in &other.dropped {
@@ -1021,8 +1065,14 @@ impl Figures {
             elapsed.as_secs_f64()
         );
         println!(
-            "  jobs: ran on our runner {}, ran elsewhere {}, cancelled while queued {}, dropped after max relaunches {}",
-            self.ran, self.ran_elsewhere, self.cancelled, self.relaunches_exhausted
+            "  jobs: ran on our runner {}, ran elsewhere {}, cancelled while queued {}, dropped after max relaunches {}, \
+             never routed to our runners {} (their runners ended as unroutable: {})",
+            self.ran,
+            self.ran_elsewhere,
+            self.cancelled,
+            self.relaunches_exhausted,
+            self.unroutable,
+            self.unroutable_ended
         );
         println!(
             "  launches {}, SendCommand retries {}, handed back {}, DLQ trips {}, moved back from the DLQ {}, relaunched by the sweep {}",
@@ -1086,6 +1136,27 @@ impl Sim {
                 .collect(),
         });
         let fleet = Arc::new(FakeFleet::default());
+        {
+            // EC2's reads lag, in simulated minutes: a new instance missing until the next minute,
+            // an ended one listed as it was for up to two, late tags.
+            let chaos = chaos.clone();
+            fleet.set_lag_source(move || {
+                let mut lag = Lag::default();
+                if chaos.chance(chaos.rates.listing_late) {
+                    chaos.count("EC2 listing late (new instance missing)");
+                    lag.new = 1;
+                }
+                if chaos.chance(chaos.rates.ended_late) {
+                    chaos.count("EC2 listing late (ended instance still live)");
+                    lag.ended = 1 + chaos.draw(2);
+                }
+                if chaos.chance(chaos.rates.tags_late) {
+                    chaos.count("EC2 tags late");
+                    lag.tags = 1;
+                }
+                lag
+            });
+        }
         let github = Arc::new(FakeGithub::new());
         let secrets = Arc::new(FakeSecrets::default());
         let commands = Arc::new(FakeCommands::default());
@@ -1153,6 +1224,10 @@ impl Sim {
                 "template_cpu"
             };
             let arrival = rng.below(span);
+            let unroutable = rng.chance(RATES.unroutable);
+            if unroutable {
+                *faults.entry("job GitHub never routes to our runners").or_default() += 1;
+            }
             deliveries.push((arrival, id));
             if rng.chance(RATES.duplicate_delivery) {
                 *faults.entry("duplicate webhook delivery").or_default() += 1;
@@ -1170,6 +1245,7 @@ impl Sim {
                     template: template.into(),
                     state: JobState::Queued,
                     relaunches_exhausted: false,
+                    unroutable,
                     last_hand_back: None,
                     history: Vec::new(),
                 },
@@ -1209,6 +1285,11 @@ impl Sim {
     fn invocation(&mut self) -> u64 {
         self.next_invocation += 1;
         self.next_invocation
+    }
+
+    /// The id the caller reserved right after `invocation` (the poller beside a stop-runner run).
+    fn invocation_after(&self, invocation: u64) -> u64 {
+        invocation + 1
     }
 
     fn fail(&self, what: impl std::fmt::Display) -> ! {
@@ -1256,6 +1337,7 @@ impl Sim {
         let mut quiet_since: Option<u64> = None;
         loop {
             self.chaos.now.store(minute, Ordering::Relaxed);
+            self.fleet.set_now(minute);
             if minute == faults_end {
                 self.chaos.on.store(false, Ordering::Relaxed);
             }
@@ -1379,6 +1461,8 @@ impl Sim {
                 created_at: now_rfc3339(),
                 received_at: now_rfc3339(),
                 relaunches: 0,
+                runner_failures: 0,
+                trip: 0,
             };
             self.queue.enqueue(false, &message.encode(), &message.delivery_id);
             self.note(id, "webhook delivered");
@@ -1444,6 +1528,10 @@ impl Sim {
             };
             let job = instance.tag(TAG_JOB_ID).and_then(|id| id.parse().ok()).unwrap_or(0);
             let relaunches = instance.tag(TAG_RELAUNCHES).and_then(|n| n.parse().ok()).unwrap_or(0);
+            let runner_failures = instance
+                .tag(TAG_RUNNER_FAILURES)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
             let until = minute + 1 + self.chaos.draw(3);
             self.note(job, format!("SSM started {command_id} on {instance_id}"));
             self.machines.push(Machine {
@@ -1451,6 +1539,7 @@ impl Sim {
                 command_id,
                 job,
                 relaunches,
+                runner_failures,
                 runner_id: None,
                 phase: Phase::Booting { until },
             });
@@ -1503,7 +1592,7 @@ impl Sim {
         let (job, instance_id) = (self.machines[index].job, self.machines[index].instance_id.clone());
         self.note(job, format!("{instance_id} died before taking a job: {why}"));
         let machine = &self.machines[index];
-        if machine.relaunches >= self.config.max_job_relaunches
+        if machine.runner_failures >= self.config.max_job_relaunches
             && let Some(job) = self.jobs.get_mut(&machine.job)
         {
             job.relaunches_exhausted = true;
@@ -1537,6 +1626,7 @@ impl Sim {
         let runner_id = value
             .as_deref()
             .and_then(|v| v.strip_prefix("jit-secret-"))
+            .and_then(|rest| rest.split('-').next())
             .and_then(|id| id.parse::<u64>().ok())
             .filter(|id| self.github.runners().iter().any(|r| r.runner.id == *id));
         let _ = self.secrets.delete(&parameter).now();
@@ -1559,7 +1649,14 @@ impl Sim {
         let Some(template) = self.jobs.get(&own).map(|j| j.template.clone()) else {
             return;
         };
-        let queued = self.queued.get(&template).cloned().unwrap_or_default();
+        let queued: BTreeSet<u64> = self
+            .queued
+            .get(&template)
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|id| !self.jobs[id].unroutable)
+            .collect();
         let other = queued.iter().copied().find(|id| *id != own);
         let own_queued = queued.contains(&own);
         let job = match (own_queued, other) {
@@ -1577,8 +1674,9 @@ impl Sim {
         let instance_id = self.machines[index].instance_id.clone();
         if job != own {
             self.note(own, format!("its runner on {instance_id} took job {job}"));
-            // stop-runner sends the own job back when this runner ends, within the relaunch limit.
-            if self.machines[index].relaunches >= self.config.max_job_relaunches
+            // stop-runner sends the own job back when this runner ends; this does not count
+            // against the relaunch limit, only against the bound on send-backs.
+            if self.machines[index].relaunches >= stop::MAX_SEND_BACKS
                 && let Some(own) = self.jobs.get_mut(&own)
             {
                 own.relaunches_exhausted = true;
@@ -1609,11 +1707,15 @@ impl Sim {
                 },
             });
             let invocation = self.invocation();
+            self.next_invocation += 1; // the poller's
             let stop = &self.stop;
             let far = Instant::now() + Duration::from_secs(300);
             let task: Task<'_, _> = Box::pin(stop.handle(body, far));
-            let answered = interleave(&self.chaos, vec![(invocation, task)]).await;
-            if answered[0].is_none() && event.retries_left > 0 {
+            let Besides { value, served } = self.beside_create_runner(invocation, task).await;
+            for (body, answer) in served {
+                self.settle(&body, Some(answer));
+            }
+            if value.is_none() && event.retries_left > 0 {
                 self.events.push(Event {
                     due: minute + 1,
                     retries_left: event.retries_left - 1,
@@ -1677,47 +1779,103 @@ impl Sim {
                 interleave(&self.chaos, tasks).await
             };
             for (answer, body) in answers.into_iter().zip(bodies) {
-                let job_id = JobMessage::decode(&body).map(|m| m.job_id).unwrap_or(0);
-                let Some((receipt, outcome)) = answer else {
-                    self.note(job_id, "create-runner killed");
-                    continue; // killed: back after the visibility timeout
-                };
-                self.note(job_id, format!("create-runner: {outcome:?}"));
-                match outcome {
-                    Outcome::HandedBack { reason, .. } => {
-                        self.figures.handed_back += 1;
-                        if let Ok(message) = JobMessage::decode(&body)
-                            && let Some(job) = self.jobs.get_mut(&message.job_id)
-                        {
-                            job.last_hand_back = Some(reason);
-                        }
-                    }
-                    Outcome::Served { .. } => self.queue.delete_job(&receipt),
-                    Outcome::Acknowledged(reason) => {
-                        let why = if reason.contains("already has instance") {
-                            "create: job already has an instance"
-                        } else if reason.contains("no runner launched") {
-                            "create: job no longer queued"
-                        } else if reason.contains("already registered by another handler") {
-                            "create: another handler has the instance"
-                        } else {
-                            "create: other"
-                        };
-                        *self.figures.dropped.entry(why.to_string()).or_default() += 1;
-                        self.queue.delete_job(&receipt);
-                    }
-                }
+                self.settle(&body, answer);
             }
         }
     }
 
+    /// What the event source mapping does with a record's answer (None: its handler was killed,
+    /// and the message comes back after its visibility timeout).
+    fn settle(&mut self, body: &str, answer: Option<(String, Outcome)>) {
+        let job_id = JobMessage::decode(body).map(|m| m.job_id).unwrap_or(0);
+        let Some((receipt, outcome)) = answer else {
+            self.note(job_id, "create-runner killed");
+            return;
+        };
+        self.note(job_id, format!("create-runner: {outcome:?}"));
+        match outcome {
+            Outcome::HandedBack { reason, .. } => {
+                self.figures.handed_back += 1;
+                if let Some(job) = self.jobs.get_mut(&job_id) {
+                    job.last_hand_back = Some(reason);
+                }
+            }
+            Outcome::Served { .. } => self.queue.delete_job(&receipt),
+            Outcome::Acknowledged(reason) => {
+                let why = if reason.contains("already has instance") {
+                    "create: job already has an instance"
+                } else if reason.contains("no runner launched") {
+                    "create: job no longer queued"
+                } else if reason.contains("already registered by another handler") {
+                    "create: another handler has the instance"
+                } else if reason.contains("same launch token") {
+                    "create: another handler launched with the same token"
+                } else {
+                    "create: other"
+                };
+                *self.figures.dropped.entry(why.to_string()).or_default() += 1;
+                self.queue.delete_job(&receipt);
+            }
+        }
+    }
+
+    /// Runs a stop-runner invocation (an event, the sweep) while create-runner's event source
+    /// mapping polls the jobs queue beside it: SQS hands a message stop-runner sends to
+    /// create-runner at once, before stop-runner's next call returns.
+    async fn beside_create_runner<'a, T: 'a>(&'a self, invocation: u64, task: Task<'a, T>) -> Besides<T> {
+        let done = Arc::new(AtomicBool::new(false));
+        let poller = self.invocation_after(invocation);
+        let first: Task<'a, Either<T>> = {
+            let done = done.clone();
+            Box::pin(async move {
+                let value = task.await;
+                done.store(true, Ordering::SeqCst);
+                Either::Stop(value)
+            })
+        };
+        let create = &self.create;
+        let queue = &self.queue;
+        let chaos = &self.chaos;
+        let second: Task<'a, Either<T>> = Box::pin(async move {
+            let mut answers = Vec::new();
+            while !done.load(Ordering::SeqCst) && !chaos.is_killed(invocation) {
+                let deadline = Instant::now() + Duration::from_secs(21);
+                for (record, receives) in queue.receive_jobs(1) {
+                    let outcome = create.serve(&record.body, receives, deadline).await;
+                    if let Outcome::HandedBack { delay_seconds, .. } = &outcome {
+                        let _ = queue.hide(QUEUE, &record.receipt_handle, *delay_seconds).await;
+                    }
+                    answers.push((record.body.clone(), (record.receipt_handle.clone(), outcome)));
+                }
+                YieldOnce(false).await;
+            }
+            Either::Served(answers)
+        });
+        let mut results = interleave(&self.chaos, vec![(invocation, first), (poller, second)]).await;
+        let served = match results.pop().flatten() {
+            Some(Either::Served(answers)) => answers,
+            _ => Vec::new(),
+        };
+        let value = match results.pop().flatten() {
+            Some(Either::Stop(value)) => Some(value),
+            _ => None,
+        };
+        Besides { value, served }
+    }
+
     async fn sweep(&mut self) {
         let invocation = self.invocation();
+        self.next_invocation += 1; // the poller's
         let stop = &self.stop;
         let far = Instant::now() + Duration::from_secs(300);
         let task: Task<'_, _> = Box::pin(stop.sweep(far));
-        if let Some(Some(report)) = interleave(&self.chaos, vec![(invocation, task)]).await.pop() {
+        let Besides { value, served } = self.beside_create_runner(invocation, task).await;
+        for (body, answer) in served {
+            self.settle(&body, Some(answer));
+        }
+        if let Some(report) = value {
             self.figures.relaunched += report.relaunched as u64;
+            self.figures.unroutable_ended += report.unroutable as u64;
         }
     }
 
@@ -1766,6 +1924,7 @@ impl Sim {
                 }
                 JobState::Queued if dlq.contains_key(&job.id) => {}
                 JobState::Queued if job.relaunches_exhausted => self.figures.relaunches_exhausted += 1,
+                JobState::Queued if job.unroutable => self.figures.unroutable += 1,
                 JobState::Queued => problems.push(format!(
                     "job {} ({}) vanished: GitHub still has it queued, no message holds it, its relaunches were not \
                      exhausted. History:\n      {}",

@@ -91,6 +91,8 @@ fn message(job_id: u64, relaunches: u32) -> JobMessage {
         created_at: String::new(),
         received_at: String::new(),
         relaunches,
+        runner_failures: 0,
+        trip: 0,
     }
 }
 
@@ -750,7 +752,12 @@ async fn an_ended_instance_leaves_a_slot_another_job_has_claimed_since() {
     let (instance_id, command_id) = running_job(&world, 45).await;
     let slot = "/sophons/slots/template_cpu/5";
     world.secrets.delete(slot).await.unwrap();
-    let claim = sophons_core::create::slot_claim(99, SystemTime::now());
+    let claim = sophons_core::create::SlotClaim {
+        job_id: 99,
+        relaunches: 0,
+        at: SystemTime::now(),
+    }
+    .encode();
     assert!(world.secrets.create(slot, &claim).await.unwrap());
     world.github.set_job_status("my-org/app", 45, "completed");
     world.stop.command_ended(&instance_id, &command_id, "Success").await;
@@ -764,7 +771,12 @@ async fn an_ended_instance_leaves_its_slot_to_its_jobs_relaunch_that_claimed_it_
     let slot = "/sophons/slots/template_cpu/6";
     world.secrets.delete(slot).await.unwrap();
     // A repeated event after the job's relaunch claimed the same slot again.
-    let claim = sophons_core::create::slot_claim(46, SystemTime::now() + Duration::from_secs(120));
+    let claim = sophons_core::create::SlotClaim {
+        job_id: 46,
+        relaunches: 0,
+        at: SystemTime::now() + Duration::from_secs(120),
+    }
+    .encode();
     assert!(world.secrets.create(slot, &claim).await.unwrap());
     world.github.set_job_status("my-org/app", 46, "completed");
     world.stop.command_ended(&instance_id, &command_id, "Success").await;
@@ -779,15 +791,156 @@ async fn the_sweep_frees_a_stale_launch_slot_and_keeps_a_fresh_one() {
     let long_ago = SystemTime::now() - sophons_core::stop::SLOT_CLAIM_GRACE - Duration::from_secs(60);
     world
         .secrets
-        .create(stale, &sophons_core::create::slot_claim(1, long_ago))
+        .create(
+            stale,
+            &sophons_core::create::SlotClaim {
+                job_id: 1,
+                relaunches: 0,
+                at: long_ago,
+            }
+            .encode(),
+        )
         .await
         .unwrap();
     world
         .secrets
-        .create(fresh, &sophons_core::create::slot_claim(2, SystemTime::now()))
+        .create(
+            fresh,
+            &sophons_core::create::SlotClaim {
+                job_id: 2,
+                relaunches: 0,
+                at: SystemTime::now(),
+            }
+            .encode(),
+        )
         .await
         .unwrap();
     let report = world.stop.sweep(far()).await;
     assert_eq!(report.slots_freed, 1, "{report:?}");
     assert_eq!(world.secrets.names(), vec![fresh.to_string()]);
+}
+
+/// Serves a job sent back `relaunches` times, `runner_failures` of them for a failed runner.
+async fn running_relaunch(world: &World, job_id: u64, relaunches: u32, runner_failures: u32) -> (String, String) {
+    let mut job = message(job_id, relaunches);
+    job.runner_failures = runner_failures;
+    match world.create.serve(&job.encode(), 1, far()).await {
+        Outcome::Served {
+            instance_id,
+            command_id,
+            ..
+        } => (instance_id, command_id),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_runner_github_gave_another_job_does_not_use_up_its_jobs_relaunch_budget() {
+    let world = world();
+    // Sent back twice already (max_job_relaunches is 2), never for a failed runner.
+    let (instance_id, command_id) = running_relaunch(&world, 30, 2, 0).await;
+    let stopped = world.stop.command_ended(&instance_id, &command_id, "Success").await;
+    assert_eq!(
+        stopped,
+        Stopped::Ended {
+            instance_id,
+            relaunched: true
+        }
+    );
+    let message = JobMessage::decode(&world.queue.sent()[0].body).unwrap();
+    assert_eq!(
+        (message.relaunches, message.runner_failures),
+        (3, 0),
+        "a runner that ran another job is no failure"
+    );
+}
+
+#[tokio::test]
+async fn a_runner_that_died_before_any_job_counts_against_the_relaunch_budget() {
+    let world = world();
+    let (first, command) = running_relaunch(&world, 31, 3, 1).await;
+    world.stop.command_ended(&first, &command, "Failed").await;
+    let message = JobMessage::decode(&world.queue.sent()[0].body).unwrap();
+    assert_eq!((message.relaunches, message.runner_failures), (4, 2));
+    // The third failed runner is one too many.
+    let (second, command) = running_relaunch(&world, 32, 4, 2).await;
+    let stopped = world.stop.command_ended(&second, &command, "Failed").await;
+    assert_eq!(
+        stopped,
+        Stopped::Ended {
+            instance_id: second,
+            relaunched: false
+        }
+    );
+    assert_eq!(world.queue.sent().len(), 1);
+}
+
+#[tokio::test]
+async fn a_runner_idle_while_github_keeps_its_own_job_queued_is_ended_without_a_relaunch() {
+    let world = world();
+    let (instance_id, _) = running_job(&world, 33).await;
+    let runner_id: u64 = world
+        .fleet
+        .instance(&instance_id)
+        .unwrap()
+        .tag("sophons:runner-id")
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Online, idle, and GitHub still has its job queued half an hour on: it will never route it here.
+    world
+        .fleet
+        .set_launched_at(&instance_id, SystemTime::now() - Duration::from_secs(1800));
+    world.github.set_runner_status(runner_id, "online", false);
+    let report = world.stop.sweep(far()).await;
+    assert_eq!((report.unroutable, report.idle, report.relaunched), (1, 0, 0));
+    assert!(world.fleet.live_instances().is_empty());
+    assert!(
+        world.queue.sent().is_empty(),
+        "no runner launched for a job GitHub does not route to us"
+    );
+    assert!(world.github.runners().is_empty());
+}
+
+#[tokio::test]
+async fn a_runner_idle_for_less_than_the_idle_limit_is_left_to_take_its_job() {
+    let world = world();
+    let (instance_id, _) = running_job(&world, 34).await;
+    let runner_id: u64 = world
+        .fleet
+        .instance(&instance_id)
+        .unwrap()
+        .tag("sophons:runner-id")
+        .unwrap()
+        .parse()
+        .unwrap();
+    world.github.set_runner_status(runner_id, "online", false);
+    let report = world.stop.sweep(far()).await;
+    assert_eq!(report.unroutable, 0);
+    assert_eq!(world.fleet.live_instances().len(), 1);
+}
+
+#[tokio::test]
+async fn deleting_a_runner_github_still_reports_busy_leaves_it_for_the_sweep() {
+    let world = world();
+    let (instance_id, command_id) = running_job(&world, 35).await;
+    let runner_id: u64 = world
+        .fleet
+        .instance(&instance_id)
+        .unwrap()
+        .tag("sophons:runner-id")
+        .unwrap()
+        .parse()
+        .unwrap();
+    // GitHub still shows the runner busy right after its command ended: DELETE answers 422.
+    world.github.set_runner_status(runner_id, "online", true);
+    world.github.set_job_status("my-org/app", 35, "completed");
+    world.stop.command_ended(&instance_id, &command_id, "Success").await;
+    assert!(!world.fleet.instance(&instance_id).unwrap().state.is_live());
+    assert_eq!(world.github.runners().len(), 1, "422: the runner is still there");
+    // GitHub then sees it offline; the sweep removes the ghost.
+    world.github.set_runner_status(runner_id, "offline", false);
+    let report = world.stop.sweep(far()).await;
+    assert_eq!(report.runners_removed, 1);
+    assert!(world.github.runners().is_empty());
 }

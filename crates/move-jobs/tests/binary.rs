@@ -29,6 +29,8 @@ fn message(job_id: u64) -> String {
         created_at: now_rfc3339(),
         received_at: now_rfc3339(),
         relaunches: 0,
+        runner_failures: 0,
+        trip: 0,
     }
     .encode()
 }

@@ -55,6 +55,8 @@ async fn serve(stack: &Stack, job_id: u64) -> (String, String) {
         created_at: String::new(),
         received_at: String::new(),
         relaunches: 0,
+        runner_failures: 0,
+        trip: 0,
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     match CreateRunner::new(config, ports)
