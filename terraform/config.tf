@@ -44,6 +44,9 @@ locals {
       idle_runner_seconds         = var.idle_runner_seconds
     }
     max_job_relaunches = var.max_job_relaunches
+    # create-runner tags each JIT parameter with its instance's ARN; the runner role compares it
+    # with ec2:SourceInstanceARN (iam.tf, ReadAndDeleteOwnJitConfig).
+    instance_arn_prefix = "arn:${local.partition}:ec2:${local.region}:${local.account_id}:instance/"
     templates = {
       for name, t in local.runner_templates : name => merge({
         labels             = t.labels

@@ -34,7 +34,7 @@ def main(endpoint, region, parameter):
     required = [
         "deployment", "queue_url", "dlq_url", "webhook_secret_param", "max_body_bytes", "github",
         "repositories", "allow_public_repositories", "runner_script", "retry_delay_seconds", "command",
-        "sweep", "max_job_relaunches", "templates",
+        "sweep", "max_job_relaunches", "instance_arn_prefix", "templates",
     ]
     for key in required:
         if key not in config:

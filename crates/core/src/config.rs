@@ -48,6 +48,12 @@ pub struct Config {
     /// How many times a job whose runner died before taking it is sent back for a new runner.
     #[serde(default = "defaults::max_job_relaunches")]
     pub max_job_relaunches: u32,
+    /// `arn:<partition>:ec2:<region>:<account>:instance/`: create-runner tags each JIT parameter
+    /// with its instance's ARN, which the runner role's policy compares with the calling
+    /// instance's (`ec2:SourceInstanceARN`). Terraform writes it; without it runners on AWS
+    /// cannot read their JIT config.
+    #[serde(default)]
+    pub instance_arn_prefix: Option<String>,
     pub templates: BTreeMap<String, Template>,
 }
 
@@ -266,6 +272,16 @@ impl Config {
             ));
         }
         self.validate_github()?;
+        if let Some(prefix) = &self.instance_arn_prefix
+            && (!prefix.starts_with("arn:") || !prefix.ends_with(":instance/") || prefix.split(':').count() != 6)
+        {
+            return Err(invalid(
+                "instance_arn_prefix",
+                format!(
+                    "`{prefix}` is not an instance ARN prefix: write `arn:<partition>:ec2:<region>:<account>:instance/`"
+                ),
+            ));
+        }
         for (index, repository) in self.repositories.iter().enumerate() {
             let owner = repository.split_once('/').map(|(owner, _)| owner);
             if !owner.is_some_and(|owner| owner.eq_ignore_ascii_case(&self.github.owner)) {
@@ -573,6 +589,10 @@ mod tests {
                 Box::new(|v| v["webhook_secret_param"] = "a secret!".into()),
             ),
             ("max_body_bytes", Box::new(|v| v["max_body_bytes"] = 0.into())),
+            (
+                "instance_arn_prefix",
+                Box::new(|v| v["instance_arn_prefix"] = "arn:aws:ec2:us-east-1:123456789012:instance".into()),
+            ),
             (
                 "github.api_url",
                 Box::new(|v| v["github"]["api_url"] = "api.github.com".into()),

@@ -727,7 +727,13 @@ impl CreateRunner {
         );
         let runner_id = Some(jit.runner_id);
         let parameter = names::jit_parameter(&self.config.deployment, instance_id);
-        if let Err(error) = self.ports.secrets.put_secure(&parameter, &jit.encoded).await {
+        let owner: Vec<(String, String)> = self
+            .config
+            .instance_arn_prefix
+            .iter()
+            .map(|prefix| (names::JIT_OWNER_TAG.to_string(), format!("{prefix}{instance_id}")))
+            .collect();
+        if let Err(error) = self.ports.secrets.put_secure(&parameter, &jit.encoded, &owner).await {
             let delay = if error.is_retryable() {
                 TRANSIENT_DELAY_SECONDS
             } else {

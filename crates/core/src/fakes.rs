@@ -163,6 +163,7 @@ fn check_parameter(name: &str, value: &str, value_limit: usize) -> Result<(), Se
 #[derive(Default)]
 pub struct FakeSecrets {
     values: Mutex<BTreeMap<String, String>>,
+    tags: Mutex<BTreeMap<String, BTreeMap<String, String>>>,
     throttled_creates: Mutex<usize>,
 }
 
@@ -170,8 +171,14 @@ impl FakeSecrets {
     pub fn with(values: &[(&str, &str)]) -> Self {
         Self {
             values: Mutex::new(values.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            tags: Mutex::default(),
             throttled_creates: Mutex::default(),
         }
+    }
+
+    /// The tags of a parameter.
+    pub fn tags_of(&self, name: &str) -> BTreeMap<String, String> {
+        self.tags.lock().unwrap().get(name).cloned().unwrap_or_default()
     }
 
     /// The next `times` creates answer `TooManyUpdates`, as PutParameter under its rate limit.
@@ -195,9 +202,12 @@ impl Secrets for FakeSecrets {
             .ok_or_else(|| SecretsError::NotFound(name.into()))
     }
 
-    async fn put_secure(&self, name: &str, value: &str) -> Result<(), SecretsError> {
+    async fn put_secure(&self, name: &str, value: &str, tags: &[(String, String)]) -> Result<(), SecretsError> {
         check_parameter(name, value, ADVANCED_VALUE_LIMIT)?;
         self.values.lock().unwrap().insert(name.into(), value.into());
+        let mut all = self.tags.lock().unwrap();
+        let own = all.entry(name.to_string()).or_default();
+        own.extend(tags.iter().cloned());
         Ok(())
     }
 
@@ -220,6 +230,7 @@ impl Secrets for FakeSecrets {
 
     async fn delete(&self, name: &str) -> Result<(), SecretsError> {
         self.values.lock().unwrap().remove(name);
+        self.tags.lock().unwrap().remove(name);
         Ok(())
     }
 

@@ -21,6 +21,11 @@ pub fn jit_parameter(deployment: &str, instance_id: &str) -> String {
     format!("{}{}", jit_prefix(deployment), sanitize_parameter_segment(instance_id))
 }
 
+/// The tag on a JIT parameter naming the ARN of the instance it is for: the runner role may read
+/// and delete a parameter only when this tag equals the calling instance's ARN (Terraform's
+/// `local.jit_owner_tag`, checked by `terraform/test/check_iam.py`).
+pub const JIT_OWNER_TAG: &str = "sophons:instance-arn";
+
 /// The prefix of a deployment's launch slots: one String parameter per launch in flight or
 /// instance live, `<prefix><template>/<n>`, n below the template's `max_runners`.
 pub fn slot_prefix(deployment: &str) -> String {

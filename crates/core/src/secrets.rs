@@ -31,8 +31,9 @@ pub trait Secrets: Send + Sync {
     /// The decrypted value of a parameter.
     async fn get(&self, name: &str) -> Result<String, SecretsError>;
     /// Writes a SecureString of up to 8 KB (Intelligent-Tiering: Standard when the value fits in
-    /// 4 KB, else Advanced), replacing any earlier value.
-    async fn put_secure(&self, name: &str, value: &str) -> Result<(), SecretsError>;
+    /// 4 KB, else Advanced), replacing any earlier value, and tags it (the tags replace earlier
+    /// values of the same keys).
+    async fn put_secure(&self, name: &str, value: &str, tags: &[(String, String)]) -> Result<(), SecretsError>;
     /// Writes a String parameter only if none of that name exists (SSM's `Overwrite=false`, atomic):
     /// answers false when one does. Claims are made this way.
     async fn create(&self, name: &str, value: &str) -> Result<bool, SecretsError>;
@@ -103,7 +104,7 @@ impl Secrets for SsmSecrets {
             .ok_or_else(|| SecretsError::NotFound(name.into()))
     }
 
-    async fn put_secure(&self, name: &str, value: &str) -> Result<(), SecretsError> {
+    async fn put_secure(&self, name: &str, value: &str, tags: &[(String, String)]) -> Result<(), SecretsError> {
         self.client
             .put_parameter()
             .name(name)
@@ -114,6 +115,29 @@ impl Secrets for SsmSecrets {
             // https://docs.aws.amazon.com/systems-manager/latest/userguide/ps-default-tier.html
             .tier(aws_sdk_ssm::types::ParameterTier::IntelligentTiering)
             .overwrite(true)
+            .send()
+            .await
+            .map_err(|error| classify(name, &error))?;
+        if tags.is_empty() {
+            return Ok(());
+        }
+        // PutParameter takes no tags together with Overwrite: they are written after it, every
+        // time, so that a parameter somebody made beforehand cannot keep another owner's tag.
+        self.client
+            .add_tags_to_resource()
+            .resource_type(aws_sdk_ssm::types::ResourceTypeForTagging::Parameter)
+            .resource_id(name)
+            .set_tags(Some(
+                tags.iter()
+                    .map(|(key, value)| {
+                        aws_sdk_ssm::types::Tag::builder()
+                            .key(key)
+                            .value(value)
+                            .build()
+                            .expect("key and value are set")
+                    })
+                    .collect(),
+            ))
             .send()
             .await
             .map_err(|error| classify(name, &error))?;

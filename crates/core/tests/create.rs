@@ -992,3 +992,17 @@ async fn a_duplicate_message_served_before_ec2_lists_the_first_launch_gets_no_se
     );
     assert_eq!(world.fleet.all_instances().len(), 1);
 }
+
+#[tokio::test]
+async fn the_jit_parameter_is_tagged_with_the_arn_of_its_instance() {
+    let world = world();
+    let instance_id = served_instance(&serve(&world, &message(50, "template_cpu")).await);
+    let tags = world
+        .secrets
+        .tags_of(&sophons_core::names::jit_parameter("sophons", &instance_id));
+    assert_eq!(
+        tags.get(sophons_core::names::JIT_OWNER_TAG).map(String::as_str),
+        Some(format!("arn:aws:ec2:us-east-1:123456789012:instance/{instance_id}").as_str()),
+        "the runner role reads only the parameter tagged with the calling instance's ARN"
+    );
+}

@@ -44,7 +44,7 @@ async fn secure_parameters_are_written_read_back_and_deleted() {
     let sdk = moto::sdk_config().await;
     let ssm = SsmSecrets::new(&sdk);
     let name = format!("/{}/jit/i-0123", moto::unique("t"));
-    ssm.put_secure(&name, "encoded-jit-config").await.unwrap();
+    ssm.put_secure(&name, "encoded-jit-config", &[]).await.unwrap();
     assert_eq!(ssm.get(&name).await.unwrap(), "encoded-jit-config");
     let kind = ssm
         .client()
@@ -170,4 +170,41 @@ async fn a_queue_that_does_not_exist_gives_500() {
     let payload = queued_payload(&["self-hosted"]).to_string().into_bytes();
     let response = webhook.handle(request(&signed("workflow_job", "d", &payload))).await;
     assert_eq!(response.status().as_u16(), 500);
+}
+
+#[tokio::test]
+async fn a_jit_config_larger_than_a_standard_parameter_is_stored() {
+    // GitHub's JIT configs are over 4 KB now; SSM's Standard tier holds 4,096 characters, and
+    // the guard in front of moto refuses more, as AWS does.
+    let sdk = moto::sdk_config().await;
+    let ssm = SsmSecrets::new(&sdk);
+    let name = format!("/{}/jit/i-0123", moto::unique("t"));
+    let jit_config = "j".repeat(5_000);
+    ssm.put_secure(&name, &jit_config, &[]).await.unwrap();
+    assert_eq!(ssm.get(&name).await.unwrap(), jit_config);
+    ssm.delete(&name).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_jit_parameter_carries_the_arn_of_the_instance_it_is_for_even_when_rewritten() {
+    let sdk = moto::sdk_config().await;
+    let ssm = SsmSecrets::new(&sdk);
+    let name = format!("/{}/jit/i-0456", moto::unique("t"));
+    let arn = "arn:aws:ec2:us-east-1:123456789012:instance/i-0456";
+    let owner = [(sophons_core::names::JIT_OWNER_TAG.to_string(), arn.to_string())];
+    ssm.put_secure(&name, "first", &[]).await.unwrap();
+    // Overwritten (PutParameter refuses tags with Overwrite): the tag is written after it.
+    ssm.put_secure(&name, "second", &owner).await.unwrap();
+    let tags = ssm
+        .client()
+        .list_tags_for_resource()
+        .resource_type(aws_sdk_ssm::types::ResourceTypeForTagging::Parameter)
+        .resource_id(&name)
+        .send()
+        .await
+        .unwrap();
+    let found: Vec<(&str, &str)> = tags.tag_list().iter().map(|t| (t.key(), t.value())).collect();
+    assert_eq!(found, vec![(sophons_core::names::JIT_OWNER_TAG, arn)]);
+    assert_eq!(ssm.get(&name).await.unwrap(), "second");
+    ssm.delete(&name).await.unwrap();
 }

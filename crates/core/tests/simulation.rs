@@ -529,7 +529,7 @@ impl Secrets for ChaosSecrets {
         Ok(created)
     }
 
-    async fn put_secure(&self, name: &str, value: &str) -> Result<(), SecretsError> {
+    async fn put_secure(&self, name: &str, value: &str, tags: &[(String, String)]) -> Result<(), SecretsError> {
         self.chaos.step().await;
         if self.chaos.fault("SSM throttled", self.chaos.rates.ssm_throttled) {
             return Err(SecretsError::Throttled(name.into()));
@@ -537,7 +537,7 @@ impl Secrets for ChaosSecrets {
         let answer_lost = self
             .chaos
             .fault("SSM timeout after PutParameter", self.chaos.rates.timeout);
-        self.inner.put_secure(name, value).await?;
+        self.inner.put_secure(name, value, tags).await?;
         self.chaos.step().await;
         if answer_lost {
             return Err(SecretsError::Failed {

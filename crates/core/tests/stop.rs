@@ -397,10 +397,10 @@ async fn the_sweep_ends_an_idle_runner_whose_job_went_elsewhere() {
 async fn the_sweep_deletes_leftover_parameters_and_ghost_runners() {
     let world = world();
     let (live, _) = running_job(&world, 16).await;
-    world.secrets.put_secure("/sophons/jit/i-gone", "x").await.unwrap();
+    world.secrets.put_secure("/sophons/jit/i-gone", "x", &[]).await.unwrap();
     world
         .secrets
-        .put_secure("/other-deployment/jit/i-gone", "x")
+        .put_secure("/other-deployment/jit/i-gone", "x", &[])
         .await
         .unwrap();
     let org = RunnerScope::Org("my-org".into());

@@ -141,7 +141,7 @@ async fn the_sweep_removes_leftover_parameters_and_ghost_runners() {
     let stack = Stack::create(&[("cpu", 5)]).await;
     let (live, _) = serve(&stack, 301).await;
     let ssm = SsmSecrets::new(&stack.sdk);
-    ssm.put_secure(&format!("/{}/jit/i-0000000000000dead", stack.deployment), "x")
+    ssm.put_secure(&format!("/{}/jit/i-0000000000000dead", stack.deployment), "x", &[])
         .await
         .unwrap();
     let github = github(&stack).await;

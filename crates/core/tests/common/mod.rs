@@ -19,6 +19,7 @@ pub fn config_json(queue_url: &str) -> Value {
                     "runner_group_id": 1, "token_param": "/sophons/github/token" },
         "repositories": [],
         "allow_public_repositories": false,
+        "instance_arn_prefix": "arn:aws:ec2:us-east-1:123456789012:instance/",
         "runner_script": { "bucket": "sophons-scripts", "key": "runner.sh" },
         "templates": {
             "template_cpu": { "labels": ["linux", "x64"], "launch_template": "sophons-template_cpu",
