@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use crate::queue::{Queue, QueueError, Received};
-use crate::secrets::{Secrets, SecretsError};
+use crate::secrets::{Listed, Secrets, SecretsError};
 
 /// A message the fake queue took.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,6 +163,7 @@ fn check_parameter(name: &str, value: &str, value_limit: usize) -> Result<(), Se
 #[derive(Default)]
 pub struct FakeSecrets {
     values: Mutex<BTreeMap<String, String>>,
+    modified: Mutex<BTreeMap<String, std::time::SystemTime>>,
     tags: Mutex<BTreeMap<String, BTreeMap<String, String>>>,
     throttled_creates: Mutex<usize>,
 }
@@ -171,9 +172,15 @@ impl FakeSecrets {
     pub fn with(values: &[(&str, &str)]) -> Self {
         Self {
             values: Mutex::new(values.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            modified: Mutex::default(),
             tags: Mutex::default(),
             throttled_creates: Mutex::default(),
         }
+    }
+
+    /// Sets when a parameter was last written (to make it look old).
+    pub fn set_modified(&self, name: &str, at: std::time::SystemTime) {
+        self.modified.lock().unwrap().insert(name.to_string(), at);
     }
 
     /// The tags of a parameter.
@@ -205,6 +212,10 @@ impl Secrets for FakeSecrets {
     async fn put_secure(&self, name: &str, value: &str, tags: &[(String, String)]) -> Result<(), SecretsError> {
         check_parameter(name, value, ADVANCED_VALUE_LIMIT)?;
         self.values.lock().unwrap().insert(name.into(), value.into());
+        self.modified
+            .lock()
+            .unwrap()
+            .insert(name.into(), std::time::SystemTime::now());
         let mut all = self.tags.lock().unwrap();
         let own = all.entry(name.to_string()).or_default();
         own.extend(tags.iter().cloned());
@@ -225,24 +236,33 @@ impl Secrets for FakeSecrets {
             return Ok(false);
         }
         values.insert(name.into(), value.into());
+        self.modified
+            .lock()
+            .unwrap()
+            .insert(name.into(), std::time::SystemTime::now());
         Ok(true)
     }
 
     async fn delete(&self, name: &str) -> Result<(), SecretsError> {
         self.values.lock().unwrap().remove(name);
+        self.modified.lock().unwrap().remove(name);
         self.tags.lock().unwrap().remove(name);
         Ok(())
     }
 
-    async fn list(&self, path: &str) -> Result<Vec<String>, SecretsError> {
+    async fn list(&self, path: &str) -> Result<Vec<Listed>, SecretsError> {
         let prefix = format!("{}/", path.trim_end_matches('/'));
+        let modified = self.modified.lock().unwrap();
         Ok(self
             .values
             .lock()
             .unwrap()
             .keys()
             .filter(|name| name.starts_with(&prefix))
-            .cloned()
+            .map(|name| Listed {
+                name: name.clone(),
+                modified: modified.get(name).copied(),
+            })
             .collect())
     }
 }

@@ -26,6 +26,14 @@ impl SecretsError {
     }
 }
 
+/// A parameter found below a path: its name, and when it was last written (None when SSM did
+/// not say).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub name: String,
+    pub modified: Option<std::time::SystemTime>,
+}
+
 #[async_trait]
 pub trait Secrets: Send + Sync {
     /// The decrypted value of a parameter.
@@ -39,8 +47,8 @@ pub trait Secrets: Send + Sync {
     async fn create(&self, name: &str, value: &str) -> Result<bool, SecretsError>;
     /// Deletes a parameter; a parameter already gone is not an error.
     async fn delete(&self, name: &str) -> Result<(), SecretsError>;
-    /// Names of the parameters below a path (recursively). Values are not read.
-    async fn list(&self, path: &str) -> Result<Vec<String>, SecretsError>;
+    /// The parameters below a path (recursively), with their last write. Values are not read.
+    async fn list(&self, path: &str) -> Result<Vec<Listed>, SecretsError>;
 }
 
 /// The real adapter over the SSM API.
@@ -171,7 +179,7 @@ impl Secrets for SsmSecrets {
         }
     }
 
-    async fn list(&self, path: &str) -> Result<Vec<String>, SecretsError> {
+    async fn list(&self, path: &str) -> Result<Vec<Listed>, SecretsError> {
         let mut names = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -185,7 +193,14 @@ impl Secrets for SsmSecrets {
                 .send()
                 .await
                 .map_err(|error| classify(path, &error))?;
-            names.extend(output.parameters().iter().filter_map(|p| p.name().map(str::to_string)));
+            names.extend(output.parameters().iter().filter_map(|p| {
+                Some(Listed {
+                    name: p.name()?.to_string(),
+                    modified: p
+                        .last_modified_date()
+                        .and_then(|at| std::time::SystemTime::try_from(*at).ok()),
+                })
+            }));
             match output.next_token {
                 Some(next) if !next.is_empty() => token = Some(next),
                 _ => break,

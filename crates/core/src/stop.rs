@@ -301,7 +301,7 @@ impl StopRunner {
             .filter(|i| i.state.is_live())
             .filter_map(|i| self.slot_of(i))
             .collect();
-        for name in slots {
+        for name in slots.into_iter().map(|listed| listed.name) {
             if held.contains(&name) {
                 continue;
             }
@@ -594,8 +594,10 @@ impl StopRunner {
         }
         self.free_stale_slots(&instances, &mut report).await;
         // Instances that were already ending also own nothing any more.
-        self.delete_orphan_parameters(&still_live, &instances, &mut report)
+        let launching = self
+            .delete_orphan_parameters(&still_live, &instances, &mut report)
             .await;
+        still_live.extend(launching);
         self.remove_ghost_runners(&still_live, &instances, &runners, &mut report)
             .await;
         tracing::info!(
@@ -685,34 +687,48 @@ impl StopRunner {
             .unwrap_or(true)
     }
 
+    /// Deletes JIT parameters no live instance owns. Answers the instances whose parameter was
+    /// kept because it is younger than a launch takes and EC2 does not list the instance at all:
+    /// a launch in flight (EC2 lists a new instance late), whose runner is not a ghost either.
     async fn delete_orphan_parameters(
         &self,
         live: &BTreeSet<String>,
         instances: &[Instance],
         report: &mut SweepReport,
-    ) {
+    ) -> BTreeSet<String> {
+        let mut launching = BTreeSet::new();
         let prefix = names::jit_prefix(&self.config.deployment);
         let parameters = match self.ports.secrets.list(&prefix).await {
             Ok(parameters) => parameters,
             Err(error) => {
                 tracing::warn!(%error, "sweep: cannot list JIT parameters");
                 report.errors += 1;
-                return;
+                return launching;
             }
         };
+        let now = SystemTime::now();
+        let start_limit = Duration::from_secs(u64::from(self.config.command.start_deadline_seconds) + 60);
         for parameter in parameters {
-            let instance_id = parameter.strip_prefix(&prefix).unwrap_or_default();
-            if live.contains(instance_id) || self.launched_since(instances, instance_id).await {
+            let instance_id = parameter.name.strip_prefix(&prefix).unwrap_or_default().to_string();
+            if live.contains(&instance_id) || self.launched_since(instances, &instance_id).await {
                 continue;
             }
-            match self.ports.secrets.delete(&parameter).await {
+            let young = parameter
+                .modified
+                .is_some_and(|at| now.duration_since(at).map_or(true, |age| age < start_limit));
+            if young && !instances.iter().any(|i| i.id == instance_id) {
+                launching.insert(instance_id);
+                continue;
+            }
+            match self.ports.secrets.delete(&parameter.name).await {
                 Ok(()) => report.parameters_deleted += 1,
                 Err(error) => {
-                    tracing::warn!(parameter, %error, "sweep: cannot delete a leftover parameter");
+                    tracing::warn!(parameter = parameter.name, %error, "sweep: cannot delete a leftover parameter");
                     report.errors += 1;
                 }
             }
         }
+        launching
     }
 
     async fn remove_ghost_runners(

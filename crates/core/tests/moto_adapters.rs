@@ -80,7 +80,14 @@ async fn a_launch_slot_is_claimed_by_one_create_only_until_it_is_freed() {
         "a freed slot can be claimed again"
     );
     let listed = ssm.list(&name[..name.rfind("/template_cpu").unwrap()]).await.unwrap();
-    assert_eq!(listed, vec![name.clone()]);
+    assert_eq!(
+        listed.iter().map(|l| l.name.clone()).collect::<Vec<_>>(),
+        vec![name.clone()]
+    );
+    assert!(
+        listed[0].modified.is_some(),
+        "the sweep reads a parameter's age from its listing"
+    );
 }
 
 #[tokio::test]

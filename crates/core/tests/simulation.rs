@@ -188,7 +188,7 @@ struct Ledger {
     violations: Vec<String>,
     launches: u64,
     retries: u64,
-    /// Simulated minute of each launch slot's claim.
+    /// Simulated minute of each parameter's last write (launch slots' claims, JIT configs).
     claims: HashMap<String, u64>,
 }
 
@@ -538,6 +538,13 @@ impl Secrets for ChaosSecrets {
             .chaos
             .fault("SSM timeout after PutParameter", self.chaos.rates.timeout);
         self.inner.put_secure(name, value, tags).await?;
+        let minute = self.chaos.now();
+        self.chaos
+            .ledger
+            .lock()
+            .unwrap()
+            .claims
+            .insert(name.to_string(), minute);
         self.chaos.step().await;
         if answer_lost {
             return Err(SecretsError::Failed {
@@ -559,12 +566,27 @@ impl Secrets for ChaosSecrets {
         self.inner.delete(name).await
     }
 
-    async fn list(&self, path: &str) -> Result<Vec<String>, SecretsError> {
+    async fn list(&self, path: &str) -> Result<Vec<sophons_core::secrets::Listed>, SecretsError> {
         self.chaos.step().await;
         if self.chaos.fault("SSM throttled", self.chaos.rates.ssm_throttled) {
             return Err(SecretsError::Throttled(path.into()));
         }
-        self.inner.list(path).await
+        // Last writes in simulated time (as `get` does for slot claims).
+        let written = self.chaos.ledger.lock().unwrap().claims.clone();
+        let now = self.chaos.now();
+        Ok(self
+            .inner
+            .list(path)
+            .await?
+            .into_iter()
+            .map(|mut listed| {
+                if let Some(minute) = written.get(&listed.name) {
+                    let age = Duration::from_secs(now.saturating_sub(*minute) * 60);
+                    listed.modified = Some(SystemTime::now() + Duration::from_secs(30) - age);
+                }
+                listed
+            })
+            .collect())
     }
 }
 

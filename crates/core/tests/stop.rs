@@ -9,7 +9,7 @@ use serde_json::json;
 use sophons_core::commands::CommandStatus;
 use sophons_core::config::Config;
 use sophons_core::create::{self, CreateRunner, Outcome};
-use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeQueue, FakeSecrets};
+use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeQueue, FakeSecrets, Lag};
 use sophons_core::fleet::{Instance, InstanceState};
 use sophons_core::github::{Github, GithubError, RunnerScope};
 use sophons_core::job::{JobMessage, MESSAGE_VERSION};
@@ -398,6 +398,10 @@ async fn the_sweep_deletes_leftover_parameters_and_ghost_runners() {
     let world = world();
     let (live, _) = running_job(&world, 16).await;
     world.secrets.put_secure("/sophons/jit/i-gone", "x", &[]).await.unwrap();
+    // Written longer ago than any launch takes (a fresh one may be a launch EC2 lists late).
+    world
+        .secrets
+        .set_modified("/sophons/jit/i-gone", SystemTime::now() - Duration::from_secs(3600));
     world
         .secrets
         .put_secure("/other-deployment/jit/i-gone", "x", &[])
@@ -943,4 +947,25 @@ async fn deleting_a_runner_github_still_reports_busy_leaves_it_for_the_sweep() {
     let report = world.stop.sweep(far()).await;
     assert_eq!(report.runners_removed, 1);
     assert!(world.github.runners().is_empty());
+}
+
+#[tokio::test]
+async fn the_sweep_keeps_the_parameter_and_runner_of_a_launch_ec2_does_not_list_yet() {
+    let world = world();
+    // EC2 lists the new instance late; the sweep runs in between.
+    world.fleet.set_lag(Lag {
+        new: 1,
+        ..Lag::default()
+    });
+    let (instance_id, _) = running_job(&world, 36).await;
+    let report = world.stop.sweep(far()).await;
+    assert_eq!((report.parameters_deleted, report.runners_removed), (0, 0));
+    assert!(
+        world
+            .secrets
+            .names()
+            .contains(&sophons_core::names::jit_parameter("sophons", &instance_id)),
+        "the runner still needs its JIT config"
+    );
+    assert_eq!(world.github.runners().len(), 1);
 }
