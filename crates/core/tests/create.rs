@@ -942,7 +942,7 @@ async fn a_terminated_instance_still_listed_as_running_does_not_serve_its_jobs_r
 }
 
 #[tokio::test]
-async fn a_throttled_slot_claim_is_tried_again_instead_of_handing_the_job_back() {
+async fn a_throttled_slot_claim_does_not_hand_the_job_back() {
     let world = world();
     world.secrets.throttle_next_creates(2);
     let outcome = serve(&world, &message(46, "template_cpu")).await;
