@@ -228,9 +228,8 @@ impl FakeGithub {
         });
     }
 
-    /// Like `fail_after_success_next`, but the answer is lost: the status line and headers of the
-    /// success arrive, then the connection closes before the body (a reset or a timeout, as the
-    /// client sees it).
+    /// Like `fail_after_success_next`, but the answer is lost: the connection closes mid-answer,
+    /// before the body (a reset or a timeout, as the client sees it).
     pub fn lose_answer_after_success_next(&self, path_contains: &str) {
         self.lock().after_faults.push(AfterFault {
             path_contains: path_contains.into(),

@@ -1,8 +1,9 @@
-//! Test support shared by every crate's tests, the demo and the benchmarks: moto server, a Lambda
-//! Runtime API endpoint to run the real binaries as Lambda runs them, API Gateway v2 events, and
-//! GitHub's documented webhook payloads.
+//! Test support shared by every crate's tests, the demo and the benchmarks: moto server behind a
+//! guard that refuses what AWS refuses, a Lambda Runtime API endpoint to run the real binaries as
+//! Lambda runs them, API Gateway v2 events, a fake GitHub, and GitHub's documented webhook payloads.
 
 pub mod apigw;
+pub mod aws_guard;
 pub mod github;
 pub mod moto;
 pub mod runtime_api;

@@ -1,6 +1,10 @@
 //! moto server on loopback. `make test` starts one and exports `MOTO_ENDPOINT`; without it, the
 //! first test of a process starts its own from the repository's `.venv`, and it stops when the
 //! process ends (it watches its stdin, which closes with the test process).
+//!
+//! The SDK is pointed not at moto but at an `AwsGuard` in front of it (one per process), which
+//! refuses what AWS refuses and moto accepts: an 8 KB value in SSM's Standard tier, a 300-character
+//! tag. Tools that must reach moto itself (its `/moto-api/` resets) use `raw_endpoint`.
 
 use std::io::Read;
 use std::net::TcpStream;
@@ -8,14 +12,27 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use crate::aws_guard::AwsGuard;
+
 pub const REGION: &str = "us-east-1";
 pub const ACCESS_KEY: &str = "testing";
 
-static ENDPOINT: OnceLock<String> = OnceLock::new();
+static RAW_ENDPOINT: OnceLock<String> = OnceLock::new();
+static GUARD: OnceLock<AwsGuard> = OnceLock::new();
 
-/// The endpoint of a running moto server (started on first use).
+/// The endpoint to give the SDK: the guard in front of moto (both started on first use).
 pub fn endpoint() -> &'static str {
-    ENDPOINT.get_or_init(|| match std::env::var("MOTO_ENDPOINT") {
+    guard().endpoint()
+}
+
+/// The guard in front of moto, to inject faults such as SSM's throttling.
+pub fn guard() -> &'static AwsGuard {
+    GUARD.get_or_init(|| AwsGuard::start(raw_endpoint()))
+}
+
+/// moto itself, for what must not pass the guard: `/moto-api/` resets, moto-only tools.
+pub fn raw_endpoint() -> &'static str {
+    RAW_ENDPOINT.get_or_init(|| match std::env::var("MOTO_ENDPOINT") {
         Ok(endpoint) if !endpoint.is_empty() => endpoint,
         _ => start(),
     })
@@ -62,7 +79,8 @@ fn wait_until_up(port: u16) {
     panic!("moto server did not answer on port {port} within 30 s");
 }
 
-/// The environment a process needs to talk to this moto server with the standard SDK variables.
+/// The environment a process needs to talk to moto (through the guard) with the standard SDK
+/// variables.
 pub fn env() -> Vec<(&'static str, String)> {
     vec![
         ("AWS_ENDPOINT_URL", endpoint().to_string()),
@@ -74,7 +92,7 @@ pub fn env() -> Vec<(&'static str, String)> {
     ]
 }
 
-/// An SDK configuration pointed at moto.
+/// An SDK configuration pointed at moto, through the guard.
 pub async fn sdk_config() -> aws_config::SdkConfig {
     let credentials = aws_credential_types::Credentials::new(ACCESS_KEY, ACCESS_KEY, None, None, "moto");
     aws_config::defaults(aws_config::BehaviorVersion::latest())
