@@ -18,6 +18,7 @@ use crate::fleet::{
 use crate::github::{GithubError, JobStatus, RunnerScope};
 use crate::job::JobMessage;
 use crate::names;
+use crate::secrets::SecretsError;
 use crate::templates::runner_labels;
 
 /// Records of one batch served at once; GitHub's JIT endpoint and SSM PutParameter (≈3 TPS on
@@ -463,7 +464,20 @@ impl CreateRunner {
         // no lock of ours (only one caller can create a slot), so the batch's other records count
         // meanwhile. Returning drops `held`, which gives the reservation back.
         let slot = match self.claim_slot(message, template.max_runners, &live).await {
-            Ok(Claim::Claimed(slot)) => slot,
+            Ok(Claim::Claimed(slot)) => match self.another_claim_of_this_job(message, slot).await {
+                Ok(None) => slot,
+                Ok(Some(other)) => {
+                    self.release_slot(&message.template, slot).await;
+                    return transient(format!(
+                        "job {job_id} is being launched by another handler (it holds launch slot {other}); checking \
+                         again in {TRANSIENT_DELAY_SECONDS} s"
+                    ));
+                }
+                Err(error) => {
+                    self.release_slot(&message.template, slot).await;
+                    return transient(format!("cannot read the launch slots: {error}"));
+                }
+            },
             Ok(Claim::Full) => return full(),
             // Not acknowledged: the claimant may die before it launches. Once its launch is
             // listed, the next receive acknowledges; if it died, its claim goes stale and the next
@@ -566,6 +580,42 @@ impl CreateRunner {
             Some(error) => Err(error),
             None => Ok(Claim::Full),
         }
+    }
+
+    /// After claiming a slot: does another claim of this job and relaunch exist? Handlers whose
+    /// listings of instances differed may have walked the slots differently, so the walk alone
+    /// cannot meet every duplicate; claiming first and then reading every claim can (a claimant
+    /// that finds another backs off; two that find each other both back off and retry). A claim
+    /// of this job older than a launch takes is its dead claimant's and is taken over.
+    async fn another_claim_of_this_job(&self, message: &JobMessage, own: u32) -> Result<Option<u32>, SecretsError> {
+        let prefix = names::slot_template_prefix(&self.config.deployment, &message.template);
+        let own_name = names::slot_parameter(&self.config.deployment, &message.template, own);
+        for listed in self.ports.secrets.list(&prefix).await? {
+            if listed.name == own_name {
+                continue;
+            }
+            let Some(claim) = listed.value.as_deref().and_then(SlotClaim::parse) else {
+                continue;
+            };
+            if claim.job_id != message.job_id || claim.relaunches != message.relaunches {
+                continue;
+            }
+            let stale = SystemTime::now()
+                .duration_since(claim.at)
+                .is_ok_and(|age| age > self.start_limit());
+            if stale {
+                self.ports.secrets.delete(&listed.name).await?;
+                continue;
+            }
+            let slot = listed
+                .name
+                .rsplit('/')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(own);
+            return Ok(Some(slot));
+        }
+        Ok(None)
     }
 
     /// Gives back a slot this handler claimed and no instance of its holds.

@@ -253,15 +253,18 @@ impl Secrets for FakeSecrets {
     async fn list(&self, path: &str) -> Result<Vec<Listed>, SecretsError> {
         let prefix = format!("{}/", path.trim_end_matches('/'));
         let modified = self.modified.lock().unwrap();
+        let tags = self.tags.lock().unwrap();
         Ok(self
             .values
             .lock()
             .unwrap()
-            .keys()
-            .filter(|name| name.starts_with(&prefix))
-            .map(|name| Listed {
+            .iter()
+            .filter(|(name, _)| name.starts_with(&prefix))
+            .map(|(name, value)| Listed {
                 name: name.clone(),
                 modified: modified.get(name).copied(),
+                // SecureStrings (written by put_secure, the only ones with tags here) are not decrypted.
+                value: (!tags.contains_key(name) && !name.contains("/jit/")).then(|| value.clone()),
             })
             .collect())
     }

@@ -32,13 +32,14 @@ pub fn slot_prefix(deployment: &str) -> String {
     format!("/{deployment}/slots/")
 }
 
+/// The prefix of a template's launch slots.
+pub fn slot_template_prefix(deployment: &str, template: &str) -> String {
+    format!("{}{}/", slot_prefix(deployment), sanitize_parameter_segment(template))
+}
+
 /// A template's launch slot `n`.
 pub fn slot_parameter(deployment: &str, template: &str, slot: u32) -> String {
-    format!(
-        "{}{}/{slot}",
-        slot_prefix(deployment),
-        sanitize_parameter_segment(template)
-    )
+    format!("{}{slot}", slot_template_prefix(deployment, template))
 }
 
 /// SSM parameter names take a-zA-Z0-9_.-/; anything else becomes `_`.

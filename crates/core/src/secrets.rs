@@ -32,6 +32,8 @@ impl SecretsError {
 pub struct Listed {
     pub name: String,
     pub modified: Option<std::time::SystemTime>,
+    /// The value of a String parameter (a SecureString's is not decrypted: None).
+    pub value: Option<String>,
 }
 
 #[async_trait]
@@ -196,6 +198,9 @@ impl Secrets for SsmSecrets {
             names.extend(output.parameters().iter().filter_map(|p| {
                 Some(Listed {
                     name: p.name()?.to_string(),
+                    value: (p.r#type() == Some(&aws_sdk_ssm::types::ParameterType::String))
+                        .then(|| p.value().map(str::to_string))
+                        .flatten(),
                     modified: p
                         .last_modified_date()
                         .and_then(|at| std::time::SystemTime::try_from(*at).ok()),

@@ -9,7 +9,7 @@ use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
 use serde_json::json;
 use sophons_core::commands::CommandError;
 use sophons_core::config::Config;
-use sophons_core::create::{Backoff, CreateRunner, Outcome, Ports};
+use sophons_core::create::{Backoff, CreateRunner, Outcome, Ports, SlotClaim};
 use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeQueue, FakeSecrets, Lag};
 use sophons_core::fleet::{Capacity, Fleet, FleetError, Instance, InstanceState};
 use sophons_core::github::{GithubError, RunnerScope};
@@ -1004,5 +1004,54 @@ async fn the_jit_parameter_is_tagged_with_the_arn_of_its_instance() {
         tags.get(sophons_core::names::JIT_OWNER_TAG).map(String::as_str),
         Some(format!("arn:aws:ec2:us-east-1:123456789012:instance/{instance_id}").as_str()),
         "the runner role reads only the parameter tagged with the calling instance's ARN"
+    );
+}
+
+#[tokio::test]
+async fn a_handler_that_finds_another_claim_of_its_job_after_claiming_backs_off() {
+    let world = world();
+    // Another handler of job 51 claimed slot 7 (its walk differed: its listing of instances did).
+    let other = SlotClaim {
+        job_id: 51,
+        relaunches: 0,
+        at: SystemTime::now(),
+    };
+    world
+        .secrets
+        .create("/sophons/slots/template_cpu/7", &other.encode())
+        .await
+        .unwrap();
+    let outcome = serve(&world, &message(51, "template_cpu")).await;
+    assert!(
+        matches!(&outcome, Outcome::HandedBack { reason, .. } if reason.contains("holds launch slot 7")),
+        "{outcome:?}"
+    );
+    assert!(world.fleet.launches().is_empty(), "no second launch for the job");
+    assert_eq!(
+        world.secrets.names(),
+        vec!["/sophons/slots/template_cpu/7".to_string()],
+        "its own claim given back"
+    );
+}
+
+#[tokio::test]
+async fn a_claim_of_the_same_job_older_than_a_launch_takes_is_taken_over() {
+    let world = world();
+    let dead = SlotClaim {
+        job_id: 52,
+        relaunches: 0,
+        at: SystemTime::now() - Duration::from_secs(3600),
+    };
+    world
+        .secrets
+        .create("/sophons/slots/template_cpu/7", &dead.encode())
+        .await
+        .unwrap();
+    served_instance(&serve(&world, &message(52, "template_cpu")).await);
+    assert!(
+        !world
+            .secrets
+            .names()
+            .contains(&"/sophons/slots/template_cpu/7".to_string())
     );
 }

@@ -582,7 +582,11 @@ impl Secrets for ChaosSecrets {
             .map(|mut listed| {
                 if let Some(minute) = written.get(&listed.name) {
                     let age = Duration::from_secs(now.saturating_sub(*minute) * 60);
-                    listed.modified = Some(SystemTime::now() + Duration::from_secs(30) - age);
+                    let at = SystemTime::now() + Duration::from_secs(30) - age;
+                    listed.modified = Some(at);
+                    if let Some(claim) = listed.value.as_deref().and_then(sophons_core::create::SlotClaim::parse) {
+                        listed.value = Some(sophons_core::create::SlotClaim { at, ..claim }.encode());
+                    }
                 }
                 listed
             })
