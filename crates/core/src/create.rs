@@ -109,6 +109,13 @@ enum SlotFate {
     GiveBack,
 }
 
+/// Another slot claim, against a record's own.
+enum SameJob {
+    No,
+    Launching,
+    Leftover,
+}
+
 /// What a record's slot claim found.
 enum Claim {
     Claimed(u32),
@@ -547,20 +554,11 @@ impl CreateRunner {
                             .await
                             .ok()
                             .and_then(|v| SlotClaim::parse(&v));
-                        let Some(found) =
-                            found.filter(|c| c.job_id == claim.job_id && c.relaunches == claim.relaunches)
-                        else {
-                            break;
-                        };
-                        // A claim of this job older than any launch takes is its claimant's
-                        // leftover (it died, or could not give it back): take it over.
-                        let stale = SystemTime::now()
-                            .duration_since(found.at)
-                            .is_ok_and(|age| age > self.start_limit());
-                        if !stale {
-                            return Ok(Claim::JobBeingLaunched(slot));
+                        match found.map(|found| self.same_job(&claim, &found)) {
+                            Some(SameJob::Launching) => return Ok(Claim::JobBeingLaunched(slot)),
+                            Some(SameJob::Leftover) => self.ports.secrets.delete(&name).await?,
+                            Some(SameJob::No) | None => break,
                         }
-                        self.ports.secrets.delete(&name).await?;
                     }
                     Err(error @ crate::secrets::SecretsError::Throttled(_)) if attempt < CLAIM_ATTEMPTS => {
                         last_error = Some(error);
@@ -590,30 +588,31 @@ impl CreateRunner {
     async fn another_claim_of_this_job(&self, message: &JobMessage, own: u32) -> Result<Option<u32>, SecretsError> {
         let prefix = names::slot_template_prefix(&self.config.deployment, &message.template);
         let own_name = names::slot_parameter(&self.config.deployment, &message.template, own);
+        let claim = SlotClaim {
+            job_id: message.job_id,
+            relaunches: message.relaunches,
+            at: SystemTime::now(),
+        };
         for listed in self.ports.secrets.list(&prefix).await? {
             if listed.name == own_name {
                 continue;
             }
-            let Some(claim) = listed.value.as_deref().and_then(SlotClaim::parse) else {
+            let Some(found) = listed.value.as_deref().and_then(SlotClaim::parse) else {
                 continue;
             };
-            if claim.job_id != message.job_id || claim.relaunches != message.relaunches {
-                continue;
+            match self.same_job(&claim, &found) {
+                SameJob::No => {}
+                SameJob::Leftover => self.ports.secrets.delete(&listed.name).await?,
+                SameJob::Launching => {
+                    let slot = listed
+                        .name
+                        .rsplit('/')
+                        .next()
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(own);
+                    return Ok(Some(slot));
+                }
             }
-            let stale = SystemTime::now()
-                .duration_since(claim.at)
-                .is_ok_and(|age| age > self.start_limit());
-            if stale {
-                self.ports.secrets.delete(&listed.name).await?;
-                continue;
-            }
-            let slot = listed
-                .name
-                .rsplit('/')
-                .next()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(own);
-            return Ok(Some(slot));
         }
         Ok(None)
     }
@@ -936,6 +935,24 @@ impl CreateRunner {
             .launched_at
             .and_then(|at| SystemTime::now().duration_since(at).ok())
             .is_some_and(|age| age > self.start_limit())
+    }
+
+    /// What another slot claim says about this record's claim. A fresh claim of the same job
+    /// (whatever its relaunch: a duplicate of an older relaunch's message is as much a second
+    /// launch) means another handler is launching it; an old one of the same relaunch is its dead
+    /// claimant's leftover; an old one of another relaunch is an instance's lasting claim.
+    fn same_job(&self, own: &SlotClaim, found: &SlotClaim) -> SameJob {
+        if found.job_id != own.job_id {
+            return SameJob::No;
+        }
+        let old = SystemTime::now()
+            .duration_since(found.at)
+            .is_ok_and(|age| age > self.start_limit());
+        match (old, found.relaunches == own.relaunches) {
+            (false, _) => SameJob::Launching,
+            (true, true) => SameJob::Leftover,
+            (true, false) => SameJob::No,
+        }
     }
 
     /// Longer than a handler takes from its slot claim to its command sent.

@@ -158,8 +158,8 @@ fn check_parameter(name: &str, value: &str, value_limit: usize) -> Result<(), Se
     Ok(())
 }
 
-/// Parameter Store in memory, with its size limits: `put_secure` writes Intelligent-Tiering (up to
-/// 8 KB), `create` a Standard String (up to 4 KB).
+/// Parameter Store in memory, with its size limits: `put_secure` writes Standard or Advanced (up
+/// to 8 KB), `create` a Standard String (up to 4 KB).
 #[derive(Default)]
 pub struct FakeSecrets {
     values: Mutex<BTreeMap<String, String>>,
@@ -881,7 +881,7 @@ impl Github for FakeGithub {
     async fn remove_runner(&self, _scope: &RunnerScope, runner_id: u64) -> Result<(), GithubError> {
         let mut state = self.state.lock().unwrap();
         if state.runners.get(&runner_id).is_some_and(|r| r.runner.busy) {
-            return Err(GithubError::Rejected(format!(
+            return Err(GithubError::Busy(format!(
                 "422 runner {runner_id} is still running a job"
             )));
         }

@@ -26,6 +26,9 @@ impl SecretsError {
     }
 }
 
+/// The largest value a Standard parameter holds, in characters.
+pub const STANDARD_TIER_VALUE_MAX: usize = 4096;
+
 /// A parameter found below a path: its name, and when it was last written (None when SSM did
 /// not say).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,8 +43,7 @@ pub struct Listed {
 pub trait Secrets: Send + Sync {
     /// The decrypted value of a parameter.
     async fn get(&self, name: &str) -> Result<String, SecretsError>;
-    /// Writes a SecureString of up to 8 KB (Intelligent-Tiering: Standard when the value fits in
-    /// 4 KB, else Advanced), replacing any earlier value, and tags it (the tags replace earlier
+    /// Writes a SecureString of up to 8 KB (Standard when the value fits in 4 KB, else Advanced), replacing any earlier value, and tags it (the tags replace earlier
     /// values of the same keys).
     async fn put_secure(&self, name: &str, value: &str, tags: &[(String, String)]) -> Result<(), SecretsError>;
     /// Writes a String parameter only if none of that name exists (SSM's `Overwrite=false`, atomic):
@@ -120,10 +122,16 @@ impl Secrets for SsmSecrets {
             .name(name)
             .value(value)
             .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
-            // GitHub's JIT configs exceed the Standard tier's 4 KB: Intelligent-Tiering makes
-            // such a value Advanced (8 KB, charged) and keeps a smaller one Standard (free).
-            // https://docs.aws.amazon.com/systems-manager/latest/userguide/ps-default-tier.html
-            .tier(aws_sdk_ssm::types::ParameterTier::IntelligentTiering)
+            // GitHub's JIT configs exceed the Standard tier's 4 KB. Intelligent-Tiering should make
+            // such a value Advanced (8 KB, charged) and keep a smaller one Standard (free)
+            // (https://docs.aws.amazon.com/systems-manager/latest/userguide/ps-default-tier.html),
+            // but users report AWS refusing values over 4 KB sent that way
+            // (terraform-provider-aws#18521, aws-sdk-net#3157): a large value asks for Advanced.
+            .tier(if value.len() > STANDARD_TIER_VALUE_MAX {
+                aws_sdk_ssm::types::ParameterTier::Advanced
+            } else {
+                aws_sdk_ssm::types::ParameterTier::IntelligentTiering
+            })
             .overwrite(true)
             .send()
             .await

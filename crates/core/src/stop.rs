@@ -19,7 +19,7 @@ use crate::fleet::{
     Instance, InstanceQuery, InstanceState, TAG_COMMAND_ID, TAG_JOB_ID, TAG_RELAUNCHED, TAG_RELAUNCHES, TAG_REPOSITORY,
     TAG_RUN_ID, TAG_RUNNER_FAILURES, TAG_RUNNER_ID, TAG_TEMPLATE,
 };
-use crate::github::{JobStatus, Runner, RunnerScope};
+use crate::github::{GithubError, JobStatus, Runner, RunnerScope};
 use crate::job::{JobMessage, MESSAGE_VERSION, now_rfc3339};
 use crate::names;
 use crate::secrets::SecretsError;
@@ -231,10 +231,24 @@ impl StopRunner {
         }
         let repository = instance.tag(TAG_REPOSITORY).unwrap_or_default();
         let scope = RunnerScope::for_job(&self.config.github, repository);
-        if let Some(runner_id) = instance.tag(TAG_RUNNER_ID).and_then(|id| id.parse().ok())
-            && let Err(error) = self.ports.github.remove_runner(&scope, runner_id).await
-        {
-            tracing::warn!(job_id, instance_id, runner_id, %error, "cannot remove the runner; the sweep will retry");
+        if let Some(runner_id) = instance.tag(TAG_RUNNER_ID).and_then(|id| id.parse().ok()) {
+            match self.ports.github.remove_runner(&scope, runner_id).await {
+                Ok(()) => {}
+                // GitHub still shows the runner at its job for a moment after the box ends; a JIT
+                // runner removes itself, and the sweep removes it once GitHub sees it offline.
+                Err(GithubError::Busy(reason)) => {
+                    tracing::info!(
+                        job_id,
+                        instance_id,
+                        runner_id,
+                        reason,
+                        "runner still busy on GitHub; left for the sweep"
+                    )
+                }
+                Err(error) => {
+                    tracing::warn!(job_id, instance_id, runner_id, %error, "cannot remove the runner; the sweep will retry")
+                }
+            }
         }
         tracing::info!(
             job_id,

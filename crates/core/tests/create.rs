@@ -829,7 +829,7 @@ async fn a_relaunched_job_is_never_acknowledged_against_the_instance_being_ended
         "never two live instances for one job"
     );
     // Once the old instance is gone, the relaunch gets its runner.
-    world.fleet.terminate(&first).await.unwrap();
+    end_as_stop_runner_does(&world, &first).await;
     let second = served_instance(&world.create.serve(&relaunch.encode(), 2, far()).await);
     assert_ne!(second, first);
 }
@@ -932,7 +932,7 @@ async fn a_terminated_instance_still_listed_as_running_does_not_serve_its_jobs_r
         ..Lag::default()
     });
     let first = served_instance(&serve(&world, &message(45, "template_cpu")).await);
-    world.fleet.terminate(&first).await.unwrap();
+    end_as_stop_runner_does(&world, &first).await;
     let mut relaunch = message(45, "template_cpu");
     relaunch.relaunches = 1;
     let outcome = serve(&world, &relaunch).await;
@@ -1054,4 +1054,19 @@ async fn a_claim_of_the_same_job_older_than_a_launch_takes_is_taken_over() {
             .names()
             .contains(&"/sophons/slots/template_cpu/7".to_string())
     );
+}
+
+/// Terminates an instance and frees its launch slot, as stop-runner does.
+async fn end_as_stop_runner_does(world: &World, instance_id: &str) {
+    let slot = world
+        .fleet
+        .instance(instance_id)
+        .and_then(|i| i.tag("sophons:slot").map(str::to_string))
+        .unwrap();
+    world.fleet.terminate(instance_id).await.unwrap();
+    world
+        .secrets
+        .delete(&format!("/sophons/slots/template_cpu/{slot}"))
+        .await
+        .unwrap();
 }
