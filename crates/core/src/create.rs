@@ -653,13 +653,22 @@ impl CreateRunner {
                 if let FleetError::Rejected(_) = error {
                     tracing::error!(job_id, template = message.template, %error, "launch refused: check the launch template `{}` and the function's permissions", attempt.template.launch_template);
                 }
-                return (
-                    Outcome::HandedBack {
-                        delay_seconds,
-                        reason: format!("no instance launched for job {job_id}: {error}"),
-                    },
-                    SlotFate::GiveBack,
-                );
+                // A request that failed on its way (timeout, 5xx, throttling) may have launched
+                // an instance whose answer was lost, tagged with this slot and not listed yet:
+                // the slot stays claimed until the sweep finds no instance holding it. A definite
+                // answer (no capacity, refused) launched nothing.
+                let fate = if matches!(error, FleetError::Unavailable(_)) {
+                    SlotFate::Kept
+                } else {
+                    SlotFate::GiveBack
+                };
+                let reason = match fate {
+                    SlotFate::Kept => {
+                        format!("launch for job {job_id} failed, it may have launched an instance: {error}")
+                    }
+                    SlotFate::GiveBack => format!("no instance launched for job {job_id}: {error}"),
+                };
+                return (Outcome::HandedBack { delay_seconds, reason }, fate);
             }
         };
         tracing::info!(

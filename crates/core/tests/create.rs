@@ -1070,3 +1070,19 @@ async fn end_as_stop_runner_does(world: &World, instance_id: &str) {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_launch_whose_answer_was_lost_keeps_its_slot_until_the_sweep_finds_it_unheld() {
+    let world = world();
+    // The request timed out: EC2 may have launched an instance tagged with this slot that it does
+    // not list yet. Giving the slot back would let another launch take it: max_runners + 1.
+    world
+        .fleet
+        .fail_launches([FleetError::Unavailable("timeout waiting for CreateFleet".into())]);
+    let outcome = serve(&world, &message(53, "template_gpu")).await;
+    assert!(
+        matches!(&outcome, Outcome::HandedBack { reason, .. } if reason.contains("may have launched")),
+        "{outcome:?}"
+    );
+    assert_eq!(world.secrets.names(), vec!["/sophons/slots/template_gpu/1".to_string()]);
+}

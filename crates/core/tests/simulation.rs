@@ -83,7 +83,7 @@ struct Rates {
     spot_reclaimed: f64,
     /// A launch whose instance is missing from listings until the next minute.
     listing_late: f64,
-    /// A terminated instance listed as it was for up to two minutes.
+    /// A terminated instance listed as it was for the rest of the minute (then shutting-down).
     ended_late: f64,
     /// Tags written after the launch shown a minute late.
     tags_late: f64,
@@ -1164,7 +1164,7 @@ impl Sim {
         let fleet = Arc::new(FakeFleet::default());
         {
             // EC2's reads lag, in simulated minutes: a new instance missing until the next minute,
-            // an ended one listed as it was for up to two, late tags.
+            // an ended one listed as it was for the rest of the minute, late tags.
             let chaos = chaos.clone();
             fleet.set_lag_source(move || {
                 let mut lag = Lag::default();
@@ -1172,9 +1172,11 @@ impl Sim {
                     chaos.count("EC2 listing late (new instance missing)");
                     lag.new = 1;
                 }
+                // Within the minute: EC2 catches up in seconds, and every hand-back waits at
+                // least 60 s (TRANSIENT_DELAY_SECONDS), which the flows rely on.
                 if chaos.chance(chaos.rates.ended_late) {
                     chaos.count("EC2 listing late (ended instance still live)");
-                    lag.ended = 1 + chaos.draw(2);
+                    lag.ended = 1;
                 }
                 if chaos.chance(chaos.rates.tags_late) {
                     chaos.count("EC2 tags late");
