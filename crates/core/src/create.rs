@@ -153,8 +153,8 @@ pub struct CreateRunner {
 struct Gate {
     /// Per template: held while counting, so that counts and reservations do not interleave.
     rooms: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Per template: launches reserved and not yet returned.
-    launching: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// Per template: the jobs whose launches are reserved and not yet returned.
+    launching: std::sync::Mutex<std::collections::HashMap<String, std::collections::HashSet<u64>>>,
     /// Jobs being served by a record of this process.
     jobs: std::sync::Mutex<std::collections::HashSet<u64>>,
 }
@@ -169,8 +169,18 @@ impl Gate {
             .clone()
     }
 
-    fn launching(&self, template: &str) -> usize {
-        self.launching.lock().unwrap().get(template).copied().unwrap_or(0)
+    /// Launches in flight here whose instance is not among `live` yet (an instance EC2 lists
+    /// before its launch call has returned here must not count twice).
+    fn launching(&self, template: &str, live: &[Instance]) -> usize {
+        let listed: std::collections::HashSet<u64> = live
+            .iter()
+            .filter_map(|i| i.tag(TAG_JOB_ID).and_then(|id| id.parse().ok()))
+            .collect();
+        self.launching
+            .lock()
+            .unwrap()
+            .get(template)
+            .map_or(0, |jobs| jobs.iter().filter(|job| !listed.contains(job)).count())
     }
 }
 
@@ -184,9 +194,9 @@ struct Held<'a> {
 impl Held<'_> {
     fn launched(&mut self) {
         if let Some(template) = self.launching.take()
-            && let Some(count) = self.gate.launching.lock().unwrap().get_mut(&template)
+            && let Some(jobs) = self.gate.launching.lock().unwrap().get_mut(&template)
         {
-            *count = count.saturating_sub(1);
+            jobs.remove(&self.job_id);
         }
     }
 }
@@ -455,16 +465,16 @@ impl CreateRunner {
             Ok(live) => live,
             Err(error) => return transient(format!("cannot count instances: {error}")),
         };
-        if live.len() + self.gate.launching(&message.template) >= template.max_runners as usize {
+        if live.len() + self.gate.launching(&message.template, &live) >= template.max_runners as usize {
             return full();
         }
-        *self
-            .gate
+        self.gate
             .launching
             .lock()
             .unwrap()
             .entry(message.template.clone())
-            .or_default() += 1;
+            .or_default()
+            .insert(job_id);
         held.launching = Some(message.template.clone());
         drop(counting);
         // The count above is this process's quick answer; the claim is the exact one, and needs
