@@ -1011,16 +1011,7 @@ async fn the_jit_parameter_is_tagged_with_the_arn_of_its_instance() {
 async fn a_handler_that_finds_another_claim_of_its_job_after_claiming_backs_off() {
     let world = world();
     // Another handler of job 51 claimed slot 7 (its walk differed: its listing of instances did).
-    let other = SlotClaim {
-        job_id: 51,
-        relaunches: 0,
-        at: SystemTime::now(),
-    };
-    world
-        .secrets
-        .create("/sophons/slots/template_cpu/7", &other.encode())
-        .await
-        .unwrap();
+    claim_slot_7(&world, 51, SystemTime::now()).await;
     let outcome = serve(&world, &message(51, "template_cpu")).await;
     assert!(
         matches!(&outcome, Outcome::HandedBack { reason, .. } if reason.contains("holds launch slot 7")),
@@ -1037,16 +1028,7 @@ async fn a_handler_that_finds_another_claim_of_its_job_after_claiming_backs_off(
 #[tokio::test]
 async fn a_claim_of_the_same_job_older_than_a_launch_takes_is_taken_over() {
     let world = world();
-    let dead = SlotClaim {
-        job_id: 52,
-        relaunches: 0,
-        at: SystemTime::now() - Duration::from_secs(3600),
-    };
-    world
-        .secrets
-        .create("/sophons/slots/template_cpu/7", &dead.encode())
-        .await
-        .unwrap();
+    claim_slot_7(&world, 52, SystemTime::now() - Duration::from_secs(3600)).await;
     served_instance(&serve(&world, &message(52, "template_cpu")).await);
     assert!(
         !world
@@ -1085,4 +1067,18 @@ async fn a_launch_whose_answer_was_lost_keeps_its_slot_until_the_sweep_finds_it_
         "{outcome:?}"
     );
     assert_eq!(world.secrets.names(), vec!["/sophons/slots/template_gpu/1".to_string()]);
+}
+
+/// Slot 7 of template_cpu claimed for a job (relaunch 0), as another handler would.
+async fn claim_slot_7(world: &World, job_id: u64, at: SystemTime) {
+    let claim = SlotClaim {
+        job_id,
+        relaunches: 0,
+        at,
+    };
+    world
+        .secrets
+        .create("/sophons/slots/template_cpu/7", &claim.encode())
+        .await
+        .unwrap();
 }

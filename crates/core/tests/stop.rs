@@ -96,6 +96,15 @@ fn message(job_id: u64, relaunches: u32) -> JobMessage {
     }
 }
 
+/// The GitHub runner id create-runner tagged an instance with.
+fn runner_id_of(world: &World, instance_id: &str) -> u64 {
+    world
+        .fleet
+        .instance(instance_id)
+        .and_then(|i| i.tag("sophons:runner-id").and_then(|id| id.parse().ok()))
+        .expect("a started instance carries its runner id")
+}
+
 fn far() -> Instant {
     Instant::now() + Duration::from_secs(900)
 }
@@ -359,14 +368,7 @@ async fn the_sweep_ends_instances_past_their_lifetime_and_those_never_started() 
 async fn the_sweep_ends_an_idle_runner_whose_job_went_elsewhere() {
     let world = world();
     let (instance_id, _) = running_job(&world, 14).await;
-    let runner_id: u64 = world
-        .fleet
-        .instance(&instance_id)
-        .unwrap()
-        .tag("sophons:runner-id")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let runner_id: u64 = runner_id_of(&world, &instance_id);
     world
         .fleet
         .set_launched_at(&instance_id, SystemTime::now() - Duration::from_secs(1800));
@@ -377,14 +379,7 @@ async fn the_sweep_ends_an_idle_runner_whose_job_went_elsewhere() {
     assert!(world.fleet.live_instances().is_empty());
     // Busy, or its job still queued: not idle.
     let (busy, _) = running_job(&world, 15).await;
-    let busy_runner: u64 = world
-        .fleet
-        .instance(&busy)
-        .unwrap()
-        .tag("sophons:runner-id")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let busy_runner: u64 = runner_id_of(&world, &busy);
     world
         .fleet
         .set_launched_at(&busy, SystemTime::now() - Duration::from_secs(1800));
@@ -883,14 +878,7 @@ async fn a_runner_that_died_before_any_job_counts_against_the_relaunch_budget() 
 async fn a_runner_idle_while_github_keeps_its_own_job_queued_is_ended_without_a_relaunch() {
     let world = world();
     let (instance_id, _) = running_job(&world, 33).await;
-    let runner_id: u64 = world
-        .fleet
-        .instance(&instance_id)
-        .unwrap()
-        .tag("sophons:runner-id")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let runner_id: u64 = runner_id_of(&world, &instance_id);
     // Online, idle, and GitHub still has its job queued half an hour on: it will never route it here.
     world
         .fleet
@@ -910,14 +898,7 @@ async fn a_runner_idle_while_github_keeps_its_own_job_queued_is_ended_without_a_
 async fn a_runner_idle_for_less_than_the_idle_limit_is_left_to_take_its_job() {
     let world = world();
     let (instance_id, _) = running_job(&world, 34).await;
-    let runner_id: u64 = world
-        .fleet
-        .instance(&instance_id)
-        .unwrap()
-        .tag("sophons:runner-id")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let runner_id: u64 = runner_id_of(&world, &instance_id);
     world.github.set_runner_status(runner_id, "online", false);
     let report = world.stop.sweep(far()).await;
     assert_eq!(report.unroutable, 0);
@@ -928,14 +909,7 @@ async fn a_runner_idle_for_less_than_the_idle_limit_is_left_to_take_its_job() {
 async fn deleting_a_runner_github_still_reports_busy_leaves_it_for_the_sweep() {
     let world = world();
     let (instance_id, command_id) = running_job(&world, 35).await;
-    let runner_id: u64 = world
-        .fleet
-        .instance(&instance_id)
-        .unwrap()
-        .tag("sophons:runner-id")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let runner_id: u64 = runner_id_of(&world, &instance_id);
     // GitHub still shows the runner busy right after its command ended: DELETE answers 422.
     world.github.set_runner_status(runner_id, "online", true);
     world.github.set_job_status("my-org/app", 35, "completed");
