@@ -121,7 +121,7 @@ enum Claim {
     Claimed(u32),
     /// Every slot is held or claimed.
     Full,
-    /// Another handler claimed a slot for this job and relaunch: it is launching the job.
+    /// Another handler holds a fresh claim for this job: it is launching the job.
     JobBeingLaunched(u32),
 }
 
@@ -525,9 +525,9 @@ impl CreateRunner {
 
     /// Claims a slot of the template no live instance holds: a parameter only one handler can
     /// create. Every handler of a job walks the slots in the same order, so a handler serving a
-    /// duplicate of a message (another receive count, so another launch token) meets the claim of
-    /// the handler launching for the same job and relaunch, and stops there: EC2 may not list
-    /// that launch yet.
+    /// duplicate of a message (another receive count, so another launch token) usually meets the
+    /// fresh claim of the handler launching the same job, and stops there: EC2 may not list that
+    /// launch yet. `another_claim_of_this_job` catches the walks that differed.
     async fn claim_slot(
         &self,
         message: &JobMessage,
@@ -590,11 +590,11 @@ impl CreateRunner {
         }
     }
 
-    /// After claiming a slot: does another claim of this job and relaunch exist? Handlers whose
-    /// listings of instances differed may have walked the slots differently, so the walk alone
-    /// cannot meet every duplicate; claiming first and then reading every claim can (a claimant
-    /// that finds another backs off; two that find each other both back off and retry). A claim
-    /// of this job older than a launch takes is its dead claimant's and is taken over.
+    /// After claiming a slot: does another fresh claim of this job exist (see `same_job`)?
+    /// Handlers whose listings of instances differed may have walked the slots differently, so
+    /// the walk alone cannot meet every duplicate; claiming first and then reading every claim can
+    /// (a claimant that finds another backs off; two that find each other both back off and
+    /// retry). This costs one GetParametersByPath per 10 claims of the template.
     async fn another_claim_of_this_job(&self, message: &JobMessage, own: u32) -> Result<Option<u32>, SecretsError> {
         let prefix = names::slot_template_prefix(&self.config.deployment, &message.template);
         let own_name = names::slot_parameter(&self.config.deployment, &message.template, own);

@@ -22,7 +22,7 @@ async fn main() -> Result<(), Error> {
                     "handled": "sweep", "examined": report.examined, "cleaned": report.cleaned(),
                     "parameters_deleted": report.parameters_deleted, "runners_removed": report.runners_removed,
                     "reclaimed": report.reclaimed, "relaunched": report.relaunched, "slots_freed": report.slots_freed,
-                    "errors": report.errors
+                    "idle": report.idle, "unroutable": report.unroutable, "errors": report.errors
                 }),
                 Handled::Ignored(reason) => json!({ "handled": "ignored", "reason": reason }),
             };
