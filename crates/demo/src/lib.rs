@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
@@ -21,7 +22,10 @@ use sophons_core::webhook::sign;
 use testkit::github::FakeGithub;
 use testkit::moto;
 use testkit::runtime_api::LambdaProcess;
-use testkit::stack::{scheduled_event, sqs_event, ssm_status_event};
+use testkit::stack::{scheduled_event, ssm_status_event};
+
+use crate::event_source_mapping::{EventSourceMapping, Watched};
+use crate::tally::{Sources, States, Tally, instances, messages_in, queue_depth};
 
 const SECRET: &str = "demo-webhook-secret";
 const TOKEN: &str = "ghp_demo_token_not_a_secret";
@@ -31,8 +35,16 @@ const BINARIES: [&str; 4] = ["autoscaler", "create-runner", "stop-runner", "move
 /// `SCENARIO_SECONDS_PER_JOB` more for every job (moto slows as instances pile up).
 const SCENARIO_LIMIT: Duration = Duration::from_secs(600);
 const SCENARIO_SECONDS_PER_JOB: u64 = 5;
+/// How often the serving loop says how far it got.
+const PROGRESS_EVERY: Duration = Duration::from_secs(60);
+/// The sweep's schedule while jobs are served: the deployment's default `sweep_schedule`, rate(15
+/// minutes), uncompressed, so that a long burst meets the sweep as it would in AWS.
+const SWEEP_EVERY: Duration = Duration::from_secs(15 * 60);
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
+
+mod event_source_mapping;
+pub mod tally;
 
 pub struct Options {
     /// Matching jobs to send (half `cpu`, a quarter each `gpu` and `large`... see `scenario`).
@@ -41,6 +53,8 @@ pub struct Options {
     pub plugin_dir: PathBuf,
     /// Print the timelines and the tally as it goes.
     pub print: bool,
+    /// Where to write the four binaries' logs (`<binary>.log`), whether the demo finishes or not.
+    pub logs: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -50,6 +64,7 @@ impl Default for Options {
             binaries: testkit::workspace_root().join("target/debug"),
             plugin_dir: PathBuf::from(std::env::var("TF_PLUGIN_DIR").unwrap_or_else(|_| "/opt/tf-plugins".into())),
             print: false,
+            logs: None,
         }
     }
 }
@@ -85,28 +100,12 @@ const STAGES: [&str; 8] = [
     "runner_removed",
 ];
 
-/// Read from moto and the fake GitHub at the end.
-#[derive(Debug, Clone, Default)]
-pub struct Tally {
-    pub jobs_sent: usize,
-    pub jobs_run: usize,
-    /// Instances per job id (any state): every served job must have exactly one.
-    pub instances_per_job: BTreeMap<u64, usize>,
-    pub instances_live: usize,
-    pub parameters_left: usize,
-    /// Launch slots still claimed (SSM parameters under /<deployment>/slots).
-    pub slots_left: usize,
-    pub runners_left: usize,
-    pub jobs_queue_left: usize,
-    pub dlq_left: usize,
-    pub runners_registered: usize,
-}
-
 #[derive(Debug, Clone, Default)]
 pub struct DlqStory {
     pub job_id: u64,
-    /// Messages seen in the DLQ before move-jobs ran.
+    /// The job was read in the DLQ (so its launch template came back and move-jobs ran).
     pub reached_dlq: bool,
+    /// The most receives the event source mapping saw of it by then.
     pub receives_before_dlq: u32,
     pub moved_back: u64,
     pub served_after: bool,
@@ -123,19 +122,43 @@ pub struct Report {
     pub max_runners: BTreeMap<String, usize>,
     pub dlq: DlqStory,
     pub sweep: Value,
+    /// Where the serving loop's time went, by function invoked or moto call made.
+    pub spent: BTreeMap<&'static str, Spent>,
     pub elapsed: Duration,
 }
 
+/// Calls of one kind and their time, summed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Spent {
+    pub calls: u32,
+    pub total: Duration,
+}
+
+/// The time spent, by kind of call, as the demo's loop and the event source mapping go.
+#[derive(Clone, Default)]
+struct Ledger(Arc<Mutex<BTreeMap<&'static str, Spent>>>);
+
+impl Ledger {
+    fn charge(&self, what: &'static str, since: Instant) {
+        let mut spent = self.0.lock().unwrap();
+        let entry = spent.entry(what).or_default();
+        entry.calls += 1;
+        entry.total += since.elapsed();
+    }
+
+    fn get(&self, what: &str) -> Spent {
+        self.0.lock().unwrap().get(what).copied().unwrap_or_default()
+    }
+
+    fn snapshot(&self) -> BTreeMap<&'static str, Spent> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
 impl Report {
-    /// Nothing left running, nothing left behind.
+    /// Everything read, nothing left running, nothing left behind.
     pub fn clean(&self) -> bool {
-        let t = &self.tally;
-        t.instances_live == 0
-            && t.parameters_left == 0
-            && t.slots_left == 0
-            && t.runners_left == 0
-            && t.jobs_queue_left == 0
-            && t.dlq_left == 0
+        self.tally.clean()
     }
 }
 
@@ -144,6 +167,16 @@ struct Outputs {
     jobs_queue_url: String,
     dlq_url: String,
     launch_templates: BTreeMap<String, String>,
+    /// Each binary's function timeout as Terraform deployed it: the deadline each invocation gets.
+    timeouts: BTreeMap<&'static str, Duration>,
+}
+
+/// The four binaries, each behind its own Runtime API endpoint.
+struct Functions {
+    processes: BTreeMap<&'static str, LambdaProcess>,
+    timeouts: BTreeMap<&'static str, Duration>,
+    /// Each binary's output, readable while the event source mapping holds create-runner.
+    output: BTreeMap<&'static str, Arc<Mutex<Vec<String>>>>,
 }
 
 pub async fn run(options: &Options) -> Result<Report, Error> {
@@ -190,13 +223,17 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
     let mut env = moto::env();
     env.push(("SOPHONS_CONFIG_PARAM", outputs.config_parameter.clone()));
     env.push(("RUST_LOG", "info".into()));
-    let mut lambdas = BTreeMap::new();
+    let mut lambdas = Functions {
+        processes: BTreeMap::new(),
+        timeouts: outputs.timeouts.clone(),
+        output: BTreeMap::new(),
+    };
     for binary in BINARIES {
-        lambdas.insert(
-            binary,
-            LambdaProcess::spawn(&options.binaries.join(binary), binary, &env).await,
-        );
+        let process = LambdaProcess::spawn(&options.binaries.join(binary), binary, &env).await;
+        lambdas.output.insert(binary, process.output.clone());
+        lambdas.processes.insert(binary, process);
     }
+    let ledger = Ledger::default();
     let document: Value = serde_json::from_str(
         ssm.get_parameter()
             .name(&outputs.config_parameter)
@@ -254,7 +291,7 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
             &body,
         );
         let sent_at = SystemTime::now();
-        let answer = invoke(&mut lambdas, "autoscaler", event).await?;
+        let answer = invoke(&mut lambdas, &ledger, "autoscaler", event).await?;
         let status = answer["statusCode"].as_u64().unwrap_or(0) as u16;
         let decision: Value = serde_json::from_str(answer["body"].as_str().unwrap_or("{}")).unwrap_or_default();
         let decision = decision["decision"].as_str().unwrap_or_default().to_string();
@@ -281,83 +318,90 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
     let expected: BTreeSet<u64> = timelines.keys().copied().collect();
 
     // The event source mapping, the boxes and EventBridge, until every job has run.
-    let (ended_tx, mut ended_rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+    // A box whose job finished: (instance, command, job).
+    let (ended_tx, mut ended_rx) = tokio::sync::mpsc::unbounded_channel::<(String, String, u64)>();
     let mut started_boxes: BTreeSet<String> = BTreeSet::new();
     let mut finished_jobs: BTreeSet<u64> = BTreeSet::new();
     let mut restored = false;
     let limit = SCENARIO_LIMIT.max(Duration::from_secs(SCENARIO_SECONDS_PER_JOB * expected.len() as u64));
-    let deadline = Instant::now() + limit;
+    let watched = Watched {
+        job_id: dlq_job,
+        receives: Arc::default(),
+    };
+    let create_runner = lambdas
+        .processes
+        .remove("create-runner")
+        .ok_or("create-runner is not running")?;
+    let esm = EventSourceMapping::start(
+        create_runner,
+        lambdas.timeouts["create-runner"],
+        sqs.clone(),
+        outputs.jobs_queue_url.clone(),
+        &watched,
+        ledger.clone(),
+    );
+    let serving = Instant::now();
+    let deadline = serving + limit;
+    let mut progress_at = serving + PROGRESS_EVERY;
+    let mut sweep_at = serving + SWEEP_EVERY;
     say("== serving (SQS event source mapping → create-runner; box; EventBridge → stop-runner)".into());
     loop {
+        if Instant::now() > progress_at {
+            progress_at += PROGRESS_EVERY;
+            save_logs(options, &lambdas)?;
+            let created = ledger.get("create-runner");
+            say(format!(
+                "   {:>5} s: {} of {} jobs finished, {} runners started; create-runner {} batches, {:.1} s each",
+                serving.elapsed().as_secs(),
+                finished_jobs.len(),
+                expected.len(),
+                started_boxes.len(),
+                created.calls,
+                created.total.as_secs_f64() / f64::from(created.calls.max(1)),
+            ));
+        }
+        if Instant::now() > sweep_at {
+            sweep_at += SWEEP_EVERY;
+            let answer = invoke(&mut lambdas, &ledger, "stop-runner", scheduled_event("sweep")).await?;
+            say(format!(
+                "   {:>5} s: schedule → sweep: {answer}",
+                serving.elapsed().as_secs()
+            ));
+        }
         if Instant::now() > deadline {
+            save_logs(options, &lambdas)?;
+            let waiting: Vec<_> = expected.difference(&finished_jobs).collect();
+            let depth = |url| queue_depth(&sqs, url);
+            let (queue, dlq) = (depth(&outputs.jobs_queue_url).await, depth(&outputs.dlq_url).await);
             return Err(format!(
-                "jobs not finished within {} s: {:?}",
+                "{} of {} jobs not finished within {} s (jobs queue {}, DLQ {}, runners started {}): {waiting:?}",
+                waiting.len(),
+                expected.len(),
                 limit.as_secs(),
-                expected.difference(&finished_jobs).collect::<Vec<_>>()
+                queue.map_or_else(|why| why, |n| n.to_string()),
+                dlq.map_or_else(|why| why, |n| n.to_string()),
+                started_boxes.len(),
             )
             .into());
         }
-        let mut busy = false;
-        // SQS event source mapping: a batch of up to 10, deleting what create-runner did not report failed.
-        let received = sqs
-            .receive_message()
-            .queue_url(&outputs.jobs_queue_url)
-            .max_number_of_messages(10)
-            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)
-            .send()
-            .await?;
-        let messages = received.messages();
-        if !messages.is_empty() {
-            busy = true;
-            let records: Vec<(String, String, String, u32)> = messages
-                .iter()
-                .map(|m| {
-                    let count = m
-                        .attributes()
-                        .and_then(|a| a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount))
-                        .and_then(|c| c.parse().ok())
-                        .unwrap_or(1);
-                    (
-                        m.message_id().unwrap_or_default().to_string(),
-                        m.receipt_handle().unwrap_or_default().to_string(),
-                        m.body().unwrap_or_default().to_string(),
-                        count,
-                    )
-                })
-                .collect();
-            for (_, _, body, count) in &records {
-                if body.contains(&format!("\"job_id\":{dlq_job},")) {
-                    report.dlq.receives_before_dlq = report.dlq.receives_before_dlq.max(*count);
-                }
-            }
-            let refs: Vec<(&str, &str, &str, u32)> = records
-                .iter()
-                .map(|(i, r, b, c)| (i.as_str(), r.as_str(), b.as_str(), *c))
-                .collect();
-            let answer = invoke(&mut lambdas, "create-runner", sqs_event(&refs)).await?;
-            let failed: BTreeSet<String> = answer["batchItemFailures"]
-                .as_array()
-                .map(|f| {
-                    f.iter()
-                        .filter_map(|i| i["itemIdentifier"].as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default();
-            for message in messages {
-                if !failed.contains(message.message_id().unwrap_or_default()) {
-                    sqs.delete_message()
-                        .queue_url(&outputs.jobs_queue_url)
-                        .receipt_handle(message.receipt_handle().unwrap_or_default())
-                        .send()
-                        .await?;
-                }
-            }
-            track_peak(&ec2, &deployment, &mut report.peak_live).await?;
+        if esm.failed() {
+            save_logs(options, &lambdas)?;
+            return Err(match esm.stop().await {
+                Err(error) => error,
+                Ok(_) => "the event source mapping stopped by itself".into(),
+            });
         }
+        let mut busy = false;
+        // One listing of the live instances (every page) serves the peak and the boxes.
+        let since = Instant::now();
+        let live = instances(&ec2, &deployment, States::Live).await?;
+        ledger.charge("DescribeInstances (live, every page)", since);
+        track_peak(&live, &mut report.peak_live);
         // The boxes: every started runner reads and deletes its parameter, takes its job, finishes.
-        for (instance_id, command_id, job_id) in started_instances(&ec2, &deployment).await? {
+        for (instance_id, command_id, job_id) in runner_commands(&live) {
             if started_boxes.insert(instance_id.clone()) {
                 busy = true;
+                let since = Instant::now();
                 let parameter = format!("/{deployment}/jit/{instance_id}");
                 // As the runner script: read the JIT config through the instance role, then delete it.
                 ssm.get_parameter()
@@ -366,6 +410,7 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
                     .send()
                     .await?;
                 ssm.delete_parameter().name(&parameter).send().await?;
+                ledger.charge("the boxes (GetParameter, DeleteParameter)", since);
                 // `./run.sh --jitconfig` brings the runner online and GitHub hands it the job.
                 let runner_name = format!("{deployment}-{instance_id}");
                 if let Some(runner) = github.runners().into_iter().find(|r| r.name == runner_name) {
@@ -376,20 +421,27 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
                 let work_ms = 300 + (job_id % 7) * 100;
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(work_ms)).await;
-                    let _ = tx.send((instance_id, command_id));
+                    let _ = tx.send((instance_id, command_id, job_id));
                 });
             }
         }
         // EventBridge: the SSM status change of each finished runner command → stop-runner.
-        while let Ok((instance_id, command_id)) = ended_rx.try_recv() {
+        while let Ok((instance_id, command_id, job_id)) = ended_rx.try_recv() {
             busy = true;
-            let job_id = job_of(&ec2, &instance_id).await?;
             github.set_job_status(REPOSITORY, job_id, "completed");
+            // Its job done, the runner exits and GitHub shows it idle (deleting a busy runner is
+            // 422). GitHub also removes an ephemeral runner by itself; the fake leaves that to
+            // stop-runner, so that the tally shows whether stop-runner does it.
+            let runner_name = format!("{deployment}-{instance_id}");
+            if let Some(runner) = github.runners().into_iter().find(|r| r.name == runner_name) {
+                github.set_runner_status(runner.id, "offline", false);
+            }
             if let Some(timeline) = timelines.get_mut(&job_id) {
                 timeline.stages.insert("command_ended", SystemTime::now());
             }
             invoke(
                 &mut lambdas,
+                &ledger,
                 "stop-runner",
                 ssm_status_event(&instance_id, &command_id, "Success"),
             )
@@ -397,21 +449,34 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
             finished_jobs.insert(job_id);
         }
         // The DLQ story: once the refused job sits in the DLQ, restore its launch template and let
-        // the hourly schedule run move-jobs. Later DLQ arrivals (a burst that waits for room longer
-        // than three retry delays) go back the same way: the schedule, compressed.
-        if queue_depth(&sqs, &outputs.dlq_url).await? > 0 {
+        // the hourly schedule run move-jobs. Other DLQ arrivals (a burst that waits for room longer
+        // than three retry delays) go back the same way, before or after: the schedule, compressed.
+        let since = Instant::now();
+        let in_dlq = queue_depth(&sqs, &outputs.dlq_url)
+            .await
+            .map_err(|why| format!("the DLQ: {why}"))?;
+        let refused_job_in_dlq = !restored
+            && in_dlq > 0
+            && messages_in(&sqs, &outputs.dlq_url)
+                .await
+                .map_err(|why| format!("the DLQ: {why}"))?
+                .iter()
+                .any(|body| body.contains(&format!("\"job_id\":{dlq_job},")));
+        ledger.charge("the DLQ (depth, and its messages until the refused job is seen)", since);
+        if in_dlq > 0 {
             busy = true;
-            if !restored {
+            if refused_job_in_dlq {
                 report.dlq.reached_dlq = true;
+                report.dlq.receives_before_dlq = watched.receives.load(std::sync::atomic::Ordering::Relaxed);
                 say(format!(
                     "   job {dlq_job}: EC2 refused its launch 3 times; it is in the DLQ. Restoring its launch template; schedule → move-jobs"
                 ));
                 restore_launch_template(&ec2, &large_template).await?;
-                let answer = invoke(&mut lambdas, "move-jobs", scheduled_event("move-jobs")).await?;
+                let answer = invoke(&mut lambdas, &ledger, "move-jobs", scheduled_event("move-jobs")).await?;
                 report.dlq.moved_back = answer["moved"].as_u64().unwrap_or(0);
                 restored = true;
             } else {
-                invoke(&mut lambdas, "move-jobs", scheduled_event("move-jobs")).await?;
+                invoke(&mut lambdas, &ledger, "move-jobs", scheduled_event("move-jobs")).await?;
             }
         }
         if finished_jobs.is_superset(&expected) && started_boxes.len() >= expected.len() {
@@ -422,14 +487,16 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
         }
     }
     report.dlq.served_after = finished_jobs.contains(&dlq_job);
+    let create_runner = esm.stop().await?;
+    lambdas.processes.insert("create-runner", create_runner);
 
     // The schedules: the sweep and move-jobs once more, as at the end of any quiet hour.
-    report.sweep = invoke(&mut lambdas, "stop-runner", scheduled_event("sweep")).await?;
-    invoke(&mut lambdas, "move-jobs", scheduled_event("move-jobs")).await?;
+    report.sweep = invoke(&mut lambdas, &ledger, "stop-runner", scheduled_event("sweep")).await?;
+    invoke(&mut lambdas, &ledger, "move-jobs", scheduled_event("move-jobs")).await?;
 
     // The timelines, from the binaries' own JSON log lines.
-    for (name, lambda) in &lambdas {
-        for line in lambda.logs().lines() {
+    for (name, output) in &lambdas.output {
+        for line in output.lock().unwrap().iter() {
             let Ok(entry) = serde_json::from_str::<Value>(line) else {
                 continue;
             };
@@ -460,7 +527,18 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
         }
     }
     report.timelines = timelines.into_values().collect();
-    report.tally = tally(&ec2, &ssm, &sqs, &github, &deployment, &outputs, &scenario).await?;
+    let sources = Sources {
+        ec2: &ec2,
+        ssm: &ssm,
+        sqs: &sqs,
+        github: &github,
+        deployment: &deployment,
+        jobs_queue_url: &outputs.jobs_queue_url,
+        dlq_url: &outputs.dlq_url,
+    };
+    report.spent = ledger.snapshot();
+    report.tally = tally::tally(&sources, scenario.iter().map(|p| p.job_id), scenario.len()).await;
+    save_logs(options, &lambdas)?;
     report.elapsed = started.elapsed();
     if options.print {
         print_report(&report);
@@ -468,6 +546,17 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
     drop(lambdas);
     let _ = std::fs::remove_dir_all(&work);
     Ok(report)
+}
+
+fn save_logs(options: &Options, lambdas: &Functions) -> Result<(), Error> {
+    let Some(dir) = &options.logs else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir)?;
+    for (name, output) in &lambdas.output {
+        std::fs::write(dir.join(format!("{name}.log")), output.lock().unwrap().join("\n"))?;
+    }
+    Ok(())
 }
 
 fn stage_name(step: &str) -> &'static str {
@@ -547,12 +636,14 @@ fn payload(job_id: u64, labels: &[&str]) -> Value {
     payload
 }
 
-async fn invoke(lambdas: &mut BTreeMap<&'static str, LambdaProcess>, name: &str, event: Value) -> Result<Value, Error> {
-    let lambda = lambdas.get_mut(name).ok_or("no such function")?;
-    lambda
-        .invoke(event)
-        .await
-        .map_err(|error| format!("{name} failed: {error}").into())
+/// Invokes a binary with the deadline its function has in Lambda (the timeout Terraform set).
+async fn invoke(lambdas: &mut Functions, ledger: &Ledger, name: &'static str, event: Value) -> Result<Value, Error> {
+    let timeout = lambdas.timeouts.get(name).copied().ok_or("no such function")?;
+    let lambda = lambdas.processes.get_mut(name).ok_or("no such function")?;
+    let since = Instant::now();
+    let answer = lambda.invoke_with_deadline(event, timeout).await;
+    ledger.charge(name, since);
+    answer.map_err(|error| format!("{name} failed: {error}").into())
 }
 
 fn terraform_apply(
@@ -623,6 +714,19 @@ fn terraform_apply(
     disable_moto_event_source_mappings(moto)?;
     let outputs: Value = serde_json::from_str(&terraform(&["output", "-json", &state])?)?;
     let text = |name: &str| outputs[name]["value"].as_str().unwrap_or_default().to_string();
+    let mut timeouts = BTreeMap::new();
+    for binary in BINARIES {
+        let function = outputs["function_names"]["value"][binary.replace('-', "_")]
+            .as_str()
+            .ok_or_else(|| format!("terraform output `function_names` has no {binary}"))?;
+        let configuration: Value = serde_json::from_str(&moto_lambda_api(&[&format!(
+            "{moto}/2015-03-31/functions/{function}/configuration"
+        )])?)?;
+        let seconds = configuration["Timeout"]
+            .as_u64()
+            .ok_or_else(|| format!("function {function} has no Timeout in moto: {configuration}"))?;
+        timeouts.insert(binary, Duration::from_secs(seconds));
+    }
     Ok(Outputs {
         config_parameter: text("config_parameter_name"),
         jobs_queue_url: text("jobs_queue_url"),
@@ -635,6 +739,7 @@ fn terraform_apply(
                     .collect()
             })
             .unwrap_or_default(),
+        timeouts,
     })
 }
 
@@ -642,20 +747,24 @@ fn terraform_apply(
 /// it cannot run, which uses up a receive (and deleting the mapping does not stop it; disabling it
 /// does). The demo's glue is the event source mapping, so the one Terraform made is disabled.
 fn disable_moto_event_source_mappings(moto: &str) -> Result<(), Error> {
-    let authorization = "Authorization: AWS4-HMAC-SHA256 Credential=testing/20261128/us-east-1/lambda/aws4_request, \
-                         SignedHeaders=host, Signature=0";
-    let curl = |args: &[&str]| -> Result<String, Error> {
-        let output = std::process::Command::new("curl")
-            .args(["-fsS", "-H", authorization, "-H", "Content-Type: application/json"])
-            .args(args)
-            .output()?;
-        if !output.status.success() {
-            return Err(format!("curl {args:?}: {}", String::from_utf8_lossy(&output.stderr)).into());
+    let curl = moto_lambda_api;
+    // Every page: Lambda pages this list by `NextMarker` (moto answers with one page).
+    let mut mappings = Vec::new();
+    let mut marker: Option<String> = None;
+    loop {
+        let url = format!("{moto}/2015-03-31/event-source-mappings/");
+        let listed = match marker.take() {
+            Some(marker) => curl(&["-G", "--data-urlencode", &format!("Marker={marker}"), &url])?,
+            None => curl(&[&url])?,
+        };
+        let page: Value = serde_json::from_str(&listed)?;
+        mappings.extend(page["EventSourceMappings"].as_array().into_iter().flatten().cloned());
+        match page["NextMarker"].as_str() {
+            Some(next) if !next.is_empty() => marker = Some(next.to_string()),
+            _ => break,
         }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    };
-    let listed: Value = serde_json::from_str(&curl(&[&format!("{moto}/2015-03-31/event-source-mappings/")])?)?;
-    for mapping in listed["EventSourceMappings"].as_array().into_iter().flatten() {
+    }
+    for mapping in mappings {
         let uuid = mapping["UUID"].as_str().unwrap_or_default();
         curl(&[
             "-X",
@@ -666,6 +775,20 @@ fn disable_moto_event_source_mappings(moto: &str) -> Result<(), Error> {
         ])?;
     }
     Ok(())
+}
+
+/// moto's Lambda API over curl (the demo does not build the Lambda SDK for three calls).
+fn moto_lambda_api(args: &[&str]) -> Result<String, Error> {
+    let authorization = "Authorization: AWS4-HMAC-SHA256 Credential=testing/20261128/us-east-1/lambda/aws4_request, \
+                         SignedHeaders=host, Signature=0";
+    let output = std::process::Command::new("curl")
+        .args(["-fsS", "-H", authorization, "-H", "Content-Type: application/json"])
+        .args(args)
+        .output()?;
+    if !output.status.success() {
+        return Err(format!("curl {args:?}: {}", String::from_utf8_lossy(&output.stderr)).into());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// An empty but valid zip archive (the end-of-central-directory record alone).
@@ -686,151 +809,25 @@ async fn restore_launch_template(ec2: &aws_sdk_ec2::Client, name: &str) -> Resul
     Ok(())
 }
 
-type InstanceRow = (String, String, BTreeMap<String, String>);
-
-async fn instances(ec2: &aws_sdk_ec2::Client, deployment: &str) -> Result<Vec<InstanceRow>, Error> {
-    let output = ec2
-        .describe_instances()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("tag:sophons:deployment")
-                .values(deployment)
-                .build(),
-        )
-        .send()
-        .await?;
-    Ok(output
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .map(|i| {
-            (
-                i.instance_id().unwrap_or_default().to_string(),
-                i.state()
-                    .and_then(|s| s.name())
-                    .map(|n| n.as_str().to_string())
-                    .unwrap_or_default(),
-                i.tags()
-                    .iter()
-                    .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
-                    .collect(),
-            )
-        })
-        .collect())
-}
-
-fn is_live(state: &str) -> bool {
-    state == "pending" || state == "running"
-}
-
 /// Live instances whose runner command was sent: (instance, command, job).
-async fn started_instances(ec2: &aws_sdk_ec2::Client, deployment: &str) -> Result<Vec<(String, String, u64)>, Error> {
-    Ok(instances(ec2, deployment)
-        .await?
-        .into_iter()
-        .filter(|(_, state, _)| is_live(state))
-        .filter_map(|(id, _, tags)| {
-            let command = tags.get("sophons:command-id")?.clone();
-            let job = tags.get("sophons:job-id")?.parse().ok()?;
-            Some((id, command, job))
-        })
-        .collect())
+fn runner_commands(live: &[tally::Instance]) -> Vec<(String, String, u64)> {
+    live.iter()
+        .filter(|i| i.is_live())
+        .filter_map(|i| Some((i.id.clone(), i.tags.get("sophons:command-id")?.clone(), i.job_id()?)))
+        .collect()
 }
 
-async fn job_of(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result<u64, Error> {
-    let output = ec2.describe_instances().instance_ids(instance_id).send().await?;
-    Ok(output
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .flat_map(|i| i.tags())
-        .find(|t| t.key() == Some("sophons:job-id"))
-        .and_then(|t| t.value()?.parse().ok())
-        .unwrap_or_default())
-}
-
-async fn track_peak(
-    ec2: &aws_sdk_ec2::Client,
-    deployment: &str,
-    peak: &mut BTreeMap<String, usize>,
-) -> Result<(), Error> {
-    let mut live: BTreeMap<String, usize> = BTreeMap::new();
-    for (_, state, tags) in instances(ec2, deployment).await? {
-        if is_live(&state) {
-            *live
-                .entry(tags.get("sophons:template").cloned().unwrap_or_default())
-                .or_default() += 1;
-        }
+fn track_peak(live: &[tally::Instance], peak: &mut BTreeMap<String, usize>) {
+    let mut count: BTreeMap<String, usize> = BTreeMap::new();
+    for instance in live.iter().filter(|i| i.is_live()) {
+        *count
+            .entry(instance.tags.get("sophons:template").cloned().unwrap_or_default())
+            .or_default() += 1;
     }
-    for (template, count) in live {
+    for (template, count) in count {
         let entry = peak.entry(template).or_default();
         *entry = (*entry).max(count);
     }
-    Ok(())
-}
-
-async fn queue_depth(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Result<usize, Error> {
-    use aws_sdk_sqs::types::QueueAttributeName::{ApproximateNumberOfMessages, ApproximateNumberOfMessagesNotVisible};
-    let output = sqs
-        .get_queue_attributes()
-        .queue_url(queue_url)
-        .attribute_names(ApproximateNumberOfMessages)
-        .attribute_names(ApproximateNumberOfMessagesNotVisible)
-        .send()
-        .await?;
-    let attributes = output.attributes.unwrap_or_default();
-    let count = |name| attributes.get(&name).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
-    Ok(count(ApproximateNumberOfMessages) + count(ApproximateNumberOfMessagesNotVisible))
-}
-
-async fn tally(
-    ec2: &aws_sdk_ec2::Client,
-    ssm: &aws_sdk_ssm::Client,
-    sqs: &aws_sdk_sqs::Client,
-    github: &FakeGithub,
-    deployment: &str,
-    outputs: &Outputs,
-    scenario: &[Planned],
-) -> Result<Tally, Error> {
-    let mut tally = Tally {
-        jobs_sent: scenario.len(),
-        ..Default::default()
-    };
-    for planned in scenario {
-        tally.instances_per_job.entry(planned.job_id).or_insert(0);
-    }
-    for (_, state, tags) in instances(ec2, deployment).await? {
-        if is_live(&state) {
-            tally.instances_live += 1;
-        }
-        if let Some(job) = tags.get("sophons:job-id").and_then(|j| j.parse().ok()) {
-            *tally.instances_per_job.entry(job).or_default() += 1;
-        }
-    }
-    tally.jobs_run = tally.instances_per_job.values().filter(|n| **n > 0).count();
-    let parameters = ssm
-        .get_parameters_by_path()
-        .path(format!("/{deployment}/jit"))
-        .recursive(true)
-        .send()
-        .await?;
-    tally.parameters_left = parameters.parameters().len();
-    let slots = ssm
-        .get_parameters_by_path()
-        .path(format!("/{deployment}/slots"))
-        .recursive(true)
-        .send()
-        .await?;
-    tally.slots_left = slots.parameters().len();
-    tally.runners_left = github.runners().len();
-    tally.runners_registered = github
-        .requests_to("POST", "generate-jitconfig")
-        .iter()
-        .filter(|r| r.body.get("name").is_some())
-        .count();
-    tally.jobs_queue_left = queue_depth(sqs, &outputs.jobs_queue_url).await?;
-    tally.dlq_left = queue_depth(sqs, &outputs.dlq_url).await?;
-    Ok(tally)
 }
 
 fn parse_time(text: &str) -> Option<SystemTime> {
@@ -881,14 +878,35 @@ fn print_report(report: &Report) {
             .join(", ")
     );
     println!("== sweep: {}", report.sweep);
+    println!("== time by call (deliveries and serving)");
+    for (what, spent) in &report.spent {
+        println!(
+            "   {what}: {} calls, {:.1} s ({:.0} ms each)",
+            spent.calls,
+            spent.total.as_secs_f64(),
+            spent.total.as_secs_f64() * 1000.0 / f64::from(spent.calls.max(1))
+        );
+    }
     println!("== tally (from moto and the fake GitHub)");
-    println!(
-        "   deliveries sent {}; jobs that got a runner {}; runners registered {}",
-        t.jobs_sent, t.jobs_run, t.runners_registered
-    );
-    let doubled: Vec<_> = t.instances_per_job.iter().filter(|(_, n)| **n > 1).collect();
-    println!("   jobs with more than one instance: {}", doubled.len());
-    println!("   instances still running: {}", t.instances_live);
+    match &t.instances {
+        tally::Read::Complete(instances) => {
+            println!(
+                "   deliveries sent {}; jobs that got a runner {}; runners registered {}",
+                t.jobs_sent,
+                instances.jobs_run(),
+                t.runners_registered
+            );
+            println!("   jobs with more than one instance: {}", instances.doubled());
+            println!("   instances still running: {}", instances.live);
+        }
+        unread => {
+            println!(
+                "   deliveries sent {}; runners registered {}",
+                t.jobs_sent, t.runners_registered
+            );
+            println!("   instances: {unread}");
+        }
+    }
     println!("   JIT parameters left: {}", t.parameters_left);
     println!("   launch slots still claimed: {}", t.slots_left);
     println!("   GitHub runners left: {}", t.runners_left);
@@ -899,6 +917,8 @@ fn print_report(report: &Report) {
         report.terraform_apply.as_secs_f64(),
         if report.clean() {
             "nothing left behind"
+        } else if t.incomplete() {
+            "THE TALLY COULD NOT READ EVERYTHING"
         } else {
             "SOMETHING WAS LEFT BEHIND"
         }

@@ -1,5 +1,6 @@
 //! `make demo`: see `demo::run`. Options: `--jobs N` (matching jobs to send, default 6),
-//! `--binaries DIR` (default target/debug), `--plugin-dir DIR` (Terraform provider mirror).
+//! `--binaries DIR` (default target/debug), `--plugin-dir DIR` (Terraform provider mirror),
+//! `--logs DIR` (keep the four binaries' logs there).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,8 +15,11 @@ async fn main() -> ExitCode {
             "--jobs" => options.jobs = value().parse().unwrap_or(options.jobs),
             "--binaries" => options.binaries = PathBuf::from(value()),
             "--plugin-dir" => options.plugin_dir = PathBuf::from(value()),
+            "--logs" => options.logs = Some(PathBuf::from(value())),
             other => {
-                eprintln!("demo: unknown argument `{other}` (use --jobs N, --binaries DIR, --plugin-dir DIR)");
+                eprintln!(
+                    "demo: unknown argument `{other}` (use --jobs N, --binaries DIR, --plugin-dir DIR, --logs DIR)"
+                );
                 return ExitCode::from(2);
             }
         }
@@ -24,7 +28,7 @@ async fn main() -> ExitCode {
     match demo::run(&options).await {
         Ok(report) if report.clean() => ExitCode::SUCCESS,
         Ok(_) => {
-            eprintln!("demo: something was left behind (see the tally)");
+            eprintln!("demo: something was left behind, or the tally could not read it all (see the tally)");
             ExitCode::FAILURE
         }
         Err(error) => {

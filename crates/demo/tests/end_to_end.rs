@@ -4,6 +4,8 @@
 //! nothing; the redelivery produced no second instance; a job whose launch EC2 refused reached the
 //! DLQ after 3 receives and move-jobs brought it back.
 
+use demo::tally::Read;
+
 #[tokio::test]
 async fn the_whole_system_serves_every_matching_job_once_and_leaves_nothing_behind() {
     let options = demo::Options {
@@ -14,12 +16,16 @@ async fn the_whole_system_serves_every_matching_job_once_and_leaves_nothing_behi
         .await
         .unwrap_or_else(|error| panic!("the demo failed: {error}"));
     let tally = &report.tally;
+    let instances = tally
+        .instances
+        .complete()
+        .unwrap_or_else(|| panic!("the tally read every instance: {}", tally.instances));
 
     let by_kind = |kind: &'static str| report.deliveries.iter().filter(move |d| d.kind == kind);
     for delivery in by_kind("matching") {
         assert_eq!(delivery.status, 202, "{delivery:?}");
         assert_eq!(
-            tally.instances_per_job[&delivery.job_id], 1,
+            instances.per_job[&delivery.job_id], 1,
             "job {} had exactly one instance",
             delivery.job_id
         );
@@ -27,7 +33,7 @@ async fn the_whole_system_serves_every_matching_job_once_and_leaves_nothing_behi
     for kind in ["non-matching", "forged"] {
         for delivery in by_kind(kind) {
             assert_eq!(
-                tally.instances_per_job[&delivery.job_id], 0,
+                instances.per_job[&delivery.job_id], 0,
                 "{kind} delivery produced nothing"
             );
         }
@@ -35,7 +41,7 @@ async fn the_whole_system_serves_every_matching_job_once_and_leaves_nothing_behi
     assert_eq!(by_kind("forged").next().unwrap().status, 401);
     let redelivered = by_kind("redelivered").next().unwrap();
     assert_eq!(
-        tally.instances_per_job[&redelivered.job_id], 1,
+        instances.per_job[&redelivered.job_id], 1,
         "the redelivery gave no second instance"
     );
 
@@ -51,10 +57,12 @@ async fn the_whole_system_serves_every_matching_job_once_and_leaves_nothing_behi
     for (template, peak) in &report.peak_live {
         assert!(peak <= &report.max_runners[template], "{template}: {peak} live at once");
     }
-    assert_eq!(tally.instances_live, 0, "no instance left running");
-    assert_eq!(tally.parameters_left, 0, "no JIT parameter left");
-    assert_eq!(tally.slots_left, 0, "no launch slot left claimed");
-    assert_eq!(tally.runners_left, 0, "no GitHub runner left");
-    assert_eq!((tally.jobs_queue_left, tally.dlq_left), (0, 0), "no message left");
+    let none = Read::Complete(0);
+    assert_eq!(instances.live, 0, "no instance left running");
+    assert_eq!(tally.parameters_left, none, "no JIT parameter left");
+    assert_eq!(tally.slots_left, none, "no launch slot left claimed");
+    assert_eq!(tally.runners_left, none, "no GitHub runner left");
+    assert_eq!(tally.jobs_queue_left, none, "no message left in the jobs queue");
+    assert_eq!(tally.dlq_left, none, "no message left in the DLQ");
     assert!(report.clean());
 }
