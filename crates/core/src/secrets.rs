@@ -43,15 +43,17 @@ pub struct Listed {
 pub trait Secrets: Send + Sync {
     /// The decrypted value of a parameter.
     async fn get(&self, name: &str) -> Result<String, SecretsError>;
-    /// Writes a SecureString of up to 8 KB (Standard when the value fits in 4 KB, else Advanced), replacing any earlier value, and tags it (the tags replace earlier
-    /// values of the same keys).
+    /// Writes a SecureString of up to 8 KB (Intelligent-Tiering when the value fits in 4 KB, so
+    /// Standard; Advanced above), replacing any earlier value, and tags it (the tags replace
+    /// earlier values of the same keys).
     async fn put_secure(&self, name: &str, value: &str, tags: &[(String, String)]) -> Result<(), SecretsError>;
     /// Writes a String parameter only if none of that name exists (SSM's `Overwrite=false`, atomic):
     /// answers false when one does. Claims are made this way.
     async fn create(&self, name: &str, value: &str) -> Result<bool, SecretsError>;
     /// Deletes a parameter; a parameter already gone is not an error.
     async fn delete(&self, name: &str) -> Result<(), SecretsError>;
-    /// The parameters below a path (recursively), with their last write. Values are not read.
+    /// The parameters below a path (recursively), with their last write and, for String
+    /// parameters, their value (SecureStrings are not decrypted).
     async fn list(&self, path: &str) -> Result<Vec<Listed>, SecretsError>;
 }
 
