@@ -37,9 +37,6 @@ const SCENARIO_LIMIT: Duration = Duration::from_secs(600);
 const SCENARIO_SECONDS_PER_JOB: u64 = 5;
 /// How often the serving loop says how far it got.
 const PROGRESS_EVERY: Duration = Duration::from_secs(60);
-/// The sweep's schedule while jobs are served: the deployment's default `sweep_schedule`, rate(15
-/// minutes), uncompressed, so that a long burst meets the sweep as it would in AWS.
-const SWEEP_EVERY: Duration = Duration::from_secs(15 * 60);
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -343,7 +340,6 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
     let serving = Instant::now();
     let deadline = serving + limit;
     let mut progress_at = serving + PROGRESS_EVERY;
-    let mut sweep_at = serving + SWEEP_EVERY;
     say("== serving (SQS event source mapping → create-runner; box; EventBridge → stop-runner)".into());
     loop {
         if Instant::now() > progress_at {
@@ -358,14 +354,6 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
                 started_boxes.len(),
                 created.calls,
                 created.total.as_secs_f64() / f64::from(created.calls.max(1)),
-            ));
-        }
-        if Instant::now() > sweep_at {
-            sweep_at += SWEEP_EVERY;
-            let answer = invoke(&mut lambdas, &ledger, "stop-runner", scheduled_event("sweep")).await?;
-            say(format!(
-                "   {:>5} s: schedule → sweep: {answer}",
-                serving.elapsed().as_secs()
             ));
         }
         if Instant::now() > deadline {
@@ -490,7 +478,10 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
     let create_runner = esm.stop().await?;
     lambdas.processes.insert("create-runner", create_runner);
 
-    // The schedules: the sweep and move-jobs once more, as at the end of any quiet hour.
+    // The schedules: the sweep and move-jobs once more, as at the end of any quiet hour. Not while
+    // jobs are served: moto runs no command and reports each one ended at once, so a sweep then
+    // would take the boxes still at work for runners whose command ended (a 15-minute sweep in a
+    // JOBS=1000 run ended 6 of them and sent 4 jobs back).
     report.sweep = invoke(&mut lambdas, &ledger, "stop-runner", scheduled_event("sweep")).await?;
     invoke(&mut lambdas, &ledger, "move-jobs", scheduled_event("move-jobs")).await?;
 
