@@ -334,7 +334,27 @@ impl Fleet for Ec2Fleet {
     }
 
     async fn instances(&self, deployment: &str, query: &InstanceQuery) -> Result<Vec<Instance>, FleetError> {
+        let states: &[&str] = if query.live_only {
+            &["pending", "running"]
+        } else if query.with_terminated {
+            &[
+                "pending",
+                "running",
+                "shutting-down",
+                "stopping",
+                "stopped",
+                "terminated",
+            ]
+        } else {
+            &["pending", "running", "shutting-down", "stopping", "stopped"]
+        };
+        // The state filter first: the same answer on AWS, and moto, which keeps every instance it
+        // launched, narrows by state cheaply before it scans every tag for the tag filters.
         let mut filters = vec![
+            Filter::builder()
+                .name("instance-state-name")
+                .set_values(Some(states.iter().map(|s| s.to_string()).collect()))
+                .build(),
             Filter::builder()
                 .name(format!("tag:{TAG_DEPLOYMENT}"))
                 .values(deployment)
@@ -359,26 +379,6 @@ impl Fleet for Ec2Fleet {
                     .build(),
             );
         }
-        let states: &[&str] = if query.live_only {
-            &["pending", "running"]
-        } else if query.with_terminated {
-            &[
-                "pending",
-                "running",
-                "shutting-down",
-                "stopping",
-                "stopped",
-                "terminated",
-            ]
-        } else {
-            &["pending", "running", "shutting-down", "stopping", "stopped"]
-        };
-        filters.push(
-            Filter::builder()
-                .name("instance-state-name")
-                .set_values(Some(states.iter().map(|s| s.to_string()).collect()))
-                .build(),
-        );
         let mut found = Vec::new();
         let mut token: Option<String> = None;
         loop {
