@@ -58,8 +58,11 @@ demo: setup ## the whole system on this machine: Terraform on moto, the four bin
 bench: setup ## the benchmarks' table: cold start, memory, webhook hot path, create-runner cost, burst, size
 	scripts/bench.sh
 
+# Optimised, but without the Lambdas' fat LTO (minutes of linking for no faster a simulation), in a
+# target dir of its own so that it does not evict `make build`'s artefacts.
 soak: ## the simulation under faults with >= 1,000,000 jobs, serial and concurrent (SOPHONS_SOAK_JOBS to change)
-	cargo test --release -p sophons-core --test simulation --locked -- --ignored --nocapture --exact soak
+	CARGO_TARGET_DIR=target/soak CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+	  cargo test --release -p sophons-core --test simulation --locked -- --ignored --nocapture --exact soak
 
 fuzz: ## coverage-guided fuzzing of the webhook input path (nightly, cargo-fuzz), >= 1,000,000 executions
 	fuzz/run.sh

@@ -19,6 +19,7 @@ locals {
     deployment           = var.deployment
     queue_url            = aws_sqs_queue.jobs.url
     dlq_url              = aws_sqs_queue.jobs_dlq.url
+    slots_table          = aws_dynamodb_table.slots.name
     webhook_secret_param = local.webhook_secret_param_name
     max_body_bytes       = var.max_body_bytes
     github = merge({

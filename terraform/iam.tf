@@ -7,13 +7,13 @@
 # - The runner role reads and deletes only its own instance's JIT parameter (/<deployment>/jit/<instance-id>,
 #   tagged by create-runner with the instance's ARN; see "Runner instances" below), never lists parameters,
 #   reads the runner script object only, and writes the command log group only.
+# - Launch slots are items of the slots table (slots.tf): create-runner claims and gives back, stop-runner frees
+#   and sweeps; no other role has any DynamoDB action, and none has one beyond that table.
 # - Describe/Get actions that AWS does not scope to resources are the only statements on "*".
 
 locals {
   instance_arns        = "arn:${local.partition}:ec2:${local.region}:${local.account_id}:instance/*"
   jit_parameter_arns   = "${local.parameter_arn}${local.jit_path}/*"
-  slot_path            = "${local.parameter_prefix}/slots"
-  slot_parameter_arns  = "${local.parameter_arn}${local.slot_path}/*"
   launch_template_arns = [for lt in aws_launch_template.runner : lt.arn]
 
   # create-runner tags each JIT parameter with the ARN of the instance it is for (arn:<partition>:ec2:<region>:
@@ -314,12 +314,13 @@ data "aws_iam_policy_document" "create_runner" {
     }
   }
 
-  # A launch claims one of its template's max_runners slots (PutParameter without overwrite), so
-  # that concurrent invocations never launch past max_runners; a failed launch gives it back.
+  # A launch claims one of its template's max_runners slots (PutItem if the slot is not taken), so that
+  # concurrent invocations never launch past max_runners; it reads the template's claims (Query, GetItem), and a
+  # failed launch gives its slot back (DeleteItem, conditioned on its own claim).
   statement {
     sid       = "ClaimLaunchSlots"
-    actions   = ["ssm:PutParameter", "ssm:DeleteParameter"]
-    resources = [local.slot_parameter_arns]
+    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Query"]
+    resources = [aws_dynamodb_table.slots.arn]
   }
 
   statement {
@@ -369,11 +370,12 @@ data "aws_iam_policy_document" "stop_runner" {
     resources = [local.jit_parameter_arns, "${local.parameter_arn}${local.jit_path}"]
   }
 
-  # An ended instance frees its launch slot; the sweep frees slots whose claimant died.
+  # An ended instance frees its launch slot; the sweep lists every claim (Scan) and frees those whose
+  # claimant died. Never PutItem: only create-runner claims.
   statement {
     sid       = "FreeLaunchSlots"
-    actions   = ["ssm:GetParameter", "ssm:DeleteParameter", "ssm:GetParametersByPath"]
-    resources = [local.slot_parameter_arns, "${local.parameter_arn}${local.slot_path}"]
+    actions   = ["dynamodb:GetItem", "dynamodb:DeleteItem", "dynamodb:Query", "dynamodb:Scan"]
+    resources = [aws_dynamodb_table.slots.arn]
   }
 
   statement {

@@ -28,6 +28,11 @@ output "jit_parameter_path" {
   value       = local.jit_path
 }
 
+output "slots_table_name" {
+  description = "DynamoDB table of the launch slots: one item per launch in flight or instance alive (key: template, slot)."
+  value       = aws_dynamodb_table.slots.name
+}
+
 output "jobs_queue_url" {
   description = "URL of the jobs queue (webhook -> create-runner)."
   value       = aws_sqs_queue.jobs.url

@@ -56,6 +56,7 @@ pub static CONFIG: LazyLock<Arc<Config>> = LazyLock::new(|| {
         "queue_url": QUEUE,
         "dlq_url": format!("{QUEUE}-dlq"),
         "webhook_secret_param": "/sophons/github/webhook-secret",
+        "slots_table": "sophons-slots",
         "max_body_bytes": MAX_BODY_BYTES,
         "github": { "api_url": "https://api.github.com", "owner": "my-org", "scope": "org",
                     "runner_group_id": 1, "token_param": "/sophons/github/token" },

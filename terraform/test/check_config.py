@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Reads the config document Terraform wrote back from (moto's) SSM and checks that every name in it points
-at something the same apply created: the queues, the parameters, the script object, the log group and the
-launch templates. The autoscaler's `--check-config` then checks it is a document the Lambdas accept.
+at something the same apply created: the queues, the launch slots table, the parameters, the script object, the
+log group and the launch templates. The autoscaler's `--check-config` then checks it is a document the Lambdas
+accept.
 
 Usage: check_config.py <endpoint-url> <region> <config-parameter-name>
 Needs boto3 (the venv's moto[server] brings it).
@@ -23,7 +24,7 @@ def main(endpoint, region, parameter):
             aws_secret_access_key="test",
         )
 
-    ssm, sqs, s3, ec2, logs = (client(s) for s in ("ssm", "sqs", "s3", "ec2", "logs"))
+    ssm, sqs, s3, ec2, logs, dynamodb = (client(s) for s in ("ssm", "sqs", "s3", "ec2", "logs", "dynamodb"))
     errors = []
 
     stored = ssm.get_parameter(Name=parameter)["Parameter"]
@@ -32,7 +33,7 @@ def main(endpoint, region, parameter):
     config = json.loads(stored["Value"])
 
     required = [
-        "deployment", "queue_url", "dlq_url", "webhook_secret_param", "max_body_bytes", "github",
+        "deployment", "queue_url", "dlq_url", "slots_table", "webhook_secret_param", "max_body_bytes", "github",
         "repositories", "allow_public_repositories", "runner_script", "retry_delay_seconds", "command",
         "sweep", "max_job_relaunches", "instance_arn_prefix", "templates",
     ]
@@ -49,6 +50,18 @@ def main(endpoint, region, parameter):
         errors.append(f"queue_url {config['queue_url']} is not the jobs queue {queues[f'{deployment}-jobs']}")
     if config["dlq_url"] != queues[f"{deployment}-jobs-dlq"]:
         errors.append(f"dlq_url {config['dlq_url']} is not the dead-letter queue")
+
+    # The launch slots: one item per (template, slot); create-runner and stop-runner address items by that key.
+    if config.get("slots_table") != f"{deployment}-slots":
+        errors.append(f"slots_table {config.get('slots_table')} is not {deployment}-slots")
+    else:
+        table = dynamodb.describe_table(TableName=config["slots_table"])["Table"]
+        schema = {k["AttributeName"]: k["KeyType"] for k in table["KeySchema"]}
+        types = {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]}
+        if schema != {"template": "HASH", "slot": "RANGE"} or types != {"template": "S", "slot": "N"}:
+            errors.append(f"slots table {config['slots_table']} is keyed {schema} {types}, not template (S) + slot (N)")
+        if table.get("BillingModeSummary", {}).get("BillingMode") != "PAY_PER_REQUEST":
+            errors.append(f"slots table {config['slots_table']} is not on-demand (PAY_PER_REQUEST)")
 
     github = config["github"]
     credential = github.get("token_param") or github.get("app", {}).get("private_key_param")

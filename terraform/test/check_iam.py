@@ -16,7 +16,11 @@ as narrow as the design says:
     owner tag being the calling instance's ARN (StringEquals aws:ResourceTag/sophons:instance-arn =
     ${ec2:SourceInstanceARN}); it can never tag or write those parameters, and only create-runner tags them;
     it reads the runner script object (and the optional tarball cache) only, writes the command log group only;
-  * each Lambda has its own role, and only the functions that need a secret can read it.
+  * each Lambda has its own role, and only the functions that need a secret can read it;
+  * DynamoDB only on the launch slots table (the config document's `slots_table`), never on an index, another
+    table or "*": create-runner may GetItem, PutItem, DeleteItem and Query (claim, give back), stop-runner
+    GetItem, DeleteItem, Query and Scan (free, sweep; it never claims); the autoscaler, move-jobs and the runner
+    instances have no DynamoDB action at all.
 
 Usage: check_iam.py <terraform-show.json> [--self-test]
 Exit status 0 when every assertion holds; 1 with one line per violation otherwise.
@@ -60,6 +64,13 @@ JIT_OWNER_TAG = "sophons:instance-arn"
 CALLING_INSTANCE = "${ec2:SourceInstanceARN}"
 PARAMETER_TAGGING = {"ssm:AddTagsToResource", "ssm:RemoveTagsFromResource"}
 
+# The DynamoDB actions each role may have, all on the slots table only (terraform/iam.tf, ClaimLaunchSlots and
+# FreeLaunchSlots). Roles not named here may have none. Lower case: IAM compares action names case-insensitively.
+SLOT_ACTIONS = {
+    "create-runner": {"dynamodb:getitem", "dynamodb:putitem", "dynamodb:deleteitem", "dynamodb:query"},
+    "stop-runner": {"dynamodb:getitem", "dynamodb:deleteitem", "dynamodb:query", "dynamodb:scan"},
+}
+
 # Actions on instances (and spot requests) that must carry the deployment tag condition.
 TAG_CONDITIONED = {
     "ec2:TerminateInstances",
@@ -97,6 +108,9 @@ class Deployment:
         self.bucket = config["runner_script"]["bucket"]
         self.script_key = config["runner_script"]["key"]
         self.command_log_group = config["command"]["log_group"]
+        if "slots_table" not in config:
+            raise SystemExit(f"check_iam: {name}: the config document has no slots_table")
+        self.slots_table_arn = self.one("aws_dynamodb_table", lambda v: v["name"] == config["slots_table"])["arn"]
         template_names = {t["launch_template"] for t in config["templates"].values()}
         self.launch_template_arns = sorted(
             r["values"]["arn"] for r in self.of_type("aws_launch_template") if r["values"]["name"] in template_names
@@ -362,6 +376,28 @@ def check(deployment):
             if statement.get("Effect") == "Allow" and (principal == "*" or "*" in as_list((principal or {}).get("AWS"))):
                 errors.append(f"{kind} [{statement.get('Sid', '?')}]: Allow for every principal")
 
+    # 10. DynamoDB: the slots table only, and per role only what its part in the slots needs.
+    granted = {}
+    for role in sorted(all_roles):
+        allowed = SLOT_ACTIONS.get(role.removeprefix(f"{name}-").removesuffix("-lambda"), set())
+        for statement in deployment.statements(role):
+            if statement.get("Effect") != "Allow":
+                continue
+            resources = as_list(statement.get("Resource"))
+            for action in as_list(statement.get("Action")):
+                if not action.lower().startswith("dynamodb:"):
+                    continue
+                if action.lower() not in allowed:
+                    error(role, statement, f"{action}: this role may have {sorted(allowed) or 'no DynamoDB action'}")
+                if not resources or any(r != deployment.slots_table_arn for r in resources):
+                    error(role, statement, f"{action} beyond the slots table {deployment.slots_table_arn}: {resources}")
+                else:
+                    granted.setdefault(role, set()).add(action.lower())
+    for function, needed in SLOT_ACTIONS.items():
+        role = f"{name}-{function}-lambda"
+        for action in sorted(needed - granted.get(role, set())):
+            errors.append(f"{role}: no {action} on the slots table: {function} cannot do its part in the launch slots")
+
     return errors
 
 
@@ -370,6 +406,7 @@ def self_test(deployment):
     name = deployment.name
     create_role = f"{name}-create-runner-lambda"
     stop_role = f"{name}-stop-runner-lambda"
+    table = deployment.slots_table_arn
 
     def mutated(role, edit):
         broken = copy.deepcopy(deployment)
@@ -405,6 +442,16 @@ def self_test(deployment):
                     conditions[key] = value
         return edit
 
+    def set_resource(sid, resource):
+        def edit(statements):
+            for statement in statements:
+                if statement.get("Sid") == sid:
+                    statement["Resource"] = resource
+        return edit
+
+    def grant(action, resource):
+        return lambda s: s.append({"Effect": "Allow", "Action": action, "Resource": resource})
+
     cases = {
         "wildcard action": (stop_role, lambda s: s.append({"Effect": "Allow", "Action": "ec2:*", "Resource": "arn:aws:ec2:::instance/x"})),
         "terminate without tag condition": (stop_role, drop_condition("TerminateOwnInstances")),
@@ -435,6 +482,15 @@ def self_test(deployment):
         "stop-runner tags JIT parameters": (stop_role, lambda s: s.append(
             {"Effect": "Allow", "Action": "ssm:AddTagsToResource", "Resource": f"arn:aws:ssm:us-east-1:123456789012:parameter/{name}/jit/*",
              "Condition": {"ForAllValues:StringLike": {"aws:TagKeys": "sophons:*"}}})),
+        "dynamodb:* on the slots table": (create_role, grant("dynamodb:*", table)),
+        "slot claims on every table": (create_role, set_resource("ClaimLaunchSlots", table.rsplit("/", 1)[0] + "/*")),
+        "slot claims on the table's indexes": (create_role, set_resource("ClaimLaunchSlots", [table, f"{table}/index/*"])),
+        "create-runner batch-writes the slots table": (create_role, grant("dynamodb:BatchWriteItem", table)),
+        "stop-runner claims slots": (stop_role, grant("DynamoDB:PutItem", table)),
+        "the sweep on \"*\"": (stop_role, set_resource("FreeLaunchSlots", "*")),
+        "the webhook's autoscaler writes slots": (f"{name}-autoscaler-lambda", grant("dynamodb:PutItem", table)),
+        "move-jobs reads slots": (f"{name}-move-jobs-lambda", grant("dynamodb:Scan", table)),
+        "runner reads slots": (deployment.runner_role["name"], grant("dynamodb:GetItem", table)),
     }
     failures = []
     for label, (role, edit) in cases.items():

@@ -41,6 +41,7 @@ async fn deploy() -> Deployment {
         "queue_url": queue_url,
         "dlq_url": format!("{queue_url}-dlq"),
         "webhook_secret_param": secret_param,
+        "slots_table": "sophons-slots",
         "max_body_bytes": 65536,
         "github": { "owner": "my-org", "scope": "org", "token_param": "/sophons/github/token" },
         "runner_script": { "bucket": "sophons-scripts", "key": "runner.sh" },

@@ -21,6 +21,7 @@ fn config() -> Arc<Config> {
         "queue_url": "https://sqs.us-east-1.amazonaws.com/123456789012/sophons-jobs",
         "dlq_url": "https://sqs.us-east-1.amazonaws.com/123456789012/sophons-dlq",
         "webhook_secret_param": "/sophons/github/webhook-secret",
+        "slots_table": "sophons-slots",
         "github": { "owner": "my-org", "scope": "org", "token_param": "/sophons/github/token" },
         "runner_script": { "bucket": "sophons-scripts", "key": "runner.sh" },
         "templates": {
@@ -62,6 +63,7 @@ fn world() -> CreateRunner {
         fleet: Arc::new(FakeFleet::default()),
         github: Arc::new(FakeGithub::new()),
         secrets: Arc::new(FakeSecrets::default()),
+        slots: Arc::new(sophons_core::slots::FakeSlots::default()),
         commands: Arc::new(FakeCommands::default()),
         queue: Arc::new(FakeQueue::default()),
     };

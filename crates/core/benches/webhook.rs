@@ -110,6 +110,7 @@ fn config() -> Config {
             "queue_url": "https://sqs.us-east-1.amazonaws.com/123456789012/sophons-jobs",
             "dlq_url": "https://sqs.us-east-1.amazonaws.com/123456789012/sophons-dlq",
             "webhook_secret_param": "/sophons/github/webhook-secret",
+            "slots_table": "sophons-slots",
             "github": { "owner": "my-org", "scope": "org", "token_param": "/sophons/github/token" },
             "runner_script": { "bucket": "sophons-scripts", "key": "runner.sh" },
             "templates": {

@@ -54,6 +54,8 @@ pub struct Config {
     /// cannot read their JIT config.
     #[serde(default)]
     pub instance_arn_prefix: Option<String>,
+    /// The DynamoDB table holding launch-slot claims (`slots`); Terraform creates and names it.
+    pub slots_table: String,
     pub templates: BTreeMap<String, Template>,
 }
 
@@ -282,6 +284,22 @@ impl Config {
                 ),
             ));
         }
+        // DynamoDB's table names: 3 to 255 of a-z, A-Z, 0-9, `_`, `-`, `.`.
+        if !(3..=255).contains(&self.slots_table.len())
+            || !self
+                .slots_table
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            return Err(invalid(
+                "slots_table",
+                format!(
+                    "`{}` is not a DynamoDB table name: give the launch-slot table's name (Terraform's output \
+                     `slots_table`)",
+                    self.slots_table
+                ),
+            ));
+        }
         for (index, repository) in self.repositories.iter().enumerate() {
             let owner = repository.split_once('/').map(|(owner, _)| owner);
             if !owner.is_some_and(|owner| owner.eq_ignore_ascii_case(&self.github.owner)) {
@@ -489,6 +507,7 @@ mod tests {
       "queue_url": "https://sqs.eu-west-1.amazonaws.com/123456789012/sophons-jobs",
       "dlq_url": "https://sqs.eu-west-1.amazonaws.com/123456789012/sophons-jobs-dlq",
       "webhook_secret_param": "/sophons/github/webhook-secret",
+      "slots_table": "sophons-slots",
       "github": { "api_url": "https://api.github.com", "owner": "my-org", "scope": "org",
                   "runner_group_id": 1, "token_param": "/sophons/github/token" },
       "repositories": [],
@@ -589,6 +608,8 @@ mod tests {
                 Box::new(|v| v["webhook_secret_param"] = "a secret!".into()),
             ),
             ("max_body_bytes", Box::new(|v| v["max_body_bytes"] = 0.into())),
+            ("slots_table", Box::new(|v| v["slots_table"] = "/sophons/slots".into())),
+            ("slots_table", Box::new(|v| v["slots_table"] = "".into())),
             (
                 "instance_arn_prefix",
                 Box::new(|v| v["instance_arn_prefix"] = "arn:aws:ec2:us-east-1:123456789012:instance".into()),

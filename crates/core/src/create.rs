@@ -18,11 +18,12 @@ use crate::fleet::{
 use crate::github::{GithubError, JobStatus, RunnerScope};
 use crate::job::JobMessage;
 use crate::names;
-use crate::secrets::SecretsError;
+use crate::slots::{ClaimAnswer, SlotClaim, SlotsError, slot_of};
 use crate::templates::runner_labels;
 
-/// Records of one batch served at once; GitHub's JIT endpoint and SSM PutParameter (≈3 TPS on
-/// the standard tier) are what a larger number would strain.
+/// Records of one batch served at once; GitHub's JIT endpoint and SSM PutParameter (a few per
+/// second on the standard throughput tier: one JIT config per launch) are what a larger number
+/// would strain.
 pub const BATCH_CONCURRENCY: usize = 8;
 /// A transient AWS failure hands the message back for this long, not the full retry delay.
 pub const TRANSIENT_DELAY_SECONDS: u32 = 60;
@@ -118,19 +119,14 @@ enum SameJob {
 
 /// What a record's slot claim found.
 enum Claim {
-    Claimed(u32),
+    Claimed(u32, SlotClaim),
     /// Every slot is held or claimed.
     Full,
     /// Another handler holds a fresh claim for this job: it is launching the job.
     JobBeingLaunched(u32),
 }
 
-/// The launch slot an instance holds (its `sophons:slot` tag).
-pub fn slot_of(instance: &Instance) -> Option<u32> {
-    instance.tag(TAG_SLOT).and_then(|slot| slot.parse().ok())
-}
-
-/// Tries of one slot's claim while Parameter Store throttles.
+/// Tries of one slot's claim while DynamoDB throttles.
 const CLAIM_ATTEMPTS: u32 = 3;
 
 /// The relaunch an instance was launched for (its `sophons:relaunches` tag).
@@ -480,18 +476,18 @@ impl CreateRunner {
         // The count above is this process's quick answer; the claim is the exact one, and needs
         // no lock of ours (only one caller can create a slot), so the batch's other records count
         // meanwhile. Returning drops `held`, which gives the reservation back.
-        let slot = match self.claim_slot(message, template.max_runners, &live).await {
-            Ok(Claim::Claimed(slot)) => match self.another_claim_of_this_job(message, slot).await {
-                Ok(None) => slot,
+        let (slot, claim) = match self.claim_slot(message, template.max_runners, &live).await {
+            Ok(Claim::Claimed(slot, claim)) => match self.another_claim_of_this_job(message, slot).await {
+                Ok(None) => (slot, claim),
                 Ok(Some(other)) => {
-                    self.release_slot(&message.template, slot).await;
+                    self.release_slot(&message.template, slot, &claim).await;
                     return transient(format!(
                         "job {job_id} is being launched by another handler (it holds launch slot {other}); checking \
                          again in {TRANSIENT_DELAY_SECONDS} s"
                     ));
                 }
                 Err(error) => {
-                    self.release_slot(&message.template, slot).await;
+                    self.release_slot(&message.template, slot, &claim).await;
                     return transient(format!("cannot read the launch slots: {error}"));
                 }
             },
@@ -518,29 +514,23 @@ impl CreateRunner {
         };
         let (outcome, slot_fate) = self.launch_and_start(&attempt, &mut held).await;
         if slot_fate == SlotFate::GiveBack {
-            self.release_slot(&message.template, slot).await;
+            self.release_slot(&message.template, slot, &claim).await;
         }
         outcome
     }
 
-    /// Claims a slot of the template no live instance holds: a parameter only one handler can
+    /// Claims a slot of the template no live instance holds: an item only one handler can
     /// create. Every handler of a job walks the slots in the same order, so a handler serving a
     /// duplicate of a message (another receive count, so another launch token) usually meets the
     /// fresh claim of the handler launching the same job, and stops there: EC2 may not list that
     /// launch yet. `another_claim_of_this_job` catches the walks that differed.
-    async fn claim_slot(
-        &self,
-        message: &JobMessage,
-        max_runners: u32,
-        live: &[Instance],
-    ) -> Result<Claim, crate::secrets::SecretsError> {
-        let held: std::collections::HashSet<u32> = live.iter().filter_map(slot_of).collect();
+    async fn claim_slot(&self, message: &JobMessage, max_runners: u32, live: &[Instance]) -> Result<Claim, SlotsError> {
+        let held: std::collections::HashSet<u32> = live.iter().filter_map(slot_of).map(|(_, slot)| slot).collect();
         let claim = SlotClaim {
             job_id: message.job_id,
             relaunches: message.relaunches,
             at: SystemTime::now(),
         };
-        let value = claim.encode();
         let first = (message.job_id % u64::from(max_runners.max(1))) as u32;
         let mut last_error = None;
         for offset in 0..max_runners {
@@ -548,29 +538,20 @@ impl CreateRunner {
             if held.contains(&slot) {
                 continue;
             }
-            let name = names::slot_parameter(&self.config.deployment, &message.template, slot);
-            // PutParameter is throttled at a low account-wide rate: a throttled claim is tried
-            // again after a short pause, and then the scan goes on to the next slot; only a scan
-            // that found no slot because of errors is an error.
+            // A throttled claim is tried again after a short pause, and then the scan goes on to
+            // the next slot; only a scan that found no slot because of errors is an error.
             let mut delay = self.backoff.first.min(Duration::from_millis(500));
             for attempt in 1..=CLAIM_ATTEMPTS {
-                match self.ports.secrets.create(&name, &value).await {
-                    Ok(true) => return Ok(Claim::Claimed(slot)),
-                    Ok(false) => {
-                        let found = self
-                            .ports
-                            .secrets
-                            .get(&name)
-                            .await
-                            .ok()
-                            .and_then(|v| SlotClaim::parse(&v));
-                        match found.map(|found| self.same_job(&claim, &found)) {
-                            Some(SameJob::Launching) => return Ok(Claim::JobBeingLaunched(slot)),
-                            Some(SameJob::Leftover) => self.ports.secrets.delete(&name).await?,
-                            Some(SameJob::No) | None => break,
+                match self.ports.slots.claim(&message.template, slot, &claim).await {
+                    Ok(ClaimAnswer::Claimed) => return Ok(Claim::Claimed(slot, claim)),
+                    Ok(ClaimAnswer::Held(found)) => match found.map(|found| (found, self.same_job(&claim, &found))) {
+                        Some((_, SameJob::Launching)) => return Ok(Claim::JobBeingLaunched(slot)),
+                        Some((found, SameJob::Leftover)) => {
+                            self.ports.slots.release(&message.template, slot, &found).await?;
                         }
-                    }
-                    Err(error @ crate::secrets::SecretsError::Throttled(_)) if attempt < CLAIM_ATTEMPTS => {
+                        Some((_, SameJob::No)) | None => break,
+                    },
+                    Err(error @ SlotsError::Throttled(_)) if attempt < CLAIM_ATTEMPTS => {
                         last_error = Some(error);
                         if !delay.is_zero() {
                             tokio::time::sleep(jittered(delay)).await;
@@ -594,44 +575,35 @@ impl CreateRunner {
     /// Handlers whose listings of instances differed may have walked the slots differently, so
     /// the walk alone cannot meet every duplicate; claiming first and then reading every claim can
     /// (a claimant that finds another backs off; two that find each other both back off and
-    /// retry). This costs one GetParametersByPath per 10 claims of the template.
-    async fn another_claim_of_this_job(&self, message: &JobMessage, own: u32) -> Result<Option<u32>, SecretsError> {
-        let prefix = names::slot_template_prefix(&self.config.deployment, &message.template);
-        let own_name = names::slot_parameter(&self.config.deployment, &message.template, own);
+    /// retry). This costs one consistent Query of the template's claims.
+    async fn another_claim_of_this_job(&self, message: &JobMessage, own: u32) -> Result<Option<u32>, SlotsError> {
         let claim = SlotClaim {
             job_id: message.job_id,
             relaunches: message.relaunches,
             at: SystemTime::now(),
         };
-        for listed in self.ports.secrets.list(&prefix).await? {
-            if listed.name == own_name {
+        for found in self.ports.slots.list(Some(&message.template)).await? {
+            if found.slot == own {
                 continue;
             }
-            let Some(found) = listed.value.as_deref().and_then(SlotClaim::parse) else {
-                continue;
-            };
-            match self.same_job(&claim, &found) {
+            match self.same_job(&claim, &found.claim) {
                 SameJob::No => {}
-                SameJob::Leftover => self.ports.secrets.delete(&listed.name).await?,
-                SameJob::Launching => {
-                    let slot = listed
-                        .name
-                        .rsplit('/')
-                        .next()
-                        .and_then(|n| n.parse().ok())
-                        .unwrap_or(own);
-                    return Ok(Some(slot));
+                SameJob::Leftover => {
+                    self.ports
+                        .slots
+                        .release(&message.template, found.slot, &found.claim)
+                        .await?;
                 }
+                SameJob::Launching => return Ok(Some(found.slot)),
             }
         }
         Ok(None)
     }
 
     /// Gives back a slot this handler claimed and no instance of its holds.
-    async fn release_slot(&self, template: &str, slot: u32) {
-        let name = names::slot_parameter(&self.config.deployment, template, slot);
-        if let Err(error) = self.ports.secrets.delete(&name).await {
-            tracing::warn!(slot = name, %error, "cannot release the launch slot; the sweep frees it");
+    async fn release_slot(&self, template: &str, slot: u32, claim: &SlotClaim) {
+        if let Err(error) = self.ports.slots.release(template, slot, claim).await {
+            tracing::warn!(template, slot, %error, "cannot release the launch slot; the sweep frees it");
         }
     }
 
@@ -999,46 +971,6 @@ impl CreateRunner {
             tracing::error!(instance_id, runner_id, %error, "cannot remove the runner; the sweep will retry");
         }
         terminated
-    }
-}
-
-/// What a slot parameter holds: the job (and its relaunch) that claimed it, and when.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SlotClaim {
-    pub job_id: u64,
-    pub relaunches: u32,
-    pub at: SystemTime,
-}
-
-impl SlotClaim {
-    /// `job=<id> relaunch=<n> at=<Unix seconds>`.
-    pub fn encode(&self) -> String {
-        let seconds = self
-            .at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        format!("job={} relaunch={} at={seconds}", self.job_id, self.relaunches)
-    }
-
-    /// None for a value sophons did not write (a claim without `relaunch=` is relaunch 0).
-    pub fn parse(value: &str) -> Option<Self> {
-        let mut job_id = None;
-        let mut relaunches = 0;
-        let mut at = None;
-        for part in value.split(' ') {
-            match part.split_once('=')? {
-                ("job", id) => job_id = Some(id.parse().ok()?),
-                ("relaunch", n) => relaunches = n.parse().ok()?,
-                ("at", seconds) => at = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds.parse().ok()?)),
-                _ => return None,
-            }
-        }
-        Some(Self {
-            job_id: job_id?,
-            relaunches,
-            at: at?,
-        })
     }
 }
 

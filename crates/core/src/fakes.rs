@@ -133,9 +133,8 @@ impl Queue for FakeQueue {
     }
 }
 
-/// Parameter Store's limits, which it enforces (moto does not): a Standard value holds 4 KB, an
-/// Advanced one 8 KB; a name at most 1,011 characters.
-pub const STANDARD_VALUE_LIMIT: usize = 4096;
+/// Parameter Store's limits, which it enforces (moto does not): an Advanced value holds 8 KB (a
+/// Standard one 4 KB: `secrets::STANDARD_TIER_VALUE_MAX`); a name at most 1,011 characters.
 pub const ADVANCED_VALUE_LIMIT: usize = 8192;
 pub const PARAMETER_NAME_LIMIT: usize = 1011;
 
@@ -159,13 +158,12 @@ fn check_parameter(name: &str, value: &str, value_limit: usize) -> Result<(), Se
 }
 
 /// Parameter Store in memory, with its size limits: `put_secure` writes Standard or Advanced (up
-/// to 8 KB), `create` a Standard String (up to 4 KB).
+/// to 8 KB).
 #[derive(Default)]
 pub struct FakeSecrets {
     values: Mutex<BTreeMap<String, String>>,
     modified: Mutex<BTreeMap<String, std::time::SystemTime>>,
     tags: Mutex<BTreeMap<String, BTreeMap<String, String>>>,
-    throttled_creates: Mutex<usize>,
 }
 
 impl FakeSecrets {
@@ -174,7 +172,6 @@ impl FakeSecrets {
             values: Mutex::new(values.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
             modified: Mutex::default(),
             tags: Mutex::default(),
-            throttled_creates: Mutex::default(),
         }
     }
 
@@ -186,11 +183,6 @@ impl FakeSecrets {
     /// The tags of a parameter.
     pub fn tags_of(&self, name: &str) -> BTreeMap<String, String> {
         self.tags.lock().unwrap().get(name).cloned().unwrap_or_default()
-    }
-
-    /// The next `times` creates answer `TooManyUpdates`, as PutParameter under its rate limit.
-    pub fn throttle_next_creates(&self, times: usize) {
-        *self.throttled_creates.lock().unwrap() = times;
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -220,27 +212,6 @@ impl Secrets for FakeSecrets {
         let own = all.entry(name.to_string()).or_default();
         own.extend(tags.iter().cloned());
         Ok(())
-    }
-
-    async fn create(&self, name: &str, value: &str) -> Result<bool, SecretsError> {
-        check_parameter(name, value, STANDARD_VALUE_LIMIT)?;
-        {
-            let mut throttled = self.throttled_creates.lock().unwrap();
-            if *throttled > 0 {
-                *throttled -= 1;
-                return Err(SecretsError::Throttled(name.into()));
-            }
-        }
-        let mut values = self.values.lock().unwrap();
-        if values.contains_key(name) {
-            return Ok(false);
-        }
-        values.insert(name.into(), value.into());
-        self.modified
-            .lock()
-            .unwrap()
-            .insert(name.into(), std::time::SystemTime::now());
-        Ok(true)
     }
 
     async fn delete(&self, name: &str) -> Result<(), SecretsError> {

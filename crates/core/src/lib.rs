@@ -17,6 +17,7 @@ pub mod ports;
 pub mod queue;
 pub mod redrive;
 pub mod secrets;
+pub mod slots;
 pub mod stop;
 pub mod templates;
 pub mod webhook;

@@ -26,22 +26,6 @@ pub fn jit_parameter(deployment: &str, instance_id: &str) -> String {
 /// `local.jit_owner_tag`, checked by `terraform/test/check_iam.py`).
 pub const JIT_OWNER_TAG: &str = "sophons:instance-arn";
 
-/// The prefix of a deployment's launch slots: one String parameter per launch in flight or
-/// instance live, `<prefix><template>/<n>`, n below the template's `max_runners`.
-pub fn slot_prefix(deployment: &str) -> String {
-    format!("/{deployment}/slots/")
-}
-
-/// The prefix of a template's launch slots.
-pub fn slot_template_prefix(deployment: &str, template: &str) -> String {
-    format!("{}{}/", slot_prefix(deployment), sanitize_parameter_segment(template))
-}
-
-/// A template's launch slot `n`.
-pub fn slot_parameter(deployment: &str, template: &str, slot: u32) -> String {
-    format!("{}{slot}", slot_template_prefix(deployment, template))
-}
-
 /// SSM parameter names take a-zA-Z0-9_.-/; anything else becomes `_`.
 fn sanitize_parameter_segment(value: &str) -> String {
     value

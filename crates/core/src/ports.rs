@@ -9,12 +9,14 @@ use crate::fleet::{Ec2Fleet, Fleet};
 use crate::github::{Github, OctocrabGithub};
 use crate::queue::{Queue, SqsQueue};
 use crate::secrets::{Secrets, SsmSecrets};
+use crate::slots::{DynamoSlots, Slots};
 
 #[derive(Clone)]
 pub struct Ports {
     pub fleet: Arc<dyn Fleet>,
     pub github: Arc<dyn Github>,
     pub secrets: Arc<dyn Secrets>,
+    pub slots: Arc<dyn Slots>,
     pub commands: Arc<dyn Commands>,
     pub queue: Arc<dyn Queue>,
 }
@@ -37,6 +39,7 @@ impl Ports {
             fleet: Arc::new(Ec2Fleet::new(&sdk)),
             github: Arc::new(github),
             secrets: Arc::new(ssm),
+            slots: Arc::new(DynamoSlots::new(&sdk, &config.slots_table)),
             commands: Arc::new(SsmCommands::new(&sdk)),
             queue: Arc::new(SqsQueue::new(&sdk)),
         };

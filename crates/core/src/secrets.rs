@@ -1,5 +1,5 @@
 //! SSM Parameter Store: the config document, the GitHub credentials, the webhook secret and the
-//! JIT configs of runners. Values read here are never logged.
+//! JIT configs of runners (launch slots are in DynamoDB: `slots`). Values read here are never logged.
 
 use async_trait::async_trait;
 
@@ -47,9 +47,6 @@ pub trait Secrets: Send + Sync {
     /// Standard; Advanced above), replacing any earlier value, and tags it (the tags replace
     /// earlier values of the same keys).
     async fn put_secure(&self, name: &str, value: &str, tags: &[(String, String)]) -> Result<(), SecretsError>;
-    /// Writes a String parameter only if none of that name exists (SSM's `Overwrite=false`, atomic):
-    /// answers false when one does. Claims are made this way.
-    async fn create(&self, name: &str, value: &str) -> Result<bool, SecretsError>;
     /// Deletes a parameter; a parameter already gone is not an error.
     async fn delete(&self, name: &str) -> Result<(), SecretsError>;
     /// The parameters below a path (recursively), with their last write and, for String
@@ -162,23 +159,6 @@ impl Secrets for SsmSecrets {
             .await
             .map_err(|error| classify(name, &error))?;
         Ok(())
-    }
-
-    async fn create(&self, name: &str, value: &str) -> Result<bool, SecretsError> {
-        let result = self
-            .client
-            .put_parameter()
-            .name(name)
-            .value(value)
-            .r#type(aws_sdk_ssm::types::ParameterType::String)
-            .overwrite(false)
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(error) if crate::aws::code(&error) == Some("ParameterAlreadyExists") => Ok(false),
-            Err(error) => Err(classify(name, &error)),
-        }
     }
 
     async fn delete(&self, name: &str) -> Result<(), SecretsError> {

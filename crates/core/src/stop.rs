@@ -14,7 +14,6 @@ use tokio::time::Instant;
 
 use crate::commands::CommandStatus;
 use crate::config::Config;
-use crate::create::SlotClaim;
 use crate::fleet::{
     Instance, InstanceQuery, InstanceState, TAG_COMMAND_ID, TAG_JOB_ID, TAG_RELAUNCHED, TAG_RELAUNCHES, TAG_REPOSITORY,
     TAG_RUN_ID, TAG_RUNNER_FAILURES, TAG_RUNNER_ID, TAG_TEMPLATE,
@@ -22,7 +21,7 @@ use crate::fleet::{
 use crate::github::{GithubError, JobStatus, Runner, RunnerScope};
 use crate::job::{JobMessage, MESSAGE_VERSION, now_rfc3339};
 use crate::names;
-use crate::secrets::SecretsError;
+use crate::slots::{ClaimedSlot, slot_of};
 
 pub const SSM_DETAIL_TYPE: &str = "EC2 Command Invocation Status-change Notification";
 pub const SCHEDULE_DETAIL_TYPE: &str = "Scheduled Event";
@@ -264,80 +263,57 @@ impl StopRunner {
     /// Frees the launch slot an ended instance held, unless it has been claimed again since: by
     /// another job, or by this job's relaunch (a claim made after the instance's launch).
     async fn release_slot(&self, instance: &Instance, job_id: u64) {
-        let Some(name) = self.slot_of(instance) else {
+        let Some((template, slot)) = slot_of(instance) else {
             return;
         };
-        match self.ports.secrets.get(&name).await {
-            Ok(value)
-                if SlotClaim::parse(&value).is_some_and(
-                    |SlotClaim {
-                         job_id: claimant, at, ..
-                     }| {
-                        claimant == job_id
-                            && instance
-                                .launched_at
-                                .is_none_or(|launched| at <= launched + Duration::from_secs(5))
-                    },
-                ) =>
+        match self.ports.slots.get(template, slot).await {
+            Ok(Some(claim))
+                if claim.job_id == job_id
+                    && instance
+                        .launched_at
+                        .is_none_or(|launched| claim.at <= launched + Duration::from_secs(5)) =>
             {
-                if let Err(error) = self.ports.secrets.delete(&name).await {
-                    tracing::warn!(job_id, slot = name, %error, "cannot free the launch slot; the sweep frees it");
+                if let Err(error) = self.ports.slots.release(template, slot, &claim).await {
+                    tracing::warn!(job_id, template, slot, %error, "cannot free the launch slot; the sweep frees it");
                 }
             }
-            Ok(_) | Err(SecretsError::NotFound(_)) => {}
+            Ok(_) => {}
             Err(error) => {
-                tracing::warn!(job_id, slot = name, %error, "cannot read the launch slot; the sweep frees it")
+                tracing::warn!(job_id, template, slot, %error, "cannot read the launch slot; the sweep frees it")
             }
         }
     }
 
-    /// The launch slot parameter an instance holds, from its template and slot tags.
-    fn slot_of(&self, instance: &Instance) -> Option<String> {
-        let template = instance.tag(TAG_TEMPLATE)?;
-        let slot = crate::create::slot_of(instance)?;
-        Some(names::slot_parameter(&self.config.deployment, template, slot))
-    }
-
     /// Slots no live instance holds, claimed longer ago than any create-runner invocation lasts:
-    /// their claimant died before launching, or their release failed.
+    /// their claimant died before launching, or their release failed. A slot claimed again
+    /// between the listing and the release is kept (the release names the claim it read).
     async fn free_stale_slots(&self, instances: &[Instance], report: &mut SweepReport) {
-        let prefix = names::slot_prefix(&self.config.deployment);
-        let slots = match self.ports.secrets.list(&prefix).await {
-            Ok(slots) => slots,
+        let claims = match self.ports.slots.list(None).await {
+            Ok(claims) => claims,
             Err(error) => {
                 tracing::warn!(%error, "sweep: cannot list launch slots");
                 report.errors += 1;
                 return;
             }
         };
-        let held: BTreeSet<String> = instances
+        let held: BTreeSet<(&str, u32)> = instances
             .iter()
             .filter(|i| i.state.is_live())
-            .filter_map(|i| self.slot_of(i))
+            .filter_map(slot_of)
             .collect();
-        for name in slots.into_iter().map(|listed| listed.name) {
-            if held.contains(&name) {
+        for ClaimedSlot { template, slot, claim } in claims {
+            if held.contains(&(template.as_str(), slot)) {
                 continue;
             }
-            let claimed_at = match self.ports.secrets.get(&name).await {
-                Ok(value) => SlotClaim::parse(&value).map(|claim| claim.at),
-                Err(SecretsError::NotFound(_)) => continue,
-                Err(error) => {
-                    tracing::warn!(slot = name, %error, "sweep: cannot read a launch slot");
-                    report.errors += 1;
-                    continue;
-                }
-            };
-            let age = claimed_at
-                .and_then(|at| SystemTime::now().duration_since(at).ok())
-                .unwrap_or(Duration::MAX);
+            let age = SystemTime::now().duration_since(claim.at).unwrap_or_default();
             if age <= SLOT_CLAIM_GRACE {
                 continue;
             }
-            match self.ports.secrets.delete(&name).await {
-                Ok(()) => report.slots_freed += 1,
+            match self.ports.slots.release(&template, slot, &claim).await {
+                Ok(true) => report.slots_freed += 1,
+                Ok(false) => {}
                 Err(error) => {
-                    tracing::warn!(slot = name, %error, "sweep: cannot free a launch slot");
+                    tracing::warn!(template, slot, %error, "sweep: cannot free a launch slot");
                     report.errors += 1;
                 }
             }

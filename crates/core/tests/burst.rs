@@ -1,6 +1,6 @@
 //! A 256-job matrix burst through create-runner over the fakes, counting every call per API, and
 //! what each service's documented limit makes of those counts: which limit bounds the launch
-//! rate. The counts are exact (the fakes answer at once); the limits are the services' defaults.
+//! rate, which must be GitHub's or EC2's, never a write of our own. The counts are exact (the fakes answer at once); the limits are the services' defaults.
 //!
 //! `cargo test -p sophons-core --test burst -- --nocapture` prints the table (docs/performance.md).
 
@@ -18,6 +18,7 @@ use sophons_core::fleet::{Fleet, FleetError, Instance, InstanceQuery, LaunchRequ
 use sophons_core::github::{Github, GithubError, JitConfig, JobStatus, Runner, RunnerScope};
 use sophons_core::job::{JobMessage, MESSAGE_VERSION, now_rfc3339};
 use sophons_core::secrets::{Listed, Secrets, SecretsError};
+use sophons_core::slots::{ClaimAnswer, ClaimedSlot, FakeSlots, SlotClaim, Slots, SlotsError};
 use tokio::time::Instant;
 
 const BURST: u64 = 256;
@@ -53,10 +54,6 @@ impl Secrets for Counted<FakeSecrets> {
         }
         self.inner.put_secure(name, value, tags).await
     }
-    async fn create(&self, name: &str, value: &str) -> Result<bool, SecretsError> {
-        self.calls.count("ssm:PutParameter");
-        self.inner.create(name, value).await
-    }
     async fn delete(&self, name: &str) -> Result<(), SecretsError> {
         self.calls.count("ssm:DeleteParameter");
         self.inner.delete(name).await
@@ -68,6 +65,31 @@ impl Secrets for Counted<FakeSecrets> {
             self.calls.count("ssm:GetParametersByPath");
         }
         Ok(listed)
+    }
+}
+
+#[async_trait]
+impl Slots for Counted<FakeSlots> {
+    async fn claim(&self, template: &str, slot: u32, claim: &SlotClaim) -> Result<ClaimAnswer, SlotsError> {
+        self.calls.count("dynamodb:PutItem");
+        self.inner.claim(template, slot, claim).await
+    }
+    async fn get(&self, template: &str, slot: u32) -> Result<Option<SlotClaim>, SlotsError> {
+        self.calls.count("dynamodb:GetItem");
+        self.inner.get(template, slot).await
+    }
+    async fn release(&self, template: &str, slot: u32, claim: &SlotClaim) -> Result<bool, SlotsError> {
+        self.calls.count("dynamodb:DeleteItem");
+        self.inner.release(template, slot, claim).await
+    }
+    async fn list(&self, template: Option<&str>) -> Result<Vec<ClaimedSlot>, SlotsError> {
+        // Query and Scan answer up to 1 MB a page: thousands of claims.
+        self.calls.count(if template.is_some() {
+            "dynamodb:Query"
+        } else {
+            "dynamodb:Scan"
+        });
+        self.inner.list(template).await
     }
 }
 
@@ -140,6 +162,12 @@ const LIMITS: &[Limit] = &[
         source: "Parameter Store's default write throughput, about 3/s per account (AWS support; DESIGN.md)",
     },
     Limit {
+        api: "dynamodb:PutItem",
+        burst: 0.0,
+        per_second: 1000.0,
+        source: "1,000 write units a second per partition key (a template's claims share one)",
+    },
+    Limit {
         api: "github:generate-jitconfig",
         burst: 0.0,
         per_second: 166.0 / 60.0,
@@ -154,7 +182,7 @@ const LIMITS: &[Limit] = &[
 ];
 
 #[tokio::test]
-async fn a_matrix_burst_is_bounded_by_parameter_store_writes_not_by_github_or_ec2() {
+async fn a_matrix_burst_is_bounded_by_githubs_registration_rate_not_by_our_own_writes() {
     let mut document = common::config_json("https://sqs.us-east-1.amazonaws.com/123456789012/jobs");
     document["templates"]["template_cpu"]["max_runners"] = serde_json::json!(BURST);
     let config = Arc::new(Config::parse(&document.to_string()).unwrap());
@@ -170,6 +198,10 @@ async fn a_matrix_burst_is_bounded_by_parameter_store_writes_not_by_github_or_ec
         }),
         secrets: Arc::new(Counted {
             inner: Arc::new(FakeSecrets::default()),
+            calls: calls.clone(),
+        }),
+        slots: Arc::new(Counted {
+            inner: Arc::new(FakeSlots::default()),
             calls: calls.clone(),
         }),
         commands: Arc::new(FakeCommands::default()),
@@ -235,13 +267,14 @@ async fn a_matrix_burst_is_bounded_by_parameter_store_writes_not_by_github_or_ec
         bound.1,
         BURST as f64 / bound.1.max(f64::EPSILON)
     );
-    // The accounting this figure rests on: two Parameter Store writes per launch (the slot claim
-    // and the JIT config). A change to it changes docs/performance.md.
-    assert_eq!(calls.get("ssm:PutParameter"), 2 * BURST);
+    // The accounting this figure rests on: one Parameter Store write per launch (the JIT config;
+    // the slot claim is a DynamoDB item). A change to it changes docs/performance.md.
+    assert_eq!(calls.get("ssm:PutParameter"), BURST);
+    assert_eq!(calls.get("dynamodb:PutItem"), BURST);
     assert_eq!(calls.get("github:generate-jitconfig"), BURST);
     assert_eq!(calls.get("ec2:CreateFleet"), BURST);
     assert_eq!(
-        bound.0, "ssm:PutParameter",
+        bound.0, "github:generate-jitconfig",
         "the bound moved: update docs/performance.md"
     );
 }

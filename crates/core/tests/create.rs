@@ -9,22 +9,39 @@ use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
 use serde_json::json;
 use sophons_core::commands::CommandError;
 use sophons_core::config::Config;
-use sophons_core::create::{Backoff, CreateRunner, Outcome, Ports, SlotClaim};
+use sophons_core::create::{Backoff, CreateRunner, Outcome, Ports};
 use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeQueue, FakeSecrets, Lag};
 use sophons_core::fleet::{Capacity, Fleet, FleetError, Instance, InstanceState};
 use sophons_core::github::{GithubError, RunnerScope};
 use sophons_core::job::{JobMessage, MESSAGE_VERSION};
 use sophons_core::queue::Queue;
 use sophons_core::secrets::Secrets;
+use sophons_core::slots::{FakeSlots, SlotClaim, Slots};
 use tokio::time::Instant;
 
 struct World {
     fleet: Arc<FakeFleet>,
     github: Arc<FakeGithub>,
     secrets: Arc<FakeSecrets>,
+    slots: Arc<FakeSlots>,
     commands: Arc<FakeCommands>,
     queue: Arc<FakeQueue>,
     create: Arc<CreateRunner>,
+}
+
+impl World {
+    /// What the deployment stores: parameter names, and each slot claim as `/sophons/slots/<template>/<slot>`.
+    fn stored(&self) -> Vec<String> {
+        let mut names = self.secrets.names();
+        names.extend(
+            self.slots
+                .all()
+                .into_iter()
+                .map(|found| format!("/sophons/slots/{}/{}", found.template, found.slot)),
+        );
+        names.sort();
+        names
+    }
 }
 
 fn world_with(edit: impl FnOnce(&mut serde_json::Value)) -> World {
@@ -34,12 +51,14 @@ fn world_with(edit: impl FnOnce(&mut serde_json::Value)) -> World {
     let fleet = Arc::new(FakeFleet::default());
     let github = Arc::new(FakeGithub::new());
     let secrets = Arc::new(FakeSecrets::default());
+    let slots = Arc::new(FakeSlots::default());
     let commands = Arc::new(FakeCommands::default());
     let queue = Arc::new(FakeQueue::default());
     let ports = Ports {
         fleet: fleet.clone(),
         github: github.clone(),
         secrets: secrets.clone(),
+        slots: slots.clone(),
         commands: commands.clone(),
         queue: queue.clone(),
     };
@@ -53,6 +72,7 @@ fn world_with(edit: impl FnOnce(&mut serde_json::Value)) -> World {
         fleet,
         github,
         secrets,
+        slots,
         commands,
         queue,
         create,
@@ -458,7 +478,7 @@ async fn assert_nothing_left(world: &World) {
         "{:?}",
         world.fleet.live_instances()
     );
-    assert!(world.secrets.names().is_empty(), "{:?}", world.secrets.names());
+    assert!(world.stored().is_empty(), "{:?}", world.stored());
     assert!(world.github.runners().is_empty(), "{:?}", world.github.runners());
 }
 
@@ -601,6 +621,7 @@ async fn an_abandoned_instance_that_cannot_be_terminated_is_not_replaced_by_a_se
         fleet: Arc::new(NoTerminate(fleet.clone())),
         github: Arc::new(FakeGithub::new()),
         secrets: Arc::new(FakeSecrets::default()),
+        slots: Arc::new(FakeSlots::default()),
         commands: Arc::new(FakeCommands::default()),
         queue: Arc::new(FakeQueue::default()),
     };
@@ -691,6 +712,7 @@ fn yielding_world() -> World {
         fleet: Arc::new(YieldingFleet(world.fleet.clone())),
         github: world.github.clone(),
         secrets: world.secrets.clone(),
+        slots: world.slots.clone(),
         commands: world.commands.clone(),
         queue: world.queue.clone(),
     };
@@ -742,6 +764,7 @@ async fn concurrent_invocations_never_launch_past_max_runners() {
             fleet: Arc::new(YieldingFleet(world.fleet.clone())),
             github: world.github.clone(),
             secrets: world.secrets.clone(),
+            slots: world.slots.clone(),
             commands: world.commands.clone(),
             queue: world.queue.clone(),
         },
@@ -764,12 +787,7 @@ async fn concurrent_invocations_never_launch_past_max_runners() {
         6,
         "the others wait for room"
     );
-    let slots: Vec<String> = world
-        .secrets
-        .names()
-        .into_iter()
-        .filter(|n| n.contains("/slots/"))
-        .collect();
+    let slots: Vec<String> = world.stored().into_iter().filter(|n| n.contains("/slots/")).collect();
     assert_eq!(
         slots.len(),
         2,
@@ -782,14 +800,15 @@ async fn a_slot_claimed_by_a_launch_in_flight_elsewhere_counts_against_max_runne
     let world = world();
     // Another invocation has claimed both of template_gpu's slots and not launched yet.
     for slot in 0..2 {
-        let claim = sophons_core::create::SlotClaim {
-            job_id: 900 + slot,
+        let claim = SlotClaim {
+            job_id: 900 + u64::from(slot),
             relaunches: 0,
             at: SystemTime::now(),
-        }
-        .encode();
-        let name = format!("/sophons/slots/template_gpu/{slot}");
-        assert!(world.secrets.create(&name, &claim).await.unwrap());
+        };
+        assert_eq!(
+            world.slots.claim("template_gpu", slot, &claim).await,
+            Ok(sophons_core::slots::ClaimAnswer::Claimed)
+        );
     }
     let outcome = serve(&world, &message(24, "template_gpu")).await;
     assert!(
@@ -807,7 +826,7 @@ async fn a_failed_launch_gives_its_slot_back() {
     )]);
     let outcome = serve(&world, &message(25, "template_gpu")).await;
     assert!(matches!(outcome, Outcome::HandedBack { .. }), "{outcome:?}");
-    assert!(world.secrets.names().is_empty(), "{:?}", world.secrets.names());
+    assert!(world.stored().is_empty(), "{:?}", world.stored());
 }
 
 #[tokio::test]
@@ -885,9 +904,9 @@ async fn a_launch_token_used_with_other_parameters_is_never_retried_as_if_transi
         "{outcome:?}"
     );
     assert!(
-        world.secrets.names().iter().all(|n| !n.contains("/slots/")),
+        world.stored().iter().all(|n| !n.contains("/slots/")),
         "its slot is given back: {:?}",
-        world.secrets.names()
+        world.stored()
     );
 }
 
@@ -944,7 +963,7 @@ async fn a_terminated_instance_still_listed_as_running_does_not_serve_its_jobs_r
 #[tokio::test]
 async fn a_throttled_slot_claim_does_not_hand_the_job_back() {
     let world = world();
-    world.secrets.throttle_next_creates(2);
+    world.slots.throttle_next_claims(2);
     let outcome = serve(&world, &message(46, "template_cpu")).await;
     served_instance(&outcome);
 }
@@ -955,7 +974,7 @@ async fn an_instance_ended_by_a_failed_start_frees_its_slot_at_once() {
     world.commands.fail_next(CommandError::Failed("AccessDenied".into()));
     let outcome = serve(&world, &message(47, "template_cpu")).await;
     assert!(matches!(outcome, Outcome::HandedBack { .. }), "{outcome:?}");
-    assert!(world.secrets.names().is_empty(), "{:?}", world.secrets.names());
+    assert!(world.stored().is_empty(), "{:?}", world.stored());
 }
 
 #[tokio::test]
@@ -1019,7 +1038,7 @@ async fn a_handler_that_finds_another_claim_of_its_job_after_claiming_backs_off(
     );
     assert!(world.fleet.launches().is_empty(), "no second launch for the job");
     assert_eq!(
-        world.secrets.names(),
+        world.stored(),
         vec!["/sophons/slots/template_cpu/7".to_string()],
         "its own claim given back"
     );
@@ -1030,12 +1049,7 @@ async fn a_claim_of_the_same_job_older_than_a_launch_takes_is_taken_over() {
     let world = world();
     claim_slot_7(&world, 52, SystemTime::now() - Duration::from_secs(3600)).await;
     served_instance(&serve(&world, &message(52, "template_cpu")).await);
-    assert!(
-        !world
-            .secrets
-            .names()
-            .contains(&"/sophons/slots/template_cpu/7".to_string())
-    );
+    assert!(!world.stored().contains(&"/sophons/slots/template_cpu/7".to_string()));
 }
 
 /// Terminates an instance and frees its launch slot, as stop-runner does.
@@ -1043,14 +1057,10 @@ async fn end_as_stop_runner_does(world: &World, instance_id: &str) {
     let slot = world
         .fleet
         .instance(instance_id)
-        .and_then(|i| i.tag("sophons:slot").map(str::to_string))
+        .and_then(|i| i.tag("sophons:slot").and_then(|slot| slot.parse().ok()))
         .unwrap();
     world.fleet.terminate(instance_id).await.unwrap();
-    world
-        .secrets
-        .delete(&format!("/sophons/slots/template_cpu/{slot}"))
-        .await
-        .unwrap();
+    world.slots.remove("template_cpu", slot);
 }
 
 #[tokio::test]
@@ -1066,7 +1076,7 @@ async fn a_launch_whose_answer_was_lost_keeps_its_slot_until_the_sweep_finds_it_
         matches!(&outcome, Outcome::HandedBack { reason, .. } if reason.contains("may have launched")),
         "{outcome:?}"
     );
-    assert_eq!(world.secrets.names(), vec!["/sophons/slots/template_gpu/1".to_string()]);
+    assert_eq!(world.stored(), vec!["/sophons/slots/template_gpu/1".to_string()]);
 }
 
 /// Slot 7 of template_cpu claimed for a job (relaunch 0), as another handler would.
@@ -1076,9 +1086,5 @@ async fn claim_slot_7(world: &World, job_id: u64, at: SystemTime) {
         relaunches: 0,
         at,
     };
-    world
-        .secrets
-        .create("/sophons/slots/template_cpu/7", &claim.encode())
-        .await
-        .unwrap();
+    world.slots.put("template_cpu", 7, claim);
 }

@@ -72,6 +72,7 @@ fn world_with(edit: impl FnOnce(&mut Value)) -> World {
         fleet: fleet.clone(),
         github: github.clone(),
         secrets: secrets.clone(),
+        slots: Arc::new(sophons_core::slots::FakeSlots::default()),
         commands: commands.clone(),
         queue: queue.clone(),
     };

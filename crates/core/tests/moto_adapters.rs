@@ -1,4 +1,4 @@
-//! The SQS and SSM adapters, and the webhook over them, against moto server.
+//! The SQS, SSM and DynamoDB adapters, and the webhook over them, against moto server.
 
 mod common;
 
@@ -11,6 +11,7 @@ use sophons_core::config::ConfigError;
 use sophons_core::job::JobMessage;
 use sophons_core::queue::{DELIVERY_ID_ATTRIBUTE, SqsQueue};
 use sophons_core::secrets::{Secrets, SecretsError, SsmSecrets};
+use sophons_core::slots::{ClaimAnswer, ClaimedSlot, DynamoSlots, SlotClaim, Slots, SlotsError};
 use sophons_core::webhook::Webhook;
 use testkit::moto;
 
@@ -64,30 +65,69 @@ async fn secure_parameters_are_written_read_back_and_deleted() {
 }
 
 #[tokio::test]
-async fn a_launch_slot_is_claimed_by_one_create_only_until_it_is_freed() {
+async fn a_launch_slot_in_dynamodb_is_claimed_once_and_freed_only_by_its_own_claim() {
     let sdk = moto::sdk_config().await;
-    let ssm = SsmSecrets::new(&sdk);
-    let name = format!("/{}/slots/template_cpu/3", moto::unique("t"));
-    assert!(ssm.create(&name, "job=1 at=100").await.unwrap(), "the first claim wins");
-    assert!(
-        !ssm.create(&name, "job=2 at=101").await.unwrap(),
-        "a second claim is refused"
+    let table = moto::slots_table(&sdk, &moto::unique("slots")).await;
+    let slots = DynamoSlots::new(&sdk, &table);
+    let claim = |job_id: u64, at_ms: u64| SlotClaim {
+        job_id,
+        relaunches: 1,
+        // Nanoseconds the table does not keep: a claim as made and as read back are one claim.
+        at: std::time::UNIX_EPOCH + std::time::Duration::from_nanos(at_ms * 1_000_000 + 777),
+    };
+    let first = claim(1, 1_700_000_000_123);
+    assert_eq!(slots.claim("template_cpu", 3, &first).await, Ok(ClaimAnswer::Claimed));
+    assert_eq!(
+        slots.claim("template_cpu", 3, &claim(2, 1_700_000_000_456)).await,
+        Ok(ClaimAnswer::Held(Some(first.stored()))),
+        "a second claim is refused and learns who holds the slot"
     );
-    assert_eq!(ssm.get(&name).await.unwrap(), "job=1 at=100", "and changes nothing");
-    ssm.delete(&name).await.unwrap();
-    assert!(
-        ssm.create(&name, "job=2 at=102").await.unwrap(),
+    assert_eq!(
+        slots.get("template_cpu", 3).await,
+        Ok(Some(first.stored())),
+        "and changes nothing"
+    );
+    assert_eq!(
+        slots.claim("template_gpu", 3, &claim(3, 1)).await,
+        Ok(ClaimAnswer::Claimed)
+    );
+    assert_eq!(
+        slots.release("template_cpu", 3, &claim(2, 1_700_000_000_456)).await,
+        Ok(false),
+        "another claim does not free it"
+    );
+    let mut listed = slots.list(Some("template_cpu")).await.unwrap();
+    assert_eq!(
+        listed,
+        vec![ClaimedSlot {
+            template: "template_cpu".into(),
+            slot: 3,
+            claim: first.stored()
+        }]
+    );
+    listed = slots.list(None).await.unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(slots.release("template_cpu", 3, &first).await, Ok(true));
+    assert_eq!(slots.get("template_cpu", 3).await, Ok(None));
+    assert_eq!(
+        slots.release("template_cpu", 3, &first).await,
+        Ok(false),
+        "already free"
+    );
+    assert_eq!(
+        slots.claim("template_cpu", 3, &claim(4, 5)).await,
+        Ok(ClaimAnswer::Claimed),
         "a freed slot can be claimed again"
     );
-    let listed = ssm.list(&name[..name.rfind("/template_cpu").unwrap()]).await.unwrap();
-    assert_eq!(
-        listed.iter().map(|l| l.name.clone()).collect::<Vec<_>>(),
-        vec![name.clone()]
-    );
-    assert!(
-        listed[0].modified.is_some(),
-        "the sweep reads a parameter's age from its listing"
-    );
+}
+
+#[tokio::test]
+async fn a_missing_slot_table_is_named_in_the_error() {
+    let sdk = moto::sdk_config().await;
+    let slots = DynamoSlots::new(&sdk, "sophons-no-such-table");
+    let error = slots.list(None).await.unwrap_err();
+    assert_eq!(error, SlotsError::NoTable("sophons-no-such-table".into()));
+    assert!(error.to_string().contains("slots_table"), "{error}");
 }
 
 #[tokio::test]

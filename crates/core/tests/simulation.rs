@@ -36,6 +36,7 @@ use sophons_core::names;
 use sophons_core::queue::{Queue, QueueError, Received};
 use sophons_core::redrive::MoveJobs;
 use sophons_core::secrets::{Secrets, SecretsError};
+use sophons_core::slots::{ClaimAnswer, ClaimedSlot, FakeSlots, SlotClaim, Slots, SlotsError};
 use sophons_core::stop::{self, SSM_DETAIL_TYPE, StopRunner};
 use tokio::time::Instant;
 
@@ -188,7 +189,7 @@ struct Ledger {
     violations: Vec<String>,
     launches: u64,
     retries: u64,
-    /// Simulated minute of each parameter's last write (launch slots' claims, JIT configs).
+    /// Simulated minute of each last write: JIT parameters by name, launch-slot claims as `slot:<template>/<n>`.
     claims: HashMap<String, u64>,
 }
 
@@ -485,48 +486,7 @@ struct ChaosSecrets {
 #[async_trait]
 impl Secrets for ChaosSecrets {
     async fn get(&self, name: &str) -> Result<String, SecretsError> {
-        let value = self.inner.get(name).await?;
-        // A launch slot's claim time, in simulated time (as `Chaos::aged` does for instances).
-        let claimed = self.chaos.ledger.lock().unwrap().claims.get(name).copied();
-        match (claimed, sophons_core::create::SlotClaim::parse(&value)) {
-            (Some(minute), Some(claim)) => {
-                let age = Duration::from_secs(self.chaos.now().saturating_sub(minute) * 60);
-                Ok(sophons_core::create::SlotClaim {
-                    at: SystemTime::now() + Duration::from_secs(30) - age,
-                    ..claim
-                }
-                .encode())
-            }
-            _ => Ok(value),
-        }
-    }
-
-    async fn create(&self, name: &str, value: &str) -> Result<bool, SecretsError> {
-        self.chaos.step().await;
-        if self.chaos.fault("SSM throttled", self.chaos.rates.ssm_throttled) {
-            return Err(SecretsError::Throttled(name.into()));
-        }
-        let answer_lost = self
-            .chaos
-            .fault("SSM timeout after PutParameter", self.chaos.rates.timeout);
-        let created = self.inner.create(name, value).await?;
-        if created {
-            let minute = self.chaos.now();
-            self.chaos
-                .ledger
-                .lock()
-                .unwrap()
-                .claims
-                .insert(name.to_string(), minute);
-        }
-        self.chaos.step().await;
-        if answer_lost {
-            return Err(SecretsError::Failed {
-                name: name.into(),
-                reason: "timeout".into(),
-            });
-        }
-        Ok(created)
+        self.inner.get(name).await
     }
 
     async fn put_secure(&self, name: &str, value: &str, tags: &[(String, String)]) -> Result<(), SecretsError> {
@@ -571,7 +531,7 @@ impl Secrets for ChaosSecrets {
         if self.chaos.fault("SSM throttled", self.chaos.rates.ssm_throttled) {
             return Err(SecretsError::Throttled(path.into()));
         }
-        // Last writes in simulated time (as `get` does for slot claims).
+        // Last writes in simulated time (as `Chaos::aged` does for instances).
         let written = self.chaos.ledger.lock().unwrap().claims.clone();
         let now = self.chaos.now();
         Ok(self
@@ -584,11 +544,121 @@ impl Secrets for ChaosSecrets {
                     let age = Duration::from_secs(now.saturating_sub(*minute) * 60);
                     let at = SystemTime::now() + Duration::from_secs(30) - age;
                     listed.modified = Some(at);
-                    if let Some(claim) = listed.value.as_deref().and_then(sophons_core::create::SlotClaim::parse) {
-                        listed.value = Some(sophons_core::create::SlotClaim { at, ..claim }.encode());
-                    }
                 }
                 listed
+            })
+            .collect())
+    }
+}
+
+/// The launch-slot table, with DynamoDB's faults (rarer there than SSM's; drawn at SSM's rates
+/// all the same) and claim times in simulated time.
+struct ChaosSlots {
+    inner: Arc<FakeSlots>,
+    chaos: Arc<Chaos>,
+}
+
+impl ChaosSlots {
+    fn key(template: &str, slot: u32) -> String {
+        format!("slot:{template}/{slot}")
+    }
+
+    /// A claim as the flows see it: its time in simulated time (as `Chaos::aged` does for
+    /// instances).
+    fn aged(&self, template: &str, slot: u32, claim: SlotClaim) -> SlotClaim {
+        let claimed = self
+            .chaos
+            .ledger
+            .lock()
+            .unwrap()
+            .claims
+            .get(&Self::key(template, slot))
+            .copied();
+        match claimed {
+            Some(minute) => {
+                let age = Duration::from_secs(self.chaos.now().saturating_sub(minute) * 60);
+                SlotClaim {
+                    at: SystemTime::now() + Duration::from_secs(30) - age,
+                    ..claim
+                }
+            }
+            None => claim,
+        }
+    }
+}
+
+#[async_trait]
+impl Slots for ChaosSlots {
+    async fn claim(&self, template: &str, slot: u32, claim: &SlotClaim) -> Result<ClaimAnswer, SlotsError> {
+        self.chaos.step().await;
+        if self.chaos.fault("DynamoDB throttled", self.chaos.rates.ssm_throttled) {
+            return Err(SlotsError::Throttled("slots".into()));
+        }
+        let answer_lost = self
+            .chaos
+            .fault("DynamoDB timeout after PutItem", self.chaos.rates.timeout);
+        let answer = match self.inner.claim(template, slot, claim).await? {
+            ClaimAnswer::Claimed => {
+                let minute = self.chaos.now();
+                self.chaos
+                    .ledger
+                    .lock()
+                    .unwrap()
+                    .claims
+                    .insert(Self::key(template, slot), minute);
+                ClaimAnswer::Claimed
+            }
+            ClaimAnswer::Held(found) => ClaimAnswer::Held(found.map(|c| self.aged(template, slot, c))),
+        };
+        self.chaos.step().await;
+        if answer_lost {
+            return Err(SlotsError::Failed {
+                table: "slots".into(),
+                reason: "timeout".into(),
+            });
+        }
+        Ok(answer)
+    }
+
+    async fn get(&self, template: &str, slot: u32) -> Result<Option<SlotClaim>, SlotsError> {
+        Ok(self
+            .inner
+            .get(template, slot)
+            .await?
+            .map(|c| self.aged(template, slot, c)))
+    }
+
+    /// The flows name a claim by the (simulated) time they read; the table keeps the real one.
+    /// A claim of the same job and relaunch stands for it here.
+    async fn release(&self, template: &str, slot: u32, claim: &SlotClaim) -> Result<bool, SlotsError> {
+        self.chaos.step().await;
+        if self.chaos.fault("DynamoDB 5xx", self.chaos.rates.ssm_failed) {
+            return Err(SlotsError::Failed {
+                table: "slots".into(),
+                reason: "InternalServerError".into(),
+            });
+        }
+        match self.inner.get(template, slot).await? {
+            Some(held) if held.job_id == claim.job_id && held.relaunches == claim.relaunches => {
+                self.inner.release(template, slot, &held).await
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn list(&self, template: Option<&str>) -> Result<Vec<ClaimedSlot>, SlotsError> {
+        self.chaos.step().await;
+        if self.chaos.fault("DynamoDB throttled", self.chaos.rates.ssm_throttled) {
+            return Err(SlotsError::Throttled("slots".into()));
+        }
+        Ok(self
+            .inner
+            .list(template)
+            .await?
+            .into_iter()
+            .map(|found| ClaimedSlot {
+                claim: self.aged(&found.template, found.slot, found.claim),
+                ..found
             })
             .collect())
     }
@@ -1124,6 +1194,7 @@ struct Sim {
     fleet: Arc<FakeFleet>,
     github: Arc<FakeGithub>,
     secrets: Arc<FakeSecrets>,
+    slots: Arc<FakeSlots>,
     commands: Arc<FakeCommands>,
     queue: Arc<SimQueue>,
     create: CreateRunner,
@@ -1187,6 +1258,7 @@ impl Sim {
         }
         let github = Arc::new(FakeGithub::new());
         let secrets = Arc::new(FakeSecrets::default());
+        let slots = Arc::new(FakeSlots::default());
         let commands = Arc::new(FakeCommands::default());
         let queue = Arc::new(SimQueue {
             state: Mutex::default(),
@@ -1205,6 +1277,10 @@ impl Sim {
             inner: secrets.clone(),
             chaos: chaos.clone(),
         });
+        let slots_port: Arc<dyn Slots> = Arc::new(ChaosSlots {
+            inner: slots.clone(),
+            chaos: chaos.clone(),
+        });
         let commands_port: Arc<dyn Commands> = Arc::new(ChaosCommands {
             inner: commands.clone(),
             chaos: chaos.clone(),
@@ -1216,6 +1292,7 @@ impl Sim {
                 fleet: fleet_port.clone(),
                 github: github_port.clone(),
                 secrets: secrets_port.clone(),
+                slots: slots_port.clone(),
                 commands: commands_port.clone(),
                 queue: queue_port.clone(),
             },
@@ -1231,6 +1308,7 @@ impl Sim {
                 fleet: fleet_port,
                 github: github_port.clone(),
                 secrets: secrets_port,
+                slots: slots_port,
                 commands: commands_port,
                 queue: queue_port.clone(),
             },
@@ -1289,6 +1367,7 @@ impl Sim {
             fleet,
             github,
             secrets,
+            slots,
             commands,
             queue,
             create,
@@ -1415,13 +1494,14 @@ impl Sim {
     fn state_summary(&self) -> String {
         let live: Vec<String> = self.chaos.ledger.lock().unwrap().live.keys().cloned().collect();
         format!(
-            "jobs queue {} message(s), DLQ {}, events {}, machines active {}, live instances {:?}, parameters {:?}, runners {}",
+            "jobs queue {} message(s), DLQ {}, events {}, machines active {}, live instances {:?}, parameters {:?}, slots {:?}, runners {}",
             self.queue.bodies(false).len(),
             self.queue.bodies(true).len(),
             self.events.len(),
             self.machines.iter().filter(|m| m.phase != Phase::Done).count(),
             live,
             self.secrets.names(),
+            self.slots.all(),
             self.github.runners().len()
         )
     }
@@ -1925,11 +2005,13 @@ impl Sim {
         let mut problems = Vec::new();
         let leaked_instances: Vec<String> = self.fleet.live_instances().into_iter().map(|i| i.id).collect();
         let leaked_parameters = self.secrets.names();
+        let leaked_slots = self.slots.all();
         let leaked_runners: Vec<u64> = self.github.runners().iter().map(|r| r.runner.id).collect();
-        let leaks = leaked_instances.len() + leaked_parameters.len() + leaked_runners.len();
+        let leaks = leaked_instances.len() + leaked_parameters.len() + leaked_slots.len() + leaked_runners.len();
         if leaks > 0 {
             problems.push(format!(
-                "left behind: instances {leaked_instances:?}, JIT parameters {leaked_parameters:?}, runners {leaked_runners:?}"
+                "left behind: instances {leaked_instances:?}, JIT parameters {leaked_parameters:?}, slots \
+                 {leaked_slots:?}, runners {leaked_runners:?}"
             ));
         }
         self.figures.leaks = leaks as u64;

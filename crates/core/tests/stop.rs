@@ -14,6 +14,7 @@ use sophons_core::fleet::{Instance, InstanceState};
 use sophons_core::github::{Github, GithubError, RunnerScope};
 use sophons_core::job::{JobMessage, MESSAGE_VERSION};
 use sophons_core::secrets::Secrets;
+use sophons_core::slots::{FakeSlots, SlotClaim, Slots};
 use sophons_core::stop::{Handled, StopRunner, Stopped};
 use tokio::time::Instant;
 
@@ -23,10 +24,26 @@ struct World {
     fleet: Arc<FakeFleet>,
     github: Arc<FakeGithub>,
     secrets: Arc<FakeSecrets>,
+    slots: Arc<FakeSlots>,
     commands: Arc<FakeCommands>,
     queue: Arc<FakeQueue>,
     create: Arc<CreateRunner>,
     stop: StopRunner,
+}
+
+impl World {
+    /// What the deployment stores: parameter names, and each slot claim as `/sophons/slots/<template>/<slot>`.
+    fn stored(&self) -> Vec<String> {
+        let mut names = self.secrets.names();
+        names.extend(
+            self.slots
+                .all()
+                .into_iter()
+                .map(|found| format!("/sophons/slots/{}/{}", found.template, found.slot)),
+        );
+        names.sort();
+        names
+    }
 }
 
 fn world_with(edit: impl FnOnce(&mut serde_json::Value)) -> World {
@@ -36,6 +53,7 @@ fn world_with(edit: impl FnOnce(&mut serde_json::Value)) -> World {
     let fleet = Arc::new(FakeFleet::default());
     let github = Arc::new(FakeGithub::new());
     let secrets = Arc::new(FakeSecrets::default());
+    let slots = Arc::new(FakeSlots::default());
     let commands = Arc::new(FakeCommands::default());
     let queue = Arc::new(FakeQueue::default());
     let create = Arc::new(CreateRunner::new(
@@ -44,6 +62,7 @@ fn world_with(edit: impl FnOnce(&mut serde_json::Value)) -> World {
             fleet: fleet.clone(),
             github: github.clone(),
             secrets: secrets.clone(),
+            slots: slots.clone(),
             commands: commands.clone(),
             queue: queue.clone(),
         },
@@ -54,6 +73,7 @@ fn world_with(edit: impl FnOnce(&mut serde_json::Value)) -> World {
             fleet: fleet.clone(),
             github: github.clone(),
             secrets: secrets.clone(),
+            slots: slots.clone(),
             commands: commands.clone(),
             queue: queue.clone(),
         },
@@ -62,6 +82,7 @@ fn world_with(edit: impl FnOnce(&mut serde_json::Value)) -> World {
         fleet,
         github,
         secrets,
+        slots,
         commands,
         queue,
         create,
@@ -139,7 +160,7 @@ async fn a_successful_command_ends_the_instance_and_everything_it_owned() {
         InstanceState::Terminated
     );
     assert_eq!(world.fleet.cancelled_spot_requests().len(), 1);
-    assert!(world.secrets.names().is_empty());
+    assert!(world.stored().is_empty());
     assert!(world.github.runners().is_empty());
     assert!(world.queue.sent().is_empty(), "a job that ran is not relaunched");
 }
@@ -318,7 +339,7 @@ async fn the_sweep_ends_an_instance_whose_event_was_missed() {
         world.fleet.instance(&instance_id).unwrap().state,
         InstanceState::Terminated
     );
-    assert!(world.secrets.names().is_empty());
+    assert!(world.stored().is_empty());
     assert!(world.github.runners().is_empty());
 }
 
@@ -337,7 +358,7 @@ async fn the_sweep_leaves_a_working_runner_alone() {
         (1, 0, 0, 0)
     );
     assert!(world.fleet.instance(&instance_id).unwrap().state.is_live());
-    assert_eq!(world.secrets.names().len(), 2, "its JIT parameter and its launch slot");
+    assert_eq!(world.stored().len(), 2, "its JIT parameter and its launch slot");
 }
 
 #[tokio::test]
@@ -415,7 +436,7 @@ async fn the_sweep_deletes_leftover_parameters_and_ghost_runners() {
         .unwrap();
     let report = world.stop.sweep(far()).await;
     assert_eq!((report.parameters_deleted, report.runners_removed), (1, 1));
-    let names = world.secrets.names();
+    let names = world.stored();
     assert_eq!(
         names,
         vec![
@@ -486,7 +507,7 @@ async fn a_finished_runner_whose_job_github_cannot_report_is_kept_until_the_swee
     let report = world.stop.sweep(far()).await;
     assert_eq!((report.command_ended, report.relaunched), (1, 0), "{report:?}");
     assert!(!world.fleet.instance(&instance_id).unwrap().state.is_live());
-    assert!(world.secrets.names().is_empty());
+    assert!(world.stored().is_empty());
 }
 
 #[tokio::test]
@@ -573,6 +594,7 @@ async fn a_job_whose_relaunch_could_not_be_sent_is_not_lost() {
             fleet: world.fleet.clone(),
             github: world.github.clone(),
             secrets: world.secrets.clone(),
+            slots: world.slots.clone(),
             commands: world.commands.clone(),
             queue: Arc::new(FirstSendFails {
                 inner: world.queue.clone(),
@@ -640,6 +662,7 @@ async fn the_sweep_does_not_end_an_untagged_instance_while_github_cannot_list_it
             fleet: world.fleet.clone(),
             github: Arc::new(RunnerListFails(world.github.clone())),
             secrets: world.secrets.clone(),
+            slots: world.slots.clone(),
             commands: world.commands.clone(),
             queue: world.queue.clone(),
         },
@@ -666,7 +689,7 @@ async fn a_spot_reclaim_during_boot_gets_the_job_a_new_runner_once() {
     assert_eq!(sent.len(), 1, "{sent:?}");
     let relaunch = JobMessage::decode(&sent[0].body).unwrap();
     assert_eq!((relaunch.job_id, relaunch.relaunches), (40, 1));
-    assert!(world.secrets.names().is_empty(), "the JIT parameter is deleted");
+    assert!(world.stored().is_empty(), "the JIT parameter is deleted");
     assert!(world.github.runners().is_empty(), "the runner is removed");
     // The same event again, and the sweep while EC2 still lists the ended instance: no second send.
     let again = world.stop.command_ended(&instance_id, &command_id, "Failed").await;
@@ -692,7 +715,7 @@ async fn the_sweep_sends_back_the_job_of_a_reclaimed_instance_whose_event_was_lo
     let report = world.stop.sweep(far()).await;
     assert_eq!((report.reclaimed, report.relaunched), (1, 1), "{report:?}");
     assert_eq!(JobMessage::decode(&world.queue.sent()[0].body).unwrap().job_id, 41);
-    assert!(world.secrets.names().is_empty());
+    assert!(world.stored().is_empty());
     assert!(world.github.runners().is_empty());
     let report = world.stop.sweep(far()).await;
     assert_eq!(
@@ -734,7 +757,7 @@ async fn an_ended_instance_frees_its_launch_slot() {
     let world = world();
     let (instance_id, command_id) = running_job(&world, 44).await;
     assert_eq!(
-        world.secrets.names(),
+        world.stored(),
         vec![
             format!("/sophons/jit/{instance_id}"),
             "/sophons/slots/template_cpu/4".to_string()
@@ -742,81 +765,60 @@ async fn an_ended_instance_frees_its_launch_slot() {
     );
     world.github.set_job_status("my-org/app", 44, "completed");
     world.stop.command_ended(&instance_id, &command_id, "Success").await;
-    assert!(world.secrets.names().is_empty(), "{:?}", world.secrets.names());
+    assert!(world.stored().is_empty(), "{:?}", world.stored());
 }
 
 #[tokio::test]
 async fn an_ended_instance_leaves_a_slot_another_job_has_claimed_since() {
     let world = world();
     let (instance_id, command_id) = running_job(&world, 45).await;
-    let slot = "/sophons/slots/template_cpu/5";
-    world.secrets.delete(slot).await.unwrap();
-    let claim = sophons_core::create::SlotClaim {
+    world.slots.remove("template_cpu", 5);
+    let claim = SlotClaim {
         job_id: 99,
         relaunches: 0,
         at: SystemTime::now(),
-    }
-    .encode();
-    assert!(world.secrets.create(slot, &claim).await.unwrap());
+    };
+    world.slots.put("template_cpu", 5, claim);
     world.github.set_job_status("my-org/app", 45, "completed");
     world.stop.command_ended(&instance_id, &command_id, "Success").await;
-    assert_eq!(world.secrets.get(slot).await.unwrap(), claim);
+    assert_eq!(world.slots.get("template_cpu", 5).await, Ok(Some(claim.stored())));
 }
 
 #[tokio::test]
 async fn an_ended_instance_leaves_its_slot_to_its_jobs_relaunch_that_claimed_it_since() {
     let world = world();
     let (instance_id, command_id) = running_job(&world, 46).await;
-    let slot = "/sophons/slots/template_cpu/6";
-    world.secrets.delete(slot).await.unwrap();
+    world.slots.remove("template_cpu", 6);
     // A repeated event after the job's relaunch claimed the same slot again.
-    let claim = sophons_core::create::SlotClaim {
+    let claim = SlotClaim {
         job_id: 46,
         relaunches: 0,
         at: SystemTime::now() + Duration::from_secs(120),
-    }
-    .encode();
-    assert!(world.secrets.create(slot, &claim).await.unwrap());
+    };
+    world.slots.put("template_cpu", 6, claim);
     world.github.set_job_status("my-org/app", 46, "completed");
     world.stop.command_ended(&instance_id, &command_id, "Success").await;
-    assert_eq!(world.secrets.get(slot).await.unwrap(), claim);
+    assert_eq!(world.slots.get("template_cpu", 6).await, Ok(Some(claim.stored())));
 }
 
 #[tokio::test]
 async fn the_sweep_frees_a_stale_launch_slot_and_keeps_a_fresh_one() {
     let world = world();
-    let stale = "/sophons/slots/template_cpu/7";
-    let fresh = "/sophons/slots/template_cpu/8";
     let long_ago = SystemTime::now() - sophons_core::stop::SLOT_CLAIM_GRACE - Duration::from_secs(60);
-    world
-        .secrets
-        .create(
-            stale,
-            &sophons_core::create::SlotClaim {
-                job_id: 1,
+    for (slot, job_id, at) in [(7, 1, long_ago), (8, 2, SystemTime::now())] {
+        world.slots.put(
+            "template_cpu",
+            slot,
+            SlotClaim {
+                job_id,
                 relaunches: 0,
-                at: long_ago,
-            }
-            .encode(),
-        )
-        .await
-        .unwrap();
-    world
-        .secrets
-        .create(
-            fresh,
-            &sophons_core::create::SlotClaim {
-                job_id: 2,
-                relaunches: 0,
-                at: SystemTime::now(),
-            }
-            .encode(),
-        )
-        .await
-        .unwrap();
+                at,
+            },
+        );
+    }
     let report = world.stop.sweep(far()).await;
     assert_eq!(report.slots_freed, 1, "{report:?}");
-    assert_eq!(world.secrets.names(), vec![fresh.to_string()]);
+    assert_eq!(world.stored(), vec!["/sophons/slots/template_cpu/8".to_string()]);
 }
 
 /// Serves a job sent back `relaunches` times, `runner_failures` of them for a failed runner.
@@ -936,8 +938,7 @@ async fn the_sweep_keeps_the_parameter_and_runner_of_a_launch_ec2_does_not_list_
     assert_eq!((report.parameters_deleted, report.runners_removed), (0, 0));
     assert!(
         world
-            .secrets
-            .names()
+            .stored()
             .contains(&sophons_core::names::jit_parameter("sophons", &instance_id)),
         "the runner still needs its JIT config"
     );

@@ -518,9 +518,13 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
         }
     }
     report.timelines = timelines.into_values().collect();
+    let slots_table = document["slots_table"].as_str().unwrap_or_default().to_string();
+    let slots = sophons_core::slots::DynamoSlots::new(&sdk, &slots_table);
     let sources = Sources {
         ec2: &ec2,
         ssm: &ssm,
+        slots: &slots,
+        slots_table: &slots_table,
         sqs: &sqs,
         github: &github,
         deployment: &deployment,

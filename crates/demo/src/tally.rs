@@ -82,7 +82,7 @@ pub struct Tally {
     pub jobs_sent: usize,
     pub instances: Read<Instances>,
     pub parameters_left: Read<usize>,
-    /// Launch slots still claimed (SSM parameters under /<deployment>/slots).
+    /// Launch slots still claimed (items of the deployment's launch-slot table).
     pub slots_left: Read<usize>,
     pub runners_left: Read<usize>,
     pub jobs_queue_left: Read<usize>,
@@ -141,6 +141,8 @@ impl Tally {
 pub(crate) struct Sources<'a> {
     pub ec2: &'a aws_sdk_ec2::Client,
     pub ssm: &'a aws_sdk_ssm::Client,
+    pub slots: &'a sophons_core::slots::DynamoSlots,
+    pub slots_table: &'a str,
     pub sqs: &'a aws_sdk_sqs::Client,
     pub github: &'a FakeGithub,
     pub deployment: &'a str,
@@ -167,10 +169,16 @@ pub(crate) async fn tally(sources: &Sources<'_>, job_ids: impl IntoIterator<Item
             format!("the parameters under /{deployment}/jit"),
             parameter_count(ssm, &format!("/{deployment}/jit")).await,
         ),
-        slots_left: Read::from_result(
-            format!("the parameters under /{deployment}/slots"),
-            parameter_count(ssm, &format!("/{deployment}/slots")).await,
-        ),
+        slots_left: Read::from_result(format!("the launch-slot table {}", sources.slots_table), {
+            use sophons_core::slots::Slots;
+            // A paged, consistent Scan: every claim of every template.
+            sources
+                .slots
+                .list(None)
+                .await
+                .map(|claims| claims.len())
+                .map_err(|error| error.to_string())
+        }),
         // The fake's own state, not a listing: whole by construction.
         runners_left: Read::Complete(github.runners().len()),
         jobs_queue_left: Read::from_result("the jobs queue's depth", queue_depth(sqs, sources.jobs_queue_url).await),

@@ -35,6 +35,7 @@ async fn serve(stack: &Stack, job_id: u64) -> (String, String) {
         fleet: Arc::new(Ec2Fleet::new(&stack.sdk)),
         github: Arc::new(github(stack).await),
         secrets: Arc::new(SsmSecrets::new(&stack.sdk)),
+        slots: Arc::new(sophons_core::slots::DynamoSlots::new(&stack.sdk, &stack.slots_table)),
         commands: Arc::new(SsmCommands::new(&stack.sdk)),
         queue: Arc::new(SqsQueue::new(&stack.sdk)),
     };

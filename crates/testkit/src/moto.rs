@@ -117,3 +117,35 @@ pub fn unique(prefix: &str) -> String {
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// Creates a launch-slot table as Terraform does (terraform/slots.tf: partition key `template`,
+/// sort key `slot`, on demand) and answers its name.
+pub async fn slots_table(sdk: &aws_config::SdkConfig, name: &str) -> String {
+    use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
+    let attribute = |name: &str, kind| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(kind)
+            .build()
+            .unwrap()
+    };
+    let key = |name: &str, kind| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(kind)
+            .build()
+            .unwrap()
+    };
+    aws_sdk_dynamodb::Client::new(sdk)
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attribute("template", ScalarAttributeType::S))
+        .attribute_definitions(attribute("slot", ScalarAttributeType::N))
+        .key_schema(key("template", KeyType::Hash))
+        .key_schema(key("slot", KeyType::Range))
+        .send()
+        .await
+        .expect("create the launch-slot table in moto");
+    name.to_string()
+}

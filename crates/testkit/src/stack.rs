@@ -1,5 +1,5 @@
 //! A sophons deployment in moto, made with the SDK for the binaries' tests: jobs queue and DLQ
-//! (redrive after 3 receives), a launch template per runner template, the GitHub token and the
+//! (redrive after 3 receives), a launch template per runner template, the launch-slot table, the GitHub token and the
 //! config document in SSM, and a fake GitHub. (The demo and `make test` also apply the real
 //! Terraform to moto; this is the quick way for a single test.)
 
@@ -20,6 +20,8 @@ pub struct Stack {
     pub github: FakeGithub,
     pub queue_url: String,
     pub dlq_url: String,
+    /// The launch-slot table (DynamoDB).
+    pub slots_table: String,
 }
 
 /// A deployment name no other test in this moto server uses (≤ 24 characters).
@@ -99,6 +101,7 @@ impl Stack {
             .unwrap()
             .queue_url
             .unwrap();
+        let slots_table = moto::slots_table(&sdk, &format!("{deployment}-slots")).await;
         let github = FakeGithub::start().await;
         github.set_token(TOKEN);
         github.set_default_job_status(Some("queued"));
@@ -124,6 +127,7 @@ impl Stack {
             "queue_url": queue_url,
             "dlq_url": dlq_url,
             "webhook_secret_param": secret_param,
+            "slots_table": slots_table,
             "github": { "api_url": github.url(), "owner": "my-org", "scope": "org", "token_param": token_param },
             "runner_script": { "bucket": format!("{deployment}-scripts"), "key": "runner.sh" },
             "templates": template_docs,
@@ -146,6 +150,7 @@ impl Stack {
             github,
             queue_url,
             dlq_url,
+            slots_table,
         }
     }
 

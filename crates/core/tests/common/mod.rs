@@ -14,6 +14,7 @@ pub fn config_json(queue_url: &str) -> Value {
         "queue_url": queue_url,
         "dlq_url": format!("{queue_url}-dlq"),
         "webhook_secret_param": "/sophons/github/webhook-secret",
+        "slots_table": "sophons-slots",
         "max_body_bytes": 65536,
         "github": { "api_url": "https://api.github.com", "owner": "my-org", "scope": "org",
                     "runner_group_id": 1, "token_param": "/sophons/github/token" },
