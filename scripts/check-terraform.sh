@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # The Terraform checks of `make test`:
-#   1. terraform fmt -check -recursive
+#   1. terraform fmt -check -recursive (and of terraform/terraform.tfvars.example)
 #   2. terraform init -backend=false (from the local provider mirror) + validate: root, each example, the moto wrapper;
 #      plans with one bad input at a time fail with their own message (terraform/test/preconditions)
-#   3. checkov over terraform/: 0 failed checks (every skip is annotated inline with its reason)
-#   4. terraform apply of the whole root module against moto server (terraform/test/moto)
-#   5. the IAM security test over the applied policies (terraform/test/check_iam.py, with its self-test)
-#   6. the config document read back from moto's SSM: its names point at what was created
+#   3. terraform/terraform.tfvars.example names every variable of the root module and nothing else, and the root
+#      module plans with it against moto (a misspelt or removed variable is only a warning to Terraform: caught here)
+#   4. checkov over terraform/ with its default frameworks, secrets included: 0 failed checks (every skip is
+#      annotated inline with its reason); a generated key planted in a copy must be found, or the scan proves nothing
+#   5. terraform apply of the whole root module against moto server (terraform/test/moto), with throwaway secrets
+#      generated for the run
+#   6. a config change reaches the Lambdas: every function carries the SHA-256 of the document it reads; applying
+#      again with another max_runners changes that deployment's four functions (after the document is written) and
+#      leaves the other deployment's functions exactly as they were (terraform/test/check_config_reaches_functions.py)
+#   7. the IAM security test over the applied policies (terraform/test/check_iam.py, with its self-test)
+#   8. the config document read back from moto's SSM: its names point at what was created
 #      (terraform/test/check_config.py) and the autoscaler accepts it (`autoscaler --check-config`)
-#   7. terraform destroy against moto, when SOPHONS_TF_DESTROY=1 (about a minute more)
+#   9. terraform destroy against moto, when SOPHONS_TF_DESTROY=1 (about a minute more)
 #
 # Environment:
 #   MOTO_ENDPOINT                 use this moto server instead of starting .venv/bin/moto_server on a free port
@@ -75,6 +82,10 @@ tf() {
 
 step "terraform fmt -check -recursive"
 terraform fmt -check -recursive -diff "$REPO/terraform" || fail "terraform fmt: run terraform fmt -recursive terraform"
+EXAMPLE=$REPO/terraform/terraform.tfvars.example
+[[ -f $EXAMPLE ]] || fail "terraform/terraform.tfvars.example is missing"
+terraform fmt - <"$EXAMPLE" | diff -u "$EXAMPLE" - ||
+  fail "terraform/terraform.tfvars.example is not formatted: terraform fmt - <terraform/terraform.tfvars.example"
 
 step "docs/deploy.md lists every variable and output"
 "$PYTHON" - "$REPO/terraform" "$REPO/docs/deploy.md" <<'EOF' || fail "docs/deploy.md is out of date: add the rows to its Reference tables"
@@ -88,6 +99,26 @@ for kind, file in (("variable", "variables.tf"), ("output", "outputs.tf")):
 for line in missing:
     print(f"docs/deploy.md has no row for {line}")
 sys.exit(1 if missing else 0)
+EOF
+
+step "terraform/terraform.tfvars.example names every variable and template field"
+"$PYTHON" - "$REPO/terraform/variables.tf" "$EXAMPLE" <<'EOF' || fail "terraform/terraform.tfvars.example is out of date"
+import pathlib, re, sys
+variables_tf, example = pathlib.Path(sys.argv[1]).read_text(), pathlib.Path(sys.argv[2]).read_text()
+variables = re.findall(r'^variable "([^"]+)"', variables_tf, re.M)
+template_type = re.search(r'^variable "runner_templates" \{.*?type = map\(object\(\{(.*?)\}\)\)', variables_tf, re.S | re.M)
+fields = re.findall(r"^\s+([a-z_]+)\s*=", template_type.group(1), re.M)
+# What the example names, set or commented out: variables at the start of a line, template fields indented.
+named = set(re.findall(r"^(?:# )?([a-z][a-z0-9_]*)\s*=", example, re.M))
+named_fields = set(re.findall(r"^\s+(?:# )?([a-z][a-z0-9_]*)\s*=", example, re.M))
+problems = [f"names `{n}`, which the root module does not declare (misspelt, or gone from variables.tf?)" for n in sorted(named - set(variables))]
+problems += [f"does not mention the variable `{v}`: set it, or add it commented out at its default" for v in variables if v not in named]
+problems += [f"does not mention the template field `{f}`: add it to the template, commented out" for f in fields if f not in named_fields]
+for problem in problems:
+    print(f"terraform/terraform.tfvars.example {problem}")
+if not problems:
+    print(f"terraform.tfvars.example: all {len(variables)} variables and {len(fields)} template fields named, nothing else")
+sys.exit(1 if problems else 0)
 EOF
 
 validate() {

@@ -42,17 +42,27 @@ pub fn shell_quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', r"'\''"))
 }
 
-/// The commands SSM runs: fetch the runner script, run it with the JIT parameter's NAME.
-pub fn runner_commands(bucket: &str, key: &str, parameter_name: &str) -> Vec<String> {
-    vec![
+/// The commands SSM runs: fetch the runner script, run it with the JIT parameter's NAME and
+/// `env` exported (the runner release and its checksums, the template's packages: nothing
+/// secret, since SSM keeps commands in its history).
+pub fn runner_commands(bucket: &str, key: &str, parameter_name: &str, env: &[(&str, String)]) -> Vec<String> {
+    let mut commands = vec![
         "set -euo pipefail".into(),
         "mkdir -p /opt/sophons".into(),
         format!(
             "aws s3 cp {} /opt/sophons/runner.sh --only-show-errors",
             shell_quote(&format!("s3://{bucket}/{key}"))
         ),
-        format!("exec bash /opt/sophons/runner.sh {}", shell_quote(parameter_name)),
-    ]
+    ];
+    commands.extend(
+        env.iter()
+            .map(|(name, value)| format!("export {name}={}", shell_quote(value))),
+    );
+    commands.push(format!(
+        "exec bash /opt/sophons/runner.sh {}",
+        shell_quote(parameter_name)
+    ));
+    commands
 }
 
 #[derive(Clone)]
@@ -126,12 +136,28 @@ mod tests {
 
     #[test]
     fn the_command_carries_the_parameter_name_and_never_a_value() {
-        let commands = runner_commands("bucket", "runner.sh", "/sophons/jit/i-0abc");
+        let commands = runner_commands("bucket", "runner.sh", "/sophons/jit/i-0abc", &[]);
         assert!(
             commands
                 .iter()
                 .any(|c| c == "exec bash /opt/sophons/runner.sh '/sophons/jit/i-0abc'")
         );
         assert!(commands.iter().any(|c| c.contains("'s3://bucket/runner.sh'")));
+    }
+
+    #[test]
+    fn the_script_environment_is_exported_quoted_before_the_script_runs() {
+        let env = [
+            ("SOPHONS_RUNNER_VERSION", "2.330.0".to_string()),
+            ("SOPHONS_PACKAGES", "git jq; reboot".to_string()),
+        ];
+        let commands = runner_commands("bucket", "runner.sh", "/sophons/jit/i-0abc", &env);
+        let exec = commands.iter().position(|c| c.starts_with("exec ")).unwrap();
+        let version = commands
+            .iter()
+            .position(|c| c == "export SOPHONS_RUNNER_VERSION='2.330.0'")
+            .unwrap();
+        assert!(version < exec, "{commands:?}");
+        assert!(commands.contains(&"export SOPHONS_PACKAGES='git jq; reboot'".to_string()));
     }
 }

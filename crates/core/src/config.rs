@@ -56,6 +56,10 @@ pub struct Config {
     pub instance_arn_prefix: Option<String>,
     /// The DynamoDB table holding launch-slot claims (`slots`); Terraform creates and names it.
     pub slots_table: String,
+    /// A runner release to install instead of GitHub's current one (`release`). Unset (the
+    /// default) follows GitHub's releases, which is what keeps runners registrable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner_pin: Option<crate::release::RunnerPin>,
     pub templates: BTreeMap<String, Template>,
 }
 
@@ -150,9 +154,18 @@ pub struct Template {
     /// Highest Spot price per hour in USD (`"0.05"`); none means up to the on-demand price.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spot_max_price: Option<String>,
+    /// OS packages the runner script installs before the runner starts (`git` unless given).
+    #[serde(default = "defaults::packages")]
+    pub packages: Vec<String>,
+    /// Install Docker and let the runner's user use it.
+    #[serde(default)]
+    pub docker: bool,
 }
 
 mod defaults {
+    pub fn packages() -> Vec<String> {
+        vec!["git".into()]
+    }
     pub fn max_body_bytes() -> usize {
         1024 * 1024
     }
@@ -367,6 +380,9 @@ impl Config {
                 ),
             ));
         }
+        if let Some(pin) = &self.runner_pin {
+            validate_pin(pin)?;
+        }
         if self.templates.is_empty() {
             return Err(invalid("templates", "is empty: define at least one runner template"));
         }
@@ -440,6 +456,42 @@ fn require_parameter_name(key: &str, name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+fn validate_pin(pin: &crate::release::RunnerPin) -> Result<(), ConfigError> {
+    use crate::release::{MIN_RUNNER_VERSION, Version, is_sha256};
+    match Version::parse(&pin.version) {
+        None => {
+            return Err(invalid(
+                "runner_pin.version",
+                format!("`{}` is not a runner version such as 2.330.0", pin.version),
+            ));
+        }
+        Some(version) if version < MIN_RUNNER_VERSION => {
+            return Err(invalid(
+                "runner_pin.version",
+                format!(
+                    "{version} is older than {MIN_RUNNER_VERSION}, which GitHub no longer registers: pin a current \
+                     release or remove the pin"
+                ),
+            ));
+        }
+        Some(_) => {}
+    }
+    for (key, sum) in [
+        ("runner_pin.sha256_x64", &pin.sha256_x64),
+        ("runner_pin.sha256_arm64", &pin.sha256_arm64),
+    ] {
+        if !is_sha256(sum) {
+            return Err(invalid(
+                key,
+                format!(
+                    "`{sum}` is not a SHA-256: copy the package's checksum from its GitHub release page (64 hex digits)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn validate_template(name: &str, template: &Template) -> Result<(), ConfigError> {
     let key = |field: &str| format!("templates.{name}.{field}");
     if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
@@ -495,6 +547,21 @@ fn validate_template(name: &str, template: &Template) -> Result<(), ConfigError>
             "is 0: allow at least one runner, or remove the template",
         ));
     }
+    // Passed to the package manager on the instance: names only, nothing a shell or dnf/apt-get
+    // would read as an option.
+    for (index, package) in template.packages.iter().enumerate() {
+        if package.is_empty()
+            || package.starts_with(['-', '.'])
+            || !package
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-'))
+        {
+            return Err(invalid(
+                key(&format!("packages[{index}]")),
+                format!("`{package}` is not a package name: use letters, digits and . _ + -"),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -542,6 +609,19 @@ mod tests {
         assert_eq!(config.command.start_deadline_seconds, 300);
         assert_eq!(config.github.scope, Scope::Org);
         assert_eq!(config.templates["template_cpu"].max_runners, 20);
+        assert_eq!(config.templates["template_cpu"].packages, vec!["git".to_string()]);
+        assert!(!config.templates["template_cpu"].docker);
+        assert_eq!(config.runner_pin, None, "GitHub's current release unless pinned");
+    }
+
+    #[test]
+    fn a_current_pin_with_its_checksums_is_accepted() {
+        let config = with(|v| {
+            v["runner_pin"] =
+                serde_json::json!({"version": "2.330.0", "sha256_x64": "a".repeat(64), "sha256_arm64": "B".repeat(64)})
+        })
+        .unwrap();
+        assert_eq!(config.runner_pin.unwrap().version, "2.330.0");
     }
 
     #[test]
@@ -675,6 +755,28 @@ mod tests {
             (
                 "templates.template_cpu.spot_max_price",
                 Box::new(|v| v["templates"]["template_cpu"]["spot_max_price"] = "cheap".into()),
+            ),
+            (
+                "templates.template_cpu.packages[1]",
+                Box::new(|v| v["templates"]["template_cpu"]["packages"] = serde_json::json!(["git", "-y; rm"])),
+            ),
+            (
+                "runner_pin.version",
+                Box::new(
+                    |v| v["runner_pin"] = serde_json::json!({"version": "2.326.0", "sha256_x64": "a".repeat(64), "sha256_arm64": "b".repeat(64)}),
+                ),
+            ),
+            (
+                "runner_pin.version",
+                Box::new(
+                    |v| v["runner_pin"] = serde_json::json!({"version": "latest", "sha256_x64": "a".repeat(64), "sha256_arm64": "b".repeat(64)}),
+                ),
+            ),
+            (
+                "runner_pin.sha256_arm64",
+                Box::new(|v| {
+                    v["runner_pin"] = serde_json::json!({"version": "2.330.0", "sha256_x64": "a".repeat(64), "sha256_arm64": "unknown"})
+                }),
             ),
         ];
         for (expected, edit) in cases {

@@ -18,6 +18,7 @@ use crate::fleet::{
 use crate::github::{GithubError, JobStatus, RunnerScope};
 use crate::job::JobMessage;
 use crate::names;
+use crate::release::{RELEASE_TTL, Releases, RunnerRelease};
 use crate::slots::{ClaimAnswer, SlotClaim, SlotsError, slot_of};
 use crate::templates::runner_labels;
 
@@ -95,6 +96,7 @@ struct StartedRunner {
 struct Attempt<'a> {
     message: &'a JobMessage,
     template: &'a Template,
+    release: &'a RunnerRelease,
     receive_count: u32,
     slot: u32,
     started: Instant,
@@ -139,6 +141,7 @@ pub struct CreateRunner {
     ports: Ports,
     backoff: Backoff,
     gate: Gate,
+    releases: Releases,
 }
 
 /// What this process is doing right now, so that the records of one batch, served at once, see
@@ -207,11 +210,18 @@ impl Drop for Held<'_> {
 impl CreateRunner {
     pub fn new(config: Arc<Config>, ports: Ports) -> Self {
         Self {
+            releases: Releases::new(config.runner_pin.as_ref(), RELEASE_TTL),
             config,
             ports,
             backoff: Backoff::default(),
             gate: Gate::default(),
         }
+    }
+
+    /// How long GitHub's answer about the current runner release is kept (tests shorten it).
+    pub fn with_release_ttl(mut self, ttl: Duration) -> Self {
+        self.releases = Releases::new(self.config.runner_pin.as_ref(), ttl);
+        self
     }
 
     pub fn with_backoff(mut self, backoff: Backoff) -> Self {
@@ -441,6 +451,14 @@ impl CreateRunner {
             }
         }
 
+        // Which runner? GitHub's current release (or the last one it named); with none known,
+        // nothing is launched, since no runner is ever installed unverified.
+        let scope = RunnerScope::for_job(&self.config.github, &message.repository);
+        let release = match self.releases.current(self.ports.github.as_ref(), &scope).await {
+            Ok(release) => release,
+            Err(reason) => return transient(reason),
+        };
+
         // Room? Counted under this process's room lock (the records of one batch see each other's
         // reservations), then made exact across invocations by claiming one of the template's slots.
         let query = InstanceQuery {
@@ -507,6 +525,7 @@ impl CreateRunner {
         let attempt = Attempt {
             message,
             template,
+            release: &release,
             receive_count,
             slot,
             started,
@@ -717,6 +736,7 @@ impl CreateRunner {
     ) -> Result<StartedRunner, SetupFailure> {
         let Attempt {
             message,
+            release,
             started,
             deadline,
             ..
@@ -789,6 +809,7 @@ impl CreateRunner {
                 &self.config.runner_script.bucket,
                 &self.config.runner_script.key,
                 &parameter,
+                &script_env(release, template),
             ),
             execution_timeout_seconds: self.config.command.timeout_seconds,
             log_group: self.config.command.log_group.clone(),
@@ -972,6 +993,15 @@ impl CreateRunner {
         }
         terminated
     }
+}
+
+/// What the runner script is told besides the JIT parameter's name: the release to install and
+/// the template's packages.
+fn script_env(release: &RunnerRelease, template: &Template) -> Vec<(&'static str, String)> {
+    let mut env = release.script_env();
+    env.push(("SOPHONS_PACKAGES", template.packages.join(" ")));
+    env.push(("SOPHONS_DOCKER", if template.docker { "1" } else { "0" }.into()));
+    env
 }
 
 fn transient(reason: String) -> Outcome {

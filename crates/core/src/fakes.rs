@@ -253,7 +253,7 @@ use crate::fleet::{
     Capacity, Fleet, FleetError, Instance, InstanceQuery, InstanceState, LaunchRequest, Launched, TAG_DEPLOYMENT,
     TAG_JOB_ID, TAG_TEMPLATE,
 };
-use crate::github::{Github, GithubError, JitConfig, JobStatus, Runner, RunnerScope};
+use crate::github::{Github, GithubError, JitConfig, JobStatus, Runner, RunnerDownload, RunnerScope};
 
 /// How late EC2's reads are, in the fake's clock units (the simulation's minutes; unit tests
 /// move the clock by hand). EC2's DescribeInstances is eventually consistent: a new instance can
@@ -702,6 +702,41 @@ struct GithubState {
     status_faults: VecDeque<GithubError>,
     register_faults: VecDeque<GithubError>,
     removed: Vec<u64>,
+    /// What the runner downloads API lists (None: `runner_downloads_of(FAKE_RUNNER_VERSION)`).
+    downloads: Option<Vec<RunnerDownload>>,
+    download_faults: VecDeque<GithubError>,
+}
+
+/// The release the fake GitHub offers unless told otherwise.
+pub const FAKE_RUNNER_VERSION: &str = "2.330.0";
+
+/// What GitHub's runner downloads API lists for a release: a package per os and architecture,
+/// each with a SHA-256 (made up here, derived from the version and architecture).
+pub fn runner_downloads_of(version: &str) -> Vec<RunnerDownload> {
+    let mut downloads = Vec::new();
+    for (os, architecture, extension) in [
+        ("osx", "x64", "tar.gz"),
+        ("linux", "x64", "tar.gz"),
+        ("linux", "arm", "tar.gz"),
+        ("win", "x64", "zip"),
+        ("linux", "arm64", "tar.gz"),
+    ] {
+        let filename = format!("actions-runner-{os}-{architecture}-{version}.{extension}");
+        let digest: String = format!("{version}/{os}/{architecture}")
+            .bytes()
+            .cycle()
+            .take(32)
+            .map(|b| format!("{:02x}", b.wrapping_mul(31)))
+            .collect();
+        downloads.push(RunnerDownload {
+            os: os.into(),
+            architecture: architecture.into(),
+            download_url: format!("https://github.com/actions/runner/releases/download/v{version}/{filename}"),
+            filename,
+            sha256_checksum: Some(digest),
+        });
+    }
+    downloads
 }
 
 /// A JIT config as large as GitHub's are now (over 4 KB, growing with the runner's name and
@@ -725,6 +760,17 @@ pub struct FakeGithub {
 }
 
 impl FakeGithub {
+    /// What the runner downloads API lists from now on (a new release, or a package without a
+    /// checksum).
+    pub fn set_runner_downloads(&self, downloads: Vec<RunnerDownload>) {
+        self.state.lock().unwrap().downloads = Some(downloads);
+    }
+
+    /// The next calls to the runner downloads API fail with these errors, in order.
+    pub fn fail_runner_downloads(&self, errors: impl IntoIterator<Item = GithubError>) {
+        self.state.lock().unwrap().download_faults.extend(errors);
+    }
+
     /// Every job GitHub does not otherwise know has this status (`queued` by default here).
     pub fn new() -> Self {
         let fake = Self::default();
@@ -848,6 +894,17 @@ impl Github for FakeGithub {
             .filter(|r| &r.scope == scope)
             .map(|r| r.runner.clone())
             .collect())
+    }
+
+    async fn runner_downloads(&self, _scope: &RunnerScope) -> Result<Vec<RunnerDownload>, GithubError> {
+        let mut state = self.state.lock().unwrap();
+        if let Some(error) = state.download_faults.pop_front() {
+            return Err(error);
+        }
+        Ok(state
+            .downloads
+            .clone()
+            .unwrap_or_else(|| runner_downloads_of(FAKE_RUNNER_VERSION)))
     }
 
     async fn remove_runner(&self, _scope: &RunnerScope, runner_id: u64) -> Result<(), GithubError> {

@@ -74,6 +74,18 @@ pub struct Runner {
     pub busy: bool,
 }
 
+/// One runner package GitHub offers for download (`GET .../actions/runners/downloads`): the
+/// current release, one entry per os and architecture.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct RunnerDownload {
+    pub os: String,
+    pub architecture: String,
+    pub download_url: String,
+    pub filename: String,
+    #[serde(default)]
+    pub sha256_checksum: Option<String>,
+}
+
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum GithubError {
     #[error("GitHub has no such {0}")]
@@ -115,6 +127,8 @@ pub trait Github: Send + Sync {
     async fn runners(&self, scope: &RunnerScope) -> Result<Vec<Runner>, GithubError>;
     /// Removes a runner; one already gone is not an error, one running a job is `Busy`.
     async fn remove_runner(&self, scope: &RunnerScope, runner_id: u64) -> Result<(), GithubError>;
+    /// The runner packages GitHub offers now (its current release), for the scope.
+    async fn runner_downloads(&self, scope: &RunnerScope) -> Result<Vec<RunnerDownload>, GithubError>;
 }
 
 /// The real adapter.
@@ -413,6 +427,13 @@ impl Github for OctocrabGithub {
 
     async fn runners(&self, scope: &RunnerScope) -> Result<Vec<Runner>, GithubError> {
         self.list(scope, None).await
+    }
+
+    async fn runner_downloads(&self, scope: &RunnerScope) -> Result<Vec<RunnerDownload>, GithubError> {
+        let route = format!("{}/downloads", scope.path());
+        with_retries(|| self.client.get(&route, None::<&()>))
+            .await
+            .map_err(|failed| classify("runner downloads", failed.error))
     }
 
     async fn remove_runner(&self, scope: &RunnerScope, runner_id: u64) -> Result<(), GithubError> {

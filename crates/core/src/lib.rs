@@ -16,6 +16,7 @@ pub mod names;
 pub mod ports;
 pub mod queue;
 pub mod redrive;
+pub mod release;
 pub mod secrets;
 pub mod slots;
 pub mod stop;

@@ -100,6 +100,8 @@ mod tests {
             max_runners: 1,
             on_demand_fallback: false,
             spot_max_price: None,
+            packages: vec!["git".into()],
+            docker: false,
         }
     }
 

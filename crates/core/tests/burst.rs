@@ -144,6 +144,13 @@ impl Github for Counted<FakeGithub> {
         self.calls.count("github:DELETE runner");
         self.inner.remove_runner(scope, runner_id).await
     }
+    async fn runner_downloads(
+        &self,
+        scope: &RunnerScope,
+    ) -> Result<Vec<sophons_core::github::RunnerDownload>, GithubError> {
+        self.calls.count("github:GET runner downloads");
+        self.inner.runner_downloads(scope).await
+    }
 }
 
 /// A documented limit: `burst` calls at once, then `per_second`.

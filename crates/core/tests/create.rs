@@ -1088,3 +1088,151 @@ async fn claim_slot_7(world: &World, job_id: u64, at: SystemTime) {
     };
     world.slots.put("template_cpu", 7, claim);
 }
+
+/// The same world, its create-runner asking GitHub for the current runner release at every launch.
+fn always_asking_for_the_release(world: World) -> World {
+    let config = Arc::new(
+        Config::parse(&common::config_json("https://sqs.us-east-1.amazonaws.com/123456789012/jobs").to_string())
+            .unwrap(),
+    );
+    let ports = Ports {
+        fleet: world.fleet.clone(),
+        github: world.github.clone(),
+        secrets: world.secrets.clone(),
+        slots: world.slots.clone(),
+        commands: world.commands.clone(),
+        queue: world.queue.clone(),
+    };
+    World {
+        create: Arc::new(CreateRunner::new(config, ports).with_release_ttl(Duration::ZERO)),
+        ..world
+    }
+}
+
+/// The `export NAME='value'` lines of the last command sent, as (NAME, value).
+fn script_env(world: &World) -> std::collections::BTreeMap<String, String> {
+    let (request, _) = world.commands.sent().pop().expect("a command was sent");
+    request
+        .commands
+        .iter()
+        .filter_map(|line| line.strip_prefix("export "))
+        .filter_map(|assignment| assignment.split_once('='))
+        .map(|(name, value)| (name.to_string(), value.trim_matches('\'').to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_runner_installs_githubs_current_release_with_its_checksums() {
+    let world = world();
+    served_instance(&serve(&world, &message(60, "template_cpu")).await);
+    let listed = sophons_core::fakes::runner_downloads_of(sophons_core::fakes::FAKE_RUNNER_VERSION);
+    let linux = |architecture: &str| {
+        listed
+            .iter()
+            .find(|d| d.os == "linux" && d.architecture == architecture)
+            .unwrap()
+            .clone()
+    };
+    let env = script_env(&world);
+    assert_eq!(env["SOPHONS_RUNNER_VERSION"], sophons_core::fakes::FAKE_RUNNER_VERSION);
+    assert_eq!(env["SOPHONS_RUNNER_URL_X64"], linux("x64").download_url);
+    assert_eq!(
+        Some(&env["SOPHONS_RUNNER_SHA256_X64"]),
+        linux("x64").sha256_checksum.as_ref()
+    );
+    assert_eq!(env["SOPHONS_RUNNER_URL_ARM64"], linux("arm64").download_url);
+    assert_eq!(
+        Some(&env["SOPHONS_RUNNER_SHA256_ARM64"]),
+        linux("arm64").sha256_checksum.as_ref()
+    );
+    assert_eq!(env["SOPHONS_PACKAGES"], "git", "git unless the template says otherwise");
+    assert_eq!(env["SOPHONS_DOCKER"], "0");
+}
+
+#[tokio::test]
+async fn a_new_release_is_picked_up_without_a_deploy() {
+    let world = always_asking_for_the_release(world());
+    served_instance(&serve(&world, &message(61, "template_cpu")).await);
+    assert_eq!(script_env(&world)["SOPHONS_RUNNER_VERSION"], "2.330.0");
+    world
+        .github
+        .set_runner_downloads(sophons_core::fakes::runner_downloads_of("2.331.0"));
+    served_instance(&serve(&world, &message(62, "template_cpu")).await);
+    let env = script_env(&world);
+    assert_eq!(env["SOPHONS_RUNNER_VERSION"], "2.331.0");
+    assert!(env["SOPHONS_RUNNER_URL_X64"].ends_with("actions-runner-linux-x64-2.331.0.tar.gz"));
+}
+
+#[tokio::test]
+async fn when_github_cannot_name_the_release_the_last_one_it_named_is_installed() {
+    let world = always_asking_for_the_release(world());
+    served_instance(&serve(&world, &message(63, "template_cpu")).await);
+    world
+        .github
+        .fail_runner_downloads([GithubError::Unavailable("502 Bad Gateway".into())]);
+    served_instance(&serve(&world, &message(64, "template_cpu")).await);
+    assert_eq!(script_env(&world)["SOPHONS_RUNNER_VERSION"], "2.330.0");
+}
+
+#[tokio::test]
+async fn with_no_verified_release_known_nothing_is_launched_and_the_job_waits() {
+    for break_it in [
+        |world: &World| {
+            world
+                .github
+                .fail_runner_downloads([GithubError::Unavailable("502 Bad Gateway".into())])
+        },
+        // A package listed without a checksum is never installed.
+        |world: &World| {
+            let mut downloads = sophons_core::fakes::runner_downloads_of("2.331.0");
+            for download in &mut downloads {
+                download.sha256_checksum = None;
+            }
+            world.github.set_runner_downloads(downloads)
+        },
+    ] {
+        let world = world();
+        break_it(&world);
+        let outcome = serve(&world, &message(65, "template_cpu")).await;
+        assert!(
+            matches!(&outcome, Outcome::HandedBack { delay_seconds: 60, reason } if reason.contains("runner release")),
+            "{outcome:?}"
+        );
+        assert!(world.fleet.launches().is_empty());
+        assert!(world.stored().is_empty(), "no slot claimed: {:?}", world.stored());
+    }
+}
+
+#[tokio::test]
+async fn a_pinned_release_is_installed_as_pinned() {
+    let world = world_with(|v| {
+        v["runner_pin"] = json!({"version": "2.329.5", "sha256_x64": "a".repeat(64), "sha256_arm64": "B".repeat(64)})
+    });
+    served_instance(&serve(&world, &message(66, "template_cpu")).await);
+    let env = script_env(&world);
+    assert_eq!(env["SOPHONS_RUNNER_VERSION"], "2.329.5");
+    assert_eq!(
+        env["SOPHONS_RUNNER_URL_ARM64"],
+        "https://github.com/actions/runner/releases/download/v2.329.5/actions-runner-linux-arm64-2.329.5.tar.gz"
+    );
+    assert_eq!(env["SOPHONS_RUNNER_SHA256_ARM64"], "b".repeat(64));
+}
+
+#[tokio::test]
+async fn a_templates_packages_and_docker_reach_the_runner_script() {
+    let world = world_with(|v| {
+        v["templates"]["template_cpu"]["packages"] = json!(["git", "jq", "make"]);
+        v["templates"]["template_cpu"]["docker"] = json!(true);
+        v["templates"]["template_gpu"]["packages"] = json!([]);
+    });
+    served_instance(&serve(&world, &message(67, "template_cpu")).await);
+    let env = script_env(&world);
+    assert_eq!(env["SOPHONS_PACKAGES"], "git jq make");
+    assert_eq!(env["SOPHONS_DOCKER"], "1");
+    served_instance(&serve(&world, &message(68, "template_gpu")).await);
+    assert_eq!(
+        script_env(&world)["SOPHONS_PACKAGES"],
+        "",
+        "an empty list installs nothing"
+    );
+}

@@ -426,3 +426,45 @@ async fn jit_configs_are_larger_than_a_standard_parameter() {
         jit.encoded.len()
     );
 }
+
+#[tokio::test]
+async fn the_current_runner_release_is_read_from_the_downloads_api_in_each_scope() {
+    let fake = FakeGithub::start().await;
+    let github = pat_client(&fake).await;
+    let downloads = github
+        .runner_downloads(&RunnerScope::Org("my-org".into()))
+        .await
+        .unwrap();
+    let release = sophons_core::release::RunnerRelease::from_downloads(&downloads).unwrap();
+    assert_eq!(release.version.to_string(), testkit::github::FAKE_RUNNER_VERSION);
+    assert!(release.arm64.url.ends_with("linux-arm64-2.330.0.tar.gz"), "{release:?}");
+    assert_eq!(
+        fake.requests_to("GET", "/orgs/my-org/actions/runners/downloads").len(),
+        1
+    );
+
+    fake.set_runner_downloads(testkit::github::runner_downloads("2.331.0"));
+    let downloads = github
+        .runner_downloads(&RunnerScope::Repo("my-org/app".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        sophons_core::release::RunnerRelease::from_downloads(&downloads)
+            .unwrap()
+            .version
+            .to_string(),
+        "2.331.0"
+    );
+    assert_eq!(
+        fake.requests_to("GET", "/repos/my-org/app/actions/runners/downloads")
+            .len(),
+        1
+    );
+
+    // Every attempt fails: the adapter says so, and create-runner falls back (tests/create.rs).
+    fake.fail_next("/downloads", 3, 502, vec![], json!({"message": "Bad Gateway"}));
+    assert!(matches!(
+        github.runner_downloads(&RunnerScope::Org("my-org".into())).await,
+        Err(GithubError::Unavailable(_))
+    ));
+}

@@ -14,9 +14,10 @@ use serde_json::{Value, json};
 use sophons_core::commands::runner_commands;
 use sophons_core::config::Config;
 use sophons_core::create::{Backoff, CreateRunner, Outcome, Ports};
-use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeQueue, FakeSecrets};
+use sophons_core::fakes::{self, FakeCommands, FakeFleet, FakeGithub, FakeQueue, FakeSecrets};
 use sophons_core::job::JobMessage;
 use sophons_core::names;
+use sophons_core::release::RunnerRelease;
 use sophons_core::webhook::{Decision, Webhook};
 use tokio::time::Instant;
 
@@ -148,13 +149,18 @@ async fn serve_safely(world: &World, message: &JobMessage, hostile: &[&str]) -> 
     };
     let parameter = names::jit_parameter(&world.config.deployment, &instance_id);
 
-    // The command: exactly the fixed lines, their only arguments the script's location and the
-    // parameter's name, single-quoted.
+    // The command: exactly the fixed lines, their only arguments the script's location, the
+    // parameter's name and the runner release GitHub named (with the template's packages),
+    // single-quoted.
     let (request, _) = world.commands.sent().pop().unwrap();
     let script = &world.config.runner_script;
+    let release = RunnerRelease::from_downloads(&fakes::runner_downloads_of(fakes::FAKE_RUNNER_VERSION)).unwrap();
+    let mut env = release.script_env();
+    env.push(("SOPHONS_PACKAGES", "git".into()));
+    env.push(("SOPHONS_DOCKER", "0".into()));
     assert_eq!(
         request.commands,
-        runner_commands(&script.bucket, &script.key, &parameter)
+        runner_commands(&script.bucket, &script.key, &parameter, &env)
     );
     for line in &request.commands {
         let (outside, quoted) = split_single_quotes(line);
@@ -166,8 +172,10 @@ async fn serve_safely(world: &World, message: &JobMessage, hostile: &[&str]) -> 
         );
         for argument in quoted {
             assert!(
-                argument == parameter || argument == format!("s3://{}/{}", script.bucket, script.key),
-                "`{line}` quotes `{argument}`, which is neither the parameter nor the script"
+                argument == parameter
+                    || argument == format!("s3://{}/{}", script.bucket, script.key)
+                    || env.iter().any(|(_, value)| *value == argument),
+                "`{line}` quotes `{argument}`, which is neither the parameter, the script nor the release"
             );
         }
         for value in hostile.iter().filter(|v| v.len() > 3) {

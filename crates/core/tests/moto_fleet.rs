@@ -150,7 +150,7 @@ async fn send_command_starts_the_runner_script_on_the_instance() {
     let command_id = commands
         .send(&CommandRequest {
             instance_id: launched.instance_id.clone(),
-            commands: sophons_core::commands::runner_commands("bucket", "runner.sh", "/d/jit/i-1"),
+            commands: sophons_core::commands::runner_commands("bucket", "runner.sh", "/d/jit/i-1", &[]),
             execution_timeout_seconds: 3600,
             log_group: "/sophons/runners".into(),
             comment: "sophons d job 1".into(),

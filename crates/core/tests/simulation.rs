@@ -731,6 +731,17 @@ impl Github for ChaosGithub {
         }
         self.inner.remove_runner(scope, runner_id).await
     }
+
+    async fn runner_downloads(
+        &self,
+        scope: &RunnerScope,
+    ) -> Result<Vec<sophons_core::github::RunnerDownload>, GithubError> {
+        self.chaos.step().await;
+        if let Some(error) = self.failure() {
+            return Err(error);
+        }
+        self.inner.runner_downloads(scope).await
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

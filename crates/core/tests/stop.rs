@@ -639,6 +639,12 @@ impl Github for RunnerListFails {
     async fn remove_runner(&self, scope: &RunnerScope, runner_id: u64) -> Result<(), GithubError> {
         self.0.remove_runner(scope, runner_id).await
     }
+    async fn runner_downloads(
+        &self,
+        scope: &RunnerScope,
+    ) -> Result<Vec<sophons_core::github::RunnerDownload>, GithubError> {
+        self.0.runner_downloads(scope).await
+    }
 }
 
 #[tokio::test]

@@ -84,6 +84,38 @@ struct Inner {
     latency: Duration,
     short_jit_configs: bool,
     busy_runners_deletable: bool,
+    /// The runner downloads API's answer (None: `runner_downloads(FAKE_RUNNER_VERSION)`).
+    runner_downloads: Option<Value>,
+}
+
+/// The runner release the fake offers unless told otherwise.
+pub const FAKE_RUNNER_VERSION: &str = "2.330.0";
+
+/// GitHub's runner downloads answer for a release: a package per os and architecture, each with
+/// a (made-up) SHA-256.
+pub fn runner_downloads(version: &str) -> Value {
+    let packages: Vec<Value> = [
+        ("osx", "x64"),
+        ("linux", "x64"),
+        ("linux", "arm"),
+        ("linux", "arm64"),
+        ("win", "x64"),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(index, (os, architecture))| {
+        let extension = if *os == "win" { "zip" } else { "tar.gz" };
+        let filename = format!("actions-runner-{os}-{architecture}-{version}.{extension}");
+        json!({
+            "os": os,
+            "architecture": architecture,
+            "download_url": format!("https://github.com/actions/runner/releases/download/v{version}/{filename}"),
+            "filename": filename,
+            "sha256_checksum": format!("{:064x}", index as u64 + 1),
+        })
+    })
+    .collect();
+    Value::Array(packages)
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -166,6 +198,11 @@ impl FakeGithub {
 
     /// `true` makes JIT configs `fakejit-<runner id>-<serial>` alone, as short as the fakes of old;
     /// by default they are 4.6–6 KB like GitHub's.
+    /// What the runner downloads API answers from now on.
+    pub fn set_runner_downloads(&self, downloads: Value) {
+        self.lock().runner_downloads = Some(downloads);
+    }
+
     pub fn set_short_jit_configs(&self, short: bool) {
         self.lock().short_jit_configs = short;
     }
@@ -340,6 +377,13 @@ fn route(
     match (method, rest) {
         (Method::POST, ["generate-jitconfig"]) => generate_jitconfig(inner, scope, body),
         (Method::GET, []) => list_runners(inner, &scope, uri, host),
+        (Method::GET, ["downloads"]) => answer(
+            200,
+            inner
+                .runner_downloads
+                .clone()
+                .unwrap_or_else(|| runner_downloads(FAKE_RUNNER_VERSION)),
+        ),
         (Method::GET, [id]) => match inner
             .runners
             .iter()
