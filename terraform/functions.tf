@@ -1,10 +1,15 @@
-# The four Lambda functions. Each gets only SOPHONS_CONFIG_PARAM and RUST_LOG; everything else comes from the
-# config document. Each has its own role: see iam.tf for what each may do.
+# The four Lambda functions. Each gets only SOPHONS_CONFIG_PARAM, SOPHONS_CONFIG_SHA256 and RUST_LOG; everything
+# else comes from the config document. Each has its own role: see iam.tf for what each may do.
 
 locals {
   lambda_environment = {
     SOPHONS_CONFIG_PARAM = local.config_param_name
-    RUST_LOG             = var.lambda_log_level
+    # The Lambdas read the document once per cold start, so a warm instance would keep an old one. Its hash
+    # here makes every apply that changes the document update every function, which retires the warm
+    # instances: the next invocation reads the new document. Taken from the parameter, not from
+    # local.config_document, so that the functions change only after the new document is written.
+    SOPHONS_CONFIG_SHA256 = nonsensitive(sha256(aws_ssm_parameter.config.value))
+    RUST_LOG              = var.lambda_log_level
   }
 }
 

@@ -177,7 +177,7 @@ impl Releases {
                 Ok(downloads) => RunnerRelease::from_downloads(&downloads).map(Arc::new),
                 Err(error) => Err(error.to_string()),
             }
-            .map(|release| {
+            .inspect(|release| {
                 if cached.as_ref().is_none_or(|(old, _)| old.version != release.version) {
                     tracing::info!(
                         runner_version = %release.version,
@@ -186,7 +186,6 @@ impl Releases {
                     );
                 }
                 *self.known.lock().unwrap() = Some((release.clone(), Instant::now()));
-                release
             }),
         };
         if let Some(pin) = &self.pin {

@@ -58,7 +58,7 @@ resource "aws_iam_role_policy" "this" {
 resource "aws_lambda_function" "this" {
   #checkov:skip=CKV_AWS_116:No function-level DLQ: the webhook is invoked synchronously, create-runner is driven by the jobs queue which has its own DLQ, and a lost EventBridge invocation of stop-runner/move-jobs is caught by the next scheduled sweep.
   #checkov:skip=CKV_AWS_117:The functions call only AWS and GitHub public endpoints; a VPC would need a NAT gateway and add cold-start time for no isolation gain.
-  #checkov:skip=CKV_AWS_173:The environment holds only SOPHONS_CONFIG_PARAM (a parameter name) and RUST_LOG; secrets stay in SSM SecureString parameters.
+  #checkov:skip=CKV_AWS_173:The environment holds only SOPHONS_CONFIG_PARAM (a parameter name), SOPHONS_CONFIG_SHA256 (the hash of a document without secrets) and RUST_LOG; secrets stay in SSM SecureString parameters.
   #checkov:skip=CKV_AWS_272:The zips are built from this repository by `make build` and deployed by the same Terraform run; code signing would need a signing profile outside this module.
   #checkov:skip=CKV_AWS_115:Concurrency is bounded where it matters (the event source mapping's maximum concurrency, API throttling); reserving concurrency fails in new accounts with the default quota of 10.
   function_name    = var.name

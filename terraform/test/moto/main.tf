@@ -23,6 +23,22 @@ variable "lambda_zip_dir" {
   type        = string
 }
 
+variable "secrets" {
+  description = "The fixtures' secrets: the pat deployment's token, the App deployment's private key (PEM) and the webhook secret. check-terraform.sh generates throwaway values for each run, so that nothing secret-shaped is committed (secret scanners rightly flag a key, placeholder or not)."
+  type = object({
+    github_token           = string
+    github_app_private_key = string
+    webhook_secret         = string
+  })
+  sensitive = true
+}
+
+variable "cpu_max_runners" {
+  description = "max_runners of the pat deployment's template_cpu. check-terraform.sh applies again with another value to see the change reach every function."
+  type        = number
+  default     = 20
+}
+
 variable "deployment_prefix" {
   description = "Prefix of the two deployment names (<prefix>-pat, <prefix>-app); unique per run so a shared moto server can take several runs."
   type        = string
@@ -78,7 +94,7 @@ module "pat" {
   lambda_zip_dir = var.lambda_zip_dir
 
   # Both ways of passing secrets are exercised: a created SecureString and an existing parameter name.
-  github_token                  = "ghp_placeholder_not_a_real_token"
+  github_token                  = var.secrets.github_token
   webhook_secret_parameter_name = aws_ssm_parameter.webhook_secret.name
   repositories                  = ["sophons-test-org/app"]
   runner_cache_enabled          = true
@@ -90,7 +106,7 @@ module "pat" {
     template_cpu = {
       labels         = ["linux", "x64"]
       instance_types = ["c7i.large", "m7i.large"]
-      max_runners    = 20
+      max_runners    = var.cpu_max_runners
     }
     # moto stores `resolve:ssm:` image ids as given; this template uses an explicit AMI id instead, so
     # both forms are applied.
@@ -124,8 +140,8 @@ module "app" {
   lambda_zip_dir = var.lambda_zip_dir
 
   github_app             = { app_id = 123456, installation_id = 7890123 }
-  github_app_private_key = "-----BEGIN RSA PRIVATE KEY-----\nplaceholder\n-----END RSA PRIVATE KEY-----\n"
-  webhook_secret         = "placeholder-webhook-secret"
+  github_app_private_key = var.secrets.github_app_private_key
+  webhook_secret         = var.secrets.webhook_secret
 
   vpc_id              = aws_vpc.test.id
   subnet_ids          = [aws_subnet.test["b"].id]
@@ -147,10 +163,10 @@ module "app" {
 }
 
 resource "aws_ssm_parameter" "webhook_secret" {
-  #checkov:skip=CKV_AWS_337:Test fixture inside moto holding a placeholder; real deployments choose their key with parameter_kms_key_arn.
+  #checkov:skip=CKV_AWS_337:Test fixture inside moto holding a throwaway value; real deployments choose their key with parameter_kms_key_arn.
   name  = "/${var.deployment_prefix}-existing/webhook-secret"
   type  = "SecureString"
-  value = "placeholder-webhook-secret"
+  value = var.secrets.webhook_secret
 }
 
 output "config_parameter_names" {
@@ -159,4 +175,12 @@ output "config_parameter_names" {
 
 output "webhook_urls" {
   value = [module.pat.webhook_url, module.app.webhook_url]
+}
+
+output "functions_by_config_parameter" {
+  description = "The four functions that read each config document."
+  value = {
+    for deployment in [module.pat, module.app] :
+    deployment.config_parameter_name => values(deployment.function_names)
+  }
 }
