@@ -3,13 +3,15 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
 
-VENV        := .venv
-PY_TOOLS    := moto[server]==5.2.1 checkov==3.3.30 cargo-lambda==1.9.2
-BINARIES    := autoscaler create-runner stop-runner move-jobs
-ARCH        ?= x86_64
-TFVARS      ?= terraform/terraform.tfvars
-CARGO_TEST  := cargo test --workspace --all-targets --locked
-JOBS        ?= 6
+VENV                 := .venv
+CARGO_LAMBDA_VERSION := 1.9.2
+PY_TOOLS             := moto[server]==5.2.1 checkov==3.3.30 cargo-lambda==$(CARGO_LAMBDA_VERSION)
+SCRIPT_TOOLS         := shellcheck bats
+BINARIES             := autoscaler create-runner stop-runner move-jobs
+ARCH                 ?= x86_64
+TFVARS               ?= terraform/terraform.tfvars
+CARGO_TEST           := cargo test --workspace --all-targets --locked
+JOBS                 ?= 6
 
 .PHONY: help setup build lint test test-rust test-terraform test-scripts demo bench soak fuzz deploy clean
 
@@ -21,15 +23,34 @@ $(VENV)/.installed: Makefile
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(PY_TOOLS)
 	touch $@
 
+# shellcheck and bats are for `make test-scripts` only: apt-get installs them when run as root on Debian/Ubuntu
+# (a fresh CI machine); anyone else is told the command, and setup goes on.
 setup: $(VENV)/.installed ## install the pinned Python tools (moto, checkov, cargo-lambda) into .venv, and shellcheck/bats
-	@command -v shellcheck >/dev/null && command -v bats >/dev/null || \
-	  { echo "installing shellcheck and bats from Debian"; \
-	    (apt-get install -y -qq shellcheck bats >/dev/null 2>&1 || \
-	     (apt-get update -qq >/dev/null && apt-get install -y -qq shellcheck bats >/dev/null)); }
+	@missing="$$(for tool in $(SCRIPT_TOOLS); do command -v $$tool >/dev/null || echo $$tool; done | xargs)"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing $$missing with apt-get"; \
+	  apt-get install -y -qq $$missing >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null && apt-get install -y -qq $$missing >/dev/null; }; \
+	else \
+	  echo "make setup: $$missing not installed; make test-scripts (and so make test) needs them, make build does not:"; \
+	  echo "  sudo apt-get install -y $$missing    # Debian, Ubuntu"; \
+	  echo "  brew install $${missing/bats/bats-core}    # macOS"; \
+	fi
 
-build: setup ## release-build each Lambda into target/lambda/<name>/bootstrap.zip (ARCH=x86_64|arm64)
-	@if [ "$(ARCH)" = arm64 ] && ! rustup target list --installed | grep -q aarch64-unknown-linux-gnu; then \
-	  echo "ARCH=arm64 needs the aarch64-unknown-linux-gnu standard library: rustup target add aarch64-unknown-linux-gnu"; exit 1; fi
+# Needs only Rust and cargo-lambda (from .venv when `make setup` installed it, else from PATH), no root.
+build: ## release-build each Lambda into target/lambda/<name>/bootstrap.zip (ARCH=x86_64|arm64)
+	@export PATH="$(CURDIR)/$(VENV)/bin:$$PATH"; missing=0; \
+	case "$(ARCH)" in x86_64|arm64) ;; *) echo "make build: ARCH must be x86_64 or arm64, not $(ARCH)"; exit 1;; esac; \
+	command -v cargo >/dev/null || { missing=1; \
+	  echo "make build: cargo is missing: install Rust (stable) with rustup, https://rustup.rs"; }; \
+	command -v cargo-lambda >/dev/null || { missing=1; \
+	  echo "make build: cargo-lambda is missing: make setup (installs cargo-lambda==$(CARGO_LAMBDA_VERSION) into .venv), or"; \
+	  echo "  pip install cargo-lambda==$(CARGO_LAMBDA_VERSION), or https://www.cargo-lambda.info/guide/installation.html"; }; \
+	if [ "$(ARCH)" = arm64 ] && command -v rustup >/dev/null && \
+	   ! rustup target list --installed | grep -q aarch64-unknown-linux-gnu; then missing=1; \
+	  echo "make build: ARCH=arm64 needs the aarch64-unknown-linux-gnu standard library: rustup target add aarch64-unknown-linux-gnu"; fi; \
+	exit $$missing
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cargo lambda build --release --locked \
 	  $(if $(filter arm64,$(ARCH)),--arm64,--x86-64) --output-format zip $(addprefix --bin ,$(BINARIES))
 	@ls -l target/lambda/*/bootstrap.zip

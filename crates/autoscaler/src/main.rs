@@ -1,5 +1,5 @@
 //! The webhook Lambda (API Gateway HTTP API, payload 2.0). Reads the config document and the
-//! webhook secret once per cold start, then answers each delivery from `sophons_core::webhook`.
+//! webhook secret once per cold start (together when `SOPHONS_SECRET_PARAMS` names the secret), then answers each delivery from `sophons_core::webhook`.
 //!
 //! `autoscaler --check-config` validates the config document the environment names and exits:
 //! 0 when the Lambdas would accept it, 1 with the key and the fix when not.
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use lambda_http::{Error, Request, service_fn};
 use sophons_core::Config;
 use sophons_core::queue::SqsQueue;
-use sophons_core::secrets::{Secrets, SsmSecrets};
+use sophons_core::secrets::{Prefetched, Secrets, SsmSecrets};
 use sophons_core::webhook::Webhook;
 
 #[tokio::main]
@@ -36,13 +36,16 @@ async fn main() -> Result<(), Error> {
         };
     }
 
-    let config = Config::load(&ssm)
+    // The document and the webhook secret in one request when SOPHONS_SECRET_PARAMS names it.
+    let cold_start = Prefetched::cold_start(&ssm).await;
+    let config = Config::load(&cold_start)
         .await
         .inspect_err(|error| tracing::error!("{error}"))?;
-    let secret = ssm
+    let secret = cold_start
         .get(&config.webhook_secret_param)
         .await
         .inspect_err(|error| tracing::error!("cannot read the webhook secret: {error}"))?;
+    drop(cold_start);
     let webhook = Webhook::new(Arc::new(config), secret, Arc::new(SqsQueue::new(&sdk)));
     let webhook = &webhook;
     lambda_http::run(service_fn(move |request: Request| async move {

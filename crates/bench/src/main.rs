@@ -187,6 +187,26 @@ async fn run() -> Result<(), String> {
             "",
         ));
     }
+    // Before the cold start read its parameters together: the same binaries, each parameter read
+    // on its own (no SOPHONS_SECRET_PARAMS), one round trip after the other.
+    let one_by_one: Vec<(&str, String)> = stack
+        .env
+        .iter()
+        .filter(|(name, _)| *name != sophons_core::secrets::SECRET_PARAMS_ENV)
+        .cloned()
+        .collect();
+    for (name, path) in binaries
+        .iter()
+        .filter(|(name, _)| ["autoscaler", "create-runner"].contains(name))
+    {
+        let starts = cold::measure(path, name, &one_by_one, options.starts).await?;
+        rows.push(row(
+            format!("{name}: cold start reading each parameter on its own (the way before; median; p90)"),
+            format!("{} ({})", ms(starts.median()), ms(starts.p90())),
+            "",
+            "",
+        ));
+    }
     if let Some(alt) = &options.alt {
         let starts = cold::measure(alt, "autoscaler", &stack.env, options.starts).await?;
         let size = std::fs::metadata(alt).map(|m| m.len()).unwrap_or(0);

@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::fleet::{Ec2Fleet, Fleet};
 use crate::github::{Github, OctocrabGithub};
 use crate::queue::{Queue, SqsQueue};
-use crate::secrets::{Secrets, SsmSecrets};
+use crate::secrets::{Prefetched, Secrets, SsmSecrets};
 use crate::slots::{DynamoSlots, Slots};
 
 #[derive(Clone)]
@@ -22,19 +22,22 @@ pub struct Ports {
 }
 
 impl Ports {
-    /// Reads the config document and the GitHub credential from SSM and builds the real adapters.
+    /// Reads the config document and the GitHub credential from SSM (in one request when
+    /// `SOPHONS_SECRET_PARAMS` names the credential) and builds the real adapters.
     /// A failure is logged (naming the parameter or key to fix) and fails the cold start.
     pub async fn connect() -> Result<(Arc<Config>, Self), Box<dyn std::error::Error + Send + Sync>> {
         let sdk = crate::aws::load().await;
         let ssm = SsmSecrets::new(&sdk);
+        let cold_start = Prefetched::cold_start(&ssm).await;
         let config = Arc::new(
-            Config::load(&ssm)
+            Config::load(&cold_start)
                 .await
                 .inspect_err(|error| tracing::error!("{error}"))?,
         );
-        let github = OctocrabGithub::connect(&config.github, &ssm)
+        let github = OctocrabGithub::connect(&config.github, &cold_start)
             .await
             .inspect_err(|error| tracing::error!("{error}"))?;
+        drop(cold_start);
         let ports = Self {
             fleet: Arc::new(Ec2Fleet::new(&sdk)),
             github: Arc::new(github),

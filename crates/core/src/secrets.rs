@@ -204,3 +204,88 @@ impl Secrets for SsmSecrets {
         Ok(names)
     }
 }
+
+/// Names another parameter a Lambda reads at every cold start besides its config document (the
+/// webhook secret, the GitHub credential): Terraform sets it, comma-separated.
+pub const SECRET_PARAMS_ENV: &str = "SOPHONS_SECRET_PARAMS";
+
+/// The config document and the parameters `SOPHONS_SECRET_PARAMS` names, read in one
+/// GetParameters call at cold start, then served from memory; any other name is read from SSM.
+/// A cold start thus waits on one Parameter Store round trip, not one per parameter in a row. It
+/// lives only through the cold start (the values are secret).
+pub struct Prefetched<'a> {
+    inner: &'a SsmSecrets,
+    values: std::collections::HashMap<String, String>,
+}
+
+impl<'a> Prefetched<'a> {
+    /// Reads what the environment names. A failure here is not an error: each parameter is then
+    /// read on its own, and that read's error is the one reported.
+    pub async fn cold_start(inner: &'a SsmSecrets) -> Self {
+        let mut names: Vec<String> = std::env::var(SECRET_PARAMS_ENV)
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .map(str::to_string)
+            .collect();
+        if std::env::var(crate::config::CONFIG_ENV).is_err()
+            && let Ok(config) = std::env::var(crate::config::CONFIG_PARAM_ENV)
+        {
+            names.insert(0, config);
+        }
+        Self::read(inner, names).await
+    }
+
+    /// Reads `names` in one GetParameters call (the first 10: its limit).
+    pub async fn read(inner: &'a SsmSecrets, mut names: Vec<String>) -> Self {
+        names.dedup();
+        names.truncate(10);
+        let mut values = std::collections::HashMap::new();
+        if names.len() > 1 {
+            match inner
+                .client
+                .get_parameters()
+                .set_names(Some(names))
+                .with_decryption(true)
+                .send()
+                .await
+            {
+                Ok(output) => {
+                    values.extend(
+                        output
+                            .parameters()
+                            .iter()
+                            .filter_map(|p| Some((p.name()?.to_string(), p.value()?.to_string()))),
+                    );
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        error = crate::aws::describe(&error),
+                        "cannot read the cold start's parameters together; reading them one by one"
+                    );
+                }
+            }
+        }
+        Self { inner, values }
+    }
+}
+
+#[async_trait]
+impl Secrets for Prefetched<'_> {
+    async fn get(&self, name: &str) -> Result<String, SecretsError> {
+        match self.values.get(name) {
+            Some(value) => Ok(value.clone()),
+            None => self.inner.get(name).await,
+        }
+    }
+    async fn put_secure(&self, name: &str, value: &str, tags: &[(String, String)]) -> Result<(), SecretsError> {
+        self.inner.put_secure(name, value, tags).await
+    }
+    async fn delete(&self, name: &str) -> Result<(), SecretsError> {
+        self.inner.delete(name).await
+    }
+    async fn list(&self, path: &str) -> Result<Vec<Listed>, SecretsError> {
+        self.inner.list(path).await
+    }
+}

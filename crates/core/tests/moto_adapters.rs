@@ -10,7 +10,7 @@ use sophons_core::Config;
 use sophons_core::config::ConfigError;
 use sophons_core::job::JobMessage;
 use sophons_core::queue::{DELIVERY_ID_ATTRIBUTE, SqsQueue};
-use sophons_core::secrets::{Secrets, SecretsError, SsmSecrets};
+use sophons_core::secrets::{Prefetched, Secrets, SecretsError, SsmSecrets};
 use sophons_core::slots::{ClaimAnswer, ClaimedSlot, DynamoSlots, SlotClaim, Slots, SlotsError};
 use sophons_core::webhook::Webhook;
 use testkit::moto;
@@ -254,4 +254,45 @@ async fn a_jit_parameter_carries_the_arn_of_the_instance_it_is_for_even_when_rew
     assert_eq!(found, vec![(sophons_core::names::JIT_OWNER_TAG, arn)]);
     assert_eq!(ssm.get(&name).await.unwrap(), "second");
     ssm.delete(&name).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_cold_start_reads_its_parameters_together_and_any_other_on_its_own() {
+    let sdk = moto::sdk_config().await;
+    let ssm = SsmSecrets::new(&sdk);
+    let prefix = format!("/{}", moto::unique("t"));
+    ssm.put_secure(&format!("{prefix}/config"), "{\"document\": 1}", &[])
+        .await
+        .unwrap();
+    ssm.put_secure(&format!("{prefix}/github/token"), "ghp_secret", &[])
+        .await
+        .unwrap();
+    ssm.put_secure(&format!("{prefix}/other"), "read later", &[])
+        .await
+        .unwrap();
+    let cold_start = Prefetched::read(
+        &ssm,
+        vec![
+            format!("{prefix}/config"),
+            format!("{prefix}/github/token"),
+            format!("{prefix}/missing"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        cold_start.get(&format!("{prefix}/github/token")).await.unwrap(),
+        "ghp_secret"
+    );
+    // Deleted after the cold start's read: served from what was read, as one request.
+    ssm.delete(&format!("{prefix}/config")).await.unwrap();
+    assert_eq!(
+        cold_start.get(&format!("{prefix}/config")).await.unwrap(),
+        "{\"document\": 1}"
+    );
+    assert_eq!(cold_start.get(&format!("{prefix}/other")).await.unwrap(), "read later");
+    assert_eq!(
+        cold_start.get(&format!("{prefix}/missing")).await,
+        Err(SecretsError::NotFound(format!("{prefix}/missing"))),
+        "a parameter that does not exist is reported as a read of its own would"
+    );
 }

@@ -142,6 +142,8 @@ impl Stack {
             .unwrap();
         let mut env = moto::env();
         env.push(("SOPHONS_CONFIG_PARAM", config_param));
+        // As Terraform does: the cold start reads the document and these in one request.
+        env.push(("SOPHONS_SECRET_PARAMS", format!("{secret_param},{token_param}")));
         Self {
             deployment,
             document,
