@@ -92,6 +92,23 @@ deploy: build ## build, then terraform apply with TFVARS (default terraform/terr
 	terraform -chdir=terraform init
 	terraform -chdir=terraform apply -var-file="$(abspath $(TFVARS))"
 
+# A debug build on purpose: smoke waits on GitHub, not on the CPU, and the release profile's fat LTO would
+# spend minutes linking it; the debug build shares `make test`'s artefacts.
+.PHONY: smoke
+smoke: ## dispatch a tiny workflow on a real deployment and follow it (REPO=owner/name TEMPLATE=<name>, GITHUB_TOKEN in the environment)
+	@missing=""; \
+	[ -n "$(REPO)" ] || missing="$$missing REPO=owner/name"; \
+	[ -n "$(TEMPLATE)" ] || missing="$$missing TEMPLATE=<template>"; \
+	[ -n "$${GITHUB_TOKEN:-}" ] || missing="$$missing GITHUB_TOKEN (in the environment)"; \
+	if [ -n "$$missing" ]; then \
+	  echo "make smoke: missing:$$missing"; \
+	  echo "  export GITHUB_TOKEN=...; make smoke REPO=my-org/app TEMPLATE=template_cpu [REF=<branch>] [TIMEOUT=<minutes>] [API_URL=https://<host>/api/v3]"; \
+	  echo "  the token's permissions: docs/deploy.md, \"Check it works: make smoke\", or cargo run -p smoke -- --help"; \
+	  exit 2; \
+	fi
+	cargo run --locked -p smoke -- --repository "$(REPO)" --template "$(TEMPLATE)" \
+	  $(if $(REF),--ref "$(REF)") $(if $(TIMEOUT),--timeout-minutes "$(TIMEOUT)") $(if $(API_URL),--api-url "$(API_URL)")
+
 clean: ## remove build output and the venv
 	cargo clean
 	rm -rf $(VENV)

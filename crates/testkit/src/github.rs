@@ -1,7 +1,9 @@
 //! A fake GitHub REST API on loopback, spoken to over real HTTP so that octocrab (auth, retries,
 //! rate-limit handling, JSON models) runs exactly as it does against api.github.com. It covers the
 //! calls sophons makes: App installation tokens, job status, JIT runner registration, runner list
-//! and removal. Tests steer it with setters and read back every request it saw.
+//! and removal. Tests steer it with setters and read back every request it saw. For `make smoke`
+//! it also serves repositories added with `add_repository`: their files, workflow dispatch, and the
+//! runs and jobs a dispatch creates, which the test moves along as GitHub and a runner would.
 //!
 //! It answers as GitHub does on a bad day, by default: JIT configs are over 4 KB and grow with the
 //! runner's name and labels; a second registration of a name is 409, including the retry of a POST
@@ -42,6 +44,59 @@ pub struct Recorded {
     /// `Null` when the body was empty or not JSON.
     pub body: Value,
     pub authorization: Option<String>,
+}
+
+/// A workflow run the fake created for a dispatch. The fake runs one job per run: the first
+/// under the workflow's `jobs:`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowRun {
+    pub id: u64,
+    /// `owner/name`.
+    pub repository: String,
+    /// The workflow's file name, e.g. `sophons-smoke.yml`.
+    pub workflow: String,
+    pub head_branch: String,
+    /// The workflow's `run-name` with the dispatch's inputs put in, else its `name`, as GitHub
+    /// shows it.
+    pub display_title: String,
+    /// The workflow's `name`, else its path.
+    pub name: String,
+    /// The inputs the dispatch gave.
+    pub inputs: Value,
+    /// `queued`, `in_progress` or `completed`.
+    pub status: String,
+    pub conclusion: Option<String>,
+    /// Seconds since the epoch, as every time here.
+    pub created_at: u64,
+    pub job: WorkflowJob,
+}
+
+/// The one job of a `WorkflowRun`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowJob {
+    pub id: u64,
+    pub run_id: u64,
+    /// The job's key under `jobs:`.
+    pub name: String,
+    /// The job's `runs-on`, with the dispatch's inputs put in.
+    pub labels: Vec<String>,
+    pub status: String,
+    pub conclusion: Option<String>,
+    pub runner_name: Option<String>,
+    pub created_at: u64,
+    /// Equal to `created_at` until a runner takes the job, as GitHub reports it.
+    pub started_at: u64,
+    pub completed_at: Option<u64>,
+}
+
+/// A repository the fake serves contents and workflow runs for.
+#[derive(Default)]
+struct Repository {
+    default_branch: String,
+    branches: Vec<String>,
+    /// (branch, path) → content.
+    files: HashMap<(String, String), Vec<u8>>,
+    commits: u64,
 }
 
 struct Fault {
@@ -86,6 +141,15 @@ struct Inner {
     busy_runners_deletable: bool,
     /// The runner downloads API's answer (None: `runner_downloads(FAKE_RUNNER_VERSION)`).
     runner_downloads: Option<Value>,
+    /// Repositories whose contents and workflow runs the fake serves (`add_repository`); the
+    /// routes for any other repository answer 404 as before.
+    repositories: HashMap<String, Repository>,
+    workflow_runs: Vec<WorkflowRun>,
+    /// Ids of workflow runs and their jobs, one sequence for both.
+    last_workflow_id: u64,
+    /// A dispatch answers 204 even when asked for the run's details, as GitHub did before
+    /// 2026-02-19 and as GitHub Enterprise Server may still do.
+    dispatch_without_run_ids: bool,
 }
 
 /// The runner release the fake offers unless told otherwise.
@@ -293,6 +357,102 @@ impl FakeGithub {
     }
 }
 
+/// Repositories, workflow files and the runs a dispatch creates: what `make smoke` uses. The test
+/// plays the runner's side with `start_workflow_job` and `complete_workflow_job`.
+impl FakeGithub {
+    /// Serves `owner_repo` (contents, workflow dispatch, runs and jobs) with one branch.
+    pub fn add_repository(&self, owner_repo: &str, default_branch: &str) {
+        let repository = Repository {
+            default_branch: default_branch.into(),
+            branches: vec![default_branch.into()],
+            ..Repository::default()
+        };
+        self.lock().repositories.insert(owner_repo.into(), repository);
+    }
+
+    pub fn add_branch(&self, owner_repo: &str, branch: &str) {
+        let mut inner = self.lock();
+        let repository = inner.repositories.get_mut(owner_repo).expect("add_repository first");
+        repository.branches.push(branch.into());
+    }
+
+    /// Puts a file on a branch, as a push would.
+    pub fn set_file(&self, owner_repo: &str, branch: &str, path: &str, content: &str) {
+        let mut inner = self.lock();
+        let repository = inner.repositories.get_mut(owner_repo).expect("add_repository first");
+        repository
+            .files
+            .insert((branch.into(), path.into()), content.as_bytes().to_vec());
+    }
+
+    pub fn file(&self, owner_repo: &str, branch: &str, path: &str) -> Option<String> {
+        let inner = self.lock();
+        let content = inner
+            .repositories
+            .get(owner_repo)?
+            .files
+            .get(&(branch.into(), path.into()))?;
+        Some(String::from_utf8_lossy(content).into_owned())
+    }
+
+    /// `false` makes a dispatch answer 204 without the run's id even when asked for it.
+    pub fn set_dispatch_returns_run_ids(&self, returns: bool) {
+        self.lock().dispatch_without_run_ids = !returns;
+    }
+
+    pub fn workflow_runs(&self) -> Vec<WorkflowRun> {
+        self.lock().workflow_runs.clone()
+    }
+
+    /// Plays a runner taking the job `after` it was queued: in progress on `runner_name`.
+    pub fn start_workflow_job(&self, job_id: u64, runner_name: &str, after: Duration) {
+        let mut inner = self.lock();
+        let run = workflow_run_of_job(&mut inner, job_id);
+        run.status = "in_progress".into();
+        run.job.status = "in_progress".into();
+        run.job.runner_name = Some(runner_name.into());
+        run.job.started_at = run.job.created_at + after.as_secs();
+    }
+
+    /// Plays the job ending `after` it was queued, with `conclusion` (`success`, `failure`...);
+    /// the run ends with it.
+    pub fn complete_workflow_job(&self, job_id: u64, conclusion: &str, after: Duration) {
+        let mut inner = self.lock();
+        let run = workflow_run_of_job(&mut inner, job_id);
+        run.status = "completed".into();
+        run.conclusion = Some(conclusion.into());
+        run.job.status = "completed".into();
+        run.job.conclusion = Some(conclusion.into());
+        run.job.completed_at = Some(run.job.created_at + after.as_secs());
+    }
+
+    /// Registers a runner directly, offline and idle, in `scope` (`org:<org>` or
+    /// `repo:<owner>/<repo>`); returns its id.
+    pub fn add_runner(&self, scope: &str, name: &str, labels: &[&str]) -> u64 {
+        let mut inner = self.lock();
+        let id = inner.next_runner_id;
+        inner.next_runner_id += 1;
+        inner.runners.push(Runner {
+            id,
+            name: name.into(),
+            labels: labels.iter().map(|l| l.to_string()).collect(),
+            scope: scope.into(),
+            status: "offline".into(),
+            busy: false,
+            runner_group_id: 1,
+        });
+        id
+    }
+}
+
+fn workflow_run_of_job(inner: &mut Inner, job_id: u64) -> &mut WorkflowRun {
+    inner
+        .workflow_runs
+        .iter_mut()
+        .find(|run| run.job.id == job_id)
+        .unwrap_or_else(|| panic!("no workflow job {job_id}"))
+}
+
 impl Drop for FakeGithub {
     fn drop(&mut self) {
         self.server.abort();
@@ -372,6 +532,9 @@ fn route(
         ["repos", owner, repo, "actions", "jobs", id] if method == Method::GET => {
             return job(inner, &format!("{owner}/{repo}"), id);
         }
+        ["repos", owner, repo, rest @ ..] if inner.repositories.contains_key(&format!("{owner}/{repo}")) => {
+            return repository_route(inner, method, &format!("{owner}/{repo}"), rest, uri, body);
+        }
         _ => return not_found(),
     };
     match (method, rest) {
@@ -416,6 +579,338 @@ fn route(
         }
         _ => not_found(),
     }
+}
+
+/// The routes of a repository added with `add_repository` (`rest` follows `/repos/<owner>/<name>`).
+fn repository_route(
+    inner: &mut Inner,
+    method: Method,
+    repository: &str,
+    rest: &[&str],
+    uri: &Uri,
+    body: &Value,
+) -> Response {
+    let query: HashMap<String, String> = Query::try_from_uri(uri).map(|q| q.0).unwrap_or_default();
+    let run_index = |inner: &Inner, id: &str| {
+        inner
+            .workflow_runs
+            .iter()
+            .position(|run| run.repository == repository && run.id.to_string() == id)
+    };
+    match (method, rest) {
+        (Method::GET, []) => {
+            let (owner, name) = repository.split_once('/').unwrap_or((repository, ""));
+            answer(
+                200,
+                json!({
+                    "id": 1, "name": name, "full_name": repository, "private": true,
+                    "owner": {"login": owner}, "default_branch": inner.repositories[repository].default_branch,
+                    "html_url": format!("https://github.com/{repository}"),
+                }),
+            )
+        }
+        (Method::GET, ["contents", path @ ..]) => get_contents(inner, repository, &path.join("/"), query.get("ref")),
+        (Method::PUT, ["contents", path @ ..]) => put_contents(inner, repository, &path.join("/"), body),
+        (Method::POST, ["actions", "workflows", workflow, "dispatches"]) => {
+            dispatch_workflow(inner, repository, workflow, body)
+        }
+        (Method::GET, ["actions", "workflows", workflow, "runs"]) => {
+            list_workflow_runs(inner, repository, workflow, &query)
+        }
+        (Method::GET, ["actions", "runs", id]) => match run_index(inner, id) {
+            Some(index) => answer(200, workflow_run_json(&inner.workflow_runs[index])),
+            None => not_found(),
+        },
+        (Method::GET, ["actions", "runs", id, "jobs"]) => match run_index(inner, id) {
+            Some(index) => answer(
+                200,
+                json!({"total_count": 1, "jobs": [workflow_job_json(&inner.workflow_runs[index])]}),
+            ),
+            None => not_found(),
+        },
+        (Method::POST, ["actions", "runs", id, "cancel"]) => match run_index(inner, id) {
+            Some(index) => cancel_workflow_run(&mut inner.workflow_runs[index]),
+            None => not_found(),
+        },
+        _ => not_found(),
+    }
+}
+
+fn get_contents(inner: &Inner, repository: &str, path: &str, git_ref: Option<&String>) -> Response {
+    let repo = &inner.repositories[repository];
+    let branch = git_ref.map_or(repo.default_branch.as_str(), |r| r.trim_start_matches("refs/heads/"));
+    if !repo.branches.iter().any(|b| b == branch) {
+        return answer(404, json!({"message": format!("No commit found for the ref {branch}")}));
+    }
+    let Some(content) = repo.files.get(&(branch.to_string(), path.to_string())) else {
+        return not_found();
+    };
+    // GitHub wraps the base64 every 60 characters, so a client must skip the newlines.
+    let encoded = base64_encode(content);
+    let mut wrapped = String::new();
+    for line in encoded.as_bytes().chunks(60) {
+        wrapped.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        wrapped.push('\n');
+    }
+    answer(
+        200,
+        json!({
+            "type": "file", "encoding": "base64", "size": content.len(), "path": path,
+            "name": path.rsplit('/').next(), "content": wrapped, "sha": blob_sha(content),
+        }),
+    )
+}
+
+/// GitHub's rules: a new file needs no `sha`; replacing one needs the `sha` of the version
+/// replaced (422 without it, 409 when it is not the current one).
+fn put_contents(inner: &mut Inner, repository: &str, path: &str, body: &Value) -> Response {
+    let invalid = |message: &str| answer(422, json!({"message": message}));
+    let (Some(message), Some(encoded)) = (body["message"].as_str(), body["content"].as_str()) else {
+        return invalid("Invalid request.\n\n\"message\" and \"content\" are required.");
+    };
+    let Some(content) = base64url_decode(encoded) else {
+        return invalid("content is not valid Base64");
+    };
+    let repo = inner
+        .repositories
+        .get_mut(repository)
+        .expect("routed to a known repository");
+    let branch = body["branch"].as_str().unwrap_or(&repo.default_branch).to_string();
+    if !repo.branches.contains(&branch) {
+        return answer(404, json!({"message": format!("Branch {branch} not found")}));
+    }
+    let key = (branch, path.to_string());
+    let created = match (repo.files.get(&key), body["sha"].as_str()) {
+        (None, _) => true,
+        (Some(_), None) => return invalid("Invalid request.\n\n\"sha\" wasn't supplied."),
+        (Some(current), Some(sha)) if sha != blob_sha(current) => {
+            return answer(409, json!({"message": format!("{path} does not match {sha}")}));
+        }
+        (Some(_), Some(_)) => false,
+    };
+    let sha = blob_sha(&content);
+    repo.files.insert(key, content);
+    repo.commits += 1;
+    answer(
+        if created { 201 } else { 200 },
+        json!({
+            "content": {"name": path.rsplit('/').next(), "path": path, "sha": sha},
+            "commit": {"sha": blob_sha(format!("commit {}", repo.commits).as_bytes()), "message": message},
+        }),
+    )
+}
+
+/// Stands in for git's blob SHA-1: the same content gives the same 40 hex digits.
+fn blob_sha(content: &[u8]) -> String {
+    use std::hash::{Hash, Hasher};
+    let hash = |seed: u8| {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (seed, content).hash(&mut hasher);
+        hasher.finish()
+    };
+    format!("{:016x}{:016x}{:08x}", hash(1), hash(2), content.len() as u32)
+}
+
+/// Checks a dispatch as GitHub does (the workflow on the ref, its `workflow_dispatch` trigger, the
+/// inputs it declares) and creates a run with one queued job. Asked for `return_run_details`, it
+/// answers 200 with the run's id, else 204.
+fn dispatch_workflow(inner: &mut Inner, repository: &str, workflow: &str, body: &Value) -> Response {
+    let repo = &inner.repositories[repository];
+    let Some(git_ref) = body["ref"].as_str() else {
+        return answer(422, json!({"message": "Invalid request.\n\n\"ref\" wasn't supplied."}));
+    };
+    let branch = git_ref.trim_start_matches("refs/heads/").to_string();
+    if !repo.branches.contains(&branch) {
+        return answer(422, json!({"message": format!("No ref found for: {git_ref}")}));
+    }
+    let path = format!(".github/workflows/{workflow}");
+    let Some(file) = repo.files.get(&(branch.clone(), path.clone())) else {
+        return not_found();
+    };
+    let text = String::from_utf8_lossy(file).into_owned();
+    if !text.contains("workflow_dispatch") {
+        return answer(
+            422,
+            json!({"message": "Workflow does not have 'workflow_dispatch' trigger"}),
+        );
+    }
+    let inputs = body["inputs"].as_object().cloned().unwrap_or_default();
+    let unexpected: Vec<&String> = inputs
+        .keys()
+        .filter(|key| !text.lines().any(|line| line.trim() == format!("{key}:")))
+        .collect();
+    if !unexpected.is_empty() {
+        return answer(
+            422,
+            json!({"message": format!("Unexpected inputs provided: {unexpected:?}")}),
+        );
+    }
+    let inputs = Value::Object(inputs);
+    let name = top_level_value(&text, "name").unwrap_or(path);
+    let display_title = top_level_value(&text, "run-name").map_or_else(|| name.clone(), |t| with_inputs(&t, &inputs));
+    let (job_name, labels) = first_job(&text, &inputs);
+    let (run_id, job_id) = (inner.last_workflow_id + 1, inner.last_workflow_id + 2);
+    inner.last_workflow_id += 2;
+    let now = now_secs();
+    inner.workflow_runs.push(WorkflowRun {
+        id: run_id,
+        repository: repository.into(),
+        workflow: workflow.into(),
+        head_branch: branch,
+        display_title,
+        name,
+        inputs,
+        status: "queued".into(),
+        conclusion: None,
+        created_at: now,
+        job: WorkflowJob {
+            id: job_id,
+            run_id,
+            name: job_name,
+            labels,
+            status: "queued".into(),
+            conclusion: None,
+            runner_name: None,
+            created_at: now,
+            started_at: now,
+            completed_at: None,
+        },
+    });
+    if body["return_run_details"].as_bool() == Some(true) && !inner.dispatch_without_run_ids {
+        answer(
+            200,
+            json!({
+                "workflow_run_id": run_id,
+                "run_url": format!("https://api.github.com/repos/{repository}/actions/runs/{run_id}"),
+                "html_url": format!("https://github.com/{repository}/actions/runs/{run_id}"),
+            }),
+        )
+    } else {
+        empty(204)
+    }
+}
+
+/// A top-level `key: value` of a workflow file, unquoted.
+fn top_level_value(text: &str, key: &str) -> Option<String> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{key}:")))
+        .map(|value| value.trim().trim_matches('"').to_string())
+        .filter(|value| !value.is_empty())
+}
+
+/// Puts the dispatch's inputs into `${{ inputs.<name> }}` (an input not given is empty, as on GitHub).
+fn with_inputs(text: &str, inputs: &Value) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${{") {
+        let Some(end) = rest[start..].find("}}") else { break };
+        let expression = rest[start + 3..start + end].trim();
+        out.push_str(&rest[..start]);
+        match expression.strip_prefix("inputs.") {
+            Some(name) => out.push_str(inputs[name].as_str().unwrap_or_default()),
+            None => out.push_str(&rest[start..start + end + 2]),
+        }
+        rest = &rest[start + end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The first job's key under `jobs:` and its `runs-on` labels.
+fn first_job(text: &str, inputs: &Value) -> (String, Vec<String>) {
+    let name = text
+        .lines()
+        .skip_while(|line| line.trim_end() != "jobs:")
+        .skip(1)
+        .find(|line| line.starts_with("  ") && !line.starts_with("   ") && line.trim_end().ends_with(':'))
+        .map_or_else(
+            || "job".to_string(),
+            |line| line.trim().trim_end_matches(':').to_string(),
+        );
+    let runs_on = text
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("runs-on:"))
+        .map(|value| with_inputs(value.trim(), inputs))
+        .unwrap_or_default();
+    let labels = runs_on
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .split(',')
+        .map(|label| label.trim().trim_matches(|c| c == '"' || c == '\'').to_string())
+        .filter(|label| !label.is_empty())
+        .collect();
+    (name, labels)
+}
+
+/// Newest first, filtered by `branch` and `event` as GitHub does, in pages of `per_page`.
+fn list_workflow_runs(inner: &Inner, repository: &str, workflow: &str, query: &HashMap<String, String>) -> Response {
+    let number = |key: &str| query.get(key).and_then(|v| v.parse::<usize>().ok());
+    let per_page = number("per_page").unwrap_or(30).clamp(1, 100);
+    let page = number("page").unwrap_or(1).max(1);
+    let matching: Vec<&WorkflowRun> = inner
+        .workflow_runs
+        .iter()
+        .rev()
+        .filter(|run| run.repository == repository && run.workflow == workflow)
+        .filter(|run| query.get("branch").is_none_or(|b| &run.head_branch == b))
+        .filter(|_| query.get("event").is_none_or(|e| e == "workflow_dispatch"))
+        .collect();
+    let runs: Vec<Value> = matching
+        .iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .map(|run| workflow_run_json(run))
+        .collect();
+    answer(200, json!({"total_count": matching.len(), "workflow_runs": runs}))
+}
+
+fn cancel_workflow_run(run: &mut WorkflowRun) -> Response {
+    if run.status == "completed" {
+        return answer(
+            409,
+            json!({"message": "Cannot cancel a workflow run that is completed."}),
+        );
+    }
+    let now = now_secs();
+    run.status = "completed".into();
+    run.conclusion = Some("cancelled".into());
+    run.job.status = "completed".into();
+    run.job.conclusion = Some("cancelled".into());
+    run.job.completed_at = Some(now);
+    answer(202, json!({}))
+}
+
+fn workflow_run_json(run: &WorkflowRun) -> Value {
+    let repository = &run.repository;
+    json!({
+        "id": run.id, "name": run.name, "display_title": run.display_title, "event": "workflow_dispatch",
+        "status": run.status, "conclusion": run.conclusion, "head_branch": run.head_branch,
+        "head_sha": "0000000000000000000000000000000000000000",
+        "path": format!(".github/workflows/{}", run.workflow), "workflow_id": 1,
+        "run_number": run.id, "run_attempt": 1,
+        "created_at": rfc3339(run.created_at), "run_started_at": rfc3339(run.created_at),
+        "updated_at": rfc3339(now_secs()),
+        "url": format!("https://api.github.com/repos/{repository}/actions/runs/{}", run.id),
+        "jobs_url": format!("https://api.github.com/repos/{repository}/actions/runs/{}/jobs", run.id),
+        "html_url": format!("https://github.com/{repository}/actions/runs/{}", run.id),
+    })
+}
+
+fn workflow_job_json(run: &WorkflowRun) -> Value {
+    let (repository, job) = (&run.repository, &run.job);
+    json!({
+        "id": job.id, "run_id": run.id, "run_attempt": 1, "status": job.status, "conclusion": job.conclusion,
+        "name": job.name, "workflow_name": run.name, "head_branch": run.head_branch,
+        "head_sha": "0000000000000000000000000000000000000000", "node_id": format!("CR_{}", job.id),
+        "labels": job.labels, "runner_id": null, "runner_name": job.runner_name,
+        "runner_group_id": null, "runner_group_name": null,
+        "created_at": rfc3339(job.created_at), "started_at": rfc3339(job.started_at),
+        "completed_at": job.completed_at.map(rfc3339), "steps": [],
+        "url": format!("https://api.github.com/repos/{repository}/actions/jobs/{}", job.id),
+        "run_url": format!("https://api.github.com/repos/{repository}/actions/runs/{}", run.id),
+        "check_run_url": format!("https://api.github.com/repos/{repository}/check-runs/{}", job.id),
+        "html_url": format!("https://github.com/{repository}/actions/runs/{}/job/{}", run.id, job.id),
+    })
 }
 
 fn take_fault(inner: &mut Inner, path: &str) -> Option<Response> {
@@ -1026,6 +1521,236 @@ mod tests {
         github.set_default_job_status(Some("queued"));
         assert_eq!(http("GET", &jobs, Some("Bearer ghs_fake_1"), None).await.0, 200);
         assert_eq!(http("GET", &jobs, Some(&number), None).await.0, 401);
+    }
+
+    const WORKFLOW: &str = "name: smoke\nrun-name: smoke ${{ inputs.template }} ${{ inputs.nonce }}\n\
+        on:\n  workflow_dispatch:\n    inputs:\n      template:\n        required: true\n      nonce:\n\
+        jobs:\n  check:\n    runs-on: [self-hosted, \"${{ inputs.template }}\"]\n    steps:\n      - run: uname -a\n";
+
+    fn put(content: &str, sha: Option<&str>, branch: Option<&str>) -> Option<Value> {
+        let mut body = json!({"message": "add", "content": base64_encode(content.as_bytes())});
+        if let Some(sha) = sha {
+            body["sha"] = json!(sha);
+        }
+        if let Some(branch) = branch {
+            body["branch"] = json!(branch);
+        }
+        Some(body)
+    }
+
+    #[tokio::test]
+    async fn a_repository_serves_its_default_branch_and_files_written_with_the_sha_rules() {
+        let github = started().await;
+        github.add_repository("acme/app", "trunk");
+        github.add_branch("acme/app", "next");
+        let (status, body) = http("GET", &format!("{}/repos/acme/app", github.url()), PAT, None).await;
+        assert_eq!((status, body["default_branch"].as_str()), (200, Some("trunk")));
+        // Repositories never added answer as before.
+        assert_eq!(
+            http("GET", &format!("{}/repos/acme/other", github.url()), PAT, None)
+                .await
+                .0,
+            404
+        );
+        let file = format!("{}/repos/acme/app/contents/.github/workflows/w.yml", github.url());
+        assert_eq!(http("GET", &file, PAT, None).await.0, 404);
+        let (status, created) = http("PUT", &file, PAT, put("one", None, None)).await;
+        assert_eq!(status, 201);
+        let first_sha = created["content"]["sha"].as_str().unwrap().to_string();
+        assert_eq!(first_sha.len(), 40);
+        let long = "x".repeat(100);
+        assert_eq!(
+            http("PUT", &file, PAT, put(&long, None, None)).await.0,
+            422,
+            "replacing needs the sha"
+        );
+        let (status, body) = http("PUT", &file, PAT, put(&long, Some("0".repeat(40).as_str()), None)).await;
+        assert_eq!(status, 409, "{body}");
+        let (status, replaced) = http("PUT", &file, PAT, put(&long, Some(&first_sha), None)).await;
+        assert_eq!(status, 200);
+        let (status, read) = http("GET", &file, PAT, None).await;
+        assert_eq!((status, read["encoding"].as_str()), (200, Some("base64")));
+        assert_eq!(read["sha"], replaced["content"]["sha"]);
+        let content = read["content"].as_str().unwrap();
+        assert!(
+            content.lines().all(|line| line.len() <= 60) && content.lines().count() == 3,
+            "{content}"
+        );
+        assert_eq!(github.file("acme/app", "trunk", ".github/workflows/w.yml"), Some(long));
+        // Another branch is another file; an unknown branch is refused.
+        assert_eq!(http("GET", &format!("{file}?ref=next"), PAT, None).await.0, 404);
+        assert_eq!(http("PUT", &file, PAT, put("two", None, Some("next"))).await.0, 201);
+        assert_eq!(
+            github.file("acme/app", "next", ".github/workflows/w.yml").as_deref(),
+            Some("two")
+        );
+        assert_eq!(http("PUT", &file, PAT, put("two", None, Some("gone"))).await.0, 404);
+        assert_eq!(http("GET", &format!("{file}?ref=gone"), PAT, None).await.0, 404);
+    }
+
+    #[tokio::test]
+    async fn a_dispatch_checks_the_workflow_and_queues_a_run_with_its_inputs_put_in() {
+        let github = started().await;
+        github.add_repository("acme/app", "main");
+        let url = format!("{}/repos/acme/app/actions/workflows/w.yml/dispatches", github.url());
+        let dispatch = |inputs: Value| Some(json!({"ref": "main", "inputs": inputs, "return_run_details": true}));
+        let inputs = json!({"template": "cpu", "nonce": "n1"});
+        assert_eq!(
+            http("POST", &url, PAT, dispatch(inputs.clone())).await.0,
+            404,
+            "no workflow file"
+        );
+        github.set_file("acme/app", "main", ".github/workflows/w.yml", "on: push\n");
+        let (status, body) = http("POST", &url, PAT, dispatch(inputs.clone())).await;
+        assert_eq!(
+            (status, body["message"].as_str()),
+            (422, Some("Workflow does not have 'workflow_dispatch' trigger"))
+        );
+        github.set_file("acme/app", "main", ".github/workflows/w.yml", WORKFLOW);
+        let (status, body) = http("POST", &url, PAT, dispatch(json!({"templat": "cpu"}))).await;
+        assert_eq!(
+            (status, body["message"].as_str()),
+            (422, Some("Unexpected inputs provided: [\"templat\"]"))
+        );
+        let wrong_ref = Some(json!({"ref": "nowhere", "inputs": inputs}));
+        assert_eq!(http("POST", &url, PAT, wrong_ref).await.0, 422);
+        assert!(github.workflow_runs().is_empty());
+
+        let (status, body) = http("POST", &url, PAT, dispatch(inputs.clone())).await;
+        assert_eq!(status, 200);
+        let run = &github.workflow_runs()[0];
+        assert_eq!(body["workflow_run_id"], run.id);
+        assert_eq!(
+            (run.display_title.as_str(), run.name.as_str()),
+            ("smoke cpu n1", "smoke")
+        );
+        assert_eq!(
+            (run.job.name.as_str(), run.job.labels.clone()),
+            ("check", vec!["self-hosted".to_string(), "cpu".into()])
+        );
+        assert_eq!((run.status.as_str(), run.job.status.as_str()), ("queued", "queued"));
+        // Not asked for the details, or not offering them (before 2026-02 and on GHES): 204.
+        let plain = Some(json!({"ref": "refs/heads/main", "inputs": {"template": "gpu"}}));
+        let (status, _, _) = exchange("POST", &url, PAT, plain).await;
+        assert_eq!(status, 204);
+        github.set_dispatch_returns_run_ids(false);
+        let (status, _, _) = exchange("POST", &url, PAT, dispatch(inputs)).await;
+        assert_eq!(status, 204);
+
+        let runs = format!("{}/repos/acme/app/actions/workflows/w.yml/runs", github.url());
+        let (status, body) = http(
+            "GET",
+            &format!("{runs}?event=workflow_dispatch&branch=main&per_page=2"),
+            PAT,
+            None,
+        )
+        .await;
+        assert_eq!((status, body["total_count"].as_u64()), (200, Some(3)));
+        let titles: Vec<&str> = body["workflow_runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["display_title"].as_str().unwrap())
+            .collect();
+        assert_eq!(titles, ["smoke cpu n1", "smoke gpu "], "newest first");
+        assert_eq!(
+            http("GET", &format!("{runs}?branch=other"), PAT, None).await.1["total_count"],
+            0
+        );
+        assert_eq!(
+            http("GET", &format!("{runs}?event=push"), PAT, None).await.1["total_count"],
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn a_workflow_job_goes_from_queued_to_in_progress_to_completed_or_is_cancelled() {
+        let github = started().await;
+        github.add_repository("acme/app", "main");
+        github.set_file("acme/app", "main", ".github/workflows/w.yml", WORKFLOW);
+        let url = format!("{}/repos/acme/app/actions/workflows/w.yml/dispatches", github.url());
+        for _ in 0..2 {
+            let dispatch = Some(json!({"ref": "main", "inputs": {"template": "cpu"}}));
+            assert_eq!(exchange("POST", &url, PAT, dispatch).await.0, 204);
+        }
+        let [first, second] = <[WorkflowRun; 2]>::try_from(github.workflow_runs()).unwrap();
+        let jobs = |run: u64| format!("{}/repos/acme/app/actions/runs/{run}/jobs", github.url());
+        let (status, body) = http("GET", &jobs(first.id), PAT, None).await;
+        let job = &body["jobs"][0];
+        assert_eq!(
+            (status, job["id"].as_u64(), job["status"].as_str()),
+            (200, Some(first.job.id), Some("queued"))
+        );
+        assert_eq!(
+            job["started_at"], job["created_at"],
+            "GitHub reports a queued job as started when created"
+        );
+        assert_eq!(job["runner_name"], Value::Null);
+        github.start_workflow_job(first.job.id, "sophons-i-0abc", Duration::from_secs(40));
+        let job = http("GET", &jobs(first.id), PAT, None).await.1["jobs"][0].clone();
+        assert_eq!(
+            (job["status"].as_str(), job["runner_name"].as_str()),
+            (Some("in_progress"), Some("sophons-i-0abc"))
+        );
+        assert_eq!(job["started_at"], rfc3339(first.created_at + 40));
+        github.complete_workflow_job(first.job.id, "failure", Duration::from_secs(70));
+        let job = http("GET", &jobs(first.id), PAT, None).await.1["jobs"][0].clone();
+        assert_eq!(
+            (job["status"].as_str(), job["conclusion"].as_str()),
+            (Some("completed"), Some("failure"))
+        );
+        assert_eq!(job["completed_at"], rfc3339(first.created_at + 70));
+        let run = http(
+            "GET",
+            &format!("{}/repos/acme/app/actions/runs/{}", github.url(), first.id),
+            PAT,
+            None,
+        )
+        .await
+        .1;
+        assert_eq!(
+            (run["status"].as_str(), run["conclusion"].as_str()),
+            (Some("completed"), Some("failure"))
+        );
+
+        let cancel = |run: u64| format!("{}/repos/acme/app/actions/runs/{run}/cancel", github.url());
+        assert_eq!(
+            http("POST", &cancel(first.id), PAT, None).await.0,
+            409,
+            "a completed run"
+        );
+        assert_eq!(http("POST", &cancel(second.id), PAT, None).await.0, 202);
+        let second = &github.workflow_runs()[1];
+        assert_eq!(
+            (second.job.status.as_str(), second.job.conclusion.as_deref()),
+            ("completed", Some("cancelled"))
+        );
+        assert_eq!(http("GET", &jobs(99), PAT, None).await.0, 404);
+    }
+
+    #[tokio::test]
+    async fn a_runner_added_directly_is_listed_in_its_scope_only() {
+        let github = started().await;
+        let id = github.add_runner("repo:acme/app", "sophons-i-0abc", &["self-hosted", "cpu"]);
+        github.set_runner_status(id, "online", false);
+        let (_, body) = http(
+            "GET",
+            &format!("{}/repos/acme/app/actions/runners", github.url()),
+            PAT,
+            None,
+        )
+        .await;
+        assert_eq!(
+            (body["runners"][0]["id"].as_u64(), body["runners"][0]["status"].as_str()),
+            (Some(id), Some("online"))
+        );
+        assert_eq!(body["runners"][0]["labels"][1]["name"], "cpu");
+        assert_eq!(
+            http("GET", &format!("{}/orgs/acme/actions/runners", github.url()), PAT, None)
+                .await
+                .1["total_count"],
+            0
+        );
     }
 
     #[test]
