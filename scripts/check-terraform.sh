@@ -2,13 +2,15 @@
 # The Terraform checks of `make test`:
 #   1. terraform fmt -check -recursive (and of terraform/terraform.tfvars.example)
 #   2. terraform init -backend=false (from the local provider mirror) + validate: root, each example, the moto wrapper;
-#      plans with one bad input at a time fail with their own message (terraform/test/preconditions)
+#      plans with one bad input at a time fail with their own message (terraform/test/preconditions), and the optional
+#      image_builder pipeline, which moto cannot apply, is planned and checked (terraform/test/check_baked_image.py)
+#      after its bake script's tests (shellcheck, terraform/test/bake-runner.bats)
 #   3. terraform/terraform.tfvars.example names every variable of the root module and nothing else, and the root
 #      module plans with it against moto (a misspelt or removed variable is only a warning to Terraform: caught here)
 #   4. checkov over terraform/ with its default frameworks, secrets included: 0 failed checks (every skip is
 #      annotated inline with its reason); a generated key planted in a copy must be found, or the scan proves nothing
 #   5. terraform apply of the whole root module against moto server (terraform/test/moto), with throwaway secrets
-#      generated for the run
+#      generated for the run; image_builder stays off there (moto has no Image Builder)
 #   6. a config change reaches the Lambdas: every function carries the SHA-256 of the document it reads; applying
 #      again with another max_runners changes that deployment's four functions (after the document is written) and
 #      leaves the other deployment's functions exactly as they were (terraform/test/check_config_reaches_functions.py)
@@ -103,6 +105,14 @@ EXAMPLE=$REPO/terraform/terraform.tfvars.example
 if ! terraform fmt - <"$EXAMPLE" >"$WORK/example.fmt" || ! diff -u "$EXAMPLE" "$WORK/example.fmt"; then
   fail "terraform/terraform.tfvars.example is not formatted: terraform fmt - <terraform/terraform.tfvars.example"
 fi
+
+step "the baked image's bake script: shellcheck and its tests"
+for tool in shellcheck bats; do
+  command -v "$tool" >/dev/null || fail "$tool is missing: make setup"
+done
+shellcheck --severity=style "$REPO"/terraform/image-builder/*.sh || fail "shellcheck terraform/image-builder"
+shellcheck --severity=style --shell=bats "$REPO"/terraform/test/*.bats || fail "shellcheck terraform/test/*.bats"
+bats "$REPO"/terraform/test/*.bats || fail "terraform/test/bake-runner.bats"
 
 step "docs/deploy.md lists every variable and output"
 "$PYTHON" - "$REPO/terraform" "$REPO/docs/deploy.md" <<'EOF' || fail "docs/deploy.md is out of date: add the rows to its Reference tables"
@@ -205,26 +215,47 @@ validate_pid=$!
 checkov_report >"$WORK/checkov.log" 2>&1 &
 checkov_pid=$!
 
-# Each bad input of terraform/test/preconditions/cases.txt must fail its plan with its own message.
+# Each bad input of terraform/test/preconditions/cases.txt must fail its plan with its own message; each good one
+# must plan. The plan of case `baked` (the image_builder pipeline, which moto cannot apply) is also checked. The
+# plans mostly wait on the provider and moto: three run at a time.
 precondition_plans() {
-  local case expected output count=0
+  local case expected cases=() expectations=() refused=0 planned=0 status
   validate test/preconditions
   while IFS='|' read -r case expected; do
     [[ -z $case || $case == \#* ]] && continue
-    count=$((count + 1))
-    if output=$(tf test/preconditions plan -no-color -lock=false -refresh=false -var "case=$case" \
-      -var "moto_endpoint=$endpoint" -var "lambda_zip_dir=$WORK/lambda" 2>&1); then
+    cases+=("$case")
+    expectations+=("$expected")
+    (
+      status=0
+      tf test/preconditions plan -no-color -lock=false -refresh=false -var "case=$case" \
+        -var "moto_endpoint=$endpoint" -var "lambda_zip_dir=$WORK/lambda" -out="$WORK/plan-$case" \
+        >"$WORK/plan-$case.log" 2>&1 || status=$?
+      echo "$status" >"$WORK/plan-$case.status"
+    ) &
+    while (($(jobs -rp | wc -l) >= 3)); do wait -n || true; done
+  done <"$TF/test/preconditions/cases.txt"
+  wait
+  for i in "${!cases[@]}"; do
+    case=${cases[$i]} expected=${expectations[$i]}
+    status=$(<"$WORK/plan-$case.status")
+    if [[ $status == 0 ]]; then
       [[ -z $expected ]] || fail "plan with bad input '$case' succeeded; expected: $expected"
+      planned=$((planned + 1))
     else
       # Terraform wraps long messages: compare with whitespace collapsed.
-      if [[ -z $expected ]] || ! tr -s ' \n' '  ' <<<"$output" | grep -qF "$expected"; then
-        echo "$output" | tail -20
+      if [[ -z $expected ]] || ! tr -s ' \n' '  ' <"$WORK/plan-$case.log" | grep -qF "$expected"; then
+        tail -20 "$WORK/plan-$case.log"
         fail "plan with input '$case': expected ${expected:-success}"
       fi
+      refused=$((refused + 1))
     fi
     echo "plan '$case': ${expected:-plans cleanly}"
-  done <"$TF/test/preconditions/cases.txt"
-  echo "bad inputs refused: $((count - 1)) of $((count - 1))"
+  done
+  echo "bad inputs refused: $refused of $refused; good inputs planned: $planned"
+  [[ -f $WORK/plan-baked ]] || fail "terraform/test/preconditions/cases.txt lost its case baked"
+  tf test/preconditions show -json "$WORK/plan-baked" >"$WORK/plan-baked.json"
+  "$PYTHON" "$TF/test/check_baked_image.py" "$WORK/plan-baked.json" "$TF/image-builder/bake-runner.sh" ||
+    fail "the planned image_builder pipeline (terraform/test/check_baked_image.py)"
 }
 
 # The root module planned as docs/deploy.md has a platform engineer do it, with terraform.tfvars.example and the
@@ -300,6 +331,8 @@ if ! tf test/moto apply -auto-approve -no-color -parallelism=30 "${moto_vars[@]}
 fi
 applied=$(grep -o 'Resources: [0-9]* added' "$WORK/apply.log" | grep -o '[0-9]*')
 echo "moto apply: $applied resources created"
+! grep -q 'aws_imagebuilder_' "$WORK/apply.log" || fail "the moto apply touched Image Builder resources: moto has none; keep image_builder off in terraform/test/moto"
+
 
 # The functions read their document once per cold start: a changed document must change every function reading it.
 step "a config change reaches the Lambdas (apply again with another max_runners)"

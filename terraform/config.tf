@@ -15,7 +15,7 @@ locals {
     token_param = local.github_token_param_name
   }))
 
-  config_document = {
+  config_document_base = {
     deployment           = var.deployment
     queue_url            = aws_sqs_queue.jobs.url
     dlq_url              = aws_sqs_queue.jobs_dlq.url
@@ -56,9 +56,21 @@ locals {
         subnet_ids         = t.subnet_ids
         max_runners        = t.max_runners
         on_demand_fallback = t.on_demand_fallback
+        packages           = t.packages
+        docker             = t.docker
       }, t.spot_max_price == null ? {} : { spot_max_price = t.spot_max_price })
     }
   }
+
+  # runner_pin only when set: unset, create-runner follows GitHub's current release.
+  config_document = merge(local.config_document_base, var.runner_pin == null ? {} : { runner_pin = var.runner_pin })
+
+  baked_templates = { for name, t in var.runner_templates : name => t if t.baked_image }
+  baked_template_errors = compact(concat(
+    [for name, _ in local.baked_templates : var.image_builder.enabled ? "" : "template ${name} sets baked_image, but image_builder.enabled is false: enable the pipeline, or launch it from ami_id or ami_ssm_parameter"],
+    [for name, arch in local.baked_template_architectures : !var.image_builder.enabled || contains(var.image_builder.architectures, arch) ? "" : "template ${name} runs ${arch} instances (${var.runner_templates[name].instance_types[0]}), but image_builder.architectures is [${join(", ", var.image_builder.architectures)}]: add ${arch}"],
+    [for name, t in local.baked_templates : t.volume_size_gb >= var.image_builder.volume_size_gb ? "" : "template ${name} has volume_size_gb = ${t.volume_size_gb}, smaller than the baked image's root volume (image_builder.volume_size_gb = ${var.image_builder.volume_size_gb}): EC2 would refuse the launch"],
+  ))
 }
 
 resource "aws_ssm_parameter" "config" {
@@ -86,6 +98,10 @@ resource "aws_ssm_parameter" "config" {
     precondition {
       condition     = var.max_runner_lifetime_seconds >= var.command_timeout_seconds
       error_message = "max_runner_lifetime_seconds must be at least command_timeout_seconds, or the sweep ends runners still allowed to work."
+    }
+    precondition {
+      condition     = length(local.baked_template_errors) == 0
+      error_message = "Baked image: ${join("; ", local.baked_template_errors)}."
     }
     precondition {
       condition     = var.lambda_timeouts.create_runner > var.start_deadline_seconds

@@ -1,5 +1,5 @@
-# The four Lambda functions. Each gets only SOPHONS_CONFIG_PARAM, SOPHONS_CONFIG_SHA256 and RUST_LOG; everything
-# else comes from the config document. Each has its own role: see iam.tf for what each may do.
+# The four Lambda functions. Each gets only SOPHONS_CONFIG_PARAM, SOPHONS_CONFIG_SHA256, SOPHONS_SECRET_PARAMS and
+# RUST_LOG; everything else comes from the config document. Each has its own role: see iam.tf for what each may do.
 
 locals {
   lambda_environment = {
@@ -10,6 +10,14 @@ locals {
     # local.config_document, so that the functions change only after the new document is written.
     SOPHONS_CONFIG_SHA256 = nonsensitive(sha256(aws_ssm_parameter.config.value))
     RUST_LOG              = var.lambda_log_level
+  }
+
+  # The secret parameter each function reads at every cold start, in the same GetParameters call as its document.
+  # GetParameters fails whole when one name is denied, so each names only what its role may read (iam.tf): the
+  # webhook secret for the autoscaler, the GitHub credential for the three that call GitHub.
+  secret_params = {
+    autoscaler = join(",", compact([local.webhook_secret_param_name]))
+    github     = join(",", compact([local.github_credential_param_name]))
   }
 }
 
@@ -22,7 +30,7 @@ module "autoscaler" {
   architecture       = var.lambda_architecture
   memory_mb          = var.lambda_memory_mb
   timeout_seconds    = var.lambda_timeouts.autoscaler
-  environment        = local.lambda_environment
+  environment        = merge(local.lambda_environment, { SOPHONS_SECRET_PARAMS = local.secret_params.autoscaler })
   policy_json        = data.aws_iam_policy_document.autoscaler.json
   log_retention_days = var.log_retention_days
   tracing_mode       = var.lambda_tracing_mode
@@ -38,7 +46,7 @@ module "create_runner" {
   architecture       = var.lambda_architecture
   memory_mb          = var.lambda_memory_mb
   timeout_seconds    = var.lambda_timeouts.create_runner
-  environment        = local.lambda_environment
+  environment        = merge(local.lambda_environment, { SOPHONS_SECRET_PARAMS = local.secret_params.github })
   policy_json        = data.aws_iam_policy_document.create_runner.json
   log_retention_days = var.log_retention_days
   tracing_mode       = var.lambda_tracing_mode
@@ -54,7 +62,7 @@ module "stop_runner" {
   architecture       = var.lambda_architecture
   memory_mb          = var.lambda_memory_mb
   timeout_seconds    = var.lambda_timeouts.stop_runner
-  environment        = local.lambda_environment
+  environment        = merge(local.lambda_environment, { SOPHONS_SECRET_PARAMS = local.secret_params.github })
   policy_json        = data.aws_iam_policy_document.stop_runner.json
   log_retention_days = var.log_retention_days
   tracing_mode       = var.lambda_tracing_mode
@@ -70,7 +78,7 @@ module "move_jobs" {
   architecture       = var.lambda_architecture
   memory_mb          = var.lambda_memory_mb
   timeout_seconds    = var.lambda_timeouts.move_jobs
-  environment        = local.lambda_environment
+  environment        = merge(local.lambda_environment, { SOPHONS_SECRET_PARAMS = local.secret_params.github })
   policy_json        = data.aws_iam_policy_document.move_jobs.json
   log_retention_days = var.log_retention_days
   tracing_mode       = var.lambda_tracing_mode

@@ -42,11 +42,12 @@ locals {
 # Shared statements
 ################################################################################
 
-# Every function reads the config document; all but the autoscaler read the GitHub credential.
+# Every function reads the config document; all but the autoscaler read the GitHub credential. At a cold start both
+# come in one GetParameters call (functions.tf, SOPHONS_SECRET_PARAMS), which needs ssm:GetParameters on each name.
 data "aws_iam_policy_document" "read_github_credential" {
   statement {
     sid       = "ReadConfigAndGitHubCredential"
-    actions   = ["ssm:GetParameter"]
+    actions   = ["ssm:GetParameter", "ssm:GetParameters"]
     resources = [local.config_parameter_arn, local.github_credential_arn]
   }
 
@@ -114,7 +115,7 @@ data "aws_iam_policy_document" "own_instances" {
 data "aws_iam_policy_document" "autoscaler" {
   statement {
     sid       = "ReadConfigAndWebhookSecret"
-    actions   = ["ssm:GetParameter"]
+    actions   = ["ssm:GetParameter", "ssm:GetParameters"]
     resources = [local.config_parameter_arn, local.webhook_secret_arn]
   }
 

@@ -84,3 +84,13 @@ output "log_group_names" {
     runner_commands = aws_cloudwatch_log_group.runner_commands.name
   }
 }
+
+output "image_builder_pipeline_arns" {
+  description = "The image_builder pipeline of each architecture (empty when image_builder is off). Start a build now: aws imagebuilder start-image-pipeline-execution --image-pipeline-arn <arn>."
+  value       = { for arch, pipeline in aws_imagebuilder_image_pipeline.runner : arch => pipeline.arn }
+}
+
+output "baked_image_parameter_names" {
+  description = "SSM parameter holding the latest baked image's AMI id, per architecture (empty when image_builder is off); templates with baked_image = true launch from it."
+  value       = { for arch in local.baked_architectures : arch => local.baked_image_parameters[arch] }
+}

@@ -2,10 +2,28 @@
 # ingress, the bucket holding the runner script SSM runs, and the log group receiving the command output.
 
 locals {
+  # A template with baked_image launches from the image_builder pipeline's parameter of its architecture, resolved
+  # at each launch like any ami_ssm_parameter (so create-runner's role may read it: iam.tf, ResolveAmiParameters).
+  baked_template_architectures = {
+    for name, instance_type in data.aws_ec2_instance_type.baked : name => (
+      contains(instance_type.supported_architectures, "arm64") ? "arm64" : (
+        contains(instance_type.supported_architectures, "x86_64") ? "x86_64" : join("/", instance_type.supported_architectures)
+      )
+    )
+  }
+  baked_template_parameters = {
+    for name, arch in local.baked_template_architectures : name => "${local.baked_image_parameter_prefix}${arch}"
+  }
+
   runner_templates = {
     for name, t in var.runner_templates : name => merge(t, {
-      subnet_ids = t.subnet_ids != null ? t.subnet_ids : var.subnet_ids
-      image_id   = t.ami_id != null ? t.ami_id : "resolve:ssm:${t.ami_ssm_parameter}"
+      subnet_ids        = t.subnet_ids != null ? t.subnet_ids : var.subnet_ids
+      ami_id            = t.baked_image ? null : t.ami_id
+      ami_ssm_parameter = t.baked_image ? lookup(local.baked_template_parameters, name, null) : t.ami_ssm_parameter
+      image_id = (
+        t.baked_image ? "resolve:ssm:${lookup(local.baked_template_parameters, name, "")}"
+        : t.ami_id != null ? t.ami_id : "resolve:ssm:${t.ami_ssm_parameter}"
+      )
     })
   }
 
@@ -20,6 +38,14 @@ locals {
     local.runner_cache_marker,
     "SOPHONS_RUNNER_CACHE_URI:=s3://${aws_s3_bucket.scripts.id}/${local.runner_cache_prefix}}"
   ) : local.runner_script_source
+}
+
+# The architecture of a baked template (its first instance type's; create-runner's fleet keeps to one architecture
+# per template) picks the image it launches from.
+data "aws_ec2_instance_type" "baked" {
+  for_each = { for name, t in var.runner_templates : name => t.instance_types[0] if t.baked_image }
+
+  instance_type = each.value
 }
 
 ################################################################################

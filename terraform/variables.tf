@@ -212,6 +212,11 @@ variable "runner_templates" {
       spot_max_price     - highest Spot price per hour in USD (null: up to the on-demand price); written to the
                            config document as templates.<name>.spot_max_price only when set
       user_data          - optional cloud-init user data (plain text) run at boot, before the runner script
+      packages           - OS packages the runner script installs before the runner starts (dnf or apt-get
+                           names); [] for none
+      docker             - install Docker, start it and put the runner user in the docker group
+      baked_image        - launch from the image_builder pipeline's latest image for the template's architecture
+                           (ami_id and ami_ssm_parameter are then ignored; needs image_builder.enabled)
   EOT
   type = map(object({
     labels             = list(string)
@@ -225,6 +230,9 @@ variable "runner_templates" {
     root_device_name   = optional(string, "/dev/xvda")
     spot_max_price     = optional(string)
     user_data          = optional(string)
+    packages           = optional(list(string), ["git"])
+    docker             = optional(bool, false)
+    baked_image        = optional(bool, false)
   }))
 
   validation {
@@ -267,6 +275,42 @@ variable "runner_templates" {
     condition     = alltrue([for t in values(var.runner_templates) : t.subnet_ids == null || alltrue([for s in coalesce(t.subnet_ids, []) : can(regex("^subnet-[0-9a-f]+$", s))])])
     error_message = "Each template subnet id must look like subnet-0123456789abcdef0."
   }
+  validation {
+    # The runner script hands them to dnf or apt-get: names only, nothing a package manager reads as an option.
+    condition     = alltrue([for t in values(var.runner_templates) : alltrue([for p in t.packages : can(regex("^[A-Za-z0-9][A-Za-z0-9._+-]*$", p))])])
+    error_message = "Each entry of a template's packages must be an OS package name: letters, digits and . _ + -, starting with a letter or digit (such as \"git\" or \"python3.11\")."
+  }
+}
+
+variable "runner_pin" {
+  description = "An actions-runner release every runner installs instead of GitHub's current one: its version and the SHA-256 of its linux-x64 and linux-arm64 tarballs, as its GitHub release page lists them. Null (the default) follows GitHub's current release, read from GitHub's runner downloads API; GitHub stops giving jobs to a runner not updated within 30 days of a release, so a pin needs updating. Written to the config document as runner_pin only when set."
+  type = object({
+    version      = string
+    sha256_x64   = string
+    sha256_arm64 = string
+  })
+  default = null
+
+  validation {
+    condition     = var.runner_pin == null || can(regex("^[0-9]+\\.[0-9]+\\.[0-9]+$", try(var.runner_pin.version, "")))
+    error_message = "runner_pin.version must be an actions-runner version such as \"2.330.0\" (without the leading v)."
+  }
+  validation {
+    # Checked only once the version parses (the rule above reports a malformed one).
+    condition = try(
+      tonumber(split(".", var.runner_pin.version)[0]) * 1000000000000 + tonumber(split(".", var.runner_pin.version)[1]) * 1000000 + tonumber(split(".", var.runner_pin.version)[2]) >= 2000329000000,
+      true
+    )
+    error_message = "runner_pin.version must be 2.329.0 or later: GitHub no longer registers older runners. Pin a current release, or remove runner_pin to follow GitHub's."
+  }
+  validation {
+    condition     = var.runner_pin == null || can(regex("^[0-9A-Fa-f]{64}$", try(var.runner_pin.sha256_x64, "")))
+    error_message = "runner_pin.sha256_x64 must be the SHA-256 of actions-runner-linux-x64-<version>.tar.gz (64 hex digits), copied from the release page."
+  }
+  validation {
+    condition     = var.runner_pin == null || can(regex("^[0-9A-Fa-f]{64}$", try(var.runner_pin.sha256_arm64, "")))
+    error_message = "runner_pin.sha256_arm64 must be the SHA-256 of actions-runner-linux-arm64-<version>.tar.gz (64 hex digits), copied from the release page."
+  }
 }
 
 variable "runner_metadata_hop_limit" {
@@ -290,6 +334,74 @@ variable "runner_cache_enabled" {
   description = "Let runners fetch the actions-runner tarball from the script bucket (`actions-runner/actions-runner-linux-<arch>-<version>.tar.gz`, uploaded by you) before falling back to GitHub's releases. The checksum is verified either way."
   type        = bool
   default     = false
+}
+
+################################################################################
+# Baked image (optional)
+################################################################################
+
+variable "image_builder" {
+  description = <<-EOT
+    An EC2 Image Builder pipeline that bakes Amazon Linux 2023 with what the runner script would otherwise install
+    at every boot: the runner's libraries (libicu krb5-libs openssl-libs zlib), `packages`, and GitHub's latest
+    actions-runner release (its SHA-256 checked against the release notes) in /opt/sophons/actions-runner-<version>.
+    Rebuilt on `schedule`; each build writes its AMI id to the SSM parameter
+    /imagebuilder/<deployment>/runner-image/<architecture>, which templates with `baked_image = true` launch from.
+    Off by default (Image Builder is free; the build instances and the AMI snapshots are billed, see docs/deploy.md).
+      enabled        - create the pipeline (one per architecture)
+      schedule       - Image Builder cron expression of the rebuild (default daily at 04:00 UTC); every run
+                       builds, whether or not the parent image changed
+      architectures  - x86_64 and/or arm64: one image per architecture the baked templates use
+      instance_types - build instance types per architecture (default x86_64: c7i.large, c6i.large, m7i.large;
+                       arm64: c7g.large, c6g.large, m7g.large)
+      packages       - OS packages baked in besides the runner's libraries
+      volume_size_gb - the image's root volume; a baked template's volume_size_gb must be at least this
+      images_kept    - images of the current recipe kept per architecture; older ones are deleted with their
+                       snapshots by an Image Builder lifecycle policy
+      subnet_id      - subnet of the build instances, with outbound HTTPS to GitHub, the dnf repositories and SSM
+                       (default: the first of subnet_ids)
+  EOT
+  type = object({
+    enabled        = optional(bool, false)
+    schedule       = optional(string, "cron(0 4 * * ? *)")
+    architectures  = optional(list(string), ["x86_64"])
+    instance_types = optional(map(list(string)), {})
+    packages       = optional(list(string), ["git", "docker"])
+    volume_size_gb = optional(number, 10)
+    images_kept    = optional(number, 3)
+    subnet_id      = optional(string)
+  })
+  default  = {}
+  nullable = false
+
+  validation {
+    condition     = can(regex("^cron\\(.+\\)$", var.image_builder.schedule))
+    error_message = "image_builder.schedule must be an Image Builder cron expression such as \"cron(0 4 * * ? *)\"."
+  }
+  validation {
+    condition     = length(var.image_builder.architectures) >= 1 && alltrue([for a in var.image_builder.architectures : contains(["x86_64", "arm64"], a)])
+    error_message = "image_builder.architectures must list x86_64 and/or arm64."
+  }
+  validation {
+    condition     = alltrue([for a, types in var.image_builder.instance_types : contains(["x86_64", "arm64"], a) && length(types) >= 1 && alltrue([for i in types : can(regex("^[a-z0-9-]+\\.[a-z0-9-]+$", i))])])
+    error_message = "image_builder.instance_types maps x86_64 or arm64 to a non-empty list of instance types such as c7i.large."
+  }
+  validation {
+    condition     = alltrue([for p in var.image_builder.packages : can(regex("^[A-Za-z0-9][A-Za-z0-9._+-]*$", p))])
+    error_message = "Each entry of image_builder.packages must be a dnf package name: letters, digits and . _ + -, starting with a letter or digit."
+  }
+  validation {
+    condition     = var.image_builder.volume_size_gb >= 8 && var.image_builder.volume_size_gb <= 16384 && floor(var.image_builder.volume_size_gb) == var.image_builder.volume_size_gb
+    error_message = "image_builder.volume_size_gb must be a whole number of GB from 8 (Amazon Linux 2023's own size) to 16384."
+  }
+  validation {
+    condition     = var.image_builder.images_kept >= 1 && var.image_builder.images_kept <= 1000 && floor(var.image_builder.images_kept) == var.image_builder.images_kept
+    error_message = "image_builder.images_kept must be a whole number from 1 to 1000."
+  }
+  validation {
+    condition     = var.image_builder.subnet_id == null || can(regex("^subnet-[0-9a-f]+$", coalesce(var.image_builder.subnet_id, "x")))
+    error_message = "image_builder.subnet_id must look like subnet-0123456789abcdef0."
+  }
 }
 
 ################################################################################

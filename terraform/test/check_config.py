@@ -41,6 +41,11 @@ def main(endpoint, region, parameter):
         if key not in config:
             errors.append(f"config key {key} is missing (Terraform writes every key explicitly)")
 
+    # runner_pin only when the variable is set: absent, create-runner follows GitHub's current release.
+    pin = config.get("runner_pin")
+    if pin is not None and sorted(pin) != ["sha256_arm64", "sha256_x64", "version"]:
+        errors.append(f"runner_pin has the keys {sorted(pin)}, expected version, sha256_x64 and sha256_arm64")
+
     deployment = config["deployment"]
     if parameter != f"/{deployment}/config":
         errors.append(f"config parameter {parameter} is not /{deployment}/config")
@@ -86,6 +91,11 @@ def main(endpoint, region, parameter):
 
     templates = {lt["LaunchTemplateName"]: lt for lt in ec2.describe_launch_templates()["LaunchTemplates"]}
     for name, template in config["templates"].items():
+        # Terraform writes each template's packages and docker explicitly (the variable's defaults: ["git"], false).
+        if not isinstance(template.get("packages"), list) or not all(isinstance(p, str) for p in template["packages"]):
+            errors.append(f"templates.{name}.packages is {template.get('packages')!r}, not a list of package names")
+        if not isinstance(template.get("docker"), bool):
+            errors.append(f"templates.{name}.docker is {template.get('docker')!r}, not a bool")
         lt_name = template["launch_template"]
         if lt_name not in templates:
             errors.append(f"templates.{name}.launch_template {lt_name} does not exist")
@@ -107,8 +117,9 @@ def main(endpoint, region, parameter):
 
     for line in errors:
         print(f"config: {line}")
+    runner = f"the runner pinned to {pin['version']}" if pin else "GitHub's current runner"
     print(
-        f"config: /{deployment}/config names {len(config['templates'])} template(s), "
+        f"config: /{deployment}/config names {len(config['templates'])} template(s) and {runner}, "
         f"{len(errors)} problem(s)"
     )
     return 1 if errors else 0

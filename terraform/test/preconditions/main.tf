@@ -54,6 +54,18 @@ locals {
     subnet_ids                            = ["subnet-0abc"]
     repositories                          = []
     max_runner_lifetime_seconds           = 28800
+    runner_pin                            = null
+    image_builder                         = {}
+    runner_templates                      = { cpu = { labels = ["linux"], instance_types = ["c7i.large"] } }
+  }
+  # The image_builder pipeline is never applied (moto has no Image Builder); these plans are what proves its
+  # expressions, preconditions and the templates' choice of image.
+  baked = {
+    image_builder = { enabled = true, architectures = ["x86_64", "arm64"] }
+    runner_templates = {
+      cpu = { labels = ["linux"], instance_types = ["c7i.large"], baked_image = true, docker = true }
+      arm = { labels = ["arm64"], instance_types = ["t4g.small"], baked_image = true, packages = [] }
+    }
   }
   cases = {
     good              = {}
@@ -64,6 +76,15 @@ locals {
     no_subnets        = { subnet_ids = [] }
     bad_deployment    = { deployment = "Sophons_Prod" }
     short_lifetime    = { max_runner_lifetime_seconds = 3600 }
+    old_runner_pin    = { runner_pin = { version = "2.326.0", sha256_x64 = sha256("x64"), sha256_arm64 = sha256("arm64") } }
+    bad_checksum      = { runner_pin = { version = "2.330.0", sha256_x64 = sha256("x64"), sha256_arm64 = "unknown" } }
+    bad_package       = { runner_templates = { cpu = { labels = ["linux"], instance_types = ["c7i.large"], packages = ["git", "-y"] } } }
+    baked             = local.baked
+    baked_unbuilt     = { runner_templates = local.baked.runner_templates }
+    baked_other_arch  = merge(local.baked, { image_builder = { enabled = true, architectures = ["x86_64"] } })
+    baked_small_disk = merge(local.baked, { runner_templates = {
+      cpu = { labels = ["linux"], instance_types = ["c7i.large"], baked_image = true, volume_size_gb = 8 }
+    }, image_builder = { enabled = true, volume_size_gb = 12 } })
   }
   input = merge(local.good, local.cases[var.case])
 }
@@ -83,6 +104,7 @@ module "sophons" {
   subnet_ids                            = local.input.subnet_ids
   repositories                          = local.input.repositories
   max_runner_lifetime_seconds           = local.input.max_runner_lifetime_seconds
-
-  runner_templates = { cpu = { labels = ["linux"], instance_types = ["c7i.large"] } }
+  runner_pin                            = local.input.runner_pin
+  image_builder                         = local.input.image_builder
+  runner_templates                      = local.input.runner_templates
 }
