@@ -30,17 +30,8 @@ struct World {
 }
 
 impl World {
-    /// What the deployment stores: parameter names, and each slot claim as `/sophons/slots/<template>/<slot>`.
     fn stored(&self) -> Vec<String> {
-        let mut names = self.secrets.names();
-        names.extend(
-            self.slots
-                .all()
-                .into_iter()
-                .map(|found| format!("/sophons/slots/{}/{}", found.template, found.slot)),
-        );
-        names.sort();
-        names
+        common::stored(&self.secrets, &self.slots)
     }
 }
 

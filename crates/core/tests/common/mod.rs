@@ -62,3 +62,17 @@ pub fn body_of(response: &lambda_http::Response<lambda_http::Body>) -> Value {
         other => panic!("expected a JSON text body, got {other:?}"),
     }
 }
+
+/// What a deployment stores in the fakes: parameter names, and each launch-slot claim as
+/// `/sophons/slots/<template>/<slot>` (where the claims were parameters before), sorted.
+pub fn stored(secrets: &sophons_core::fakes::FakeSecrets, slots: &sophons_core::slots::FakeSlots) -> Vec<String> {
+    let mut names = secrets.names();
+    names.extend(
+        slots
+            .all()
+            .into_iter()
+            .map(|found| format!("/sophons/slots/{}/{}", found.template, found.slot)),
+    );
+    names.sort();
+    names
+}
