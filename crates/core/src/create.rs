@@ -637,12 +637,18 @@ impl CreateRunner {
             Ok(launched) => launched,
             Err(FleetError::TokenMismatch(reason)) => {
                 // Same job, relaunch, trip and receive, other slot: a handler serving a duplicate
-                // of this message launched first; its message holds the job.
+                // of this message launched with this token first. Its launch may have failed and
+                // been ended since, and its message may be the duplicate already acknowledged
+                // (the soak found a job lost that way), so the job is looked at again shortly,
+                // with the next receive's token: a live instance of the job is acknowledged then.
                 return (
-                    Outcome::Acknowledged(format!(
-                        "job {job_id} is being launched by another handler with the same launch token ({reason}); \
-                         no second runner launched"
-                    )),
+                    Outcome::HandedBack {
+                        delay_seconds: TRANSIENT_DELAY_SECONDS,
+                        reason: format!(
+                            "job {job_id}: another handler launched with the same launch token ({reason}); checking \
+                             again in {TRANSIENT_DELAY_SECONDS} s whether its instance serves the job"
+                        ),
+                    },
                     SlotFate::GiveBack,
                 );
             }

@@ -874,7 +874,7 @@ async fn a_job_back_from_the_dlq_launches_with_tokens_of_its_own() {
 }
 
 #[tokio::test]
-async fn a_launch_token_used_with_other_parameters_is_never_retried_as_if_transient() {
+async fn a_launch_token_used_with_other_parameters_hands_the_job_back_with_a_new_token_and_never_loses_it() {
     let world = world();
     let job = message(42, "template_cpu");
     // A handler serving a duplicate delivery launched first with the same token and another slot.
@@ -888,17 +888,20 @@ async fn a_launch_token_used_with_other_parameters_is_never_retried_as_if_transi
         client_token: token,
         tags: vec![("sophons:slot".into(), "19".into())],
     };
-    world.fleet.launch(&request).await.unwrap();
+    let other = world.fleet.launch(&request).await.unwrap();
     let outcome = serve(&world, &job).await;
     assert!(
-        matches!(&outcome, Outcome::Acknowledged(reason) if reason.contains("same launch token")),
-        "{outcome:?}"
+        matches!(&outcome, Outcome::HandedBack { delay_seconds: 60, reason } if reason.contains("same launch token")),
+        "never acknowledged: the other launch may fail, and its message may be gone: {outcome:?}"
     );
     assert!(
         world.stored().iter().all(|n| !n.contains("/slots/")),
         "its slot is given back: {:?}",
         world.stored()
     );
+    // The other handler's launch failed and was ended: the next receive (a new token) launches.
+    world.fleet.terminate(&other.instance_id).await.unwrap();
+    served_instance(&world.create.serve(&job.encode(), 2, far()).await);
 }
 
 #[tokio::test]

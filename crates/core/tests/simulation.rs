@@ -1927,8 +1927,6 @@ impl Sim {
                     "create: job no longer queued"
                 } else if reason.contains("already registered by another handler") {
                     "create: another handler has the instance"
-                } else if reason.contains("same launch token") {
-                    "create: another handler launched with the same token"
                 } else {
                     "create: other"
                 };
