@@ -333,29 +333,33 @@ install_packages() {
 # The runner
 ################################################################################
 
-# Downloads the tarball to $1: from the bucket cache when configured (falling back to GitHub), else GitHub.
+# Downloads the tarball to $1 and verifies it: from the bucket cache when configured (move-jobs keeps it current),
+# falling back to GitHub when the cache has no copy or a copy that does not match; else from GitHub.
 download_runner() {
   local out=$1 name="actions-runner-linux-${RUNNER_ARCH}-${RUNNER_VERSION}.tar.gz"
   if [[ -n $SOPHONS_RUNNER_CACHE_URI ]]; then
     log "fetching $name from the cache ${SOPHONS_RUNNER_CACHE_URI}"
     if aws s3 cp --only-show-errors "${SOPHONS_RUNNER_CACHE_URI%/}/$name" "$out"; then
-      return 0
+      if sha256_matches "$out"; then
+        log "checksum verified ($RUNNER_SHA256)"
+        return 0
+      fi
+      log "the cached $name does not match its SHA-256 $RUNNER_SHA256; not using it"
+      rm -f "$out"
     fi
     log "the cache has no usable $name; falling back to $RUNNER_URL"
   fi
   log "downloading $RUNNER_URL"
   curl -fsSL --retry 5 --retry-delay 2 --connect-timeout 10 -o "$out" "$RUNNER_URL" ||
     die "$EXIT_DOWNLOAD" "could not download $RUNNER_URL"
-}
-
-verify_sha256() {
-  local file=$1 actual
-  actual=$(sha256sum "$file" | cut -d' ' -f1)
-  if [[ $actual != "$RUNNER_SHA256" ]]; then
-    die "$EXIT_DOWNLOAD" "checksum mismatch for actions-runner $RUNNER_VERSION ($RUNNER_ARCH): expected $RUNNER_SHA256, got $actual; not installing it"
+  if ! sha256_matches "$out"; then
+    die "$EXIT_DOWNLOAD" "checksum mismatch for actions-runner $RUNNER_VERSION ($RUNNER_ARCH): expected $RUNNER_SHA256, got $(sha256_of "$out"); not installing it"
   fi
   log "checksum verified ($RUNNER_SHA256)"
 }
+
+sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
+sha256_matches() { [[ $(sha256_of "$1") == "$RUNNER_SHA256" ]]; }
 
 # Installs the release into $1 ($SOPHONS_ROOT/actions-runner-<version>), unless an AMI already has it there.
 install_runner() {
@@ -367,7 +371,6 @@ install_runner() {
   local tmp
   tmp=$(mktemp -d "$SOPHONS_ROOT/download.XXXXXX")
   download_runner "$tmp/runner.tar.gz"
-  verify_sha256 "$tmp/runner.tar.gz"
   rm -rf "$dir.partial"
   mkdir -p "$dir.partial"
   tar -xzf "$tmp/runner.tar.gz" -C "$dir.partial" || die "$EXIT_DOWNLOAD" "could not unpack $RUNNER_URL"

@@ -60,6 +60,10 @@ pub struct Config {
     /// default) follows GitHub's releases, which is what keeps runners registrable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runner_pin: Option<crate::release::RunnerPin>,
+    /// Where move-jobs keeps an in-region copy of the current runner release (`runner_cache`).
+    /// Unset: runners download it from GitHub at every boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner_cache: Option<crate::runner_cache::RunnerCacheConfig>,
     pub templates: BTreeMap<String, Template>,
 }
 
@@ -383,6 +387,26 @@ impl Config {
         if let Some(pin) = &self.runner_pin {
             validate_pin(pin)?;
         }
+        if let Some(cache) = &self.runner_cache {
+            if cache.bucket.is_empty() {
+                return Err(invalid(
+                    "runner_cache.bucket",
+                    "is empty: name the bucket that keeps the runner packages",
+                ));
+            }
+            if !cache.prefix.is_empty() && !cache.prefix.ends_with('/') {
+                return Err(invalid(
+                    "runner_cache.prefix",
+                    format!("`{}` must end with `/` (e.g. actions-runner/)", cache.prefix),
+                ));
+            }
+            if cache.architectures.is_empty() {
+                return Err(invalid(
+                    "runner_cache.architectures",
+                    "is empty: list x64 and/or arm64, or remove runner_cache",
+                ));
+            }
+        }
         if self.templates.is_empty() {
             return Err(invalid("templates", "is empty: define at least one runner template"));
         }
@@ -566,8 +590,13 @@ fn validate_template(name: &str, template: &Template) -> Result<(), ConfigError>
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The example document, parsed.
+    pub(crate) fn sample() -> Config {
+        Config::parse(EXAMPLE).unwrap()
+    }
 
     pub(crate) const EXAMPLE: &str = r#"{
       "deployment": "sophons",
@@ -777,6 +806,22 @@ mod tests {
                 Box::new(|v| {
                     v["runner_pin"] = serde_json::json!({"version": "2.330.0", "sha256_x64": "a".repeat(64), "sha256_arm64": "unknown"})
                 }),
+            ),
+            (
+                "runner_cache.bucket",
+                Box::new(|v| v["runner_cache"] = serde_json::json!({"bucket": ""})),
+            ),
+            (
+                "runner_cache.prefix",
+                Box::new(|v| v["runner_cache"] = serde_json::json!({"bucket": "b", "prefix": "actions-runner"})),
+            ),
+            (
+                "runner_cache.architectures",
+                Box::new(|v| v["runner_cache"] = serde_json::json!({"bucket": "b", "architectures": []})),
+            ),
+            (
+                "runner_cache.architectures[0]",
+                Box::new(|v| v["runner_cache"] = serde_json::json!({"bucket": "b", "architectures": ["x86_64"]})),
             ),
         ];
         for (expected, edit) in cases {

@@ -17,6 +17,7 @@ pub mod ports;
 pub mod queue;
 pub mod redrive;
 pub mod release;
+pub mod runner_cache;
 pub mod secrets;
 pub mod slots;
 pub mod stop;

@@ -93,6 +93,8 @@ module "sophons" {
   # moto gaps, as in terraform/test/moto: bucket-policy conditions and RedriveAllowPolicy read-back.
   script_bucket_tls_only_policy = false
   dlq_redrive_allow_policy      = false
+  # No github.com here to copy runner releases from; runners are not real either.
+  runner_cache_enabled = false
 }
 
 output "config_parameter_name" {

@@ -1,5 +1,6 @@
 //! The move-jobs Lambda, on an EventBridge schedule: DLQ → jobs queue for jobs GitHub still has
-//! queued (`sophons_core::redrive`).
+//! queued (`sophons_core::redrive`), then the runner cache brought up to GitHub's current release
+//! (`sophons_core::runner_cache`).
 
 use std::sync::Arc;
 
@@ -7,20 +8,27 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::{Value, json};
 use sophons_core::ports::Ports;
 use sophons_core::redrive::MoveJobs;
+use sophons_core::runner_cache::RunnerCache;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     sophons_core::logging::init();
     let (config, ports) = Ports::connect().await?;
+    let runner_cache = RunnerCache::connect(&config).await.map(Arc::new);
+    let github = ports.github.clone();
     let move_jobs = Arc::new(MoveJobs::new(config, ports.queue, ports.github));
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
-        let move_jobs = Arc::clone(&move_jobs);
+        let (move_jobs, runner_cache, github) = (Arc::clone(&move_jobs), runner_cache.clone(), github.clone());
         async move {
-            let report = move_jobs
-                .run(sophons_core::lambda::deadline(event.context.deadline))
-                .await;
+            let deadline = sophons_core::lambda::deadline(event.context.deadline);
+            let report = move_jobs.run(deadline).await;
+            let cached = match &runner_cache {
+                Some(cache) => Some(cache.refresh(github.as_ref(), deadline).await),
+                None => None,
+            };
             Ok::<_, Error>(json!({
-                "moved": report.moved, "dropped": report.dropped, "left": report.left, "out_of_time": report.out_of_time
+                "moved": report.moved, "dropped": report.dropped, "left": report.left, "out_of_time": report.out_of_time,
+                "runner_cache": cached,
             }))
         }
     }))

@@ -10,6 +10,8 @@
 //! - SQS SendMessage and SendMessageBatch: over 1 MiB (1,048,576 bytes) of body and attributes
 //!   (moto counts characters of the body alone).
 //!
+//! - S3 CompleteMultipartUpload: moto's answer gets S3's documented root element.
+//!
 //! Faults are opt-in (`AwsGuard::fail_next`), e.g. SSM's throttling of PutParameter.
 
 use std::collections::BTreeMap;
@@ -474,6 +476,12 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 async fn forward(shared: &Shared, parts: axum::http::request::Parts, body: Bytes) -> Response {
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    // moto answers S3 CompleteMultipartUpload with a `CompleteMultipartUploadResponse` root; S3
+    // documents (and the SDK parses) `CompleteMultipartUploadResult`
+    // (https://docs.aws.amazon.com/AmazonS3/latest/API/API_CompleteMultipartUpload.html).
+    let completes_upload = parts.method == axum::http::Method::POST
+        && parts.uri.query().is_some_and(|q| q.contains("uploadId="))
+        && credential_scope(&parts.headers).is_some_and(|(_, service)| service == "s3");
     let Ok(uri) = format!("{}{path}", shared.upstream).parse::<Uri>() else {
         return plain(400, &format!("the AWS guard cannot forward to {path}"));
     };
@@ -491,6 +499,16 @@ async fn forward(shared: &Shared, parts: axum::http::request::Parts, body: Bytes
             let (mut parts, body) = response.into_parts();
             for name in &HOP_BY_HOP {
                 parts.headers.remove(name);
+            }
+            if completes_upload {
+                use http_body_util::BodyExt;
+                let Ok(collected) = body.collect().await else {
+                    return plain(502, "the AWS guard lost moto's answer");
+                };
+                let text = String::from_utf8_lossy(&collected.to_bytes())
+                    .replace("CompleteMultipartUploadResponse", "CompleteMultipartUploadResult");
+                parts.headers.remove(header::CONTENT_LENGTH);
+                return Response::from_parts(parts, Body::from(text));
             }
             Response::from_parts(parts, Body::new(body))
         }
