@@ -14,7 +14,8 @@
 #   6. a config change reaches the Lambdas: every function carries the SHA-256 of the document it reads; applying
 #      again with another max_runners changes that deployment's four functions (after the document is written) and
 #      leaves the other deployment's functions exactly as they were (terraform/test/check_config_reaches_functions.py)
-#   7. the IAM security test over the applied policies (terraform/test/check_iam.py, with its self-test)
+#   7. the IAM security test over the applied policies (terraform/test/check_iam.py, with its self-test), and the
+#      applied alarms and dashboards (terraform/test/check_monitoring.py, with its self-test)
 #   8. the config document read back from moto's SSM: its names point at what was created
 #      (terraform/test/check_config.py) and the autoscaler accepts it (`autoscaler --check-config`)
 #   9. terraform destroy against moto, when SOPHONS_TF_DESTROY=1 (about a minute more)
@@ -378,6 +379,9 @@ cat "$WORK/example.log"
 step "IAM security test"
 tf test/moto show -json >"$WORK/show.json"
 "$PYTHON" "$TF/test/check_iam.py" "$WORK/show.json" --self-test || fail "IAM security test"
+
+step "alarms and dashboard"
+"$PYTHON" "$TF/test/check_monitoring.py" "$WORK/show.json" --self-test || fail "alarms and dashboard (terraform/test/check_monitoring.py)"
 
 step "config document"
 mapfile -t config_params < <(tf test/moto output -json config_parameter_names | "$PYTHON" -c 'import json, sys; print("\n".join(json.load(sys.stdin)))')

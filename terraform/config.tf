@@ -63,7 +63,18 @@ locals {
   }
 
   # runner_pin only when set: unset, create-runner follows GitHub's current release.
-  config_document = merge(local.config_document_base, var.runner_pin == null ? {} : { runner_pin = var.runner_pin })
+  # runner_cache only when enabled: move-jobs then keeps the current release's packages in the script bucket.
+  config_document = merge(
+    local.config_document_base,
+    var.runner_pin == null ? {} : { runner_pin = var.runner_pin },
+    !var.runner_cache_enabled ? {} : {
+      runner_cache = {
+        bucket        = aws_s3_bucket.scripts.id
+        prefix        = local.runner_cache_prefix
+        architectures = local.runner_cache_architectures
+      }
+    },
+  )
 
   baked_templates = { for name, t in var.runner_templates : name => t if t.baked_image }
   baked_template_errors = compact(concat(

@@ -410,6 +410,28 @@ data "aws_iam_policy_document" "move_jobs" {
     actions   = ["sqs:SendMessage", "sqs:GetQueueAttributes"]
     resources = [aws_sqs_queue.jobs.arn]
   }
+
+  # The runner cache (runner_cache_enabled): HeadObject (s3:GetObject) and a multipart upload (s3:PutObject,
+  # s3:AbortMultipartUpload) under the cache prefix only. s3:ListBucket on the bucket lets HeadObject answer a
+  # missing package with 404 instead of 403 (S3 HeadObject API reference, "Permissions"); the bucket holds
+  # nothing secret (the runner script and runner packages).
+  dynamic "statement" {
+    for_each = var.runner_cache_enabled ? [1] : []
+    content {
+      sid       = "CopyRunnerPackages"
+      actions   = ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"]
+      resources = ["${aws_s3_bucket.scripts.arn}/${local.runner_cache_prefix}*"]
+    }
+  }
+
+  dynamic "statement" {
+    for_each = var.runner_cache_enabled ? [1] : []
+    content {
+      sid       = "TellMissingRunnerPackages"
+      actions   = ["s3:ListBucket"]
+      resources = [aws_s3_bucket.scripts.arn]
+    }
+  }
 }
 
 ################################################################################

@@ -49,7 +49,7 @@ output "runner_script_uri" {
 }
 
 output "runner_cache_uri" {
-  description = "Where to upload actions-runner tarballs when runner_cache_enabled is set (null otherwise)."
+  description = "Where move-jobs keeps the current actions-runner release when runner_cache_enabled is set (null otherwise)."
   value       = var.runner_cache_enabled ? "s3://${aws_s3_bucket.scripts.id}/${local.runner_cache_prefix}" : null
 }
 
@@ -93,4 +93,13 @@ output "image_builder_pipeline_arns" {
 output "baked_image_parameter_names" {
   description = "SSM parameter holding the latest baked image's AMI id, per architecture (empty when image_builder is off); templates with baked_image = true launch from it."
   value       = { for arch in local.baked_architectures : arch => local.baked_image_parameters[arch] }
+}
+
+output "monitoring" {
+  description = "The CloudWatch dashboard, the alarms and the SNS topics they notify (empty: none), as docs/monitoring.md describes them; null when monitoring.enabled is false."
+  value = var.monitoring.enabled ? {
+    dashboard_name   = one(aws_cloudwatch_dashboard.this[*].dashboard_name)
+    alarm_names      = sort(concat([for alarm in aws_cloudwatch_metric_alarm.metric : alarm.alarm_name], aws_cloudwatch_metric_alarm.no_launch[*].alarm_name))
+    alarm_topic_arns = local.alarm_topic_arns
+  } : null
 }

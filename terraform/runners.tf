@@ -4,13 +4,20 @@
 locals {
   # A template with baked_image launches from the image_builder pipeline's parameter of its architecture, resolved
   # at each launch like any ami_ssm_parameter (so create-runner's role may read it: iam.tf, ResolveAmiParameters).
-  baked_template_architectures = {
-    for name, instance_type in data.aws_ec2_instance_type.baked : name => (
+  template_architectures = {
+    for name, instance_type in data.aws_ec2_instance_type.template : name => (
       contains(instance_type.supported_architectures, "arm64") ? "arm64" : (
         contains(instance_type.supported_architectures, "x86_64") ? "x86_64" : join("/", instance_type.supported_architectures)
       )
     )
   }
+  baked_template_architectures = {
+    for name, arch in local.template_architectures : name => arch if var.runner_templates[name].baked_image
+  }
+  # The runner cache holds the packages of the architectures the templates run, named as GitHub names them.
+  runner_cache_architectures = sort(distinct([
+    for arch in values(local.template_architectures) : arch == "arm64" ? "arm64" : "x64"
+  ]))
   baked_template_parameters = {
     for name, arch in local.baked_template_architectures : name => "${local.baked_image_parameter_prefix}${arch}"
   }
@@ -40,10 +47,10 @@ locals {
   ) : local.runner_script_source
 }
 
-# The architecture of a baked template (its first instance type's; create-runner's fleet keeps to one architecture
-# per template) picks the image it launches from.
-data "aws_ec2_instance_type" "baked" {
-  for_each = { for name, t in var.runner_templates : name => t.instance_types[0] if t.baked_image }
+# A template's architecture (its first instance type's; create-runner's fleet keeps to one architecture per template)
+# picks the image a baked template launches from, and which runner packages the runner cache keeps.
+data "aws_ec2_instance_type" "template" {
+  for_each = { for name, t in var.runner_templates : name => t.instance_types[0] }
 
   instance_type = each.value
 }
@@ -180,6 +187,21 @@ resource "aws_s3_bucket_versioning" "scripts" {
 
 resource "aws_s3_bucket_lifecycle_configuration" "scripts" {
   bucket = aws_s3_bucket.scripts.id
+
+  # The runner cache: move-jobs copies each new release in; a release is current for weeks, and one that is still
+  # current when its copy expires is copied again within move_jobs_schedule (runners use GitHub meanwhile).
+  rule {
+    id     = "expire-old-runner-packages"
+    status = var.runner_cache_enabled ? "Enabled" : "Disabled"
+
+    filter {
+      prefix = local.runner_cache_prefix
+    }
+
+    expiration {
+      days = 60
+    }
+  }
 
   rule {
     id     = "expire-old-versions"

@@ -331,9 +331,9 @@ variable "runner_script_path" {
 }
 
 variable "runner_cache_enabled" {
-  description = "Let runners fetch the actions-runner tarball from the script bucket (`actions-runner/actions-runner-linux-<arch>-<version>.tar.gz`, uploaded by you) before falling back to GitHub's releases. The checksum is verified either way."
+  description = "Keep an in-region copy of GitHub's current actions-runner release in the script bucket (`actions-runner/actions-runner-linux-<arch>-<version>.tar.gz`, for the architectures the templates use): move-jobs copies each new release on its schedule, SHA-256 verified, and runners fetch it from there before falling back to GitHub's release downloads. The checksum is verified either way. Costs a few cents a month of S3 storage; false makes every boot download from github.com."
   type        = bool
-  default     = false
+  default     = true
 }
 
 ################################################################################
@@ -666,4 +666,76 @@ variable "dlq_redrive_allow_policy" {
   description = "Restrict which queues may use the dead-letter queue (RedriveAllowPolicy). moto accepts but never returns the attribute, so the provider would wait for it forever."
   type        = bool
   default     = true
+}
+
+################################################################################
+# Monitoring
+################################################################################
+
+variable "monitoring" {
+  description = <<-EOT
+    CloudWatch alarms and a dashboard over the jobs queue, the four functions, the webhook and the `sophons`
+    metrics the Lambdas write (docs/monitoring.md says what each alarm means and what to do). On by default; every
+    alarm treats missing data as not breaching, so an idle deployment never alarms.
+      enabled                 - create the alarms, the dashboard and (with alarm_email) the topic
+      alarm_topic_arn         - an existing SNS topic every alarm notifies (ALARM and back to OK)
+      alarm_email             - create the topic <deployment>-alarms and subscribe this address (SNS sends it a
+                                confirmation mail first); with alarm_topic_arn too, alarms notify both topics
+      alarm_topic_kms_key_arn - customer managed KMS key of the created topic; its key policy must let
+                                cloudwatch.amazonaws.com use it (kms:Decrypt, kms:GenerateDataKey*). The AWS managed
+                                key alias/aws/sns cannot be used: CloudWatch may not use it, and alarms would notify
+                                nobody. Null: the topic is not encrypted with KMS (it carries alarm states only)
+      dead_letter_jobs        - jobs in the dead-letter queue that raise an alarm
+      oldest_job_seconds      - age of the oldest job in the jobs queue that raises an alarm
+      no_launch_minutes       - jobs waiting in the jobs queue this long while no template launched an instance
+                                raises an alarm (a multiple of 5)
+      lambda_errors           - errors of one function within 5 minutes that raise an alarm
+      lambda_throttles        - throttled invocations of one function within 5 minutes that raise an alarm
+      webhook_5xx             - 5xx answers of the webhook within 5 minutes that raise an alarm (GitHub does not
+                                redeliver them by itself)
+  EOT
+  type = object({
+    enabled                 = optional(bool, true)
+    alarm_topic_arn         = optional(string)
+    alarm_email             = optional(string)
+    alarm_topic_kms_key_arn = optional(string)
+    dead_letter_jobs        = optional(number, 1)
+    oldest_job_seconds      = optional(number, 1800)
+    no_launch_minutes       = optional(number, 30)
+    lambda_errors           = optional(number, 1)
+    lambda_throttles        = optional(number, 1)
+    webhook_5xx             = optional(number, 1)
+  })
+  default  = {}
+  nullable = false
+
+  validation {
+    condition     = var.monitoring.alarm_topic_arn == null || can(regex("^arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}(\\.fifo)?$", coalesce(var.monitoring.alarm_topic_arn, "x")))
+    error_message = "monitoring.alarm_topic_arn must be an SNS topic ARN (arn:aws:sns:<region>:<account>:<name>)."
+  }
+  validation {
+    condition     = var.monitoring.alarm_email == null || can(regex("^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$", coalesce(var.monitoring.alarm_email, "x")))
+    error_message = "monitoring.alarm_email must be one email address, such as ops@example.com."
+  }
+  validation {
+    condition     = var.monitoring.alarm_topic_kms_key_arn == null || can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:(key|alias)/.+$", coalesce(var.monitoring.alarm_topic_kms_key_arn, "x")))
+    error_message = "monitoring.alarm_topic_kms_key_arn must be the ARN of a customer managed KMS key (arn:aws:kms:<region>:<account>:key/<id>)."
+  }
+  validation {
+    condition     = !endswith(coalesce(var.monitoring.alarm_topic_kms_key_arn, "x"), ":alias/aws/sns")
+    error_message = "monitoring.alarm_topic_kms_key_arn cannot be the AWS managed key alias/aws/sns: CloudWatch may not use it, so no alarm would reach the topic. Use a customer managed key whose policy lets cloudwatch.amazonaws.com use it, or null."
+  }
+  validation {
+    condition = alltrue([for n in [var.monitoring.dead_letter_jobs, var.monitoring.lambda_errors, var.monitoring.lambda_throttles, var.monitoring.webhook_5xx] :
+    n >= 1 && floor(n) == n])
+    error_message = "monitoring.dead_letter_jobs, lambda_errors, lambda_throttles and webhook_5xx must be whole numbers of at least 1 (0 would alarm on an idle deployment)."
+  }
+  validation {
+    condition     = var.monitoring.oldest_job_seconds >= 60 && var.monitoring.oldest_job_seconds <= 345600
+    error_message = "monitoring.oldest_job_seconds must be between 60 and 345600 (the jobs queue keeps a message 4 days)."
+  }
+  validation {
+    condition     = var.monitoring.no_launch_minutes >= 10 && var.monitoring.no_launch_minutes <= 1440 && var.monitoring.no_launch_minutes % 5 == 0
+    error_message = "monitoring.no_launch_minutes must be a multiple of 5 from 10 to 1440 (the alarm looks at 5-minute periods, at most a day)."
+  }
 }

@@ -21,6 +21,8 @@ as narrow as the design says:
     table or "*": create-runner may GetItem, PutItem, DeleteItem and Query (claim, give back), stop-runner
     GetItem, DeleteItem, Query and Scan (free, sweep; it never claims); the autoscaler, move-jobs and the runner
     instances have no DynamoDB action at all;
+  * S3: only move-jobs, only when the config document has `runner_cache`: s3:GetObject, s3:PutObject and
+    s3:AbortMultipartUpload on the cache prefix and s3:ListBucket on the script bucket, nothing else;
   * the cold start's one GetParameters call: each function's SOPHONS_SECRET_PARAMS names exactly its secret (the
     autoscaler the webhook secret, the others the GitHub credential), and its role may ssm:GetParameters (and
     ssm:GetParameter) on its config document and on every name listed (GetParameters fails whole if one is denied).
@@ -436,6 +438,34 @@ def check(deployment):
                 if not deployment.may(role, action, f":parameter{parameter}"):
                     errors.append(f"{role}: no {action} on {parameter}, which {function_name} reads at every cold start")
 
+    # 12. S3: only move-jobs, only for the runner cache (config `runner_cache`): HeadObject and a multipart upload
+    # under the cache prefix, ListBucket on the bucket (so a missing package is a 404); no delete, nothing else.
+    cache = deployment.config.get("runner_cache")
+    move_jobs_role = f"{name}-move-jobs-lambda"
+    cache_objects = f"arn:aws:s3:::{deployment.bucket}/{(cache or {}).get('prefix', '')}*"
+    cache_grants = {"s3:getobject": cache_objects, "s3:putobject": cache_objects, "s3:abortmultipartupload": cache_objects,
+                    "s3:listbucket": f"arn:aws:s3:::{deployment.bucket}"}
+    s3_granted = set()
+    for role in sorted(all_roles - {deployment.runner_role["name"]}):
+        for statement in deployment.statements(role):
+            if statement.get("Effect") != "Allow":
+                continue
+            resources = as_list(statement.get("Resource"))
+            for action in as_list(statement.get("Action")):
+                if not action.lower().startswith("s3:"):
+                    continue
+                if role != move_jobs_role or not cache:
+                    error(role, statement, f"{action}: only move-jobs touches S3, and only for the runner cache")
+                elif action.lower() not in cache_grants:
+                    error(role, statement, f"{action}: the runner cache needs only {sorted(cache_grants)}")
+                elif resources != [cache_grants[action.lower()]]:
+                    error(role, statement, f"{action} on {resources}, not only {cache_grants[action.lower()]}")
+                else:
+                    s3_granted.add(action.lower())
+    if cache:
+        for action in sorted(set(cache_grants) - s3_granted):
+            errors.append(f"{move_jobs_role}: no {action}: move-jobs cannot keep the runner cache")
+
     return errors
 
 
@@ -548,6 +578,13 @@ def self_test(deployment):
         "the webhook's autoscaler writes slots": (f"{name}-autoscaler-lambda", grant("dynamodb:PutItem", table)),
         "move-jobs reads slots": (f"{name}-move-jobs-lambda", grant("dynamodb:Scan", table)),
         "runner reads slots": (deployment.runner_role["name"], grant("dynamodb:GetItem", table)),
+        "move-jobs writes the runner script": (f"{name}-move-jobs-lambda", set_resource(
+            "CopyRunnerPackages", f"arn:aws:s3:::{deployment.bucket}/*")),
+        "move-jobs deletes runner packages": (f"{name}-move-jobs-lambda", grant(
+            "s3:DeleteObject", f"arn:aws:s3:::{deployment.bucket}/actions-runner/*")),
+        "move-jobs lists every bucket": (f"{name}-move-jobs-lambda", set_resource("TellMissingRunnerPackages", "arn:aws:s3:::*")),
+        "move-jobs without HeadObject's 404": (f"{name}-move-jobs-lambda", drop_statement("TellMissingRunnerPackages")),
+        "create-runner writes the bucket": (create_role, grant("s3:PutObject", f"arn:aws:s3:::{deployment.bucket}/actions-runner/*")),
         "create-runner's cold start without GetParameters": (create_role, drop_action("ReadConfigAndGitHubCredential", "ssm:GetParameters")),
         "the autoscaler's cold start without GetParameters": (f"{name}-autoscaler-lambda", drop_action("ReadConfigAndWebhookSecret", "ssm:GetParameters")),
     }

@@ -167,6 +167,34 @@ async fn the_binary_answers_every_row_of_the_table_and_enqueues_only_the_served_
         logs.contains("\"decision\":\"enqueued\""),
         "one JSON line per request: {logs}"
     );
+
+    // The metrics CloudWatch makes of the same output (EMF): one answer per request by decision,
+    // and the time to enqueued of each served job by template.
+    use sophons_core::metrics::{documents, read};
+    let data = read(&documents(logs.lines())).unwrap();
+    let answers = |decision: &str| {
+        data.iter()
+            .filter(|d| {
+                d.name == "WebhookAnswers" && d.dimensions.iter().any(|(k, v)| k == "decision" && v == decision)
+            })
+            .inspect(|d| {
+                assert_eq!(d.unit, "Count");
+                assert_eq!(d.dimensions.len(), 2, "{d:?}");
+            })
+            .count()
+    };
+    assert_eq!(answers("enqueued"), 2);
+    assert_eq!(answers("unauthorized"), 2);
+    assert_eq!(answers("forbidden"), 1);
+    let enqueued: Vec<_> = data.iter().filter(|d| d.name == "EnqueuedAfter").collect();
+    assert_eq!(enqueued.len(), 2, "{data:?}");
+    assert!(enqueued.iter().all(|d| d.unit == "Seconds"
+        && d.value > 0.0
+        && d.dimensions
+            == vec![
+                ("deployment".to_string(), "sophons".to_string()),
+                ("template".to_string(), "template_cpu".to_string())
+            ]));
 }
 
 #[tokio::test]

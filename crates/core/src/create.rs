@@ -14,9 +14,11 @@ use crate::config::{Config, Template};
 use crate::fleet::{
     Capacity, FleetError, Instance, InstanceQuery, LaunchRequest, Launched, TAG_COMMAND_ID, TAG_DEPLOYMENT, TAG_JOB_ID,
     TAG_RELAUNCHES, TAG_REPOSITORY, TAG_RUN_ID, TAG_RUNNER_FAILURES, TAG_RUNNER_ID, TAG_SLOT, TAG_TEMPLATE,
+    TAG_WORKFLOW,
 };
 use crate::github::{GithubError, JobStatus, RunnerScope};
 use crate::job::JobMessage;
+use crate::metrics::{Emf, name as metric};
 use crate::names;
 use crate::release::{RELEASE_TTL, Releases, RunnerRelease};
 use crate::slots::{ClaimAnswer, SlotClaim, SlotsError, slot_of};
@@ -61,7 +63,39 @@ pub enum Outcome {
     /// Nothing (more) to do for this message; it is deleted.
     Acknowledged(String),
     /// Try again after `delay_seconds`; after the queue's maxReceiveCount it goes to the DLQ.
-    HandedBack { delay_seconds: u32, reason: String },
+    HandedBack {
+        delay_seconds: u32,
+        reason: String,
+        kind: HandBack,
+    },
+}
+
+/// Why a job was handed back, as a small closed set (the `reason` dimension of the `HandBacks`
+/// metric; the text in `reason` says the rest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandBack {
+    /// The template is at `max_runners`.
+    Full,
+    /// Another launch of this job is in flight or being ended: look again shortly.
+    InFlight,
+    /// Nothing launched: no capacity, a refused launch.
+    LaunchFailed,
+    /// Launched, but the runner could not be registered or started; the instance was ended.
+    StartFailed,
+    /// A service we depend on did not answer (EC2, GitHub, DynamoDB...).
+    Unavailable,
+}
+
+impl HandBack {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::InFlight => "in_flight",
+            Self::LaunchFailed => "launch_failed",
+            Self::StartFailed => "start_failed",
+            Self::Unavailable => "unavailable",
+        }
+    }
 }
 
 impl Outcome {
@@ -322,6 +356,7 @@ impl CreateRunner {
             Outcome::Served { instance_id, .. } => instance_id.as_str(),
             _ => "",
         };
+        self.emit_metrics(&message, &outcome);
         tracing::info!(
             job_id = message.job_id,
             delivery_id = message.delivery_id,
@@ -337,6 +372,39 @@ impl CreateRunner {
             if reason.is_empty() { "runner started" } else { &reason }
         );
         outcome
+    }
+
+    /// The job's metrics (`metrics`): a launch by capacity and the time to its command, or a
+    /// hand-back by reason.
+    fn emit_metrics(&self, message: &JobMessage, outcome: &Outcome) {
+        let job = || {
+            Emf::new(&self.config.deployment)
+                .dimension("template", &message.template)
+                .property("job_id", message.job_id)
+        };
+        match outcome {
+            Outcome::Served { capacity, .. } => {
+                job()
+                    .dimension("capacity", capacity.as_str())
+                    .count(metric::LAUNCHES, 1)
+                    .emit();
+                let mut times = job();
+                if let Some(after) = crate::metrics::since(&message.created_at) {
+                    times = times.seconds(metric::COMMAND_SENT_AFTER, after);
+                }
+                if message.relaunches > 0 {
+                    times = times.count(metric::RELAUNCHES, 1);
+                }
+                times.emit();
+            }
+            Outcome::HandedBack { kind, .. } => {
+                job()
+                    .dimension("reason", kind.as_str())
+                    .count(metric::HAND_BACKS, 1)
+                    .emit();
+            }
+            Outcome::Acknowledged(_) => {}
+        }
     }
 
     async fn serve_job(
@@ -378,6 +446,7 @@ impl CreateRunner {
                 // never serves this message. Launching beside it would give the job two live
                 // instances; wait until it is gone (stop-runner, or the sweep, ends it).
                 return Outcome::HandedBack {
+                    kind: HandBack::InFlight,
                     delay_seconds: TRANSIENT_DELAY_SECONDS,
                     reason: format!(
                         "job {job_id}'s previous instance {} (relaunch {}) is still being ended; its new runner \
@@ -398,6 +467,7 @@ impl CreateRunner {
             // acknowledging here would lose the job to an instance nobody starts.
             if !self.is_abandoned(&instance) {
                 return Outcome::HandedBack {
+                    kind: HandBack::InFlight,
                     delay_seconds: self.config.retry_delay_seconds,
                     reason: format!(
                         "job {job_id} has instance {} not started yet; checking again in {} s",
@@ -469,6 +539,7 @@ impl CreateRunner {
         let room = self.gate.room(&message.template);
         let counting = room.lock().await;
         let full = || Outcome::HandedBack {
+            kind: HandBack::Full,
             delay_seconds: self.config.retry_delay_seconds,
             reason: format!(
                 "template `{}` is at max_runners ({}); job {job_id} waits {} s",
@@ -499,7 +570,7 @@ impl CreateRunner {
                 Ok(None) => (slot, claim),
                 Ok(Some(other)) => {
                     self.release_slot(&message.template, slot, &claim).await;
-                    return transient(format!(
+                    return in_flight(format!(
                         "job {job_id} is being launched by another handler (it holds launch slot {other}); checking \
                          again in {TRANSIENT_DELAY_SECONDS} s"
                     ));
@@ -514,7 +585,7 @@ impl CreateRunner {
             // listed, the next receive acknowledges; if it died, its claim goes stale and the next
             // receive takes the slot over.
             Ok(Claim::JobBeingLaunched(slot)) => {
-                return transient(format!(
+                return in_flight(format!(
                     "job {job_id} is being launched by another handler (it holds launch slot {slot}); checking again \
                      in {TRANSIENT_DELAY_SECONDS} s"
                 ));
@@ -643,6 +714,7 @@ impl CreateRunner {
                 // with the next receive's token: a live instance of the job is acknowledged then.
                 return (
                     Outcome::HandedBack {
+                        kind: HandBack::InFlight,
                         delay_seconds: TRANSIENT_DELAY_SECONDS,
                         reason: format!(
                             "job {job_id}: another handler launched with the same launch token ({reason}); checking \
@@ -675,9 +747,24 @@ impl CreateRunner {
                     }
                     SlotFate::GiveBack => format!("no instance launched for job {job_id}: {error}"),
                 };
-                return (Outcome::HandedBack { delay_seconds, reason }, fate);
+                let kind = HandBack::LaunchFailed;
+                return (
+                    Outcome::HandedBack {
+                        delay_seconds,
+                        reason,
+                        kind,
+                    },
+                    fate,
+                );
             }
         };
+        if let Some(after) = crate::metrics::since(&message.created_at) {
+            Emf::new(&self.config.deployment)
+                .dimension("template", &message.template)
+                .seconds(metric::LAUNCHED_AFTER, after)
+                .property("job_id", job_id)
+                .emit();
+        }
         tracing::info!(
             job_id,
             template = message.template,
@@ -724,6 +811,7 @@ impl CreateRunner {
                 let fate = if ended { SlotFate::GiveBack } else { SlotFate::Kept };
                 (
                     Outcome::HandedBack {
+                        kind: HandBack::StartFailed,
                         delay_seconds: failure.delay_seconds,
                         reason: failure.reason,
                     },
@@ -885,6 +973,7 @@ impl CreateRunner {
             (TAG_JOB_ID.to_string(), message.job_id.to_string()),
             (TAG_REPOSITORY.to_string(), names::tag_value(&message.repository)),
             (TAG_RUN_ID.to_string(), message.run_id.to_string()),
+            (TAG_WORKFLOW.to_string(), names::tag_value(&message.workflow_name)),
             (TAG_RELAUNCHES.to_string(), message.relaunches.to_string()),
             (TAG_RUNNER_FAILURES.to_string(), message.runner_failures.to_string()),
             (
@@ -1010,8 +1099,19 @@ fn script_env(release: &RunnerRelease, template: &Template) -> Vec<(&'static str
     env
 }
 
+/// A service did not answer: look again shortly.
 fn transient(reason: String) -> Outcome {
     Outcome::HandedBack {
+        kind: HandBack::Unavailable,
+        delay_seconds: TRANSIENT_DELAY_SECONDS,
+        reason,
+    }
+}
+
+/// Another launch of this job is in flight: look again shortly.
+fn in_flight(reason: String) -> Outcome {
+    Outcome::HandedBack {
+        kind: HandBack::InFlight,
         delay_seconds: TRANSIENT_DELAY_SECONDS,
         reason,
     }

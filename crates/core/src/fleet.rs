@@ -17,6 +17,8 @@ pub const TAG_TEMPLATE: &str = "sophons:template";
 pub const TAG_JOB_ID: &str = "sophons:job-id";
 pub const TAG_REPOSITORY: &str = "sophons:repository";
 pub const TAG_RUN_ID: &str = "sophons:run-id";
+/// The job's workflow name: with the repository, what cost allocation groups by.
+pub const TAG_WORKFLOW: &str = "sophons:workflow";
 pub const TAG_COMMAND_ID: &str = "sophons:command-id";
 pub const TAG_RUNNER_ID: &str = "sophons:runner-id";
 /// How many times the job was sent back for a new runner before this instance (any reason).

@@ -12,6 +12,7 @@ pub mod github;
 pub mod job;
 pub mod lambda;
 pub mod logging;
+pub mod metrics;
 pub mod names;
 pub mod ports;
 pub mod queue;

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::github::{Github, GithubError, JobStatus};
 use crate::job::JobMessage;
+use crate::metrics::{Emf, name as metric};
 use crate::queue::Queue;
 
 /// GitHub cancels a job left queued for 24 hours.
@@ -58,8 +59,18 @@ impl MoveJobs {
                 break;
             }
             for message in batch {
+                // Every job found here is counted by what happened to it (`DeadLetters`).
+                let template = JobMessage::decode(&message.body).map_or_else(|_| "unknown".to_string(), |m| m.template);
+                let counted = |reason: &str| {
+                    Emf::new(&self.config.deployment)
+                        .dimension("template", &template)
+                        .dimension("reason", reason)
+                        .count(metric::DEAD_LETTERS, 1)
+                        .emit();
+                };
                 match self.decide(&message.body).await {
                     Decision::Move(mut job) => {
+                        counted("moved");
                         // A trip of its own: receives count from 1 again, and the launch tokens
                         // must not be the first trip's (EC2 would replay that trip's answers).
                         job.trip += 1;
@@ -84,6 +95,7 @@ impl MoveJobs {
                         }
                     }
                     Decision::Drop { reason, why, job_id } => {
+                        counted(reason);
                         tracing::warn!(job_id, reason, "job dropped from the DLQ: {why}");
                         if self
                             .queue
@@ -97,6 +109,7 @@ impl MoveJobs {
                         }
                     }
                     Decision::Leave { why, job_id } => {
+                        counted("left");
                         tracing::warn!(job_id, "job left in the DLQ for the next run: {why}");
                         report.left += 1;
                     }

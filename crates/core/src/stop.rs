@@ -20,6 +20,7 @@ use crate::fleet::{
 };
 use crate::github::{GithubError, JobStatus, Runner, RunnerScope};
 use crate::job::{JobMessage, MESSAGE_VERSION, now_rfc3339};
+use crate::metrics::{Emf, name as metric};
 use crate::names;
 use crate::slots::{ClaimedSlot, slot_of};
 
@@ -484,6 +485,17 @@ impl StopRunner {
             }
         };
         report.examined = instances.len();
+        for (name, template) in &self.config.templates {
+            let live = instances
+                .iter()
+                .filter(|i| i.state.is_live() && i.tag(crate::fleet::TAG_TEMPLATE) == Some(name.as_str()))
+                .count() as u64;
+            Emf::new(deployment)
+                .dimension("template", name)
+                .count(metric::LIVE_INSTANCES, live)
+                .count(metric::FREE_SLOTS, u64::from(template.max_runners).saturating_sub(live))
+                .emit();
+        }
         let scopes = self.runner_scopes(&instances);
         let mut runners: BTreeMap<u64, (RunnerScope, Runner)> = BTreeMap::new();
         let mut runners_listed = true;

@@ -15,6 +15,7 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::job::{JobMessage, MESSAGE_VERSION, now_rfc3339};
+use crate::metrics::{Emf, name as metric};
 use crate::queue::Queue;
 use crate::templates;
 
@@ -222,6 +223,10 @@ impl Webhook {
             .answer(request.method(), request.uri().path(), request.headers(), body)
             .await;
         log(&answer, started.elapsed().as_micros());
+        Emf::new(&self.config.deployment)
+            .dimension("decision", answer.decision.as_str())
+            .count(metric::WEBHOOK_ANSWERS, 1)
+            .emit();
         let mut response = Response::builder()
             .status(answer.decision.status())
             .header(header::CONTENT_TYPE, "application/json");
@@ -408,10 +413,19 @@ impl Webhook {
             .send(&self.config.queue_url, &message.encode(), delivery_id)
             .await
         {
-            Ok(_) => Answer::new(
-                Decision::Enqueued,
-                format!("job {job_id} queued for template `{template}`"),
-            ),
+            Ok(_) => {
+                if let Some(after) = crate::metrics::since(&message.created_at) {
+                    Emf::new(&self.config.deployment)
+                        .dimension("template", template)
+                        .seconds(metric::ENQUEUED_AFTER, after)
+                        .property("job_id", job_id)
+                        .emit();
+                }
+                Answer::new(
+                    Decision::Enqueued,
+                    format!("job {job_id} queued for template `{template}`"),
+                )
+            }
             Err(error) => Answer::new(
                 Decision::QueueFailed,
                 format!("job {job_id} could not be queued ({error}); redeliver it from the webhook's settings"),

@@ -9,7 +9,7 @@ use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
 use serde_json::json;
 use sophons_core::commands::CommandError;
 use sophons_core::config::Config;
-use sophons_core::create::{Backoff, CreateRunner, Outcome, Ports};
+use sophons_core::create::{Backoff, CreateRunner, HandBack, Outcome, Ports};
 use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeQueue, FakeSecrets, Lag};
 use sophons_core::fleet::{Capacity, Fleet, FleetError, Instance, InstanceState};
 use sophons_core::github::{GithubError, RunnerScope};
@@ -313,7 +313,7 @@ async fn a_full_template_hands_the_job_back_for_the_retry_delay() {
     served_instance(&serve(&world, &message(21, "template_gpu")).await);
     let outcome = serve(&world, &message(22, "template_gpu")).await;
     assert!(
-        matches!(&outcome, Outcome::HandedBack { delay_seconds: 900, reason } if reason.contains("max_runners")),
+        matches!(&outcome, Outcome::HandedBack { delay_seconds: 900, reason, kind: HandBack::Full } if reason.contains("max_runners")),
         "{outcome:?}"
     );
     assert_eq!(world.fleet.launches().len(), 2);
@@ -891,7 +891,7 @@ async fn a_launch_token_used_with_other_parameters_hands_the_job_back_with_a_new
     let other = world.fleet.launch(&request).await.unwrap();
     let outcome = serve(&world, &job).await;
     assert!(
-        matches!(&outcome, Outcome::HandedBack { delay_seconds: 60, reason } if reason.contains("same launch token")),
+        matches!(&outcome, Outcome::HandedBack { delay_seconds: 60, reason, kind: HandBack::InFlight } if reason.contains("same launch token")),
         "never acknowledged: the other launch may fail, and its message may be gone: {outcome:?}"
     );
     assert!(
@@ -1189,7 +1189,7 @@ async fn with_no_verified_release_known_nothing_is_launched_and_the_job_waits() 
         break_it(&world);
         let outcome = serve(&world, &message(65, "template_cpu")).await;
         assert!(
-            matches!(&outcome, Outcome::HandedBack { delay_seconds: 60, reason } if reason.contains("runner release")),
+            matches!(&outcome, Outcome::HandedBack { delay_seconds: 60, reason, kind: HandBack::Unavailable } if reason.contains("runner release")),
             "{outcome:?}"
         );
         assert!(world.fleet.launches().is_empty());

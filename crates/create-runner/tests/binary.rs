@@ -117,6 +117,30 @@ async fn one_message_gives_one_instance_one_parameter_one_command_and_one_jit_re
     assert!(!logs.contains(&jit_value), "the JIT config must never be logged");
     assert!(!logs.contains(TOKEN), "the GitHub token must never be logged");
     assert!(logs.contains("\"outcome\":\"served\""), "{logs}");
+    // The metrics CloudWatch makes of it (EMF): one launch, by capacity; the times from the job's
+    // created_at to its launch and to its command.
+    use sophons_core::metrics::{documents, read};
+    let data = read(&documents(logs.lines())).unwrap();
+    let dimensions = |extra: &[(&str, &str)]| {
+        let mut all = vec![
+            ("deployment".to_string(), setup.deployment.clone()),
+            ("template".to_string(), "template_cpu".to_string()),
+        ];
+        all.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        all
+    };
+    let launches: Vec<_> = data.iter().filter(|d| d.name == "Launches").collect();
+    assert_eq!(launches.len(), 1, "{data:?}");
+    assert_eq!((launches[0].unit.as_str(), launches[0].value), ("Count", 1.0));
+    assert_eq!(launches[0].dimensions, dimensions(&[("capacity", "spot")]));
+    for name in ["LaunchedAfter", "CommandSentAfter"] {
+        let times: Vec<_> = data.iter().filter(|d| d.name == name).collect();
+        assert_eq!(times.len(), 1, "{name}: {data:?}");
+        assert_eq!(times[0].unit, "Seconds");
+        assert_eq!(times[0].dimensions, dimensions(&[]));
+        assert!(times[0].value > 0.0);
+    }
+    assert!(!data.iter().any(|d| d.name == "HandBacks"), "{data:?}");
 
     // The same message again (a redelivery): acknowledged, no second instance.
     let response = lambda

@@ -42,6 +42,7 @@ provider "aws" {
 
   endpoints {
     apigatewayv2   = var.moto_endpoint
+    cloudwatch     = var.moto_endpoint
     cloudwatchlogs = var.moto_endpoint
     dynamodb       = var.moto_endpoint
     ec2            = var.moto_endpoint

@@ -120,4 +120,31 @@ async fn a_job_that_failed_three_receives_reaches_the_dlq_and_move_jobs_brings_i
     assert_eq!(JobMessage::decode(&back[0]).unwrap().job_id, 1);
     assert!(bodies(&sqs, &stack.dlq_url).await.is_empty());
     assert!(lambda.logs().contains("move-jobs: moved 1"), "{}", lambda.logs());
+    // What CloudWatch counts of it (EMF): each job found in the DLQ, by what became of it.
+    use sophons_core::metrics::{documents, read};
+    let data = read(&documents(lambda.logs().lines())).unwrap();
+    let mut reasons: Vec<_> = data
+        .iter()
+        .filter(|d| d.name == "DeadLetters")
+        .inspect(|d| assert_eq!((d.unit.as_str(), d.value), ("Count", 1.0)))
+        .map(|d| {
+            d.dimensions
+                .iter()
+                .map(|(k, _)| k.clone())
+                .collect::<Vec<_>>()
+                .join(",")
+                + "="
+                + &d.dimensions.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>()[2..].join(",")
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 2, "{data:?}");
+    assert!(
+        reasons.iter().all(|r| r.starts_with("deployment,template,reason=")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.ends_with("=moved")) && reasons.iter().any(|r| r.ends_with("=not_queued")),
+        "{reasons:?}"
+    );
 }

@@ -57,6 +57,7 @@ provider "aws" {
 
   endpoints {
     apigatewayv2   = var.moto_endpoint
+    cloudwatch     = var.moto_endpoint
     cloudwatchlogs = var.moto_endpoint
     dynamodb       = var.moto_endpoint
     ec2            = var.moto_endpoint
@@ -65,6 +66,7 @@ provider "aws" {
     kms            = var.moto_endpoint
     lambda         = var.moto_endpoint
     s3             = var.moto_endpoint
+    sns            = var.moto_endpoint
     sqs            = var.moto_endpoint
     ssm            = var.moto_endpoint
     sts            = var.moto_endpoint
@@ -125,6 +127,9 @@ module "pat" {
 
   tags = { Environment = "moto" }
 
+  # Alarms mail an address through a topic the module creates.
+  monitoring = { alarm_email = "runners-oncall@example.com" }
+
   # moto gaps (production keeps the defaults, true):
   # - moto applies bucket policies without their conditions: the Deny-unless-TLS statement would deny all.
   # - moto stores RedriveAllowPolicy but never returns it: the provider would wait for it forever.
@@ -169,6 +174,14 @@ module "app" {
     }
   }
 
+  # Alarms go to a topic that exists already, with thresholds of its own.
+  monitoring = {
+    alarm_topic_arn    = aws_sns_topic.existing_alarms.arn
+    oldest_job_seconds = 900
+    no_launch_minutes  = 15
+    lambda_errors      = 3
+  }
+
   script_bucket_tls_only_policy = false
   dlq_redrive_allow_policy      = false
 }
@@ -180,12 +193,22 @@ resource "aws_ssm_parameter" "webhook_secret" {
   value = var.secrets.webhook_secret
 }
 
+resource "aws_sns_topic" "existing_alarms" {
+  #checkov:skip=CKV_AWS_26:Test fixture inside moto: the operator's own topic that alarms notify; no message is ever published.
+  name = "${var.deployment_prefix}-existing-alarms"
+}
+
 output "config_parameter_names" {
   value = [module.pat.config_parameter_name, module.app.config_parameter_name]
 }
 
 output "webhook_urls" {
   value = [module.pat.webhook_url, module.app.webhook_url]
+}
+
+output "monitoring" {
+  description = "Each deployment's dashboard, alarms and alarm topics (terraform/test/check_monitoring.py)."
+  value       = { pat = module.pat.monitoring, app = module.app.monitoring }
 }
 
 output "functions_by_config_parameter" {

@@ -1,0 +1,264 @@
+//! CloudWatch metrics as log lines in the Embedded Metric Format (EMF): one JSON object per line
+//! on stdout, which Lambda sends to CloudWatch Logs and CloudWatch turns into metrics, with no
+//! PutMetricData call and no extra permission
+//! (<https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/CloudWatch_Embedded_Metric_Format_Specification.html>).
+//!
+//! Namespace `sophons`; every metric has the dimension `deployment`, and `template` where a job
+//! or template is known; a few add one small closed set (`capacity`, `reason`, `decision`).
+//! Never a per-job or per-repository dimension: each distinct value would be a metric of its own,
+//! billed as one. The job id and repository ride along as properties (searchable in Logs Insights,
+//! not metrics).
+//!
+//! Written by hand rather than with a crate: `metrics_cloudwatch_embedded` (the maintained one)
+//! sits behind the `metrics` facade and wraps the Lambda runtime loop to flush per invocation,
+//! which would add two dependencies to every binary for what is one `serde_json` object here.
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Map, Value, json};
+
+pub const NAMESPACE: &str = "sophons";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Seconds,
+    Count,
+}
+
+impl Unit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Seconds => "Seconds",
+            Self::Count => "Count",
+        }
+    }
+}
+
+/// The metric names, shared by the writers, the tests, the demo and Terraform's dashboard
+/// (terraform/monitoring.tf).
+pub mod name {
+    /// Seconds from the job's `created_at` to the webhook queueing it.
+    pub const ENQUEUED_AFTER: &str = "EnqueuedAfter";
+    /// Seconds from `created_at` to its instance launched.
+    pub const LAUNCHED_AFTER: &str = "LaunchedAfter";
+    /// Seconds from `created_at` to the runner command sent.
+    pub const COMMAND_SENT_AFTER: &str = "CommandSentAfter";
+    /// Launches, by `capacity` (spot, on-demand).
+    pub const LAUNCHES: &str = "Launches";
+    /// Jobs handed back to the queue, by `reason`.
+    pub const HAND_BACKS: &str = "HandBacks";
+    /// Jobs move-jobs found in the dead-letter queue, by `reason` (what it did with them).
+    pub const DEAD_LETTERS: &str = "DeadLetters";
+    /// Jobs launched again after their runner ended without running them.
+    pub const RELAUNCHES: &str = "Relaunches";
+    /// Webhook deliveries, by `decision` (enqueued, ignored, rejected...).
+    pub const WEBHOOK_ANSWERS: &str = "WebhookAnswers";
+    /// Live instances per template, from the sweep.
+    pub const LIVE_INSTANCES: &str = "LiveInstances";
+    /// Free launch slots per template (`max_runners` − live instances), from the sweep.
+    pub const FREE_SLOTS: &str = "FreeSlots";
+}
+
+/// One EMF document: its dimensions, metrics and properties.
+#[derive(Debug, Clone)]
+pub struct Emf {
+    dimensions: Vec<(&'static str, String)>,
+    metrics: Vec<(&'static str, Unit, f64)>,
+    properties: Map<String, Value>,
+}
+
+impl Emf {
+    pub fn new(deployment: &str) -> Self {
+        Self {
+            dimensions: vec![("deployment", deployment.to_string())],
+            metrics: Vec::new(),
+            properties: Map::new(),
+        }
+    }
+
+    pub fn dimension(mut self, name: &'static str, value: &str) -> Self {
+        self.dimensions.push((name, value.to_string()));
+        self
+    }
+
+    pub fn count(mut self, name: &'static str, value: u64) -> Self {
+        self.metrics.push((name, Unit::Count, value as f64));
+        self
+    }
+
+    pub fn seconds(mut self, name: &'static str, value: Duration) -> Self {
+        self.metrics.push((name, Unit::Seconds, value.as_secs_f64()));
+        self
+    }
+
+    pub fn property(mut self, name: &str, value: impl Into<Value>) -> Self {
+        self.properties.insert(name.to_string(), value.into());
+        self
+    }
+
+    /// The document as CloudWatch reads it, stamped `at`.
+    pub fn to_json(&self, at: SystemTime) -> Value {
+        let timestamp = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut document = self.properties.clone();
+        for (name, value) in &self.dimensions {
+            document.insert((*name).to_string(), json!(value));
+        }
+        for (name, _, value) in &self.metrics {
+            document.insert((*name).to_string(), json!(value));
+        }
+        document.insert(
+            "_aws".into(),
+            json!({
+                "Timestamp": timestamp,
+                "CloudWatchMetrics": [{
+                    "Namespace": NAMESPACE,
+                    "Dimensions": [self.dimensions.iter().map(|(name, _)| *name).collect::<Vec<_>>()],
+                    "Metrics": self.metrics.iter()
+                        .map(|(name, unit, _)| json!({"Name": name, "Unit": unit.as_str()}))
+                        .collect::<Vec<_>>(),
+                }],
+            }),
+        );
+        Value::Object(document)
+    }
+
+    /// Writes the document as one line on stdout, in a Lambda execution environment only (where
+    /// `AWS_LAMBDA_RUNTIME_API` is set): the simulation and the flow tests run the same code
+    /// millions of times and read no metric. Nothing is written for a document without a metric.
+    pub fn emit(self) {
+        static IN_LAMBDA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if self.metrics.is_empty() || !*IN_LAMBDA.get_or_init(|| std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()) {
+            return;
+        }
+        use std::io::Write;
+        let line = self.to_json(SystemTime::now()).to_string();
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{line}");
+    }
+}
+
+/// Time since an RFC 3339 moment (GitHub's `created_at`), if it is one and in the past.
+pub fn since(rfc3339: &str) -> Option<Duration> {
+    use aws_sdk_sqs::primitives::{DateTime, DateTimeFormat};
+    let at = DateTime::from_str(rfc3339, DateTimeFormat::DateTime).ok()?;
+    SystemTime::now().duration_since(SystemTime::try_from(at).ok()?).ok()
+}
+
+/// The EMF documents among log lines, as CloudWatch picks them out: JSON objects with an `_aws`
+/// member. For tests and the demo.
+pub fn documents<'a>(lines: impl IntoIterator<Item = &'a str>) -> Vec<Value> {
+    lines
+        .into_iter()
+        .filter_map(|line| serde_json::from_str::<Value>(line.trim()).ok())
+        .filter(|value| value.get("_aws").is_some())
+        .collect()
+}
+
+/// One metric value found in EMF documents: its name, unit, dimensions and value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Datum {
+    pub name: String,
+    pub unit: String,
+    pub dimensions: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// Reads EMF documents as CloudWatch does, checking the specification's rules: a namespace, each
+/// dimension and metric named in a directive present as a top-level member, values numbers.
+/// Errors name the broken rule.
+pub fn read(documents: &[Value]) -> Result<Vec<Datum>, String> {
+    let mut data = Vec::new();
+    for document in documents {
+        let aws = &document["_aws"];
+        if !aws["Timestamp"].is_u64() {
+            return Err(format!("_aws.Timestamp is not a number of milliseconds: {document}"));
+        }
+        let directives = aws["CloudWatchMetrics"]
+            .as_array()
+            .ok_or_else(|| format!("_aws.CloudWatchMetrics is not an array: {document}"))?;
+        for directive in directives {
+            if directive["Namespace"].as_str().is_none_or(str::is_empty) {
+                return Err(format!("a directive without a namespace: {document}"));
+            }
+            let sets = directive["Dimensions"].as_array().cloned().unwrap_or_default();
+            for metric in directive["Metrics"].as_array().cloned().unwrap_or_default() {
+                let name = metric["Name"].as_str().ok_or("a metric without a Name")?.to_string();
+                let value = document[&name]
+                    .as_f64()
+                    .ok_or_else(|| format!("metric {name} has no numeric member: {document}"))?;
+                for set in &sets {
+                    let mut dimensions = Vec::new();
+                    for dimension in set.as_array().cloned().unwrap_or_default() {
+                        let key = dimension.as_str().ok_or("a dimension name that is not a string")?;
+                        let value = document[key]
+                            .as_str()
+                            .ok_or_else(|| format!("dimension {key} has no string member: {document}"))?;
+                        dimensions.push((key.to_string(), value.to_string()));
+                    }
+                    data.push(Datum {
+                        name: name.clone(),
+                        unit: metric["Unit"].as_str().unwrap_or("None").to_string(),
+                        dimensions,
+                        value,
+                    });
+                }
+            }
+        }
+    }
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_document_names_each_metric_and_dimension_as_a_member_as_emf_requires() {
+        let document = Emf::new("sophons")
+            .dimension("template", "cpu")
+            .dimension("capacity", "spot")
+            .count(name::LAUNCHES, 1)
+            .property("job_id", 42)
+            .to_json(SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123));
+        assert_eq!(document["_aws"]["Timestamp"], 1_700_000_000_123u64);
+        assert_eq!(document["_aws"]["CloudWatchMetrics"][0]["Namespace"], "sophons");
+        let data = read(std::slice::from_ref(&document)).unwrap();
+        assert_eq!(
+            data,
+            vec![Datum {
+                name: "Launches".into(),
+                unit: "Count".into(),
+                dimensions: vec![
+                    ("deployment".into(), "sophons".into()),
+                    ("template".into(), "cpu".into()),
+                    ("capacity".into(), "spot".into())
+                ],
+                value: 1.0,
+            }]
+        );
+        assert_eq!(document["job_id"], 42, "a property, not a dimension");
+    }
+
+    #[test]
+    fn the_reader_refuses_a_metric_without_its_member() {
+        let mut document = Emf::new("d").count(name::RELAUNCHES, 1).to_json(SystemTime::now());
+        document.as_object_mut().unwrap().remove("Relaunches");
+        assert!(read(&[document]).unwrap_err().contains("Relaunches"));
+        let mut document = Emf::new("d").count(name::RELAUNCHES, 1).to_json(SystemTime::now());
+        document.as_object_mut().unwrap().remove("deployment");
+        assert!(read(&[document]).unwrap_err().contains("deployment"));
+    }
+
+    #[test]
+    fn only_json_lines_with_aws_are_documents() {
+        let lines = [
+            r#"{"level":"INFO","message":"job 1: runner started"}"#,
+            "not json",
+            r#"{"_aws":{"Timestamp":1,"CloudWatchMetrics":[]}}"#,
+        ];
+        assert_eq!(documents(lines).len(), 1);
+    }
+}

@@ -1,0 +1,413 @@
+# Alarms and a dashboard (var.monitoring; docs/monitoring.md says what each alarm means and what to do).
+#
+# They read what AWS already publishes (SQS, Lambda, API Gateway) and the `sophons` metrics the Lambdas write as
+# CloudWatch Embedded Metric Format log lines: no PutMetricData call, no call per job. Every alarm treats missing
+# data as not breaching: an idle deployment publishes nothing (SQS stops reporting a queue after six idle hours,
+# Lambda reports no errors without invocations), and that must never page anyone.
+
+locals {
+  monitoring = var.monitoring.enabled
+
+  # Every alarm notifies these topics when it goes into ALARM and when it is back to OK.
+  alarm_topic_arns = [for arn in [var.monitoring.alarm_topic_arn, one(aws_sns_topic.alarms[*].arn)] : arn if arn != null]
+
+  metric_namespace = "sophons"
+  period           = 300
+
+  # The one-metric alarms: a threshold on one AWS metric over one 5-minute period.
+  metric_alarms = local.monitoring ? merge(
+    {
+      dead-letter-jobs = {
+        description = "Jobs failed max_receive_count times and wait in the dead-letter queue (move-jobs retries them on move_jobs_schedule). Templates full or no Spot/on-demand capacity for long, or launches failing: see the create-runner log and docs/monitoring.md."
+        namespace   = "AWS/SQS"
+        metric      = "ApproximateNumberOfMessagesVisible"
+        dimensions  = { QueueName = aws_sqs_queue.jobs_dlq.name }
+        statistic   = "Maximum"
+        threshold   = var.monitoring.dead_letter_jobs
+      }
+      oldest-job = {
+        description = "A job has waited in the jobs queue longer than monitoring.oldest_job_seconds: create-runner is not taking jobs (errors, throttles, event source mapping disabled, too little concurrency). See docs/monitoring.md."
+        namespace   = "AWS/SQS"
+        metric      = "ApproximateAgeOfOldestMessage"
+        dimensions  = { QueueName = aws_sqs_queue.jobs.name }
+        statistic   = "Maximum"
+        threshold   = var.monitoring.oldest_job_seconds
+      }
+      # An HTTP API publishes `5xx` (a REST API would publish `5XXError` by ApiName). ApiId alone covers every
+      # stage; this API has one, `$default`.
+      webhook-5xx = {
+        description = "The webhook answered GitHub with 5xx (the autoscaler failed, timed out, was throttled, or could not queue the job). GitHub does not redeliver by itself: redeliver from the webhook's Recent Deliveries. See docs/monitoring.md."
+        namespace   = "AWS/ApiGateway"
+        metric      = "5xx"
+        dimensions  = { ApiId = aws_apigatewayv2_api.webhook.id }
+        statistic   = "Sum"
+        threshold   = var.monitoring.webhook_5xx
+      }
+    },
+    # The handlers return failures as values (batch item failures, answers), so Errors counts only crashes,
+    # timeouts and failed cold starts.
+    { for key, name in local.functions : "${replace(key, "_", "-")}-errors" => {
+      description = "${name} failed (crash, timeout or failed cold start). Its log group says why. See docs/monitoring.md."
+      namespace   = "AWS/Lambda"
+      metric      = "Errors"
+      dimensions  = { FunctionName = name }
+      statistic   = "Sum"
+      threshold   = var.monitoring.lambda_errors
+    } },
+    { for key, name in local.functions : "${replace(key, "_", "-")}-throttles" => {
+      description = "Lambda refused to run ${name} (account or reserved concurrency exhausted). A throttled autoscaler answers GitHub 5xx. See docs/monitoring.md."
+      namespace   = "AWS/Lambda"
+      metric      = "Throttles"
+      dimensions  = { FunctionName = name }
+      statistic   = "Sum"
+      threshold   = var.monitoring.lambda_throttles
+    } },
+  ) : {}
+
+  # The no-launch alarm sums every template's `Launches` (dimensions deployment, template, capacity). SEARCH cannot
+  # be used in an alarm, so the metrics are listed from var.runner_templates: spot for every template, on-demand
+  # for those that fall back to it (create-runner launches on-demand for no other template). An alarm's math takes
+  # at most 10 metrics; two are the jobs queue's, which leaves 8 launch metrics. A deployment with more gets no
+  # such alarm (the check below says so); the dead-letter and oldest-job alarms still watch its waiting jobs.
+  launch_metrics = concat([for i, name in sort(keys(var.runner_templates)) : [
+    for capacity in(var.runner_templates[name].on_demand_fallback ? ["spot", "on-demand"] : ["spot"]) : {
+      id       = "launches_${i}_${replace(capacity, "-", "_")}"
+      template = name
+      capacity = capacity
+    }
+  ]]...)
+  no_launch_alarm = local.monitoring && length(local.launch_metrics) <= 8
+
+  alarm_arns = concat(
+    [for alarm in aws_cloudwatch_metric_alarm.metric : alarm.arn],
+    aws_cloudwatch_metric_alarm.no_launch[*].arn,
+  )
+}
+
+check "no_launch_alarm" {
+  assert {
+    condition     = !local.monitoring || local.no_launch_alarm
+    error_message = "The ${var.deployment}-no-launch-while-jobs-wait alarm is not created: the templates have ${length(local.launch_metrics)} launch metrics (one per template, two with on_demand_fallback), and a CloudWatch alarm's math takes at most 10 metrics, 2 of them the jobs queue's. The dead-letter-jobs and oldest-job alarms still watch waiting jobs (docs/monitoring.md)."
+  }
+}
+
+resource "aws_sns_topic" "alarms" {
+  #checkov:skip=CKV_AWS_26:Encrypted with monitoring.alarm_topic_kms_key_arn when set. The AWS managed key alias/aws/sns cannot be used: CloudWatch alarms may not use it and would notify nobody. The topic carries alarm names and states only.
+  count = local.monitoring && var.monitoring.alarm_email != null ? 1 : 0
+
+  name              = "${var.deployment}-alarms"
+  kms_master_key_id = var.monitoring.alarm_topic_kms_key_arn
+  tags              = local.tags
+}
+
+# SNS mails the address a confirmation link first; nothing is delivered until it is followed.
+resource "aws_sns_topic_subscription" "alarm_email" {
+  count = length(aws_sns_topic.alarms)
+
+  topic_arn = aws_sns_topic.alarms[0].arn
+  protocol  = "email"
+  endpoint  = var.monitoring.alarm_email
+}
+
+resource "aws_cloudwatch_metric_alarm" "metric" {
+  for_each = local.metric_alarms
+
+  alarm_name          = "${var.deployment}-${each.key}"
+  alarm_description   = each.value.description
+  namespace           = each.value.namespace
+  metric_name         = each.value.metric
+  dimensions          = each.value.dimensions
+  statistic           = each.value.statistic
+  period              = local.period
+  evaluation_periods  = 1
+  threshold           = each.value.threshold
+  comparison_operator = "GreaterThanOrEqualToThreshold"
+  treat_missing_data  = "notBreaching"
+
+  actions_enabled = true
+  alarm_actions   = local.alarm_topic_arns
+  ok_actions      = local.alarm_topic_arns
+  tags            = local.tags
+}
+
+# Jobs wait and nothing launches: in each of the last no_launch_minutes / 5 periods the jobs queue held a job
+# (visible: not yet taken; not visible: handed back or being handled) and no template launched an instance.
+# Missing values count as 0 in metric math: `0 * waiting` gives the sum a value in every period the queue reports,
+# so a window without any launch reads 0 instead of no data. An idle queue reports nothing: no data, not breaching.
+resource "aws_cloudwatch_metric_alarm" "no_launch" {
+  count = local.no_launch_alarm ? 1 : 0
+
+  alarm_name          = "${var.deployment}-no-launch-while-jobs-wait"
+  alarm_description   = "Jobs have waited ${var.monitoring.no_launch_minutes} minutes in the jobs queue and no template launched an instance: launches fail (capacity, quotas, AMI, subnets, permissions) or every template is full. See the create-runner log and docs/monitoring.md."
+  evaluation_periods  = var.monitoring.no_launch_minutes / 5
+  datapoints_to_alarm = var.monitoring.no_launch_minutes / 5
+  threshold           = 1
+  comparison_operator = "GreaterThanOrEqualToThreshold"
+  treat_missing_data  = "notBreaching"
+
+  metric_query {
+    id = "visible"
+    metric {
+      namespace   = "AWS/SQS"
+      metric_name = "ApproximateNumberOfMessagesVisible"
+      dimensions  = { QueueName = aws_sqs_queue.jobs.name }
+      stat        = "Maximum"
+      period      = local.period
+    }
+  }
+
+  metric_query {
+    id = "hidden"
+    metric {
+      namespace   = "AWS/SQS"
+      metric_name = "ApproximateNumberOfMessagesNotVisible"
+      dimensions  = { QueueName = aws_sqs_queue.jobs.name }
+      stat        = "Maximum"
+      period      = local.period
+    }
+  }
+
+  dynamic "metric_query" {
+    for_each = local.launch_metrics
+
+    content {
+      id = metric_query.value.id
+      metric {
+        namespace   = local.metric_namespace
+        metric_name = "Launches"
+        dimensions  = { deployment = var.deployment, template = metric_query.value.template, capacity = metric_query.value.capacity }
+        stat        = "Sum"
+        period      = local.period
+      }
+    }
+  }
+
+  metric_query {
+    id         = "waiting"
+    expression = "visible + hidden"
+    label      = "Jobs in the jobs queue"
+  }
+
+  metric_query {
+    id         = "launched"
+    expression = join(" + ", concat(["0 * waiting"], [for m in local.launch_metrics : m.id]))
+    label      = "Instances launched"
+  }
+
+  metric_query {
+    id          = "stalled"
+    expression  = "IF(waiting >= 1 AND launched < 1, 1, 0)"
+    label       = "Jobs wait and nothing launched"
+    return_data = true
+  }
+
+  actions_enabled = true
+  alarm_actions   = local.alarm_topic_arns
+  ok_actions      = local.alarm_topic_arns
+  tags            = local.tags
+}
+
+################################################################################
+# Dashboard
+################################################################################
+
+locals {
+  templates = sort(keys(var.runner_templates))
+
+  # One line per template and percentile: percentiles cannot be combined across templates.
+  queue_time_widgets = {
+    LaunchedAfter     = "Job created → instance launched (s)"
+    CommandSentAfter  = "Job created → runner command sent (s)"
+    JobStartedAfter   = "Job created → job started (s)"
+    EnqueuedAfter     = "Job created → queued by the webhook (s)"
+    RunnerOnlineAfter = "Job created → runner online (s)"
+    JobDuration       = "Job duration, start to end (s)"
+  }
+  queue_time_order = ["LaunchedAfter", "CommandSentAfter", "JobStartedAfter", "EnqueuedAfter", "RunnerOnlineAfter", "JobDuration"]
+
+  dashboard_widgets = concat(
+    [
+      {
+        type = "text", x = 0, y = 0, width = 8, height = 6
+        properties = {
+          markdown = join("\n", [
+            "# ${var.deployment}: runners",
+            "Times count from the job's creation on GitHub (`created_at`), per template: p50, p90, p99.",
+            "Counts are per 5 minutes. Namespace `${local.metric_namespace}`, written by the Lambdas as log lines (EMF).",
+            "",
+            "What each alarm means and what to do: **docs/monitoring.md** in the sophons repository.",
+          ])
+        }
+      },
+      {
+        type = "alarm", x = 8, y = 0, width = 16, height = 6
+        properties = {
+          title  = "Alarms"
+          alarms = local.alarm_arns
+        }
+      },
+    ],
+    [for i, metric in local.queue_time_order : {
+      type = "metric", x = (i % 3) * 8, y = 6 + floor(i / 3) * 6, width = 8, height = 6
+      properties = {
+        title   = local.queue_time_widgets[metric]
+        region  = local.region
+        view    = "timeSeries"
+        stacked = false
+        period  = local.period
+        yAxis   = { left = { min = 0, label = "seconds", showUnits = false } }
+        metrics = concat([for template in local.templates : [
+          for p in ["p50", "p90", "p99"] :
+          [local.metric_namespace, metric, "deployment", var.deployment, "template", template, { stat = p, label = "${template} ${p}" }]
+        ]]...)
+      }
+    }],
+    [
+      {
+        type = "metric", x = 0, y = 18, width = 8, height = 6
+        properties = {
+          title   = "Launches by capacity"
+          region  = local.region
+          view    = "timeSeries"
+          stacked = true
+          period  = local.period
+          yAxis   = { left = { min = 0, label = "instances", showUnits = false } }
+          metrics = concat([for template in local.templates : [
+            for capacity in ["spot", "on-demand"] :
+            [local.metric_namespace, "Launches", "deployment", var.deployment, "template", template, "capacity", capacity, { stat = "Sum", label = "${template} ${capacity}" }]
+          ]]...)
+        }
+      },
+      # The reasons are the Lambdas' to name: SEARCH shows whichever exist.
+      {
+        type = "metric", x = 8, y = 18, width = 8, height = 6
+        properties = {
+          title   = "Hand-backs by reason (job hidden, retried later)"
+          region  = local.region
+          view    = "timeSeries"
+          stacked = true
+          period  = local.period
+          yAxis   = { left = { min = 0, label = "jobs", showUnits = false } }
+          metrics = [[{ id = "handbacks", expression = "SEARCH('{${local.metric_namespace},deployment,reason,template} MetricName=\"HandBacks\" deployment=\"${var.deployment}\"', 'Sum', ${local.period})" }]]
+        }
+      },
+      {
+        type = "metric", x = 16, y = 18, width = 8, height = 6
+        properties = {
+          title   = "Dead-letter trips by reason"
+          region  = local.region
+          view    = "timeSeries"
+          stacked = true
+          period  = local.period
+          yAxis   = { left = { min = 0, label = "jobs", showUnits = false } }
+          metrics = [[{ id = "deadletters", expression = "SEARCH('{${local.metric_namespace},deployment,reason,template} MetricName=\"DeadLetters\" deployment=\"${var.deployment}\"', 'Sum', ${local.period})" }]]
+        }
+      },
+      {
+        type = "metric", x = 0, y = 24, width = 8, height = 6
+        properties = {
+          title   = "Relaunches and Spot reclaims"
+          region  = local.region
+          view    = "timeSeries"
+          stacked = false
+          period  = local.period
+          yAxis   = { left = { min = 0, label = "jobs", showUnits = false } }
+          metrics = concat([for template in local.templates : [
+            [local.metric_namespace, "Relaunches", "deployment", var.deployment, "template", template, { stat = "Sum", label = "${template} relaunches" }],
+            [local.metric_namespace, "SpotReclaims", "deployment", var.deployment, "template", template, { stat = "Sum", label = "${template} Spot reclaims" }],
+          ]]...)
+        }
+      },
+      {
+        type = "metric", x = 8, y = 24, width = 8, height = 6
+        properties = {
+          title   = "Lambda errors and throttles"
+          region  = local.region
+          view    = "timeSeries"
+          stacked = false
+          period  = local.period
+          yAxis   = { left = { min = 0, label = "invocations", showUnits = false } }
+          metrics = concat([for key in sort(keys(local.functions)) : [
+            ["AWS/Lambda", "Errors", "FunctionName", local.functions[key], { stat = "Sum", label = "${replace(key, "_", "-")} errors" }],
+            ["AWS/Lambda", "Throttles", "FunctionName", local.functions[key], { stat = "Sum", label = "${replace(key, "_", "-")} throttles" }],
+          ]]...)
+        }
+      },
+      {
+        type = "metric", x = 16, y = 24, width = 8, height = 6
+        properties = {
+          title   = "Webhook answers by decision, and 5xx"
+          region  = local.region
+          view    = "timeSeries"
+          stacked = false
+          period  = local.period
+          yAxis   = { left = { min = 0, label = "deliveries", showUnits = false } }
+          metrics = [
+            [{ id = "answers", expression = "SEARCH('{${local.metric_namespace},decision,deployment} MetricName=\"WebhookAnswers\" deployment=\"${var.deployment}\"', 'Sum', ${local.period})" }],
+            ["AWS/ApiGateway", "5xx", "ApiId", aws_apigatewayv2_api.webhook.id, { stat = "Sum", label = "webhook 5xx (API Gateway)" }],
+          ]
+        }
+      },
+      # Gauges the sweep writes on sweep_schedule: a line per sweep, not per minute.
+      {
+        type = "metric", x = 0, y = 30, width = 8, height = 6
+        properties = {
+          title   = "Live instances and free slots per template"
+          region  = local.region
+          view    = "timeSeries"
+          stacked = false
+          period  = local.period
+          yAxis   = { left = { min = 0, label = "instances", showUnits = false } }
+          metrics = concat([for template in local.templates : [
+            [local.metric_namespace, "LiveInstances", "deployment", var.deployment, "template", template, { stat = "Maximum", label = "${template} live" }],
+            [local.metric_namespace, "FreeSlots", "deployment", var.deployment, "template", template, { stat = "Minimum", label = "${template} free slots" }],
+          ]]...)
+        }
+      },
+      {
+        type = "metric", x = 8, y = 30, width = 8, height = 6
+        properties = {
+          title   = "Jobs queue"
+          region  = local.region
+          view    = "timeSeries"
+          stacked = false
+          period  = local.period
+          yAxis = {
+            left  = { min = 0, label = "jobs", showUnits = false }
+            right = { min = 0, label = "seconds", showUnits = false }
+          }
+          metrics = [
+            ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", aws_sqs_queue.jobs.name, { stat = "Maximum", label = "waiting (visible)" }],
+            ["AWS/SQS", "ApproximateNumberOfMessagesNotVisible", "QueueName", aws_sqs_queue.jobs.name, { stat = "Maximum", label = "handed back or being handled" }],
+            ["AWS/SQS", "ApproximateAgeOfOldestMessage", "QueueName", aws_sqs_queue.jobs.name, { stat = "Maximum", label = "oldest job (s)", yAxis = "right" }],
+          ]
+        }
+      },
+      {
+        type = "metric", x = 16, y = 30, width = 8, height = 6
+        properties = {
+          title   = "Dead-letter queue"
+          region  = local.region
+          view    = "timeSeries"
+          stacked = false
+          period  = local.period
+          yAxis = {
+            left  = { min = 0, label = "jobs", showUnits = false }
+            right = { min = 0, label = "seconds", showUnits = false }
+          }
+          metrics = [
+            ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", aws_sqs_queue.jobs_dlq.name, { stat = "Maximum", label = "jobs" }],
+            ["AWS/SQS", "ApproximateAgeOfOldestMessage", "QueueName", aws_sqs_queue.jobs_dlq.name, { stat = "Maximum", label = "oldest (s)", yAxis = "right" }],
+          ]
+        }
+      },
+    ],
+  )
+}
+
+resource "aws_cloudwatch_dashboard" "this" {
+  count = local.monitoring ? 1 : 0
+
+  dashboard_name = var.deployment
+  dashboard_body = jsonencode({ widgets = local.dashboard_widgets })
+}
