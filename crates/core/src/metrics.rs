@@ -39,6 +39,10 @@ impl Unit {
 pub mod name {
     /// Seconds from the job's `created_at` to the webhook queueing it.
     pub const ENQUEUED_AFTER: &str = "EnqueuedAfter";
+    /// Seconds from `created_at` to the job started on its runner (GitHub's `started_at`).
+    pub const JOB_STARTED_AFTER: &str = "JobStartedAfter";
+    /// Seconds from the job's start to its end (GitHub's `started_at` to `completed_at`).
+    pub const JOB_DURATION: &str = "JobDuration";
     /// Seconds from `created_at` to its instance launched.
     pub const LAUNCHED_AFTER: &str = "LaunchedAfter";
     /// Seconds from `created_at` to the runner command sent.
@@ -51,6 +55,8 @@ pub mod name {
     pub const DEAD_LETTERS: &str = "DeadLetters";
     /// Jobs launched again after their runner ended without running them.
     pub const RELAUNCHES: &str = "Relaunches";
+    /// Spot instances EC2 took back, counted when stop-runner or the sweep looks after them.
+    pub const SPOT_RECLAIMS: &str = "SpotReclaims";
     /// Webhook deliveries, by `decision` (enqueued, ignored, rejected...).
     pub const WEBHOOK_ANSWERS: &str = "WebhookAnswers";
     /// Live instances per template, from the sweep.
@@ -130,7 +136,13 @@ impl Emf {
     /// millions of times and read no metric. Nothing is written for a document without a metric.
     pub fn emit(self) {
         static IN_LAMBDA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        if self.metrics.is_empty() || !*IN_LAMBDA.get_or_init(|| std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()) {
+        if self.metrics.is_empty() {
+            return;
+        }
+        if RECORDING.load(std::sync::atomic::Ordering::Relaxed) {
+            RECORDED.lock().unwrap().push(self.to_json(SystemTime::now()));
+        }
+        if !*IN_LAMBDA.get_or_init(|| std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()) {
             return;
         }
         use std::io::Write;
@@ -140,11 +152,36 @@ impl Emf {
     }
 }
 
+static RECORDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static RECORDED: std::sync::Mutex<Vec<Value>> = std::sync::Mutex::new(Vec::new());
+
+/// From now on this process also keeps every document it emits, in or out of Lambda: for flow
+/// tests, which pick theirs out of `recorded()` by a property (tests run in parallel).
+pub fn record() {
+    RECORDING.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The documents kept since `record()`.
+pub fn recorded() -> Vec<Value> {
+    RECORDED.lock().unwrap().clone()
+}
+
 /// Time since an RFC 3339 moment (GitHub's `created_at`), if it is one and in the past.
 pub fn since(rfc3339: &str) -> Option<Duration> {
     use aws_sdk_sqs::primitives::{DateTime, DateTimeFormat};
     let at = DateTime::from_str(rfc3339, DateTimeFormat::DateTime).ok()?;
     SystemTime::now().duration_since(SystemTime::try_from(at).ok()?).ok()
+}
+
+/// Time from one RFC 3339 moment to a later one (GitHub's `started_at` to `completed_at`).
+pub fn between(from: &str, to: &str) -> Option<Duration> {
+    use aws_sdk_sqs::primitives::{DateTime, DateTimeFormat};
+    let read = |at: &str| {
+        DateTime::from_str(at, DateTimeFormat::DateTime)
+            .ok()
+            .and_then(|at| SystemTime::try_from(at).ok())
+    };
+    read(to)?.duration_since(read(from)?).ok()
 }
 
 /// The EMF documents among log lines, as CloudWatch picks them out: JSON objects with an `_aws`

@@ -35,6 +35,10 @@ pub const TERMINAL_STATUSES: &[&str] = &[
     "Undeliverable",
     "Terminated",
 ];
+/// EC2's state reason for an instance it ended to take spot capacity back
+/// (<https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_StateReason.html>).
+const SPOT_RECLAIM_REASON: &str = "Server.SpotInstanceTermination";
+
 /// A launch slot claimed longer ago than this with no live instance holding it is stale: no
 /// create-runner invocation lasts longer (Lambda's limit is 15 minutes).
 pub const SLOT_CLAIM_GRACE: Duration = Duration::from_secs(16 * 60);
@@ -338,6 +342,18 @@ impl StopRunner {
         let Ok(relaunched) = self.relaunch(instance, job_id, &why).await else {
             return false; // nothing marked: the next event or sweep tries again
         };
+        // Counted once per reclaim looked after (the mark below keeps it from being looked after again).
+        if instance.state_reason.as_deref() == Some(SPOT_RECLAIM_REASON) {
+            Emf::new(&self.config.deployment)
+                .dimension(
+                    "template",
+                    instance.tag(crate::fleet::TAG_TEMPLATE).unwrap_or("unknown"),
+                )
+                .count(metric::SPOT_RECLAIMS, 1)
+                .property("job_id", job_id)
+                .property("instance_id", instance.id.as_str())
+                .emit();
+        }
         let mark = [(TAG_RELAUNCHED.to_string(), relaunched.to_string())];
         if let Err(error) = self.ports.fleet.tag(&instance.id, &mark).await {
             // Harmless: a job sent back twice gets one instance (create-runner finds the first).

@@ -171,6 +171,10 @@ struct JobFields<'a> {
     html_url: Option<Cow<'a, str>>,
     #[serde(borrow)]
     created_at: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    started_at: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    completed_at: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -318,6 +322,13 @@ impl Webhook {
             return Answer::new(Decision::BadRequest, "workflow_job payload has no `action`");
         };
         if action != "queued" {
+            if let Some(progress) = delivery
+                .workflow_job
+                .as_ref()
+                .and_then(|job| self.progress(&action, job))
+            {
+                progress.emit();
+            }
             let mut answer = Answer::new(Decision::Ignored, format!("action `{action}` needs no runner"));
             answer.action = Some(action.into_owned());
             answer.job_id = delivery.workflow_job.and_then(|job| job.id);
@@ -326,6 +337,31 @@ impl Webhook {
         let mut answer = self.queued(delivery, delivery_id).await;
         answer.action = Some("queued".into());
         answer
+    }
+
+    /// What a later delivery of one of our jobs tells about it (`JobStartedAfter` when it starts,
+    /// `JobDuration` when it ends), from GitHub's own times; `None` for a job no template serves.
+    fn progress(&self, action: &str, job: &JobFields<'_>) -> Option<Emf> {
+        let labels = job.labels.as_ref()?;
+        let (template, _) = templates::select(&self.config.templates, labels).ok()?;
+        let (metric, from, to) = match action {
+            "in_progress" => (metric::JOB_STARTED_AFTER, &job.created_at, &job.started_at),
+            "completed" => (metric::JOB_DURATION, &job.started_at, &job.completed_at),
+            _ => return None,
+        };
+        let took = crate::metrics::between(from.as_deref()?, to.as_deref()?)?;
+        Some(
+            Emf::new(&self.config.deployment)
+                .dimension("template", template)
+                .seconds(metric, took)
+                .property("job_id", job.id.unwrap_or_default()),
+        )
+    }
+
+    /// The same, from a delivery's body (for tests).
+    pub fn progress_of(&self, body: &[u8]) -> Option<Emf> {
+        let delivery: Delivery<'_> = serde_json::from_slice(body).ok()?;
+        self.progress(delivery.action.as_deref()?, delivery.workflow_job.as_ref()?)
     }
 
     async fn queued(&self, delivery: Delivery<'_>, delivery_id: Option<&str>) -> Answer {

@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::metrics_of_job;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -309,12 +311,40 @@ async fn an_unreachable_github_does_not_stop_the_launch() {
 async fn a_full_template_hands_the_job_back_for_the_retry_delay() {
     let world = world();
     // template_gpu allows 2 runners.
-    served_instance(&serve(&world, &message(20, "template_gpu")).await);
-    served_instance(&serve(&world, &message(21, "template_gpu")).await);
-    let outcome = serve(&world, &message(22, "template_gpu")).await;
+    sophons_core::metrics::record();
+    served_instance(&serve(&world, &message(9020, "template_gpu")).await);
+    served_instance(&serve(&world, &message(9021, "template_gpu")).await);
+    let outcome = serve(&world, &message(9022, "template_gpu")).await;
     assert!(
         matches!(&outcome, Outcome::HandedBack { delay_seconds: 900, reason, kind: HandBack::Full } if reason.contains("max_runners")),
         "{outcome:?}"
+    );
+    // What CloudWatch counts of it: a hand-back for a full template; the two before it, launches.
+    let handed_back = metrics_of_job(9022);
+    assert_eq!(handed_back.len(), 1, "{handed_back:?}");
+    assert_eq!(
+        (handed_back[0].name.as_str(), handed_back[0].unit.as_str()),
+        ("HandBacks", "Count")
+    );
+    assert_eq!(
+        handed_back[0].dimensions[1..],
+        [
+            ("template".into(), "template_gpu".into()),
+            ("reason".into(), "full".into())
+        ]
+    );
+    let served = metrics_of_job(9021);
+    assert!(
+        served
+            .iter()
+            .any(|d| d.name == "Launches" && d.dimensions[2] == ("capacity".into(), "spot".into())),
+        "{served:?}"
+    );
+    assert!(
+        served
+            .iter()
+            .any(|d| d.name == "CommandSentAfter" && d.unit == "Seconds"),
+        "{served:?}"
     );
     assert_eq!(world.fleet.launches().len(), 2);
     // Another template is not held back by it.

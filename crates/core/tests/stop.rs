@@ -5,6 +5,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use common::metrics_of_job;
 use serde_json::json;
 use sophons_core::commands::CommandStatus;
 use sophons_core::config::Config;
@@ -672,7 +673,8 @@ async fn the_sweep_does_not_end_an_untagged_instance_while_github_cannot_list_it
 #[tokio::test]
 async fn a_spot_reclaim_during_boot_gets_the_job_a_new_runner_once() {
     let world = world();
-    let (instance_id, command_id) = running_job(&world, 40).await;
+    sophons_core::metrics::record();
+    let (instance_id, command_id) = running_job(&world, 9040).await;
     world.fleet.reclaim(&instance_id);
     let stopped = world.stop.command_ended(&instance_id, &command_id, "Failed").await;
     assert_eq!(
@@ -685,7 +687,7 @@ async fn a_spot_reclaim_during_boot_gets_the_job_a_new_runner_once() {
     let sent = world.queue.sent();
     assert_eq!(sent.len(), 1, "{sent:?}");
     let relaunch = JobMessage::decode(&sent[0].body).unwrap();
-    assert_eq!((relaunch.job_id, relaunch.relaunches), (40, 1));
+    assert_eq!((relaunch.job_id, relaunch.relaunches), (9040, 1));
     assert!(world.stored().is_empty(), "the JIT parameter is deleted");
     assert!(world.github.runners().is_empty(), "the runner is removed");
     // The same event again, and the sweep while EC2 still lists the ended instance: no second send.
@@ -702,6 +704,20 @@ async fn a_spot_reclaim_during_boot_gets_the_job_a_new_runner_once() {
         panic!("the relaunched job was not served");
     };
     assert_ne!(second, instance_id);
+    // What CloudWatch counts of it: one reclaim, once, and one relaunch served.
+    let data = metrics_of_job(9040);
+    let named = |name: &str| data.iter().filter(|d| d.name == name).collect::<Vec<_>>();
+    assert_eq!(named("SpotReclaims").len(), 1, "{data:?}");
+    assert_eq!(
+        named("SpotReclaims")[0].dimensions[1],
+        ("template".into(), "template_cpu".into())
+    );
+    assert_eq!(named("Relaunches").len(), 1, "{data:?}");
+    assert_eq!(
+        named("Launches").len(),
+        2,
+        "the first launch and the relaunch: {data:?}"
+    );
 }
 
 #[tokio::test]

@@ -315,3 +315,38 @@ async fn a_redelivery_is_enqueued_again_with_the_same_delivery_id() {
     assert_eq!(sent.len(), 2);
     assert_eq!(sent[0].delivery_id, sent[1].delivery_id);
 }
+
+#[test]
+fn a_job_of_ours_that_starts_and_ends_gives_its_start_and_duration_from_githubs_times() {
+    use sophons_core::metrics::read;
+    let (webhook, _) = webhook();
+    let ours = |name: &str| {
+        let mut payload = testkit::fixture(name);
+        payload["workflow_job"]["labels"] = json!(["self-hosted", "linux"]);
+        payload.to_string().into_bytes()
+    };
+    let metric = |body: &[u8]| {
+        let document = webhook
+            .progress_of(body)
+            .map(|emf| emf.to_json(std::time::SystemTime::now()));
+        document.map(|d| read(&[d]).unwrap().remove(0))
+    };
+    // in_progress: created 03:31:29, started 03:31:36.
+    let started = metric(&ours("workflow_job.in_progress.with-queued-steps")).unwrap();
+    assert_eq!(
+        (started.name.as_str(), started.unit.as_str(), started.value),
+        ("JobStartedAfter", "Seconds", 7.0)
+    );
+    assert_eq!(
+        started.dimensions[1],
+        ("template".to_string(), "template_cpu".to_string())
+    );
+    // completed: started 10:34:58, completed 10:38:16.
+    let ended = metric(&ours("workflow_job.completed.success.with-organization")).unwrap();
+    assert_eq!((ended.name.as_str(), ended.value), ("JobDuration", 198.0));
+    // Not ours (GitHub-hosted labels), or an action that says nothing about time: nothing.
+    let hosted = testkit::fixture("workflow_job.completed.success.with-organization").to_string();
+    assert!(metric(hosted.as_bytes()).is_none());
+    assert!(metric(&ours("workflow_job.waiting")).is_none());
+    assert!(metric(&ours("workflow_job.queued")).is_none());
+}

@@ -121,6 +121,8 @@ pub struct Report {
     pub sweep: Value,
     /// Where the serving loop's time went, by function invoked or moto call made.
     pub spent: BTreeMap<&'static str, Spent>,
+    /// The metrics the Lambdas wrote (EMF lines in their output), read as CloudWatch reads them.
+    pub metrics: Vec<sophons_core::metrics::Datum>,
     pub elapsed: Duration,
 }
 
@@ -532,6 +534,13 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
         dlq_url: &outputs.dlq_url,
     };
     report.spent = ledger.snapshot();
+    let lines: Vec<String> = lambdas
+        .output
+        .values()
+        .flat_map(|output| output.lock().unwrap().clone())
+        .collect();
+    report.metrics = sophons_core::metrics::read(&sophons_core::metrics::documents(lines.iter().map(String::as_str)))
+        .map_err(|error| format!("the Lambdas wrote EMF CloudWatch would refuse: {error}"))?;
     report.tally = tally::tally(&sources, scenario.iter().map(|p| p.job_id), scenario.len()).await;
     save_logs(options, &lambdas)?;
     report.elapsed = started.elapsed();
@@ -825,6 +834,65 @@ fn track_peak(live: &[tally::Instance], peak: &mut BTreeMap<String, usize>) {
     }
 }
 
+/// The metrics as a CloudWatch dashboard would sum them: queue-time percentiles per template,
+/// launches by capacity, hand-backs by reason, webhook answers by decision.
+fn print_metrics(metrics: &[sophons_core::metrics::Datum]) {
+    use sophons_core::metrics::name;
+    let dimension = |datum: &sophons_core::metrics::Datum, key: &str| {
+        datum
+            .dimensions
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    println!(
+        "== metrics (the Lambdas' EMF lines, as CloudWatch reads them: {} data points)",
+        metrics.len()
+    );
+    for metric in [name::ENQUEUED_AFTER, name::LAUNCHED_AFTER, name::COMMAND_SENT_AFTER] {
+        let mut by_template: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for datum in metrics.iter().filter(|d| d.name == metric) {
+            by_template
+                .entry(dimension(datum, "template"))
+                .or_default()
+                .push(datum.value);
+        }
+        for (template, mut values) in by_template {
+            values.sort_by(f64::total_cmp);
+            let at = |p: f64| values[((values.len() as f64 * p).ceil() as usize).clamp(1, values.len()) - 1];
+            println!(
+                "   {metric} {template}: n {}, p50 {:.2} s, p90 {:.2} s, p99 {:.2} s, max {:.2} s",
+                values.len(),
+                at(0.5),
+                at(0.9),
+                at(0.99),
+                values[values.len() - 1]
+            );
+        }
+    }
+    for (metric, key) in [
+        (name::LAUNCHES, "capacity"),
+        (name::HAND_BACKS, "reason"),
+        (name::DEAD_LETTERS, "reason"),
+        (name::WEBHOOK_ANSWERS, "decision"),
+    ] {
+        let mut sums: BTreeMap<String, f64> = BTreeMap::new();
+        for datum in metrics.iter().filter(|d| d.name == metric) {
+            *sums.entry(dimension(datum, key)).or_default() += datum.value;
+        }
+        let listed: Vec<String> = sums.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!(
+            "   {metric} by {key}: {}",
+            if listed.is_empty() {
+                "none".into()
+            } else {
+                listed.join(", ")
+            }
+        );
+    }
+}
+
 fn parse_time(text: &str) -> Option<SystemTime> {
     use aws_sdk_sqs::primitives::{DateTime, DateTimeFormat};
     DateTime::from_str(text, DateTimeFormat::DateTime)
@@ -882,6 +950,7 @@ fn print_report(report: &Report) {
             spent.total.as_secs_f64() * 1000.0 / f64::from(spent.calls.max(1))
         );
     }
+    print_metrics(&report.metrics);
     println!("== tally (from moto and the fake GitHub)");
     match &t.instances {
         tally::Read::Complete(instances) => {

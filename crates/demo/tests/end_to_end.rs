@@ -65,4 +65,31 @@ async fn the_whole_system_serves_every_matching_job_once_and_leaves_nothing_behi
     assert_eq!(tally.jobs_queue_left, none, "no message left in the jobs queue");
     assert_eq!(tally.dlq_left, none, "no message left in the DLQ");
     assert!(report.clean());
+
+    // The metrics the Lambdas wrote, read as CloudWatch reads them, agree with what happened.
+    let sum = |name: &str| {
+        report
+            .metrics
+            .iter()
+            .filter(|d| d.name == name)
+            .map(|d| d.value)
+            .sum::<f64>()
+    };
+    let launched: usize = instances.per_job.values().sum();
+    assert_eq!(sum("Launches") as usize, launched, "one Launches point per instance");
+    assert_eq!(
+        report.metrics.iter().filter(|d| d.name == "CommandSentAfter").count(),
+        launched,
+        "one time to command per runner started"
+    );
+    let launch_failed = report
+        .metrics
+        .iter()
+        .any(|d| d.name == "HandBacks" && d.dimensions.iter().any(|(k, v)| k == "reason" && v == "launch_failed"));
+    assert!(launch_failed, "the refused launches were counted as hand-backs");
+    assert!(
+        sum("DeadLetters") >= 1.0,
+        "move-jobs counted the job it found in the DLQ"
+    );
+    assert!(sum("WebhookAnswers") as usize >= report.deliveries.len());
 }

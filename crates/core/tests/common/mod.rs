@@ -76,3 +76,13 @@ pub fn stored(secrets: &sophons_core::fakes::FakeSecrets, slots: &sophons_core::
     names.sort();
     names
 }
+
+/// The metrics the flows emitted for one job, read as CloudWatch reads them (after
+/// `sophons_core::metrics::record()`; tests run in parallel, so each picks its own job).
+pub fn metrics_of_job(job_id: u64) -> Vec<sophons_core::metrics::Datum> {
+    let documents: Vec<Value> = sophons_core::metrics::recorded()
+        .into_iter()
+        .filter(|document| document["job_id"] == job_id)
+        .collect();
+    sophons_core::metrics::read(&documents).expect("EMF as CloudWatch reads it")
+}
