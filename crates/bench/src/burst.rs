@@ -26,6 +26,8 @@ pub struct Burst {
     /// create-runner's CPU time for the jobs (init excluded), summed over its processes.
     pub cpu: Duration,
     pub peak_rss: u64,
+    /// create-runner's invocations' wall time as Lambda bills it (each rounded up to the ms).
+    pub billed: Duration,
 }
 
 impl Burst {
@@ -84,6 +86,7 @@ pub async fn run_in_rounds(
         github_calls: 0,
         cpu: Duration::ZERO,
         peak_rss: 0,
+        billed: Duration::ZERO,
     };
     let mut first_job = 5_000_000_000u64;
     while total.jobs < jobs {
@@ -98,6 +101,7 @@ pub async fn run_in_rounds(
         total.github_calls += part.github_calls;
         total.cpu += part.cpu;
         total.peak_rss = total.peak_rss.max(part.peak_rss);
+        total.billed += part.billed;
     }
     Ok(total)
 }
@@ -150,28 +154,34 @@ async fn run(
         let events = Arc::clone(&events);
         tasks.push(tokio::spawn(async move {
             let mut failed = 0;
+            let mut billed = Duration::ZERO;
             loop {
                 let Some(event) = events.lock().unwrap().pop_front() else {
                     break;
                 };
-                match lambda.invoke_with_deadline(event, INVOCATION_TIMEOUT).await {
+                let invoked = Instant::now();
+                let answer = lambda.invoke_with_deadline(event, INVOCATION_TIMEOUT).await;
+                billed += Duration::from_millis(invoked.elapsed().as_micros().div_ceil(1000) as u64);
+                match answer {
                     Ok(response) => failed += response["batchItemFailures"].as_array().map_or(0, Vec::len),
                     Err(error) => return Err(format!("create-runner failed: {error}\n{}", lambda.logs())),
                 }
             }
             let cpu = process::cpu_time(pid).unwrap_or_default().saturating_sub(cpu_at_ready);
             let rss = process::peak_rss(pid).unwrap_or(0);
-            Ok((failed, cpu, rss))
+            Ok((failed, cpu, rss, billed))
         }));
     }
     let mut failed = 0;
     let mut cpu = Duration::ZERO;
     let mut peak_rss = 0;
+    let mut billed = Duration::ZERO;
     for task in tasks {
-        let (f, c, r) = task.await.map_err(|e| e.to_string())??;
+        let (f, c, r, b) = task.await.map_err(|e| e.to_string())??;
         failed += f;
         cpu += c;
         peak_rss = peak_rss.max(r);
+        billed += b;
     }
     let elapsed = started.elapsed();
     Ok(Burst {
@@ -182,6 +192,7 @@ async fn run(
         github_calls: stack.github.requests().len(),
         cpu,
         peak_rss,
+        billed,
     })
 }
 

@@ -6,6 +6,7 @@
 
 mod burst;
 mod cold;
+mod cost;
 mod process;
 
 use std::path::{Path, PathBuf};
@@ -374,6 +375,33 @@ async fn run() -> Result<(), String> {
                 format!("{}; {}", us(Duration::from_secs_f64(cpu_per_job)), mib(result.peak_rss)),
                 "≤ 5 ms",
                 verdict_of(cpu_per_job * 1e3, 5.0),
+            ));
+            // What 1,000 jobs cost the control plane (cost.rs has the prices and their pages).
+            // create-runner's billed time is measured here; the webhook's three invocations
+            // (~20 ms each: one SQS send on AWS) and stop-runner's one (~500 ms: terminate,
+            // delete, remove the runner) are estimates. On AWS create-runner also waits for the
+            // instance's SSM agent before SendCommand succeeds (moto answers at once): the second
+            // row adds 30 s of it per job, one job per invocation (a trickle; a burst shares it).
+            let billed_per_job = result.billed / result.served.max(1) as u32;
+            let others = Duration::from_millis(3 * 20 + 500);
+            rows.push(row(
+                format!(
+                    "control-plane cost per 1,000 jobs (create-runner billed {} per job as measured here, others \
+                     estimated {}; us-east-1 prices)",
+                    ms(billed_per_job),
+                    ms(others)
+                ),
+                cost::describe(&cost::PerJob::with_lambda(billed_per_job + others)),
+                "",
+                "",
+            ));
+            rows.push(row(
+                "control-plane cost per 1,000 jobs, create-runner waiting 30 s per job for the SSM agent (worst case)",
+                cost::describe(&cost::PerJob::with_lambda(
+                    billed_per_job + others + Duration::from_secs(30),
+                )),
+                "",
+                "",
             ));
         }
     }
