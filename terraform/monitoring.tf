@@ -216,14 +216,13 @@ locals {
 
   # One line per template and percentile: percentiles cannot be combined across templates.
   queue_time_widgets = {
-    LaunchedAfter     = "Job created → instance launched (s)"
-    CommandSentAfter  = "Job created → runner command sent (s)"
-    JobStartedAfter   = "Job created → job started (s)"
-    EnqueuedAfter     = "Job created → queued by the webhook (s)"
-    RunnerOnlineAfter = "Job created → runner online (s)"
-    JobDuration       = "Job duration, start to end (s)"
+    LaunchedAfter    = "Job created → instance launched (s)"
+    CommandSentAfter = "Job created → runner command sent (s)"
+    JobStartedAfter  = "Job created → job started (s)"
+    EnqueuedAfter    = "Job created → queued by the webhook (s)"
+    JobDuration      = "Job duration, start to end (s)"
   }
-  queue_time_order = ["LaunchedAfter", "CommandSentAfter", "JobStartedAfter", "EnqueuedAfter", "RunnerOnlineAfter", "JobDuration"]
+  queue_time_order = ["LaunchedAfter", "CommandSentAfter", "JobStartedAfter", "EnqueuedAfter", "JobDuration"]
 
   dashboard_widgets = concat(
     [

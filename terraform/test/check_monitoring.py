@@ -33,7 +33,6 @@ CONTRACT = {
     "EnqueuedAfter": {"deployment", "template"},
     "LaunchedAfter": {"deployment", "template"},
     "CommandSentAfter": {"deployment", "template"},
-    "RunnerOnlineAfter": {"deployment", "template"},
     "JobStartedAfter": {"deployment", "template"},
     "JobDuration": {"deployment", "template"},
     "Launches": {"deployment", "template", "capacity"},

@@ -104,6 +104,14 @@ async fn the_binary_answers_every_row_of_the_table_and_enqueues_only_the_served_
     let completed = testkit::fixture("workflow_job.completed.success.with-organization")
         .to_string()
         .into_bytes();
+    // Later deliveries of one of our jobs: answered `ignored`, they give its start and duration.
+    let ours_later = |name: &str| {
+        let mut payload = testkit::fixture(name);
+        payload["workflow_job"]["labels"] = json!(["self-hosted", "template_cpu"]);
+        payload.to_string().into_bytes()
+    };
+    let started = ours_later("workflow_job.in_progress.with-queued-steps");
+    let ended = ours_later("workflow_job.completed.success.with-organization");
     let delivery =
         |event: &str, body: &[u8], secret: &str| testkit::apigw::delivery(event, "d-bin", &sign(secret, body), body);
 
@@ -117,6 +125,8 @@ async fn the_binary_answers_every_row_of_the_table_and_enqueues_only_the_served_
         (413, "too_large", delivery("workflow_job", &oversized, SECRET)),
         (200, "pong", delivery("ping", &ping, SECRET)),
         (202, "ignored", delivery("workflow_job", &completed, SECRET)),
+        (202, "ignored", delivery("workflow_job", &started, SECRET)),
+        (202, "ignored", delivery("workflow_job", &ended, SECRET)),
         (202, "ignored", delivery("workflow_job", &hosted, SECRET)),
         (403, "forbidden", delivery("workflow_job", &public, SECRET)),
         (400, "bad_request", delivery("workflow_job", b"{\"action\":", SECRET)),
@@ -188,6 +198,18 @@ async fn the_binary_answers_every_row_of_the_table_and_enqueues_only_the_served_
     assert_eq!(answers("forbidden"), 1);
     let enqueued: Vec<_> = data.iter().filter(|d| d.name == "EnqueuedAfter").collect();
     assert_eq!(enqueued.len(), 2, "{data:?}");
+    let one = |name: &str| {
+        let found: Vec<_> = data.iter().filter(|d| d.name == name).collect();
+        assert_eq!(found.len(), 1, "{name}: {data:?}");
+        assert_eq!(found[0].unit, "Seconds");
+        assert_eq!(
+            found[0].dimensions[1],
+            ("template".to_string(), "template_cpu".to_string())
+        );
+        found[0].value
+    };
+    // GitHub's times in the fixtures: started 7 s after created; completed 198 s after started.
+    assert_eq!((one("JobStartedAfter"), one("JobDuration")), (7.0, 198.0));
     assert!(enqueued.iter().all(|d| d.unit == "Seconds"
         && d.value > 0.0
         && d.dimensions

@@ -63,6 +63,23 @@ pub mod name {
     pub const LIVE_INSTANCES: &str = "LiveInstances";
     /// Free launch slots per template (`max_runners` − live instances), from the sweep.
     pub const FREE_SLOTS: &str = "FreeSlots";
+
+    /// Every metric the Lambdas write (the dashboard's contract).
+    pub const ALL: [&str; 13] = [
+        ENQUEUED_AFTER,
+        LAUNCHED_AFTER,
+        COMMAND_SENT_AFTER,
+        JOB_STARTED_AFTER,
+        JOB_DURATION,
+        LAUNCHES,
+        HAND_BACKS,
+        DEAD_LETTERS,
+        RELAUNCHES,
+        SPOT_RECLAIMS,
+        WEBHOOK_ANSWERS,
+        LIVE_INSTANCES,
+        FREE_SLOTS,
+    ];
 }
 
 /// One EMF document: its dimensions, metrics and properties.
@@ -287,6 +304,23 @@ mod tests {
         let mut document = Emf::new("d").count(name::RELAUNCHES, 1).to_json(SystemTime::now());
         document.as_object_mut().unwrap().remove("deployment");
         assert!(read(&[document]).unwrap_err().contains("deployment"));
+    }
+
+    #[test]
+    fn the_dashboard_contract_names_exactly_the_metrics_written() {
+        // terraform/test/check_monitoring.py's CONTRACT: `    "Name": {"deployment", ...},` lines.
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../terraform/test/check_monitoring.py");
+        let text = std::fs::read_to_string(path).unwrap();
+        let contract = &text[text.find("CONTRACT = {").unwrap()..];
+        let contract = &contract[..contract.find("\n}").unwrap()];
+        let mut named: Vec<&str> = contract
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix('"')?.split('"').next())
+            .collect();
+        let mut written = name::ALL.to_vec();
+        named.sort_unstable();
+        written.sort_unstable();
+        assert_eq!(named, written);
     }
 
     #[test]
