@@ -619,9 +619,9 @@ variable "move_jobs_schedule" {
 ################################################################################
 
 variable "webhook_throttle_rate_limit" {
-  description = "Steady-state requests per second the webhook endpoint accepts."
+  description = "Steady-state requests per second the webhook endpoint accepts (API Gateway stage throttling). Each job sends three deliveries (queued, in_progress, completed); 200 a second keeps up with a 256-job matrix queued and starting within a few seconds."
   type        = number
-  default     = 50
+  default     = 200
 
   validation {
     condition     = var.webhook_throttle_rate_limit >= 1 && var.webhook_throttle_rate_limit <= 10000
@@ -630,9 +630,9 @@ variable "webhook_throttle_rate_limit" {
 }
 
 variable "webhook_throttle_burst_limit" {
-  description = "Burst of requests the webhook endpoint accepts."
+  description = "Burst of requests the webhook endpoint accepts at once (the token bucket's size). 1000 admits a 256-job matrix's queued deliveries arriving together, with room for a second one; GitHub does not redeliver a delivery answered 429 by itself."
   type        = number
-  default     = 100
+  default     = 1000
 
   validation {
     condition     = var.webhook_throttle_burst_limit >= 1 && var.webhook_throttle_burst_limit <= 5000
