@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
+use crate::aws::describe;
 use crate::config::{Config, Scope};
 use crate::github::{Github, RunnerScope};
 use crate::release::{Package, Releases, RunnerRelease};
@@ -353,19 +354,6 @@ impl S3Objects {
             client: aws_sdk_s3::Client::from_conf(config),
             bucket: bucket.to_string(),
         }
-    }
-}
-
-fn describe<E, R>(error: &aws_sdk_s3::error::SdkError<E, R>) -> String
-where
-    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    use aws_sdk_s3::error::ProvideErrorMetadata;
-    match (error.code(), error.message()) {
-        (Some(code), Some(message)) => format!("{code}: {message}"),
-        (Some(code), None) => code.to_string(),
-        _ => format!("{}", aws_sdk_s3::error::DisplayErrorContext(error)),
     }
 }
 
