@@ -160,8 +160,18 @@ async fn run() -> Result<(), String> {
         "binaries: {}",
         binaries[0].1.parent().unwrap_or(Path::new("")).display()
     ));
+    // Cold starts talk to moto itself, not through the AWS guard: the guard is a proxy in this
+    // (debug-built) process that would add its own hop to every call of the start.
+    let cold_env: Vec<(&str, String)> = stack
+        .env
+        .iter()
+        .map(|(name, value)| match *name {
+            "AWS_ENDPOINT_URL" => (*name, testkit::moto::raw_endpoint().to_string()),
+            _ => (*name, value.clone()),
+        })
+        .collect();
     for (name, path) in &binaries {
-        let starts = cold::measure(path, name, &stack.env, options.starts).await?;
+        let starts = cold::measure(path, name, &cold_env, options.starts).await?;
         eprintln!("{name}: {} starts, median {}", starts.inits.len(), ms(starts.median()));
         rust_medians.push((*name, starts.median()));
         rows.push(row(
@@ -190,8 +200,7 @@ async fn run() -> Result<(), String> {
     }
     // Before the cold start read its parameters together: the same binaries, each parameter read
     // on its own (no SOPHONS_SECRET_PARAMS), one round trip after the other.
-    let one_by_one: Vec<(&str, String)> = stack
-        .env
+    let one_by_one: Vec<(&str, String)> = cold_env
         .iter()
         .filter(|(name, _)| *name != sophons_core::secrets::SECRET_PARAMS_ENV)
         .cloned()
@@ -209,7 +218,7 @@ async fn run() -> Result<(), String> {
         ));
     }
     if let Some(alt) = &options.alt {
-        let starts = cold::measure(alt, "autoscaler", &stack.env, options.starts).await?;
+        let starts = cold::measure(alt, "autoscaler", &cold_env, options.starts).await?;
         let size = std::fs::metadata(alt).map(|m| m.len()).unwrap_or(0);
         let zipped = process::zipped_size(alt, &scratch.join("alt")).unwrap_or(0);
         rows.push(row(
@@ -228,7 +237,7 @@ async fn run() -> Result<(), String> {
     match &options.node {
         Some(node) => match cold::node_script(node, &options.target.join("bench-node")) {
             Ok(script) => {
-                let starts = cold::measure(&script, "node-sqs", &stack.env, options.starts).await?;
+                let starts = cold::measure(&script, "node-sqs", &cold_env, options.starts).await?;
                 let (fastest, slowest) = (
                     rust_medians.iter().map(|(_, d)| *d).min().unwrap_or_default(),
                     rust_medians.iter().map(|(_, d)| *d).max().unwrap_or_default(),

@@ -180,13 +180,10 @@ impl RunnerCache {
         })
     }
 
-    /// The real cache, from the config document (`None` without `runner_cache`, or when this
-    /// machine has no root certificates to reach GitHub with: logged).
+    /// The real cache, from the config document (`None` without `runner_cache`).
     pub async fn connect(config: &Config) -> Option<Self> {
         let cache = config.runner_cache.as_ref()?;
-        let downloads = HttpDownloads::new()
-            .inspect_err(|error| tracing::error!(%error, "runner cache: cannot download anything; runners use GitHub"))
-            .ok()?;
+        let downloads = HttpDownloads::new();
         let sdk = crate::aws::load().await;
         let objects = S3Objects::new(&sdk, &cache.bucket);
         Self::new(config, Arc::new(objects), Arc::new(downloads))
@@ -449,29 +446,41 @@ impl Objects for S3Objects {
 
 /// Downloads over HTTPS with the platform's root certificates, following up to five redirects
 /// (GitHub's release downloads redirect to its object storage), never from HTTPS down to HTTP.
+/// The client (and the root certificates it reads) is built at the first download, not at the
+/// cold start: most runs find the release already copied.
+#[derive(Default)]
 pub struct HttpDownloads {
-    client: hyper_util::client::legacy::Client<
-        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-        http_body_util::Empty<Bytes>,
-    >,
+    client: std::sync::OnceLock<Result<HttpClient, String>>,
 }
+
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Empty<Bytes>,
+>;
 
 const MAX_REDIRECTS: usize = 5;
 
 impl HttpDownloads {
-    pub fn new() -> Result<Self, String> {
-        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(Duration::from_secs(10)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .map_err(|error| format!("cannot load the root certificates: {error}"))?
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        Ok(Self {
-            client: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https),
-        })
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn client(&self) -> Result<&HttpClient, String> {
+        self.client
+            .get_or_init(|| {
+                let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+                http.enforce_http(false);
+                http.set_connect_timeout(Some(Duration::from_secs(10)));
+                let https = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_native_roots()
+                    .map_err(|error| format!("cannot load the root certificates: {error}"))?
+                    .https_or_http()
+                    .enable_http1()
+                    .wrap_connector(http);
+                Ok(hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
     }
 }
 
@@ -508,7 +517,7 @@ impl Downloads for HttpDownloads {
                 .body(http_body_util::Empty::new())
                 .map_err(|error| error.to_string())?;
             let response = self
-                .client
+                .client()?
                 .request(request)
                 .await
                 .map_err(|error| format!("{uri}: {}", describe_chain(&error)))?;

@@ -113,7 +113,7 @@ fn cache(sdk: &aws_config::SdkConfig, bucket: &str) -> RunnerCache {
     RunnerCache::new(
         &config(bucket),
         Arc::new(S3Objects::new(sdk, bucket)),
-        Arc::new(PlainHttp(HttpDownloads::new().unwrap())),
+        Arc::new(PlainHttp(HttpDownloads::new())),
     )
     .unwrap()
 }
