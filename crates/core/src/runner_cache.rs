@@ -242,7 +242,11 @@ impl RunnerCache {
         if Instant::now() >= stop_at {
             return Err(CopyError::OutOfTime);
         }
-        let mut body = self.downloads.open(&package.url).await.map_err(CopyError::Download)?;
+        // A server that takes the connection and never answers must not hold move-jobs to its timeout.
+        let mut body = match tokio::time::timeout_at(stop_at, self.downloads.open(&package.url)).await {
+            Err(_) => return Err(CopyError::OutOfTime),
+            Ok(opened) => opened.map_err(CopyError::Download)?,
+        };
         let upload_id = self.objects.start_upload(key).await.map_err(CopyError::Bucket)?;
         let streamed = self.stream(key, &upload_id, body.as_mut(), package, stop_at).await;
         let published = match streamed {
@@ -666,6 +670,7 @@ struct FakeBody {
     content: Bytes,
     cut_after: Option<usize>,
     stall_after: Option<usize>,
+    never_answers: bool,
 }
 
 impl FakeDownloads {
@@ -690,6 +695,13 @@ impl FakeDownloads {
     pub fn stall_after(&self, url: &str, bytes: usize) {
         if let Some(body) = self.bodies.lock().unwrap().get_mut(url) {
             body.stall_after = Some(bytes);
+        }
+    }
+
+    /// The server takes the connection and never answers.
+    pub fn never_answer(&self, url: &str) {
+        if let Some(body) = self.bodies.lock().unwrap().get_mut(url) {
+            body.never_answers = true;
         }
     }
 
@@ -737,6 +749,9 @@ impl Downloads for FakeDownloads {
             .get(url)
             .cloned()
             .ok_or_else(|| format!("{url} answered 404 Not Found"))?;
+        if body.never_answers {
+            std::future::pending::<()>().await;
+        }
         Ok(Box::new(FakeDownload { body, sent: 0 }))
     }
 }
@@ -893,6 +908,17 @@ mod tests {
         assert!(report.failed[&key("x64")].contains("out of time"), "{report:?}");
         assert!(w.objects.object(&key("x64")).is_none());
         assert_eq!(w.objects.open_uploads(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_answers_does_not_hold_move_jobs_to_its_timeout() {
+        let w = world(1000, &[Architecture::X64]);
+        w.downloads.never_answer(&url("x64"));
+        let deadline = Instant::now() + DEADLINE_MARGIN + Duration::from_millis(300);
+        let report = w.cache.refresh(&w.github, deadline).await;
+        assert!(report.failed[&key("x64")].contains("out of time"), "{report:?}");
+        assert!(Instant::now() < deadline, "stopped before the deadline's margin");
+        assert_eq!(w.objects.open_uploads(), 0, "no upload was started");
     }
 
     #[tokio::test]
