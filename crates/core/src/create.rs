@@ -1128,11 +1128,5 @@ fn jittered(delay: Duration) -> Duration {
 
 /// Milliseconds since the webhook took the delivery (0 when unknown).
 fn queued_ms(received_at: &str) -> u64 {
-    use aws_sdk_sqs::primitives::{DateTime, DateTimeFormat};
-    DateTime::from_str(received_at, DateTimeFormat::DateTime)
-        .ok()
-        .and_then(|at| SystemTime::try_from(at).ok())
-        .and_then(|at| SystemTime::now().duration_since(at).ok())
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    crate::metrics::since(received_at).map_or(0, |d| d.as_millis() as u64)
 }

@@ -83,6 +83,14 @@ pub fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
+/// An RFC 3339 moment (GitHub's `created_at`, our `received_at`) as a time; `None` if it is not one.
+pub fn parse_rfc3339(text: &str) -> Option<std::time::SystemTime> {
+    use aws_sdk_sqs::primitives::{DateTime, DateTimeFormat};
+    DateTime::from_str(text, DateTimeFormat::DateTime)
+        .ok()
+        .and_then(|at| std::time::SystemTime::try_from(at).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

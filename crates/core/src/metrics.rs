@@ -17,6 +17,8 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value, json};
 
+use crate::job::parse_rfc3339;
+
 pub const NAMESPACE: &str = "sophons";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,20 +187,12 @@ pub fn recorded() -> Vec<Value> {
 
 /// Time since an RFC 3339 moment (GitHub's `created_at`), if it is one and in the past.
 pub fn since(rfc3339: &str) -> Option<Duration> {
-    use aws_sdk_sqs::primitives::{DateTime, DateTimeFormat};
-    let at = DateTime::from_str(rfc3339, DateTimeFormat::DateTime).ok()?;
-    SystemTime::now().duration_since(SystemTime::try_from(at).ok()?).ok()
+    SystemTime::now().duration_since(parse_rfc3339(rfc3339)?).ok()
 }
 
 /// Time from one RFC 3339 moment to a later one (GitHub's `started_at` to `completed_at`).
 pub fn between(from: &str, to: &str) -> Option<Duration> {
-    use aws_sdk_sqs::primitives::{DateTime, DateTimeFormat};
-    let read = |at: &str| {
-        DateTime::from_str(at, DateTimeFormat::DateTime)
-            .ok()
-            .and_then(|at| SystemTime::try_from(at).ok())
-    };
-    read(to)?.duration_since(read(from)?).ok()
+    parse_rfc3339(to)?.duration_since(parse_rfc3339(from)?).ok()
 }
 
 /// The EMF documents among log lines, as CloudWatch picks them out: JSON objects with an `_aws`

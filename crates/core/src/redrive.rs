@@ -192,11 +192,9 @@ enum Decision {
 
 /// How long ago GitHub queued the job (its `created_at`, else when the webhook took it).
 fn age_of(message: &JobMessage) -> Option<Duration> {
-    use aws_sdk_sqs::primitives::{DateTime, DateTimeFormat};
     [&message.created_at, &message.received_at]
         .into_iter()
         .filter(|at| !at.is_empty())
-        .find_map(|at| DateTime::from_str(at, DateTimeFormat::DateTime).ok())
-        .and_then(|at| SystemTime::try_from(at).ok())
+        .find_map(|at| crate::job::parse_rfc3339(at))
         .and_then(|at| SystemTime::now().duration_since(at).ok())
 }

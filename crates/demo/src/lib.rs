@@ -894,10 +894,7 @@ fn print_metrics(metrics: &[sophons_core::metrics::Datum]) {
 }
 
 fn parse_time(text: &str) -> Option<SystemTime> {
-    use aws_sdk_sqs::primitives::{DateTime, DateTimeFormat};
-    DateTime::from_str(text, DateTimeFormat::DateTime)
-        .ok()
-        .and_then(|t| SystemTime::try_from(t).ok())
+    sophons_core::job::parse_rfc3339(text)
 }
 
 fn print_report(report: &Report) {
