@@ -66,6 +66,7 @@ fn world() -> CreateRunner {
         slots: Arc::new(sophons_core::slots::FakeSlots::default()),
         commands: Arc::new(FakeCommands::default()),
         queue: Arc::new(FakeQueue::default()),
+        waiting: None,
     };
     CreateRunner::new(config(), ports)
 }

@@ -56,6 +56,11 @@ pub struct Config {
     pub instance_arn_prefix: Option<String>,
     /// The DynamoDB table holding launch-slot claims (`slots`); Terraform creates and names it.
     pub slots_table: String,
+    /// The DynamoDB table of jobs waiting for room (`waiting`); Terraform creates and names it.
+    /// Unset: a job that finds its template full is handed back to the jobs queue for
+    /// `retry_delay_seconds`, and spends one of its receives each time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_table: Option<String>,
     /// A runner release to install instead of GitHub's current one (`release`). Unset (the
     /// default) follows GitHub's releases, which is what keeps runners registrable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -80,6 +85,17 @@ pub struct GithubConfig {
     pub token_param: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<AppConfig>,
+    /// The id of the webhook GitHub sends `workflow_job` deliveries through: the organisation's
+    /// hook, or `webhook_repository`'s. Set, move-jobs asks GitHub to redeliver its failed
+    /// deliveries (`redeliver`); unset, it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_id: Option<u64>,
+    /// `owner/name`: the hook is this repository's, not the organisation's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_repository: Option<String>,
+    /// How far back move-jobs looks for failed deliveries, in minutes.
+    #[serde(default = "defaults::redelivery_lookback_minutes")]
+    pub redelivery_lookback_minutes: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,6 +194,9 @@ mod defaults {
     }
     pub fn runner_group_id() -> u64 {
         1
+    }
+    pub fn redelivery_lookback_minutes() -> u32 {
+        180
     }
     pub fn retry_delay_seconds() -> u32 {
         900
@@ -302,18 +321,26 @@ impl Config {
             ));
         }
         // DynamoDB's table names: 3 to 255 of a-z, A-Z, 0-9, `_`, `-`, `.`.
-        if !(3..=255).contains(&self.slots_table.len())
-            || !self
-                .slots_table
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-        {
+        let table_name = |name: &str| {
+            (3..=255).contains(&name.len())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        };
+        if !table_name(&self.slots_table) {
             return Err(invalid(
                 "slots_table",
                 format!(
                     "`{}` is not a DynamoDB table name: give the launch-slot table's name (Terraform's output \
                      `slots_table`)",
                     self.slots_table
+                ),
+            ));
+        }
+        if let Some(table) = self.waiting_table.as_deref().filter(|table| !table_name(table)) {
+            return Err(invalid(
+                "waiting_table",
+                format!(
+                    "`{table}` is not a DynamoDB table name: give the waiting list's table name (Terraform's output \
+                     `waiting_table`), or leave the key out"
                 ),
             ));
         }
@@ -439,6 +466,7 @@ impl Config {
                 "is 0: use 1 for the Default group, or your group's id",
             ));
         }
+        validate_redelivery(github)?;
         match (&github.token_param, &github.app) {
             (Some(_), Some(_)) => Err(invalid(
                 "github",
@@ -467,6 +495,47 @@ impl Config {
             }
         }
     }
+}
+
+/// GitHub keeps a hook's deliveries for 3 days and redelivers none older
+/// (<https://docs.github.com/en/webhooks/testing-and-troubleshooting-webhooks/redelivering-webhooks>).
+pub const MAX_REDELIVERY_LOOKBACK_MINUTES: u32 = 3 * 24 * 60;
+
+fn validate_redelivery(github: &GithubConfig) -> Result<(), ConfigError> {
+    if github.webhook_id == Some(0) {
+        return Err(invalid(
+            "github.webhook_id",
+            "is 0: give the hook's id (the number in its settings URL, or the X-GitHub-Hook-ID header of a delivery), \
+             or leave it out to turn redelivery off",
+        ));
+    }
+    if let Some(repository) = &github.webhook_repository {
+        let parts: Vec<&str> = repository.split('/').collect();
+        if parts.len() != 2 || parts.iter().any(|part| part.is_empty()) {
+            return Err(invalid(
+                "github.webhook_repository",
+                format!(
+                    "`{repository}` is not `owner/name`: name the repository whose hook it is, or leave it out for the organisation's hook"
+                ),
+            ));
+        }
+        if github.webhook_id.is_none() {
+            return Err(invalid(
+                "github.webhook_repository",
+                "is set without `github.webhook_id`: give the repository hook's id too, or leave both out",
+            ));
+        }
+    }
+    if !(1..=MAX_REDELIVERY_LOOKBACK_MINUTES).contains(&github.redelivery_lookback_minutes) {
+        return Err(invalid(
+            "github.redelivery_lookback_minutes",
+            format!(
+                "{} is out of range: use 1 to {MAX_REDELIVERY_LOOKBACK_MINUTES} (GitHub keeps deliveries 3 days)",
+                github.redelivery_lookback_minutes
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn require_parameter_name(key: &str, name: &str) -> Result<(), ConfigError> {
@@ -665,6 +734,40 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn redelivery_is_off_unless_a_webhook_id_is_given_and_looks_back_three_hours() {
+        let config = sample();
+        assert_eq!(config.github.webhook_id, None);
+        assert_eq!(config.github.webhook_repository, None);
+        assert_eq!(config.github.redelivery_lookback_minutes, 180);
+    }
+
+    #[test]
+    fn an_organisation_or_repository_hook_is_accepted_with_a_look_back_up_to_three_days() {
+        let config = with(|v| {
+            v["github"]["webhook_id"] = 123_456.into();
+            v["github"]["redelivery_lookback_minutes"] = 4320.into();
+        })
+        .unwrap();
+        assert_eq!(config.github.webhook_id, Some(123_456));
+        assert_eq!(config.github.redelivery_lookback_minutes, 4320);
+        let config = with(|v| {
+            v["github"]["webhook_id"] = 9.into();
+            v["github"]["webhook_repository"] = "my-org/app".into();
+        })
+        .unwrap();
+        assert_eq!(config.github.webhook_repository.as_deref(), Some("my-org/app"));
+    }
+
+    #[test]
+    fn a_look_back_past_githubs_three_days_names_the_key_and_the_range() {
+        let error = with(|v| v["github"]["redelivery_lookback_minutes"] = 5000.into())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("github.redelivery_lookback_minutes"), "{error}");
+        assert!(error.contains("1 to 4320"), "{error}");
+    }
+
+    #[test]
     fn both_credentials_at_once_are_refused() {
         let result = with(|v| {
             v["github"]["app"] = serde_json::json!({"app_id": 1, "installation_id": 2, "private_key_param": "/k"});
@@ -732,6 +835,26 @@ pub(crate) mod tests {
                 "github.runner_group_id",
                 Box::new(|v| v["github"]["runner_group_id"] = 0.into()),
             ),
+            ("github.webhook_id", Box::new(|v| v["github"]["webhook_id"] = 0.into())),
+            (
+                "github.webhook_repository",
+                Box::new(|v| {
+                    v["github"]["webhook_id"] = 7.into();
+                    v["github"]["webhook_repository"] = "app".into();
+                }),
+            ),
+            (
+                "github.webhook_repository",
+                Box::new(|v| v["github"]["webhook_repository"] = "my-org/app".into()),
+            ),
+            (
+                "github.redelivery_lookback_minutes",
+                Box::new(|v| v["github"]["redelivery_lookback_minutes"] = 0.into()),
+            ),
+            (
+                "github.redelivery_lookback_minutes",
+                Box::new(|v| v["github"]["redelivery_lookback_minutes"] = 4321.into()),
+            ),
             (
                 "repositories[0]",
                 Box::new(|v| v["repositories"] = serde_json::json!(["other/repo"])),
@@ -743,6 +866,10 @@ pub(crate) mod tests {
             (
                 "retry_delay_seconds",
                 Box::new(|v| v["retry_delay_seconds"] = 50_000.into()),
+            ),
+            (
+                "waiting_table",
+                Box::new(|v| v["waiting_table"] = "jobs waiting".into()),
             ),
             (
                 "command.timeout_seconds",

@@ -62,6 +62,9 @@ pub enum Outcome {
     },
     /// Nothing (more) to do for this message; it is deleted.
     Acknowledged(String),
+    /// The template is full: the job waits in the waiting list (`waiting`) and its message is
+    /// deleted; a freed slot sends it back.
+    Waiting(String),
     /// Try again after `delay_seconds`; after the queue's maxReceiveCount it goes to the DLQ.
     HandedBack {
         delay_seconds: u32,
@@ -103,6 +106,7 @@ impl Outcome {
         match self {
             Self::Served { .. } => "served",
             Self::Acknowledged(_) => "acknowledged",
+            Self::Waiting(_) => "waiting",
             Self::HandedBack { .. } => "handed_back",
         }
     }
@@ -350,13 +354,20 @@ impl CreateRunner {
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let reason = match &outcome {
             Outcome::Served { .. } => String::new(),
-            Outcome::Acknowledged(reason) | Outcome::HandedBack { reason, .. } => reason.clone(),
+            Outcome::Acknowledged(reason) | Outcome::Waiting(reason) | Outcome::HandedBack { reason, .. } => {
+                reason.clone()
+            }
         };
         let instance_id = match &outcome {
             Outcome::Served { instance_id, .. } => instance_id.as_str(),
             _ => "",
         };
         self.emit_metrics(&message, &outcome);
+        // A job sent back from the waiting list (or the DLQ) that needs no runner after all
+        // (cancelled, served meanwhile) leaves the slot it was woken for unused: pass it on.
+        if message.trip > 0 && matches!(outcome, Outcome::Acknowledged(_)) {
+            crate::waiting::wake(&self.config, &self.ports, &message.template).await;
+        }
         tracing::info!(
             job_id = message.job_id,
             delivery_id = message.delivery_id,
@@ -400,6 +411,14 @@ impl CreateRunner {
             Outcome::HandedBack { kind, .. } => {
                 job()
                     .dimension("reason", kind.as_str())
+                    .count(metric::HAND_BACKS, 1)
+                    .emit();
+            }
+            // Counted as a job the full template turned away, whether it waits in the list or
+            // was handed back (no waiting list): the dashboard's "full" line means both.
+            Outcome::Waiting(_) => {
+                job()
+                    .dimension("reason", HandBack::Full.as_str())
                     .count(metric::HAND_BACKS, 1)
                     .emit();
             }
@@ -529,6 +548,22 @@ impl CreateRunner {
             Err(reason) => return transient(reason),
         };
 
+        // Jobs queued before this one wait for this template: they go first, and this one waits
+        // behind them (the wake after its park hands a free slot to the oldest).
+        if let Some(waiting) = &self.ports.waiting {
+            match waiting.oldest(&message.template, 1).await {
+                Ok(first) if first.first().is_some_and(|parked| parked.place < crate::waiting::place(message)) => {
+                    return self
+                        .wait_for_room(message, template, "jobs queued before it are waiting for a slot")
+                        .await;
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(job_id, %error, "cannot read the waiting list; the job is served without it")
+                }
+            }
+        }
+
         // Room? Counted under this process's room lock (the records of one batch see each other's
         // reservations), then made exact across invocations by claiming one of the template's slots.
         let query = InstanceQuery {
@@ -538,20 +573,14 @@ impl CreateRunner {
         };
         let room = self.gate.room(&message.template);
         let counting = room.lock().await;
-        let full = || Outcome::HandedBack {
-            kind: HandBack::Full,
-            delay_seconds: self.config.retry_delay_seconds,
-            reason: format!(
-                "template `{}` is at max_runners ({}); job {job_id} waits {} s",
-                message.template, template.max_runners, self.config.retry_delay_seconds
-            ),
-        };
+        let full = format!("template `{}` is at max_runners ({})", message.template, template.max_runners);
         let live = match self.ports.fleet.instances(deployment, &query).await {
             Ok(live) => live,
             Err(error) => return transient(format!("cannot count instances: {error}")),
         };
         if live.len() + self.gate.launching(&message.template, &live) >= template.max_runners as usize {
-            return full();
+            drop(counting);
+            return self.wait_for_room(message, template, &full).await;
         }
         self.gate
             .launching
@@ -580,7 +609,7 @@ impl CreateRunner {
                     return transient(format!("cannot read the launch slots: {error}"));
                 }
             },
-            Ok(Claim::Full) => return full(),
+            Ok(Claim::Full) => return self.wait_for_room(message, template, &full).await,
             // Not acknowledged: the claimant may die before it launches. Once its launch is
             // listed, the next receive acknowledges; if it died, its claim goes stale and the next
             // receive takes the slot over.
@@ -607,6 +636,44 @@ impl CreateRunner {
             self.release_slot(&message.template, slot, &claim).await;
         }
         outcome
+    }
+
+    /// The template has no room for the job (or older jobs wait for it): the job is parked in the
+    /// waiting list, where it spends none of its receives, and its message is deleted; the
+    /// template is woken at once, in case a slot freed since it was counted. Without a waiting
+    /// list, or when the park fails, the message is handed back for `retry_delay_seconds`.
+    async fn wait_for_room(&self, message: &JobMessage, template: &Template, why: &str) -> Outcome {
+        let job_id = message.job_id;
+        let delay_seconds = self.config.retry_delay_seconds;
+        let handed_back = |note: &str| Outcome::HandedBack {
+            kind: HandBack::Full,
+            delay_seconds,
+            reason: format!("{why}; job {job_id} waits {delay_seconds} s{note}"),
+        };
+        let Some(waiting) = &self.ports.waiting else {
+            return handed_back("");
+        };
+        let place = crate::waiting::place(message);
+        if let Err(error) = waiting
+            .park(&message.template, &place, &message.encode(), &message.delivery_id)
+            .await
+        {
+            tracing::warn!(job_id, %error, "cannot park the job in the waiting list; it is handed back instead");
+            return handed_back(" (the waiting list could not take it)");
+        }
+        let woken = crate::waiting::wake(&self.config, &self.ports, &message.template).await;
+        tracing::info!(
+            job_id,
+            template = message.template,
+            max_runners = template.max_runners,
+            place,
+            woken = woken.moved,
+            step = "parked",
+            "job {job_id} parked in the waiting list: {why}"
+        );
+        Outcome::Waiting(format!(
+            "{why}; job {job_id} waits in the waiting list until a slot frees"
+        ))
     }
 
     /// Claims a slot of the template no live instance holds: an item only one handler can

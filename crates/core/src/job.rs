@@ -77,10 +77,13 @@ impl JobMessage {
 
 /// Now, in RFC 3339 with milliseconds.
 pub fn now_rfc3339() -> String {
+    rfc3339(std::time::SystemTime::now())
+}
+
+/// A moment in RFC 3339, with milliseconds when it has any.
+pub fn rfc3339(at: std::time::SystemTime) -> String {
     use aws_sdk_sqs::primitives::{DateTime, DateTimeFormat};
-    DateTime::from(std::time::SystemTime::now())
-        .fmt(DateTimeFormat::DateTime)
-        .unwrap_or_default()
+    DateTime::from(at).fmt(DateTimeFormat::DateTime).unwrap_or_default()
 }
 
 /// An RFC 3339 moment (GitHub's `created_at`, our `received_at`) as a time; `None` if it is not one.

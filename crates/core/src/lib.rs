@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod names;
 pub mod ports;
 pub mod queue;
+pub mod redeliver;
 pub mod redrive;
 pub mod release;
 pub mod runner_cache;
@@ -23,6 +24,7 @@ pub mod secrets;
 pub mod slots;
 pub mod stop;
 pub mod templates;
+pub mod waiting;
 pub mod webhook;
 
 pub use config::Config;

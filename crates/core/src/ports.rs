@@ -10,6 +10,7 @@ use crate::github::{Github, OctocrabGithub};
 use crate::queue::{Queue, SqsQueue};
 use crate::secrets::{Prefetched, Secrets, SsmSecrets};
 use crate::slots::{DynamoSlots, Slots};
+use crate::waiting::{DynamoWaiting, Waiting};
 
 #[derive(Clone)]
 pub struct Ports {
@@ -19,6 +20,9 @@ pub struct Ports {
     pub slots: Arc<dyn Slots>,
     pub commands: Arc<dyn Commands>,
     pub queue: Arc<dyn Queue>,
+    /// The waiting list (`waiting`); None (no `waiting_table` in the config) hands a job that
+    /// finds its template full back to the jobs queue for `retry_delay_seconds` instead.
+    pub waiting: Option<Arc<dyn Waiting>>,
 }
 
 impl Ports {
@@ -45,6 +49,10 @@ impl Ports {
             slots: Arc::new(DynamoSlots::new(&sdk, &config.slots_table)),
             commands: Arc::new(SsmCommands::new(&sdk)),
             queue: Arc::new(SqsQueue::new(&sdk)),
+            waiting: config
+                .waiting_table
+                .as_deref()
+                .map(|table| Arc::new(DynamoWaiting::new(&sdk, table)) as Arc<dyn Waiting>),
         };
         Ok((config, ports))
     }

@@ -83,6 +83,8 @@ pub struct SweepReport {
     pub parameters_deleted: usize,
     pub runners_removed: usize,
     pub slots_freed: usize,
+    /// Jobs the sweep sent back from the waiting list to free slots.
+    pub woken: usize,
     pub errors: usize,
 }
 
@@ -221,7 +223,12 @@ impl StopRunner {
             None => false,
         };
         match self.ports.fleet.terminate(instance_id).await {
-            Ok(()) => self.release_slot(instance, job_id).await,
+            Ok(()) => {
+                // The slot is free: the oldest job waiting for this template takes it.
+                if let Some(template) = self.release_slot(instance, job_id).await {
+                    crate::waiting::wake(&self.config, &self.ports, template).await;
+                }
+            }
             Err(error) => tracing::error!(job_id, instance_id, %error, "cannot terminate; the sweep will retry"),
         }
         if let Some(request) = &instance.spot_request_id
@@ -267,10 +274,9 @@ impl StopRunner {
 
     /// Frees the launch slot an ended instance held, unless it has been claimed again since: by
     /// another job, or by this job's relaunch (a claim made after the instance's launch).
-    async fn release_slot(&self, instance: &Instance, job_id: u64) {
-        let Some((template, slot)) = slot_of(instance) else {
-            return;
-        };
+    /// Answers the template whose slot was freed.
+    async fn release_slot<'i>(&self, instance: &'i Instance, job_id: u64) -> Option<&'i str> {
+        let (template, slot) = slot_of(instance)?;
         match self.ports.slots.get(template, slot).await {
             Ok(Some(claim))
                 if claim.job_id == job_id
@@ -278,13 +284,18 @@ impl StopRunner {
                         .launched_at
                         .is_none_or(|launched| claim.at <= launched + Duration::from_secs(5)) =>
             {
-                if let Err(error) = self.ports.slots.release(template, slot, &claim).await {
-                    tracing::warn!(job_id, template, slot, %error, "cannot free the launch slot; the sweep frees it");
+                match self.ports.slots.release(template, slot, &claim).await {
+                    Ok(freed) => freed.then_some(template),
+                    Err(error) => {
+                        tracing::warn!(job_id, template, slot, %error, "cannot free the launch slot; the sweep frees it");
+                        None
+                    }
                 }
             }
-            Ok(_) => {}
+            Ok(_) => None,
             Err(error) => {
-                tracing::warn!(job_id, template, slot, %error, "cannot read the launch slot; the sweep frees it")
+                tracing::warn!(job_id, template, slot, %error, "cannot read the launch slot; the sweep frees it");
+                None
             }
         }
     }
@@ -611,6 +622,11 @@ impl StopRunner {
             still_live.insert(instance.id.clone());
         }
         self.free_stale_slots(&instances, &mut report).await;
+        // The pump: every template with room and jobs waiting moves them, whatever wake was
+        // missed (a stop-runner that died after freeing a slot, a slot the sweep freed).
+        for template in self.config.templates.keys() {
+            report.woken += crate::waiting::wake(&self.config, &self.ports, template).await.moved as usize;
+        }
         // Instances that were already ending also own nothing any more.
         let launching = self
             .delete_orphan_parameters(&still_live, &instances, &mut report)
@@ -631,6 +647,7 @@ impl StopRunner {
             parameters_deleted = report.parameters_deleted,
             runners_removed = report.runners_removed,
             slots_freed = report.slots_freed,
+            woken = report.woken,
             errors = report.errors,
             "sweep: examined {} instance(s), cleaned {}",
             report.examined,

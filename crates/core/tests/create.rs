@@ -54,6 +54,7 @@ fn world_with(edit: impl FnOnce(&mut serde_json::Value)) -> World {
         slots: slots.clone(),
         commands: commands.clone(),
         queue: queue.clone(),
+        waiting: None,
     };
     // Short backoff: these tests run in real time.
     let backoff = Backoff {
@@ -645,6 +646,7 @@ async fn an_abandoned_instance_that_cannot_be_terminated_is_not_replaced_by_a_se
         slots: Arc::new(FakeSlots::default()),
         commands: Arc::new(FakeCommands::default()),
         queue: Arc::new(FakeQueue::default()),
+        waiting: None,
     };
     let create = CreateRunner::new(config, ports);
     let outcome = create.serve(&message(23, "template_cpu").encode(), 2, far()).await;
@@ -736,6 +738,7 @@ fn yielding_world() -> World {
         slots: world.slots.clone(),
         commands: world.commands.clone(),
         queue: world.queue.clone(),
+        waiting: None,
     };
     World {
         create: Arc::new(CreateRunner::new(config, ports)),
@@ -788,6 +791,7 @@ async fn concurrent_invocations_never_launch_past_max_runners() {
             slots: world.slots.clone(),
             commands: world.commands.clone(),
             queue: world.queue.clone(),
+            waiting: None,
         },
     ));
     let batch = |first: u64| {
@@ -1126,6 +1130,7 @@ fn always_asking_for_the_release(world: World) -> World {
         slots: world.slots.clone(),
         commands: world.commands.clone(),
         queue: world.queue.clone(),
+        waiting: None,
     };
     World {
         create: Arc::new(CreateRunner::new(config, ports).with_release_ttl(Duration::ZERO)),

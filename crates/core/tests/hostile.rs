@@ -76,6 +76,7 @@ fn world_with(edit: impl FnOnce(&mut Value)) -> World {
         slots: Arc::new(sophons_core::slots::FakeSlots::default()),
         commands: commands.clone(),
         queue: queue.clone(),
+        waiting: None,
     };
     let backoff = Backoff {
         first: Duration::from_millis(5),

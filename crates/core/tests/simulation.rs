@@ -1306,6 +1306,7 @@ impl Sim {
                 slots: slots_port.clone(),
                 commands: commands_port.clone(),
                 queue: queue_port.clone(),
+                waiting: None,
             },
         )
         // Each retry costs a millisecond of real time, not seconds.
@@ -1322,6 +1323,7 @@ impl Sim {
                 slots: slots_port,
                 commands: commands_port,
                 queue: queue_port.clone(),
+                waiting: None,
             },
         );
         let move_jobs = MoveJobs::new(config.clone(), queue_port, github_port);

@@ -57,6 +57,7 @@ fn world_with(edit: impl FnOnce(&mut serde_json::Value)) -> World {
             slots: slots.clone(),
             commands: commands.clone(),
             queue: queue.clone(),
+            waiting: None,
         },
     ));
     let stop = StopRunner::new(
@@ -68,6 +69,7 @@ fn world_with(edit: impl FnOnce(&mut serde_json::Value)) -> World {
             slots: slots.clone(),
             commands: commands.clone(),
             queue: queue.clone(),
+            waiting: None,
         },
     );
     World {
@@ -592,6 +594,7 @@ async fn a_job_whose_relaunch_could_not_be_sent_is_not_lost() {
                 inner: world.queue.clone(),
                 failed: Default::default(),
             }),
+            waiting: None,
         },
     );
     stop.command_ended(&instance_id, &command_id, "Failed").await;
@@ -663,6 +666,7 @@ async fn the_sweep_does_not_end_an_untagged_instance_while_github_cannot_list_it
             slots: world.slots.clone(),
             commands: world.commands.clone(),
             queue: world.queue.clone(),
+            waiting: None,
         },
     );
     let report = stop.sweep(far()).await;

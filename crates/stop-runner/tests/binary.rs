@@ -38,6 +38,7 @@ async fn serve(stack: &Stack, job_id: u64) -> (String, String) {
         slots: Arc::new(sophons_core::slots::DynamoSlots::new(&stack.sdk, &stack.slots_table)),
         commands: Arc::new(SsmCommands::new(&stack.sdk)),
         queue: Arc::new(SqsQueue::new(&stack.sdk)),
+        waiting: None,
     };
     let message = JobMessage {
         version: MESSAGE_VERSION,

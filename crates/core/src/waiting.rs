@@ -1,0 +1,430 @@
+//! The waiting list: jobs that found their template at `max_runners`, in the order GitHub queued
+//! them, until a launch slot frees.
+//!
+//! Waiting for room is not a failure, so it does not spend the jobs queue's receives (after
+//! `max_receive_count` of those SQS moves a message to the DLQ). create-runner *parks* such a job
+//! here and deletes its message; whoever frees a slot *wakes* the template: the oldest parked
+//! jobs, as many as there are free slots, go back to the jobs queue (sent before they are
+//! removed from the list, so a job is never only in flight between two stores).
+//!
+//! Who wakes a template: stop-runner after it freed an ended instance's slot, the sweep (for every
+//! template, as the pump for wakes that were missed), and create-runner itself right after it
+//! parked a job (a slot freed between its count and its park would otherwise wake nobody).
+//!
+//! The store is a DynamoDB table (config key `waiting_table`; partition key `template`, sort key
+//! `place`): a Query on one partition reads its items in sort-key order, ascending by default
+//! (<https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_Query.html>, `ScanIndexForward`),
+//! and with `ConsistentRead` sees every park that was acknowledged before it. `place` is the job's
+//! queue time then its id, zero-padded, so that the string order is the queue order. Each item
+//! carries `expires_at`, 25 hours after the job was queued, for the table's TTL: GitHub cancels a job
+//! left queued for 24 hours.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use crate::config::Config;
+use crate::job::JobMessage;
+use crate::ports::Ports;
+use crate::redrive::QUEUE_LIMIT;
+
+/// How many parked jobs one wake moves at most (one Query page of small items; the next wake
+/// or the sweep moves the rest).
+pub const MOST_MOVED_PER_WAKE: u32 = 50;
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum WaitingError {
+    #[error(
+        "waiting table `{0}` does not exist: check waiting_table in the config document (Terraform's output `waiting_table`)"
+    )]
+    NoTable(String),
+    #[error("waiting table `{table}`: access denied ({reason}); the function's role needs dynamodb:PutItem, Query and DeleteItem on it")]
+    AccessDenied { table: String, reason: String },
+    #[error("waiting table `{table}`: {reason}")]
+    Failed { table: String, reason: String },
+}
+
+/// A job in the waiting list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parked {
+    pub place: String,
+    /// The job's queue message, as create-runner received it.
+    pub body: String,
+    pub delivery_id: String,
+}
+
+#[async_trait]
+pub trait Waiting: Send + Sync {
+    /// Puts a job in its template's list at `place` (a job parked again keeps its place).
+    async fn park(&self, template: &str, place: &str, body: &str, delivery_id: &str) -> Result<(), WaitingError>;
+    /// The first `limit` jobs of a template's list, oldest first, read consistently.
+    async fn oldest(&self, template: &str, limit: u32) -> Result<Vec<Parked>, WaitingError>;
+    /// Takes a job off the list (nothing if it is not there).
+    async fn remove(&self, template: &str, place: &str) -> Result<(), WaitingError>;
+}
+
+/// A job's place in its template's list: when GitHub queued it (else when the webhook took it),
+/// in milliseconds, then its id, so that two jobs queued in the same millisecond keep one order.
+pub fn place(message: &JobMessage) -> String {
+    let queued = [&message.created_at, &message.received_at]
+        .into_iter()
+        .find_map(|at| crate::job::parse_rfc3339(at))
+        .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
+        .unwrap_or_default();
+    format!("{:016}#{:020}", queued.as_millis(), message.job_id)
+}
+
+/// What one wake did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Woken {
+    /// Free slots the wake counted.
+    pub room: u32,
+    /// Jobs sent back to the jobs queue.
+    pub moved: u32,
+    /// Jobs taken off the list because GitHub has cancelled them by now (queued over 24 h ago),
+    /// or because their message cannot be read.
+    pub dropped: u32,
+}
+
+/// Sends the oldest parked jobs of `template` back to the jobs queue, one per free launch slot.
+/// Free slots are `max_runners` less the slots claimed (a launch in flight or a live instance
+/// holds one). A moved job that then finds the template full (another job took the slot first)
+/// is parked again at its own place, so the order holds. Errors are logged and answered as
+/// nothing moved: the next wake, or the sweep, moves the job.
+pub async fn wake(config: &Config, ports: &Ports, template: &str) -> Woken {
+    let mut woken = Woken::default();
+    let Some(waiting) = &ports.waiting else {
+        return woken;
+    };
+    let Some(max_runners) = config.templates.get(template).map(|t| t.max_runners) else {
+        return woken;
+    };
+    let claimed = match ports.slots.list(Some(template)).await {
+        Ok(claims) => claims.len() as u32,
+        Err(error) => {
+            tracing::warn!(template, %error, "wake: cannot count the launch slots; the next wake moves the waiting jobs");
+            return woken;
+        }
+    };
+    woken.room = max_runners.saturating_sub(claimed);
+    if woken.room == 0 {
+        return woken;
+    }
+    let parked = match waiting.oldest(template, woken.room.min(MOST_MOVED_PER_WAKE)).await {
+        Ok(parked) => parked,
+        Err(error) => {
+            tracing::warn!(template, %error, "wake: cannot read the waiting list; the next wake moves the waiting jobs");
+            return woken;
+        }
+    };
+    for job in parked {
+        let mut message = match JobMessage::decode(&job.body) {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::error!(template, place = job.place, "waiting job dropped: {error}");
+                if waiting.remove(template, &job.place).await.is_ok() {
+                    woken.dropped += 1;
+                }
+                continue;
+            }
+        };
+        let job_id = message.job_id;
+        if queued_for(&message) > QUEUE_LIMIT {
+            tracing::warn!(
+                job_id,
+                template,
+                step = "wait_expired",
+                "job {job_id} dropped from the waiting list: it was queued over 24 h ago, and GitHub cancels such jobs"
+            );
+            if waiting.remove(template, &job.place).await.is_ok() {
+                woken.dropped += 1;
+            }
+            continue;
+        }
+        // A trip of its own, as from the DLQ: SQS counts receives from 1 again, and a launch
+        // token of an earlier trip would get that trip's answers from EC2.
+        message.trip += 1;
+        if let Err(error) = ports.queue.send(&config.queue_url, &message.encode(), &job.delivery_id).await {
+            tracing::warn!(job_id, template, %error, "wake: cannot send a waiting job to the jobs queue; it keeps its place");
+            break;
+        }
+        if let Err(error) = waiting.remove(template, &job.place).await {
+            // Sent and still listed: a later wake sends it again, and create-runner's "already
+            // served?" keeps the duplicate from a second instance.
+            tracing::warn!(job_id, template, %error, "wake: sent a waiting job but could not take it off the list");
+        }
+        woken.moved += 1;
+        tracing::info!(
+            job_id,
+            template,
+            delivery_id = job.delivery_id,
+            step = "woken",
+            "job {job_id}: a launch slot of `{template}` is free; sent back to the jobs queue"
+        );
+    }
+    woken
+}
+
+/// How long ago the job was queued (zero when unknown or in the future).
+fn queued_for(message: &JobMessage) -> Duration {
+    [&message.created_at, &message.received_at]
+        .into_iter()
+        .find_map(|at| crate::job::parse_rfc3339(at))
+        .and_then(|at| SystemTime::now().duration_since(at).ok())
+        .unwrap_or_default()
+}
+
+/// The real adapter over DynamoDB.
+#[derive(Clone)]
+pub struct DynamoWaiting {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+const TEMPLATE: &str = "template";
+const PLACE: &str = "place";
+const BODY: &str = "body";
+const DELIVERY_ID: &str = "delivery_id";
+const EXPIRES_AT: &str = "expires_at";
+/// The TTL attribute's lead over the job's queue time: a day (GitHub's limit) and an hour.
+const KEPT_FOR: Duration = Duration::from_secs(25 * 60 * 60);
+
+impl DynamoWaiting {
+    pub fn new(sdk: &aws_config::SdkConfig, table: &str) -> Self {
+        Self {
+            client: aws_sdk_dynamodb::Client::new(sdk),
+            table: table.to_string(),
+        }
+    }
+
+    fn key(template: &str, place: &str) -> std::collections::HashMap<String, AttributeValue> {
+        std::collections::HashMap::from([
+            (TEMPLATE.to_string(), AttributeValue::S(template.to_string())),
+            (PLACE.to_string(), AttributeValue::S(place.to_string())),
+        ])
+    }
+
+    fn classify<E, R>(&self, error: &aws_sdk_dynamodb::error::SdkError<E, R>) -> WaitingError
+    where
+        E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        let table = self.table.clone();
+        match crate::aws::code(error) {
+            Some("ResourceNotFoundException") => WaitingError::NoTable(table),
+            Some("AccessDeniedException" | "UnrecognizedClientException") => WaitingError::AccessDenied {
+                table,
+                reason: crate::aws::describe(error),
+            },
+            _ => WaitingError::Failed {
+                table,
+                reason: crate::aws::describe(error),
+            },
+        }
+    }
+}
+
+/// The epoch second at which DynamoDB's TTL may delete a parked job: `KEPT_FOR` after its queue
+/// time, read from the place.
+fn expires_at(place: &str) -> u64 {
+    let queued_ms: u64 = place.split('#').next().and_then(|ms| ms.parse().ok()).unwrap_or_default();
+    let queued = if queued_ms == 0 {
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+    } else {
+        Duration::from_millis(queued_ms)
+    };
+    (queued + KEPT_FOR).as_secs()
+}
+
+#[async_trait]
+impl Waiting for DynamoWaiting {
+    async fn park(&self, template: &str, place: &str, body: &str, delivery_id: &str) -> Result<(), WaitingError> {
+        let mut item = Self::key(template, place);
+        item.insert(BODY.into(), AttributeValue::S(body.to_string()));
+        item.insert(DELIVERY_ID.into(), AttributeValue::S(delivery_id.to_string()));
+        item.insert(EXPIRES_AT.into(), AttributeValue::N(expires_at(place).to_string()));
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|error| self.classify(&error))?;
+        Ok(())
+    }
+
+    async fn oldest(&self, template: &str, limit: u32) -> Result<Vec<Parked>, WaitingError> {
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#template = :template")
+            .expression_attribute_names("#template", TEMPLATE)
+            .expression_attribute_values(":template", AttributeValue::S(template.to_string()))
+            .scan_index_forward(true)
+            .consistent_read(true)
+            .limit(limit.max(1) as i32)
+            .send()
+            .await
+            .map_err(|error| self.classify(&error))?;
+        let text = |item: &std::collections::HashMap<String, AttributeValue>, name: &str| {
+            item.get(name).and_then(|v| v.as_s().ok()).cloned()
+        };
+        Ok(output
+            .items
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|item| {
+                Some(Parked {
+                    place: text(item, PLACE)?,
+                    body: text(item, BODY).unwrap_or_default(),
+                    delivery_id: text(item, DELIVERY_ID).unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+
+    async fn remove(&self, template: &str, place: &str) -> Result<(), WaitingError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(template, place)))
+            .send()
+            .await
+            .map_err(|error| self.classify(&error))?;
+        Ok(())
+    }
+}
+
+/// The in-memory list, for flow tests and the simulation.
+#[derive(Default)]
+pub struct FakeWaiting {
+    lists: Mutex<BTreeMap<String, BTreeMap<String, Parked>>>,
+    failures: Mutex<VecDeque<WaitingError>>,
+}
+
+impl FakeWaiting {
+    /// The next calls fail with these errors, in order.
+    pub fn fail_next(&self, errors: impl IntoIterator<Item = WaitingError>) {
+        self.failures.lock().unwrap().extend(errors);
+    }
+
+    /// Parks a job as create-runner does.
+    pub async fn park_message(&self, message: &JobMessage) {
+        self.park(&message.template, &place(message), &message.encode(), &message.delivery_id)
+            .await
+            .expect("the fake parks unless told to fail");
+    }
+
+    /// Every parked job of a template, oldest first.
+    pub fn listed(&self, template: &str) -> Vec<Parked> {
+        self.lists
+            .lock()
+            .unwrap()
+            .get(template)
+            .map(|list| list.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// How many jobs are parked, over every template.
+    pub fn len(&self) -> usize {
+        self.lists.lock().unwrap().values().map(BTreeMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn fault(&self) -> Result<(), WaitingError> {
+        match self.failures.lock().unwrap().pop_front() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl Waiting for FakeWaiting {
+    async fn park(&self, template: &str, place: &str, body: &str, delivery_id: &str) -> Result<(), WaitingError> {
+        self.fault()?;
+        self.lists.lock().unwrap().entry(template.to_string()).or_default().insert(
+            place.to_string(),
+            Parked {
+                place: place.to_string(),
+                body: body.to_string(),
+                delivery_id: delivery_id.to_string(),
+            },
+        );
+        Ok(())
+    }
+
+    async fn oldest(&self, template: &str, limit: u32) -> Result<Vec<Parked>, WaitingError> {
+        self.fault()?;
+        Ok(self
+            .listed(template)
+            .into_iter()
+            .take(limit.max(1) as usize)
+            .collect())
+    }
+
+    async fn remove(&self, template: &str, place: &str) -> Result<(), WaitingError> {
+        self.fault()?;
+        if let Some(list) = self.lists.lock().unwrap().get_mut(template) {
+            list.remove(place);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(job_id: u64, created_at: &str) -> JobMessage {
+        let mut message: JobMessage = serde_json::from_value(serde_json::json!({
+            "version": 1, "delivery_id": format!("d-{job_id}"), "job_id": job_id, "run_id": 1, "run_attempt": 1,
+            "repository": "my-org/app", "owner": "my-org", "name": "app", "labels": ["self-hosted", "cpu"],
+            "template": "cpu", "workflow_name": "CI", "job_name": "build", "job_url": "",
+            "created_at": created_at, "received_at": ""
+        }))
+        .unwrap();
+        message.created_at = created_at.to_string();
+        message
+    }
+
+    #[test]
+    fn places_sort_as_github_queued_the_jobs() {
+        let early = place(&message(9_000_000_000, "2026-12-01T10:00:00Z"));
+        let later = place(&message(5, "2026-12-01T10:00:01Z"));
+        let same_ms_lower_id = place(&message(4, "2026-12-01T10:00:01Z"));
+        assert!(early < same_ms_lower_id && same_ms_lower_id < later, "{early} {same_ms_lower_id} {later}");
+    }
+
+    #[test]
+    fn a_parked_job_expires_a_day_and_an_hour_after_it_was_queued() {
+        let queued = place(&message(1, "2026-12-01T10:00:00Z"));
+        let at = crate::job::parse_rfc3339("2026-12-02T11:00:00Z").unwrap();
+        assert_eq!(expires_at(&queued), at.duration_since(UNIX_EPOCH).unwrap().as_secs());
+    }
+
+    #[tokio::test]
+    async fn the_fake_lists_oldest_first_and_a_job_parked_again_keeps_one_place() {
+        let waiting = FakeWaiting::default();
+        waiting.park("cpu", "2", "b", "d2").await.unwrap();
+        waiting.park("cpu", "1", "a", "d1").await.unwrap();
+        waiting.park("cpu", "1", "a2", "d1").await.unwrap();
+        waiting.park("gpu", "0", "g", "d0").await.unwrap();
+        let oldest = waiting.oldest("cpu", 5).await.unwrap();
+        assert_eq!(
+            oldest.iter().map(|p| p.body.as_str()).collect::<Vec<_>>(),
+            ["a2", "b"]
+        );
+        assert_eq!(waiting.oldest("cpu", 1).await.unwrap().len(), 1);
+        waiting.remove("cpu", "1").await.unwrap();
+        assert_eq!(waiting.listed("cpu").len(), 1);
+        assert_eq!(waiting.len(), 2);
+    }
+}
