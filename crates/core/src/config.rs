@@ -323,7 +323,9 @@ impl Config {
         // DynamoDB's table names: 3 to 255 of a-z, A-Z, 0-9, `_`, `-`, `.`.
         let table_name = |name: &str| {
             (3..=255).contains(&name.len())
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
         };
         if !table_name(&self.slots_table) {
             return Err(invalid(

@@ -552,7 +552,11 @@ impl CreateRunner {
         // behind them (the wake after its park hands a free slot to the oldest).
         if let Some(waiting) = &self.ports.waiting {
             match waiting.oldest(&message.template, 1).await {
-                Ok(first) if first.first().is_some_and(|parked| parked.place < crate::waiting::place(message)) => {
+                Ok(first)
+                    if first
+                        .first()
+                        .is_some_and(|parked| parked.place < crate::waiting::place(message)) =>
+                {
                     return self
                         .wait_for_room(message, template, "jobs queued before it are waiting for a slot")
                         .await;
@@ -573,7 +577,10 @@ impl CreateRunner {
         };
         let room = self.gate.room(&message.template);
         let counting = room.lock().await;
-        let full = format!("template `{}` is at max_runners ({})", message.template, template.max_runners);
+        let full = format!(
+            "template `{}` is at max_runners ({})",
+            message.template, template.max_runners
+        );
         let live = match self.ports.fleet.instances(deployment, &query).await {
             Ok(live) => live,
             Err(error) => return transient(format!("cannot count instances: {error}")),

@@ -253,7 +253,9 @@ use crate::fleet::{
     Capacity, Fleet, FleetError, Instance, InstanceQuery, InstanceState, LaunchRequest, Launched, TAG_DEPLOYMENT,
     TAG_JOB_ID, TAG_TEMPLATE,
 };
-use crate::github::{Github, GithubError, JitConfig, JobStatus, Runner, RunnerDownload, RunnerScope};
+use crate::github::{
+    DeliveriesPage, Github, GithubError, Hook, HookDelivery, JitConfig, JobStatus, Runner, RunnerDownload, RunnerScope,
+};
 
 /// How late EC2's reads are, in the fake's clock units (the simulation's minutes; unit tests
 /// move the clock by hand). EC2's DescribeInstances is eventually consistent: a new instance can
@@ -705,6 +707,17 @@ struct GithubState {
     /// What the runner downloads API lists (None: `runner_downloads_of(FAKE_RUNNER_VERSION)`).
     downloads: Option<Vec<RunnerDownload>>,
     download_faults: VecDeque<GithubError>,
+    /// The hook's deliveries, oldest first (listed newest first, as GitHub does).
+    deliveries: Vec<HookDelivery>,
+    /// Page size of the deliveries list (None: 100, GitHub's most).
+    delivery_page_size: Option<usize>,
+    delivery_faults: VecDeque<GithubError>,
+    delivery_pages_read: usize,
+    redeliver_faults: VecDeque<GithubError>,
+    /// Ids of the deliveries a redelivery was asked for, in order.
+    redelivered: Vec<u64>,
+    /// The status a redelivery gets (None: 202, what the webhook answers a job it enqueued).
+    redelivery_status: Option<u16>,
 }
 
 /// The release the fake GitHub offers unless told otherwise.
@@ -818,6 +831,46 @@ impl FakeGithub {
     pub fn runner_finished(&self, runner_id: u64) {
         self.state.lock().unwrap().runners.remove(&runner_id);
     }
+
+    /// Records a delivery of the hook, as GitHub does after sending one (the newest so far).
+    /// The fake serves one hook: any `Hook` lists these.
+    pub fn add_delivery(&self, delivery: HookDelivery) {
+        self.state.lock().unwrap().deliveries.push(delivery);
+    }
+
+    /// Every delivery, oldest first, including the redeliveries asked for.
+    pub fn deliveries(&self) -> Vec<HookDelivery> {
+        self.state.lock().unwrap().deliveries.clone()
+    }
+
+    /// Ids of the deliveries a redelivery was asked for (and accepted), in order.
+    pub fn redelivered(&self) -> Vec<u64> {
+        self.state.lock().unwrap().redelivered.clone()
+    }
+
+    /// How many pages of deliveries were read (including those that failed).
+    pub fn delivery_pages_read(&self) -> usize {
+        self.state.lock().unwrap().delivery_pages_read
+    }
+
+    pub fn set_delivery_page_size(&self, size: usize) {
+        self.state.lock().unwrap().delivery_page_size = Some(size.max(1));
+    }
+
+    /// The status the redeliveries made from now on get (a webhook still failing: 500).
+    pub fn set_redelivery_status(&self, status_code: u16) {
+        self.state.lock().unwrap().redelivery_status = Some(status_code);
+    }
+
+    /// The next pages of deliveries fail with these errors, in order.
+    pub fn fail_hook_deliveries(&self, errors: impl IntoIterator<Item = GithubError>) {
+        self.state.lock().unwrap().delivery_faults.extend(errors);
+    }
+
+    /// The next redeliveries fail with these errors, in order (GitHub did not redeliver).
+    pub fn fail_redeliver(&self, errors: impl IntoIterator<Item = GithubError>) {
+        self.state.lock().unwrap().redeliver_faults.extend(errors);
+    }
 }
 
 #[async_trait]
@@ -905,6 +958,49 @@ impl Github for FakeGithub {
             .downloads
             .clone()
             .unwrap_or_else(|| runner_downloads_of(FAKE_RUNNER_VERSION)))
+    }
+
+    async fn hook_deliveries(&self, _hook: &Hook, cursor: Option<&str>) -> Result<DeliveriesPage, GithubError> {
+        let mut state = self.state.lock().unwrap();
+        state.delivery_pages_read += 1;
+        if let Some(error) = state.delivery_faults.pop_front() {
+            return Err(error);
+        }
+        let start = match cursor {
+            None => 0,
+            Some(cursor) => cursor
+                .parse::<usize>()
+                .map_err(|_| GithubError::Rejected(format!("cursor `{cursor}` is not one of ours")))?,
+        };
+        let size = state.delivery_page_size.unwrap_or(100);
+        let newest_first: Vec<HookDelivery> = state.deliveries.iter().rev().cloned().collect();
+        let deliveries: Vec<HookDelivery> = newest_first.iter().skip(start).take(size).cloned().collect();
+        let next_cursor = (start + size < newest_first.len()).then(|| (start + size).to_string());
+        Ok(DeliveriesPage {
+            deliveries,
+            next_cursor,
+        })
+    }
+
+    async fn redeliver(&self, _hook: &Hook, delivery_id: u64) -> Result<(), GithubError> {
+        let mut state = self.state.lock().unwrap();
+        if let Some(error) = state.redeliver_faults.pop_front() {
+            return Err(error);
+        }
+        let Some(original) = state.deliveries.iter().find(|d| d.id == delivery_id).cloned() else {
+            return Err(GithubError::NotFound(format!("delivery {delivery_id}")));
+        };
+        let id = state.deliveries.iter().map(|d| d.id).max().unwrap_or(0) + 1;
+        let status_code = state.redelivery_status.unwrap_or(202);
+        state.deliveries.push(HookDelivery {
+            id,
+            redelivery: true,
+            status_code,
+            delivered_at: crate::job::now_rfc3339(),
+            ..original
+        });
+        state.redelivered.push(delivery_id);
+        Ok(())
     }
 
     async fn remove_runner(&self, _scope: &RunnerScope, runner_id: u64) -> Result<(), GithubError> {

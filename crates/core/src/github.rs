@@ -1,4 +1,5 @@
-//! GitHub: is a job still queued, register a just-in-time runner, list and remove runners.
+//! GitHub: is a job still queued, register a just-in-time runner, list and remove runners, list a
+//! webhook's deliveries and redeliver one.
 //! The adapter is octocrab, with a PAT or a GitHub App installation (octocrab mints the JWT,
 //! exchanges it for an installation token and refreshes that before it expires).
 //!
@@ -86,6 +87,94 @@ pub struct RunnerDownload {
     pub sha256_checksum: Option<String>,
 }
 
+/// A webhook GitHub delivers to us: the organisation's hook, or one repository's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hook {
+    Org {
+        org: String,
+        hook_id: u64,
+    },
+    /// `repository` is `owner/name`.
+    Repo {
+        repository: String,
+        hook_id: u64,
+    },
+}
+
+impl Hook {
+    /// The hook the config names (`github.webhook_id`, `github.webhook_repository`); `None` when
+    /// no `webhook_id` is set, which turns redelivery off.
+    pub fn from_config(github: &GithubConfig) -> Option<Self> {
+        let hook_id = github.webhook_id?;
+        Some(match &github.webhook_repository {
+            Some(repository) => Self::Repo {
+                repository: repository.clone(),
+                hook_id,
+            },
+            None => Self::Org {
+                org: github.owner.clone(),
+                hook_id,
+            },
+        })
+    }
+
+    fn path(&self) -> String {
+        match self {
+            Self::Org { org, hook_id } => format!("/orgs/{org}/hooks/{hook_id}"),
+            Self::Repo { repository, hook_id } => format!("/repos/{repository}/hooks/{hook_id}"),
+        }
+    }
+}
+
+impl fmt::Display for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Org { org, hook_id } => write!(f, "hook {hook_id} of organisation {org}"),
+            Self::Repo { repository, hook_id } => write!(f, "hook {hook_id} of repository {repository}"),
+        }
+    }
+}
+
+/// One delivery of a hook, as GitHub lists it ("List deliveries for an organization webhook",
+/// <https://docs.github.com/en/rest/orgs/webhooks#list-deliveries-for-an-organization-webhook>, and
+/// its repository twin, <https://docs.github.com/en/rest/repos/webhooks#list-deliveries-for-a-repository-webhook>).
+/// GitHub lists more fields (`duration`, `status`, `installation_id`, `repository_id`,
+/// `throttled_at`); these are the ones redelivery reads.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct HookDelivery {
+    /// This delivery attempt; what a redelivery names.
+    pub id: u64,
+    /// The event, shared by every delivery of it: the `X-GitHub-Delivery` header, our `delivery_id`.
+    pub guid: String,
+    /// RFC 3339.
+    pub delivered_at: String,
+    /// Whether GitHub sent it because someone asked for a redelivery.
+    pub redelivery: bool,
+    /// Our answer's HTTP status; GitHub records a delivery that got no answer (timeout,
+    /// connection refused) with a status that is not 2xx, so only 2xx counts as delivered.
+    #[serde(default)]
+    pub status_code: u16,
+    /// `X-GitHub-Event`, e.g. `workflow_job`.
+    pub event: String,
+    /// The payload's `action` (`queued`...), when the event has one.
+    #[serde(default)]
+    pub action: Option<String>,
+}
+
+impl HookDelivery {
+    pub fn succeeded(&self) -> bool {
+        (200..300).contains(&self.status_code)
+    }
+}
+
+/// One page of a hook's deliveries, newest first, and the cursor of the next (GitHub gives it in
+/// the `Link` header's `rel="next"`; none on the last page).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveriesPage {
+    pub deliveries: Vec<HookDelivery>,
+    pub next_cursor: Option<String>,
+}
+
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum GithubError {
     #[error("GitHub has no such {0}")]
@@ -129,6 +218,23 @@ pub trait Github: Send + Sync {
     async fn remove_runner(&self, scope: &RunnerScope, runner_id: u64) -> Result<(), GithubError>;
     /// The runner packages GitHub offers now (its current release), for the scope.
     async fn runner_downloads(&self, scope: &RunnerScope) -> Result<Vec<RunnerDownload>, GithubError>;
+    /// One page (up to 100) of `hook`'s deliveries, newest first, from `cursor` (`None`: the
+    /// newest). GitHub keeps 3 days of them.
+    async fn hook_deliveries(&self, hook: &Hook, cursor: Option<&str>) -> Result<DeliveriesPage, GithubError> {
+        let _ = cursor;
+        Err(not_supported(&format!("listing the deliveries of {hook}")))
+    }
+    /// Asks GitHub to deliver delivery `delivery_id` of `hook` again (GitHub's 202: it will, with
+    /// the same `guid` and `redelivery: true`). One attempt, never retried here: a retry after a
+    /// lost answer could make GitHub redeliver twice.
+    async fn redeliver(&self, hook: &Hook, delivery_id: u64) -> Result<(), GithubError> {
+        Err(not_supported(&format!("redelivering delivery {delivery_id} of {hook}")))
+    }
+}
+
+/// What the hook methods answer in an adapter that does not implement them.
+fn not_supported(what: &str) -> GithubError {
+    GithubError::Rejected(format!("{what} is not supported by this GitHub adapter"))
 }
 
 /// The real adapter.
@@ -363,6 +469,40 @@ impl OctocrabGithub {
     }
 }
 
+/// The `cursor` of a `Link` header's `rel="next"` URL, percent-decoded.
+fn next_cursor(link: &str) -> Option<String> {
+    let next = link.split(',').find(|part| part.contains("rel=\"next\""))?;
+    let url = next
+        .split(';')
+        .next()?
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>');
+    let query = url.split_once('?')?.1;
+    let value = query.split('&').find_map(|pair| pair.strip_prefix("cursor="))?;
+    Some(percent_decode(value))
+}
+
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Percent-encodes a query value (runner names are letters, digits, `-`, `_` and `.`, but a
 /// name is data).
 fn query_encode(value: &str) -> String {
@@ -436,6 +576,51 @@ impl Github for OctocrabGithub {
             .map_err(|failed| classify("runner downloads", failed.error))
     }
 
+    async fn hook_deliveries(&self, hook: &Hook, cursor: Option<&str>) -> Result<DeliveriesPage, GithubError> {
+        let cursor = cursor
+            .map(|c| format!("&cursor={}", query_encode(c)))
+            .unwrap_or_default();
+        let route = format!("{}/deliveries?per_page=100{cursor}", hook.path());
+        let what = format!("the deliveries of {hook}");
+        let response = with_retries(|| async {
+            let response = self.client._get(route.as_str()).await?;
+            octocrab::map_github_error(response).await
+        })
+        .await
+        .map_err(|failed| classify(&what, failed.error))?;
+        let next_cursor = response
+            .headers()
+            .get("link")
+            .and_then(|v| v.to_str().ok())
+            .and_then(next_cursor);
+        let body = self
+            .client
+            .body_to_string(response)
+            .await
+            .map_err(|error| GithubError::Unavailable(format!("{what}: {error}")))?;
+        let deliveries = serde_json::from_str(&body).map_err(|error| {
+            GithubError::Rejected(format!("{what}: GitHub's answer is not a list of deliveries: {error}"))
+        })?;
+        Ok(DeliveriesPage {
+            deliveries,
+            next_cursor,
+        })
+    }
+
+    async fn redeliver(&self, hook: &Hook, delivery_id: u64) -> Result<(), GithubError> {
+        let route = format!("{}/deliveries/{delivery_id}/attempts", hook.path());
+        let what = format!("redelivery of delivery {delivery_id} of {hook}");
+        let response = self
+            .client
+            ._post(route.as_str(), None::<&()>)
+            .await
+            .map_err(|error| classify(&what, error))?;
+        octocrab::map_github_error(response)
+            .await
+            .map(|_| ())
+            .map_err(|error| classify(&what, error))
+    }
+
     async fn remove_runner(&self, scope: &RunnerScope, runner_id: u64) -> Result<(), GithubError> {
         let route = format!("{}/{runner_id}", scope.path());
         let what = format!("runner {runner_id}");
@@ -454,5 +639,18 @@ impl Github for OctocrabGithub {
             }) if source.status_code == 422 => Err(GithubError::Busy(format!("{what}: {}", source.message))),
             Err(failed) => Err(classify(&what, failed.error)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_cursor_is_read_from_the_link_header_and_decoded() {
+        let link = "<https://api.github.com/orgs/o/hooks/1/deliveries?per_page=100&cursor=v1_41%3D>; rel=\"next\", \
+                    <https://api.github.com/orgs/o/hooks/1/deliveries?per_page=100>; rel=\"first\"";
+        assert_eq!(next_cursor(link).as_deref(), Some("v1_41="));
+        assert_eq!(next_cursor("<https://x/deliveries?per_page=100>; rel=\"first\""), None);
     }
 }

@@ -7,6 +7,10 @@
 //! jobs, as many as there are free slots, go back to the jobs queue (sent before they are
 //! removed from the list, so a job is never only in flight between two stores).
 //!
+//! A woken job can be parked again (it found the template full after all) before its waker
+//! takes it off the list; the waker's DeleteItem is therefore conditioned on the item it read
+//! (`body`, which changes with every trip), so that it never removes the new park.
+//!
 //! Who wakes a template: stop-runner after it freed an ended instance's slot, the sweep (for every
 //! template, as the pump for wakes that were missed), and create-runner itself right after it
 //! parked a job (a slot freed between its count and its park would otherwise wake nobody).
@@ -41,7 +45,9 @@ pub enum WaitingError {
         "waiting table `{0}` does not exist: check waiting_table in the config document (Terraform's output `waiting_table`)"
     )]
     NoTable(String),
-    #[error("waiting table `{table}`: access denied ({reason}); the function's role needs dynamodb:PutItem, Query and DeleteItem on it")]
+    #[error(
+        "waiting table `{table}`: access denied ({reason}); the function's role needs dynamodb:PutItem, Query and DeleteItem on it"
+    )]
     AccessDenied { table: String, reason: String },
     #[error("waiting table `{table}`: {reason}")]
     Failed { table: String, reason: String },
@@ -62,8 +68,10 @@ pub trait Waiting: Send + Sync {
     async fn park(&self, template: &str, place: &str, body: &str, delivery_id: &str) -> Result<(), WaitingError>;
     /// The first `limit` jobs of a template's list, oldest first, read consistently.
     async fn oldest(&self, template: &str, limit: u32) -> Result<Vec<Parked>, WaitingError>;
-    /// Takes a job off the list (nothing if it is not there).
-    async fn remove(&self, template: &str, place: &str) -> Result<(), WaitingError>;
+    /// Takes a job off the list if it is still as it was read; answers whether it did. A job
+    /// parked again since (the woken job found the template full again and came back before its
+    /// waker removed it) stays: removing it would lose it.
+    async fn remove(&self, template: &str, parked: &Parked) -> Result<bool, WaitingError>;
 }
 
 /// A job's place in its template's list: when GitHub queued it (else when the webhook took it),
@@ -125,7 +133,7 @@ pub async fn wake(config: &Config, ports: &Ports, template: &str) -> Woken {
             Ok(message) => message,
             Err(error) => {
                 tracing::error!(template, place = job.place, "waiting job dropped: {error}");
-                if waiting.remove(template, &job.place).await.is_ok() {
+                if matches!(waiting.remove(template, &job).await, Ok(true)) {
                     woken.dropped += 1;
                 }
                 continue;
@@ -139,7 +147,7 @@ pub async fn wake(config: &Config, ports: &Ports, template: &str) -> Woken {
                 step = "wait_expired",
                 "job {job_id} dropped from the waiting list: it was queued over 24 h ago, and GitHub cancels such jobs"
             );
-            if waiting.remove(template, &job.place).await.is_ok() {
+            if matches!(waiting.remove(template, &job).await, Ok(true)) {
                 woken.dropped += 1;
             }
             continue;
@@ -147,11 +155,15 @@ pub async fn wake(config: &Config, ports: &Ports, template: &str) -> Woken {
         // A trip of its own, as from the DLQ: SQS counts receives from 1 again, and a launch
         // token of an earlier trip would get that trip's answers from EC2.
         message.trip += 1;
-        if let Err(error) = ports.queue.send(&config.queue_url, &message.encode(), &job.delivery_id).await {
+        if let Err(error) = ports
+            .queue
+            .send(&config.queue_url, &message.encode(), &job.delivery_id)
+            .await
+        {
             tracing::warn!(job_id, template, %error, "wake: cannot send a waiting job to the jobs queue; it keeps its place");
             break;
         }
-        if let Err(error) = waiting.remove(template, &job.place).await {
+        if let Err(error) = waiting.remove(template, &job).await {
             // Sent and still listed: a later wake sends it again, and create-runner's "already
             // served?" keeps the duplicate from a second instance.
             tracing::warn!(job_id, template, %error, "wake: sent a waiting job but could not take it off the list");
@@ -230,7 +242,11 @@ impl DynamoWaiting {
 /// The epoch second at which DynamoDB's TTL may delete a parked job: `KEPT_FOR` after its queue
 /// time, read from the place.
 fn expires_at(place: &str) -> u64 {
-    let queued_ms: u64 = place.split('#').next().and_then(|ms| ms.parse().ok()).unwrap_or_default();
+    let queued_ms: u64 = place
+        .split('#')
+        .next()
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_default();
     let queued = if queued_ms == 0 {
         SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
     } else {
@@ -287,15 +303,22 @@ impl Waiting for DynamoWaiting {
             .collect())
     }
 
-    async fn remove(&self, template: &str, place: &str) -> Result<(), WaitingError> {
-        self.client
+    async fn remove(&self, template: &str, parked: &Parked) -> Result<bool, WaitingError> {
+        let result = self
+            .client
             .delete_item()
             .table_name(&self.table)
-            .set_key(Some(Self::key(template, place)))
+            .set_key(Some(Self::key(template, &parked.place)))
+            .condition_expression("#body = :body")
+            .expression_attribute_names("#body", BODY)
+            .expression_attribute_values(":body", AttributeValue::S(parked.body.clone()))
             .send()
-            .await
-            .map_err(|error| self.classify(&error))?;
-        Ok(())
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(error) if crate::aws::code(&error) == Some("ConditionalCheckFailedException") => Ok(false),
+            Err(error) => Err(self.classify(&error)),
+        }
     }
 }
 
@@ -314,9 +337,14 @@ impl FakeWaiting {
 
     /// Parks a job as create-runner does.
     pub async fn park_message(&self, message: &JobMessage) {
-        self.park(&message.template, &place(message), &message.encode(), &message.delivery_id)
-            .await
-            .expect("the fake parks unless told to fail");
+        self.park(
+            &message.template,
+            &place(message),
+            &message.encode(),
+            &message.delivery_id,
+        )
+        .await
+        .expect("the fake parks unless told to fail");
     }
 
     /// Every parked job of a template, oldest first.
@@ -350,32 +378,38 @@ impl FakeWaiting {
 impl Waiting for FakeWaiting {
     async fn park(&self, template: &str, place: &str, body: &str, delivery_id: &str) -> Result<(), WaitingError> {
         self.fault()?;
-        self.lists.lock().unwrap().entry(template.to_string()).or_default().insert(
-            place.to_string(),
-            Parked {
-                place: place.to_string(),
-                body: body.to_string(),
-                delivery_id: delivery_id.to_string(),
-            },
-        );
+        self.lists
+            .lock()
+            .unwrap()
+            .entry(template.to_string())
+            .or_default()
+            .insert(
+                place.to_string(),
+                Parked {
+                    place: place.to_string(),
+                    body: body.to_string(),
+                    delivery_id: delivery_id.to_string(),
+                },
+            );
         Ok(())
     }
 
     async fn oldest(&self, template: &str, limit: u32) -> Result<Vec<Parked>, WaitingError> {
         self.fault()?;
-        Ok(self
-            .listed(template)
-            .into_iter()
-            .take(limit.max(1) as usize)
-            .collect())
+        Ok(self.listed(template).into_iter().take(limit.max(1) as usize).collect())
     }
 
-    async fn remove(&self, template: &str, place: &str) -> Result<(), WaitingError> {
+    async fn remove(&self, template: &str, parked: &Parked) -> Result<bool, WaitingError> {
         self.fault()?;
-        if let Some(list) = self.lists.lock().unwrap().get_mut(template) {
-            list.remove(place);
+        let mut lists = self.lists.lock().unwrap();
+        let Some(list) = lists.get_mut(template) else {
+            return Ok(false);
+        };
+        if list.get(&parked.place).is_some_and(|listed| listed.body == parked.body) {
+            list.remove(&parked.place);
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 }
 
@@ -400,7 +434,10 @@ mod tests {
         let early = place(&message(9_000_000_000, "2026-12-01T10:00:00Z"));
         let later = place(&message(5, "2026-12-01T10:00:01Z"));
         let same_ms_lower_id = place(&message(4, "2026-12-01T10:00:01Z"));
-        assert!(early < same_ms_lower_id && same_ms_lower_id < later, "{early} {same_ms_lower_id} {later}");
+        assert!(
+            early < same_ms_lower_id && same_ms_lower_id < later,
+            "{early} {same_ms_lower_id} {later}"
+        );
     }
 
     #[test]
@@ -418,12 +455,16 @@ mod tests {
         waiting.park("cpu", "1", "a2", "d1").await.unwrap();
         waiting.park("gpu", "0", "g", "d0").await.unwrap();
         let oldest = waiting.oldest("cpu", 5).await.unwrap();
-        assert_eq!(
-            oldest.iter().map(|p| p.body.as_str()).collect::<Vec<_>>(),
-            ["a2", "b"]
-        );
+        assert_eq!(oldest.iter().map(|p| p.body.as_str()).collect::<Vec<_>>(), ["a2", "b"]);
         assert_eq!(waiting.oldest("cpu", 1).await.unwrap().len(), 1);
-        waiting.remove("cpu", "1").await.unwrap();
+        let read = waiting.oldest("cpu", 1).await.unwrap().remove(0);
+        waiting.park("cpu", "1", "a3", "d1").await.unwrap();
+        assert!(
+            !waiting.remove("cpu", &read).await.unwrap(),
+            "parked again since it was read: kept"
+        );
+        let read = waiting.oldest("cpu", 1).await.unwrap().remove(0);
+        assert!(waiting.remove("cpu", &read).await.unwrap());
         assert_eq!(waiting.listed("cpu").len(), 1);
         assert_eq!(waiting.len(), 2);
     }

@@ -20,6 +20,9 @@ fn github_config(url: &str, scope: Scope) -> GithubConfig {
         runner_group_id: 1,
         token_param: Some("/sophons/github/token".into()),
         app: None,
+        webhook_id: None,
+        webhook_repository: None,
+        redelivery_lookback_minutes: 180,
     }
 }
 

@@ -269,7 +269,10 @@ async fn run(with_waiting_list: bool, seed: u64) -> Measured {
             runner_failures: 0,
             trip: 0,
         };
-        queue.send(QUEUE, &message.encode(), &message.delivery_id).await.unwrap();
+        queue
+            .send(QUEUE, &message.encode(), &message.delivery_id)
+            .await
+            .unwrap();
     }
 
     let mut rng = Rng(seed);
@@ -336,7 +339,11 @@ async fn run(with_waiting_list: bool, seed: u64) -> Measured {
     // The order of the jobs that waited: the first max_runners took the free slots as they came.
     let mut by_launch: Vec<(u64, u64)> = launched.iter().map(|(job, at)| (*at, *job)).collect();
     by_launch.sort();
-    let waited: Vec<u64> = by_launch.iter().skip(MAX_RUNNERS as usize).map(|(_, job)| *job).collect();
+    let waited: Vec<u64> = by_launch
+        .iter()
+        .skip(MAX_RUNNERS as usize)
+        .map(|(_, job)| *job)
+        .collect();
     let out_of_order = waited.windows(2).filter(|pair| pair[0] > pair[1]).count();
     Measured {
         queued_to_launched: launched.values().copied().collect(),
@@ -364,16 +371,28 @@ async fn with_the_waiting_list_a_burst_starts_within_seconds_of_room_in_queue_or
     for seed in [1, 2, 3] {
         let before = run(false, seed).await;
         let after = run(true, seed).await;
-        print(&format!("seed {seed}, without the waiting list (hand back for 900 s, DLQ after 3)"), &before);
+        print(
+            &format!("seed {seed}, without the waiting list (hand back for 900 s, DLQ after 3)"),
+            &before,
+        );
         print(&format!("seed {seed}, with the waiting list"), &after);
 
         assert_eq!(after.dead_lettered, 0, "waiting for room never reaches the DLQ");
-        assert_eq!(after.out_of_order, 0, "waiting jobs start in the order GitHub queued them");
+        assert_eq!(
+            after.out_of_order, 0,
+            "waiting jobs start in the order GitHub queued them"
+        );
         let longest = after.slot_unused.iter().max().copied().unwrap_or(0);
-        assert!(longest <= 10, "a freed slot stayed unused {longest} s while jobs waited");
+        assert!(
+            longest <= 10,
+            "a freed slot stayed unused {longest} s while jobs waited"
+        );
         assert!(after.peak_live <= MAX_RUNNERS as usize);
         assert!(before.peak_live <= MAX_RUNNERS as usize);
         // The harm the list removes, so that this test fails if the comparison stops meaning it.
-        assert!(before.dead_lettered > 0, "without the list, waiting jobs spend their receives");
+        assert!(
+            before.dead_lettered > 0,
+            "without the list, waiting jobs spend their receives"
+        );
     }
 }

@@ -38,6 +38,7 @@ use sophons_core::redrive::MoveJobs;
 use sophons_core::secrets::{Secrets, SecretsError};
 use sophons_core::slots::{ClaimAnswer, ClaimedSlot, FakeSlots, SlotClaim, Slots, SlotsError};
 use sophons_core::stop::{self, SSM_DETAIL_TYPE, StopRunner};
+use sophons_core::waiting::{FakeWaiting, Parked, Waiting, WaitingError};
 use tokio::time::Instant;
 
 const QUEUE: &str = "https://sqs.us-east-1.amazonaws.com/123456789012/jobs";
@@ -664,6 +665,48 @@ impl Slots for ChaosSlots {
     }
 }
 
+/// The waiting list, failing as DynamoDB does, and interleaving at every call.
+struct ChaosWaiting {
+    inner: Arc<FakeWaiting>,
+    chaos: Arc<Chaos>,
+}
+
+impl ChaosWaiting {
+    fn fault(&self) -> Result<(), WaitingError> {
+        if self
+            .chaos
+            .fault("DynamoDB waiting list failed", self.chaos.rates.ssm_throttled)
+        {
+            return Err(WaitingError::Failed {
+                table: "waiting".into(),
+                reason: "ThrottlingException".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Waiting for ChaosWaiting {
+    async fn park(&self, template: &str, place: &str, body: &str, delivery_id: &str) -> Result<(), WaitingError> {
+        self.chaos.step().await;
+        self.fault()?;
+        self.inner.park(template, place, body, delivery_id).await
+    }
+
+    async fn oldest(&self, template: &str, limit: u32) -> Result<Vec<Parked>, WaitingError> {
+        self.chaos.step().await;
+        self.fault()?;
+        self.inner.oldest(template, limit).await
+    }
+
+    async fn remove(&self, template: &str, parked: &Parked) -> Result<bool, WaitingError> {
+        self.chaos.step().await;
+        self.fault()?;
+        self.inner.remove(template, parked).await
+    }
+}
+
 struct ChaosGithub {
     inner: Arc<FakeGithub>,
     chaos: Arc<Chaos>,
@@ -1208,6 +1251,7 @@ struct Sim {
     slots: Arc<FakeSlots>,
     commands: Arc<FakeCommands>,
     queue: Arc<SimQueue>,
+    waiting: Arc<FakeWaiting>,
     create: CreateRunner,
     stop: StopRunner,
     move_jobs: MoveJobs,
@@ -1297,6 +1341,11 @@ impl Sim {
             chaos: chaos.clone(),
         });
         let queue_port: Arc<dyn Queue> = queue.clone();
+        let waiting = Arc::new(FakeWaiting::default());
+        let waiting_port: Arc<dyn Waiting> = Arc::new(ChaosWaiting {
+            inner: waiting.clone(),
+            chaos: chaos.clone(),
+        });
         let create = CreateRunner::new(
             config.clone(),
             create::Ports {
@@ -1306,7 +1355,7 @@ impl Sim {
                 slots: slots_port.clone(),
                 commands: commands_port.clone(),
                 queue: queue_port.clone(),
-                waiting: None,
+                waiting: Some(waiting_port.clone()),
             },
         )
         // Each retry costs a millisecond of real time, not seconds.
@@ -1323,7 +1372,7 @@ impl Sim {
                 slots: slots_port,
                 commands: commands_port,
                 queue: queue_port.clone(),
-                waiting: None,
+                waiting: Some(waiting_port.clone()),
             },
         );
         let move_jobs = MoveJobs::new(config.clone(), queue_port, github_port);
@@ -1383,6 +1432,7 @@ impl Sim {
             slots,
             commands,
             queue,
+            waiting,
             create,
             stop,
             move_jobs,
@@ -1498,6 +1548,7 @@ impl Sim {
     fn is_quiet(&self) -> bool {
         self.queue.bodies(false).is_empty()
             && self.queue.bodies(true).is_empty()
+            && self.waiting.is_empty()
             && self.events.is_empty()
             && self.deliveries.is_empty()
             && self.machines.iter().all(|m| m.phase == Phase::Done)
@@ -1507,9 +1558,10 @@ impl Sim {
     fn state_summary(&self) -> String {
         let live: Vec<String> = self.chaos.ledger.lock().unwrap().live.keys().cloned().collect();
         format!(
-            "jobs queue {} message(s), DLQ {}, events {}, machines active {}, live instances {:?}, parameters {:?}, slots {:?}, runners {}",
+            "jobs queue {} message(s), DLQ {}, waiting {}, events {}, machines active {}, live instances {:?}, parameters {:?}, slots {:?}, runners {}",
             self.queue.bodies(false).len(),
             self.queue.bodies(true).len(),
+            self.waiting.len(),
             self.events.len(),
             self.machines.iter().filter(|m| m.phase != Phase::Done).count(),
             live,
@@ -1922,6 +1974,14 @@ impl Sim {
                 }
             }
             Outcome::Served { .. } => self.queue.delete_job(&receipt),
+            Outcome::Waiting(_) => {
+                *self
+                    .figures
+                    .dropped
+                    .entry("create: waiting for room".to_string())
+                    .or_default() += 1;
+                self.queue.delete_job(&receipt);
+            }
             Outcome::Acknowledged(reason) => {
                 let why = if reason.contains("already has instance") {
                     "create: job already has an instance"

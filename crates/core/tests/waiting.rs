@@ -166,7 +166,10 @@ async fn a_job_that_finds_its_template_full_waits_in_the_list_and_spends_no_rece
         "a waiting job's message is deleted, not handed back: {:?}",
         response.batch_item_failures
     );
-    assert!(world.queue.hidden().is_empty(), "no visibility change: the receive count stays");
+    assert!(
+        world.queue.hidden().is_empty(),
+        "no visibility change: the receive count stays"
+    );
     assert_eq!(parked_jobs(&world), [3]);
     assert_eq!(world.fleet.live_instances().len(), 2);
 }
@@ -176,14 +179,24 @@ async fn when_a_runner_ends_the_oldest_waiting_job_goes_back_to_the_jobs_queue()
     let world = world();
     let served = fill(&world).await;
     // Job 4 reaches create-runner first, but GitHub queued job 3 before it.
-    assert!(matches!(serve(&world, &job(4, Duration::from_secs(100))).await, Outcome::Waiting(_)));
-    assert!(matches!(serve(&world, &job(3, Duration::from_secs(200))).await, Outcome::Waiting(_)));
+    assert!(matches!(
+        serve(&world, &job(4, Duration::from_secs(100))).await,
+        Outcome::Waiting(_)
+    ));
+    assert!(matches!(
+        serve(&world, &job(3, Duration::from_secs(200))).await,
+        Outcome::Waiting(_)
+    ));
     assert_eq!(parked_jobs(&world), [3, 4]);
     assert!(sent_jobs(&world).is_empty());
 
     finish(&world, 1, &served[0]).await;
 
-    assert_eq!(sent_jobs(&world), [(3, 1)], "one slot freed: the oldest job, on a trip of its own");
+    assert_eq!(
+        sent_jobs(&world),
+        [(3, 1)],
+        "one slot freed: the oldest job, on a trip of its own"
+    );
     assert_eq!(parked_jobs(&world), [4]);
 }
 
@@ -233,14 +246,21 @@ async fn waiting_jobs_start_in_the_order_github_queued_them() {
 async fn a_new_job_waits_behind_older_waiting_jobs_even_when_a_slot_is_free() {
     let world = world();
     let served = fill(&world).await;
-    assert!(matches!(serve(&world, &job(3, Duration::from_secs(300))).await, Outcome::Waiting(_)));
+    assert!(matches!(
+        serve(&world, &job(3, Duration::from_secs(300))).await,
+        Outcome::Waiting(_)
+    ));
     // A slot frees and nobody wakes the template.
     free_silently(&world, &served[0].0);
 
     let newer = serve(&world, &job(4, Duration::from_secs(10))).await;
 
     assert!(matches!(newer, Outcome::Waiting(_)), "{newer:?}");
-    assert_eq!(sent_jobs(&world), [(3, 1)], "its park woke the older job into the free slot");
+    assert_eq!(
+        sent_jobs(&world),
+        [(3, 1)],
+        "its park woke the older job into the free slot"
+    );
     assert_eq!(parked_jobs(&world), [4]);
     let mut woken = job(3, Duration::from_secs(300));
     woken.trip = 1;
@@ -262,7 +282,11 @@ async fn a_woken_job_that_needs_no_runner_passes_its_slot_on() {
 
     assert!(matches!(serve(&world, &woken).await, Outcome::Acknowledged(_)));
 
-    assert_eq!(sent_jobs(&world), [(3, 1), (4, 1)], "the unused slot goes to the next waiting job");
+    assert_eq!(
+        sent_jobs(&world),
+        [(3, 1), (4, 1)],
+        "the unused slot goes to the next waiting job"
+    );
     assert!(world.waiting.is_empty());
 }
 
@@ -284,10 +308,7 @@ async fn the_sweep_moves_waiting_jobs_whose_wake_was_missed() {
 async fn a_job_waiting_longer_than_github_keeps_jobs_is_dropped() {
     let world = world();
     let expired = job(5, Duration::from_secs(25 * 3600));
-    world
-        .waiting
-        .park_message(&expired)
-        .await;
+    world.waiting.park_message(&expired).await;
 
     let woken = waiting::wake(&world.config, &world.ports, TEMPLATE).await;
 
@@ -325,12 +346,10 @@ async fn a_wake_sends_before_it_removes_so_a_refused_send_keeps_the_job_listed()
     let world = world();
     let served = fill(&world).await;
     serve(&world, &job(3, Duration::from_secs(300))).await;
-    world
-        .queue
-        .refuse_with(sophons_core::queue::QueueError::Refused {
-            queue_url: QUEUE.into(),
-            reason: "throttled".into(),
-        });
+    world.queue.refuse_with(sophons_core::queue::QueueError::Refused {
+        queue_url: QUEUE.into(),
+        reason: "throttled".into(),
+    });
     free_silently(&world, &served[0].0);
 
     let woken = waiting::wake(&world.config, &world.ports, TEMPLATE).await;

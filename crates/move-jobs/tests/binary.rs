@@ -1,5 +1,6 @@
 //! A message received 3 times lands in moto's DLQ through the real redrive policy, and the built
-//! `move-jobs` binary, run as Lambda runs it, brings it back (and drops what GitHub finished).
+//! `move-jobs` binary, run as Lambda runs it, brings it back (and drops what GitHub finished). With
+//! `github.webhook_id` set, the same run asks GitHub to redeliver the webhook's failed deliveries.
 
 use std::path::Path;
 
@@ -146,5 +147,49 @@ async fn a_job_that_failed_three_receives_reaches_the_dlq_and_move_jobs_brings_i
     assert!(
         reasons.iter().any(|r| r.ends_with("=moved")) && reasons.iter().any(|r| r.ends_with("=not_queued")),
         "{reasons:?}"
+    );
+}
+
+#[tokio::test]
+async fn with_a_webhook_id_move_jobs_asks_github_to_redeliver_a_failed_delivery_and_reports_it() {
+    let stack = Stack::create(&[("cpu", 5)]).await;
+    let mut document = stack.document.clone();
+    document["github"]["webhook_id"] = 31.into();
+    let ssm = aws_sdk_ssm::Client::new(&stack.sdk);
+    ssm.put_parameter()
+        .name(format!("/{}/config", stack.deployment))
+        .value(document.to_string())
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .overwrite(true)
+        .send()
+        .await
+        .unwrap();
+    let hook = testkit::github::org_hook("my-org", 31);
+    let payload = serde_json::json!({"action": "queued"});
+    stack.github.add_hook_delivery(
+        &hook,
+        "guid-1",
+        "workflow_job",
+        500,
+        std::time::Duration::from_secs(600),
+        payload,
+    );
+
+    let mut lambda = LambdaProcess::spawn(binary(), "move-jobs", &stack.env).await;
+    let answer = lambda.invoke(scheduled_event("sophons-move-jobs")).await.unwrap();
+    assert_eq!(answer["redelivery"]["redelivered"], 1, "{answer}");
+    assert_eq!(answer["redelivery"]["listed"], 1, "{answer}");
+    assert_eq!(answer["moved"], 0, "{answer}");
+    assert_eq!(
+        stack
+            .github
+            .requests_to("POST", "/orgs/my-org/hooks/31/deliveries/1/attempts")
+            .len(),
+        1
+    );
+    assert!(
+        lambda.logs().contains("\"outcome\":\"redelivered\""),
+        "{}",
+        lambda.logs()
     );
 }

@@ -1,7 +1,8 @@
 //! A fake GitHub REST API on loopback, spoken to over real HTTP so that octocrab (auth, retries,
 //! rate-limit handling, JSON models) runs exactly as it does against api.github.com. It covers the
 //! calls sophons makes: App installation tokens, job status, JIT runner registration, runner list
-//! and removal. Tests steer it with setters and read back every request it saw. For `make smoke`
+//! and removal, a webhook's deliveries and their redelivery (which POSTs the stored payload, signed,
+//! to a webhook URL when a test sets one with `set_webhook_target`). Tests steer it with setters and read back every request it saw. For `make smoke`
 //! it also serves repositories added with `add_repository`: their files, workflow dispatch, and the
 //! runs and jobs a dispatch creates, which the test moves along as GitHub and a runner would.
 //!
@@ -107,6 +108,58 @@ struct Fault {
     body: Value,
 }
 
+/// One delivery of a webhook, as the fake keeps it (GitHub's "hook delivery" with its payload).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HookDelivery {
+    pub id: u64,
+    /// `org:<org>/<hook id>` or `repo:<owner>/<name>/<hook id>` (see `org_hook`, `repo_hook`).
+    pub hook: String,
+    pub guid: String,
+    pub event: String,
+    /// The payload's `action`.
+    pub action: Option<String>,
+    pub status_code: u16,
+    pub redelivery: bool,
+    /// Seconds since the epoch.
+    pub delivered_at: u64,
+    pub payload: Value,
+}
+
+/// The fake's name for organisation `org`'s hook `hook_id`.
+pub fn org_hook(org: &str, hook_id: u64) -> String {
+    format!("org:{org}/{hook_id}")
+}
+
+/// The fake's name for repository `owner_repo`'s hook `hook_id`.
+pub fn repo_hook(owner_repo: &str, hook_id: u64) -> String {
+    format!("repo:{owner_repo}/{hook_id}")
+}
+
+/// Makes a delivery's `X-Hub-Signature-256` from its body.
+type Signer = dyn Fn(&[u8]) -> String + Send + Sync;
+
+/// Where a redelivery is POSTed, and how its body is signed (`X-Hub-Signature-256`): testkit
+/// has no HMAC of its own, so the test passes sophons' `webhook::sign` with its secret.
+struct WebhookTarget {
+    url: String,
+    sign: Arc<Signer>,
+}
+
+/// A redelivery the fake owes: the POST is made outside the state's lock.
+struct Outgoing {
+    delivery_id: u64,
+    event: String,
+    guid: String,
+    hook_id: String,
+    payload: Vec<u8>,
+}
+
+struct Stall {
+    path_contains: String,
+    remaining: usize,
+    duration: Duration,
+}
+
 /// What becomes of a request that was carried out: its answer replaced by a 5xx, or lost.
 enum AfterSuccess {
     Status(u16),
@@ -150,6 +203,13 @@ struct Inner {
     /// A dispatch answers 204 even when asked for the run's details, as GitHub did before
     /// 2026-02-19 and as GitHub Enterprise Server may still do.
     dispatch_without_run_ids: bool,
+    /// Webhook deliveries, oldest first; their ids are one sequence for every hook.
+    hook_deliveries: Vec<HookDelivery>,
+    /// Hooks that exist (any other answers 404, as a wrong `hook_id` does on GitHub).
+    hooks: Vec<String>,
+    webhook_target: Option<WebhookTarget>,
+    outgoing: Option<Outgoing>,
+    stalls: Vec<Stall>,
 }
 
 /// The runner release the fake offers unless told otherwise.
@@ -355,6 +415,79 @@ impl FakeGithub {
     pub fn set_latency(&self, latency: Duration) {
         self.lock().latency = latency;
     }
+
+    /// The next `times` requests whose path contains `path_contains` are held `duration` before
+    /// they are answered as usual: a GitHub that stalls, which a client sees as a timeout.
+    pub fn stall_next(&self, path_contains: &str, times: usize, duration: Duration) {
+        self.lock().stalls.push(Stall {
+            path_contains: path_contains.into(),
+            remaining: times,
+            duration,
+        });
+    }
+}
+
+/// A webhook's deliveries (`GET .../hooks/<id>/deliveries`, newest first, `per_page` up to 100,
+/// the next page's `cursor` in a `Link` header) and redeliveries (`POST .../deliveries/<id>/attempts`:
+/// 202, then a new delivery with the same `guid` and `redelivery: true`). Faults: `fail_next` and
+/// `stall_next` with `/deliveries` or `/attempts`.
+impl FakeGithub {
+    /// Makes hook `hook` (`org_hook`, `repo_hook`) exist with no deliveries yet.
+    pub fn add_hook(&self, hook: &str) {
+        let mut inner = self.lock();
+        if !inner.hooks.iter().any(|h| h == hook) {
+            inner.hooks.push(hook.into());
+        }
+    }
+
+    /// Records a delivery GitHub made `age` ago of `event` with `payload`, which our webhook
+    /// answered with `status_code`; returns its id. The hook exists from then on.
+    pub fn add_hook_delivery(
+        &self,
+        hook: &str,
+        guid: &str,
+        event: &str,
+        status_code: u16,
+        age: Duration,
+        payload: Value,
+    ) -> u64 {
+        self.add_hook(hook);
+        let mut inner = self.lock();
+        let id = inner.hook_deliveries.last().map_or(1, |d| d.id + 1);
+        inner.hook_deliveries.push(HookDelivery {
+            id,
+            hook: hook.into(),
+            guid: guid.into(),
+            event: event.into(),
+            action: payload["action"].as_str().map(String::from),
+            status_code,
+            redelivery: false,
+            delivered_at: now_secs().saturating_sub(age.as_secs()),
+            payload,
+        });
+        id
+    }
+
+    /// Every delivery of `hook`, oldest first, redeliveries included.
+    pub fn hook_deliveries(&self, hook: &str) -> Vec<HookDelivery> {
+        self.lock()
+            .hook_deliveries
+            .iter()
+            .filter(|d| d.hook == hook)
+            .cloned()
+            .collect()
+    }
+
+    /// Redeliveries are POSTed to `url` from now on, signed with `sign` (e.g. sophons'
+    /// `webhook::sign` with the webhook secret), and the delivery records the status the URL
+    /// answered (0 when it did not). The POST is made before the 202 answers, so a test sees its
+    /// outcome at once. Without a target a redelivery records 200.
+    pub fn set_webhook_target(&self, url: &str, sign: impl Fn(&[u8]) -> String + Send + Sync + 'static) {
+        self.lock().webhook_target = Some(WebhookTarget {
+            url: url.into(),
+            sign: Arc::new(sign),
+        });
+    }
 }
 
 /// Repositories, workflow files and the runs a dispatch creates: what `make smoke` uses. The test
@@ -479,12 +612,34 @@ async fn handle(State(shared): State<Shared>, method: Method, uri: Uri, headers:
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let host = headers.get("host").and_then(|v| v.to_str().ok());
-    let mut inner = shared.lock().unwrap();
-    if let Some(fault) = take_fault(&mut inner, uri.path()) {
-        return fault;
+    let stall = take_stall(&mut shared.lock().unwrap(), uri.path());
+    if let Some(stall) = stall {
+        tokio::time::sleep(stall).await;
     }
-    let response = route(&mut inner, method, &uri, host, authorization.as_deref(), &body);
+    let host = headers.get("host").and_then(|v| v.to_str().ok());
+    let (response, outgoing) = {
+        let mut inner = shared.lock().unwrap();
+        if let Some(fault) = take_fault(&mut inner, uri.path()) {
+            return fault;
+        }
+        let response = route(&mut inner, method, &uri, host, authorization.as_deref(), &body);
+        let target = inner
+            .webhook_target
+            .as_ref()
+            .map(|t| (t.url.clone(), Arc::clone(&t.sign)));
+        (response, inner.outgoing.take().map(|outgoing| (outgoing, target)))
+    };
+    if let Some((outgoing, target)) = outgoing {
+        let status_code = match target {
+            Some((url, sign)) => post_delivery(&url, sign.as_ref(), &outgoing).await,
+            None => 200,
+        };
+        let mut inner = shared.lock().unwrap();
+        if let Some(delivery) = inner.hook_deliveries.iter_mut().find(|d| d.id == outgoing.delivery_id) {
+            delivery.status_code = status_code;
+        }
+    }
+    let mut inner = shared.lock().unwrap();
     if !response.status().is_success() {
         return response;
     }
@@ -524,6 +679,17 @@ fn route(
         bearer.is_some_and(|t| inner.pat.as_deref() == Some(t) || inner.installation_tokens.iter().any(|i| i == t));
     if !accepted {
         return answer(401, json!({"message": "Bad credentials"}));
+    }
+    // Hook routes too, split off the same way.
+    match segments.as_slice() {
+        ["orgs", org, "hooks", id, rest @ ..] => {
+            return hook_route(inner, method, &org_hook(org, id.parse().unwrap_or(0)), rest, uri, host);
+        }
+        ["repos", owner, repo, "hooks", id, rest @ ..] => {
+            let hook = repo_hook(&format!("{owner}/{repo}"), id.parse().unwrap_or(0));
+            return hook_route(inner, method, &hook, rest, uri, host);
+        }
+        _ => {}
     }
     // Runner routes exist in an org form and a repo form; split off the scope so each is written once.
     let (scope, rest) = match segments.as_slice() {
@@ -911,6 +1077,123 @@ fn workflow_job_json(run: &WorkflowRun) -> Value {
         "check_run_url": format!("https://api.github.com/repos/{repository}/check-runs/{}", job.id),
         "html_url": format!("https://github.com/{repository}/actions/runs/{}/job/{}", run.id, job.id),
     })
+}
+
+/// `rest` follows `.../hooks/<id>`.
+fn hook_route(inner: &mut Inner, method: Method, hook: &str, rest: &[&str], uri: &Uri, host: Option<&str>) -> Response {
+    if !inner.hooks.iter().any(|h| h == hook) {
+        return not_found();
+    }
+    match (method, rest) {
+        (Method::GET, ["deliveries"]) => list_hook_deliveries(inner, hook, uri, host),
+        (Method::POST, ["deliveries", id, "attempts"]) => {
+            let Some(original) = inner
+                .hook_deliveries
+                .iter()
+                .find(|d| d.hook == hook && id == &d.id.to_string())
+                .cloned()
+            else {
+                return not_found();
+            };
+            let delivery_id = inner.hook_deliveries.last().map_or(1, |d| d.id + 1);
+            inner.hook_deliveries.push(HookDelivery {
+                id: delivery_id,
+                redelivery: true,
+                status_code: 0,
+                delivered_at: now_secs(),
+                ..original.clone()
+            });
+            inner.outgoing = Some(Outgoing {
+                delivery_id,
+                event: original.event,
+                guid: original.guid,
+                hook_id: hook.rsplit('/').next().unwrap_or_default().into(),
+                payload: original.payload.to_string().into_bytes(),
+            });
+            answer(202, json!({}))
+        }
+        _ => not_found(),
+    }
+}
+
+/// Newest first; the cursor `v1_<id>` starts a page at delivery `<id>`.
+fn list_hook_deliveries(inner: &Inner, hook: &str, uri: &Uri, host: Option<&str>) -> Response {
+    let query: HashMap<String, String> = Query::try_from_uri(uri).map(|q| q.0).unwrap_or_default();
+    let per_page = query
+        .get("per_page")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(30)
+        .clamp(1, 100);
+    let start = match query.get("cursor") {
+        None => u64::MAX,
+        Some(cursor) => match cursor.strip_prefix("v1_").and_then(|id| id.parse().ok()) {
+            Some(id) => id,
+            None => return answer(400, json!({"message": "Invalid cursor"})),
+        },
+    };
+    let mut matching = inner
+        .hook_deliveries
+        .iter()
+        .rev()
+        .filter(|d| d.hook == hook && d.id <= start);
+    let page: Vec<Value> = matching
+        .by_ref()
+        .take(per_page)
+        .map(|d| {
+            json!({
+                "id": d.id, "guid": d.guid, "delivered_at": rfc3339(d.delivered_at), "redelivery": d.redelivery,
+                "duration": 0.05, "status": if (200..300).contains(&d.status_code) { "OK" } else { "failed" },
+                "status_code": d.status_code, "event": d.event, "action": d.action,
+                "installation_id": null, "repository_id": null, "throttled_at": null,
+            })
+        })
+        .collect();
+    let mut response = answer(200, Value::Array(page));
+    if let Some(next) = matching.next() {
+        let link = format!(
+            "<http://{}{}?per_page={per_page}&cursor=v1_{}>; rel=\"next\"",
+            host.unwrap_or("127.0.0.1"),
+            uri.path(),
+            next.id
+        );
+        response.headers_mut().insert("link", link.parse().unwrap());
+    }
+    response
+}
+
+/// POSTs a redelivery as GitHub does; the status the webhook answered, 0 when none came.
+async fn post_delivery(url: &str, sign: &Signer, outgoing: &Outgoing) -> u16 {
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client: Client<_, http_body_util::Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let request = axum::http::Request::post(url)
+        .header("content-type", "application/json")
+        .header("user-agent", "GitHub-Hookshot/fake")
+        .header("x-github-event", &outgoing.event)
+        .header("x-github-delivery", &outgoing.guid)
+        .header("x-github-hook-id", &outgoing.hook_id)
+        .header("x-hub-signature-256", sign(&outgoing.payload))
+        .body(http_body_util::Full::new(Bytes::from(outgoing.payload.clone())));
+    let Ok(request) = request else { return 0 };
+    // GitHub gives a webhook 10 seconds.
+    match tokio::time::timeout(Duration::from_secs(10), client.request(request)).await {
+        Ok(Ok(response)) => response.status().as_u16(),
+        _ => 0,
+    }
+}
+
+fn take_stall(inner: &mut Inner, path: &str) -> Option<Duration> {
+    let index = inner
+        .stalls
+        .iter()
+        .position(|s| s.remaining > 0 && path.contains(&s.path_contains))?;
+    let stall = &mut inner.stalls[index];
+    stall.remaining -= 1;
+    let duration = stall.duration;
+    if stall.remaining == 0 {
+        inner.stalls.remove(index);
+    }
+    Some(duration)
 }
 
 fn take_fault(inner: &mut Inner, path: &str) -> Option<Response> {
