@@ -58,4 +58,11 @@ cargo build --locked -p sophons-bench >&2
 $(free -g | awk '/^Mem:/ {print $2}') GiB memory; $(date -u +%Y-%m-%dT%H:%MZ); commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   echo
   scripts/with-moto.sh target/debug/sophons-bench "${alt[@]}" "$@" | grep -v '^with-moto:'
+  # Issue 14: queue time under a burst of 10 x max_runners, in simulated seconds, without and with
+  # the waiting list (crates/core/tests/queue_time.rs; the fakes, so no moto and no wall clock).
+  echo
+  echo "queue time (cargo test -p sophons-core --test queue_time, simulated seconds):"
+  echo '```'
+  cargo test --locked -q -p sophons-core --test queue_time -- --nocapture 2>/dev/null | grep -E '^(burst|seed|  )'
+  echo '```'
 } | tee "$out/table.md"

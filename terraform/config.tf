@@ -20,14 +20,22 @@ locals {
     queue_url            = aws_sqs_queue.jobs.url
     dlq_url              = aws_sqs_queue.jobs_dlq.url
     slots_table          = aws_dynamodb_table.slots.name
+    waiting_table        = aws_dynamodb_table.waiting.name
     webhook_secret_param = local.webhook_secret_param_name
     max_body_bytes       = var.max_body_bytes
-    github = merge({
-      api_url         = var.github_api_url
-      owner           = var.github_owner
-      scope           = var.github_scope
-      runner_group_id = var.runner_group_id
-    }, local.github_credentials)
+    github = merge(
+      {
+        api_url                     = var.github_api_url
+        owner                       = var.github_owner
+        scope                       = var.github_scope
+        runner_group_id             = var.runner_group_id
+        redelivery_lookback_minutes = var.redelivery_lookback_minutes
+      },
+      local.github_credentials,
+      # Redelivery's hook, each key only when set (the document refuses nulls); jsondecode lets the shapes share one expression.
+      jsondecode(var.github_webhook_id == null ? "{}" : jsonencode({ webhook_id = var.github_webhook_id })),
+      jsondecode(var.github_webhook_repository == null ? "{}" : jsonencode({ webhook_repository = var.github_webhook_repository })),
+    )
     repositories              = var.repositories
     allow_public_repositories = var.allow_public_repositories
     runner_script = {

@@ -7,8 +7,10 @@
 # - The runner role reads and deletes only its own instance's JIT parameter (/<deployment>/jit/<instance-id>,
 #   tagged by create-runner with the instance's ARN; see "Runner instances" below), never lists parameters,
 #   reads the runner script object only, and writes the command log group only.
-# - Launch slots are items of the slots table (slots.tf): create-runner claims and gives back, stop-runner frees
-#   and sweeps; no other role has any DynamoDB action, and none has one beyond that table.
+# - DynamoDB on two tables only. Launch slots are items of the slots table (slots.tf): create-runner claims and
+#   gives back, stop-runner frees and sweeps. Jobs waiting for room are items of the waiting table (waiting.tf):
+#   create-runner parks them, create-runner and stop-runner wake them (read the oldest, send each to the jobs
+#   queue, delete it). No other role has any DynamoDB action, and none has one beyond those tables.
 # - Describe/Get actions that AWS does not scope to resources are the only statements on "*".
 
 locals {
@@ -324,6 +326,23 @@ data "aws_iam_policy_document" "create_runner" {
     resources = [aws_dynamodb_table.slots.arn]
   }
 
+  # A job that finds its template at max_runners is parked in the waiting list (PutItem) instead of handed back,
+  # which would spend one of its receives. Right after parking, create-runner wakes the template (a slot freed
+  # between its count and its park would otherwise wake nobody): it reads the oldest parked jobs (Query) and
+  # takes each off the list (DeleteItem) once it is back on the jobs queue.
+  statement {
+    sid       = "ParkJobsWaitingForRoom"
+    actions   = ["dynamodb:PutItem", "dynamodb:Query", "dynamodb:DeleteItem"]
+    resources = [aws_dynamodb_table.waiting.arn]
+  }
+
+  # A job woken from the waiting list goes back to the jobs queue, where the next create-runner launches it.
+  statement {
+    sid       = "WakeWaitingJobs"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.jobs.arn]
+  }
+
   statement {
     sid       = "RunScriptDocument"
     actions   = ["ssm:SendCommand"]
@@ -377,6 +396,14 @@ data "aws_iam_policy_document" "stop_runner" {
     sid       = "FreeLaunchSlots"
     actions   = ["dynamodb:GetItem", "dynamodb:DeleteItem", "dynamodb:Query", "dynamodb:Scan"]
     resources = [aws_dynamodb_table.slots.arn]
+  }
+
+  # A freed slot wakes its template, and the sweep wakes every template: the oldest parked jobs (Query) go back to
+  # the jobs queue (RequeueJobs) and then off the list (DeleteItem). Never PutItem: only create-runner parks.
+  statement {
+    sid       = "WakeWaitingJobs"
+    actions   = ["dynamodb:Query", "dynamodb:DeleteItem"]
+    resources = [aws_dynamodb_table.waiting.arn]
   }
 
   statement {

@@ -33,6 +33,11 @@ output "slots_table_name" {
   value       = aws_dynamodb_table.slots.name
 }
 
+output "waiting_table_name" {
+  description = "DynamoDB table of the waiting list: one item per job parked while its template is at max_runners (key: template, place; expires 25 hours after GitHub queued the job)."
+  value       = aws_dynamodb_table.waiting.name
+}
+
 output "jobs_queue_url" {
   description = "URL of the jobs queue (webhook -> create-runner)."
   value       = aws_sqs_queue.jobs.url

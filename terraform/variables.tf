@@ -139,6 +139,39 @@ variable "github_app_private_key_parameter_name" {
   }
 }
 
+variable "github_webhook_id" {
+  description = "Id of the webhook GitHub sends workflow_job deliveries through (the organisation's, or github_webhook_repository's): move-jobs then asks GitHub each run to redeliver its failed workflow_job deliveries, once each. Needs the \"Webhooks: read and write\" permission (GitHub App) or the admin:org_hook scope (classic token; admin:repo_hook for a repository hook). Null turns redelivery off."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = var.github_webhook_id == null || try(var.github_webhook_id >= 1 && floor(var.github_webhook_id) == var.github_webhook_id, false)
+    error_message = "github_webhook_id must be the hook's id, a whole number of at least 1 (the number at the end of the hook's settings URL), or null."
+  }
+}
+
+variable "github_webhook_repository" {
+  description = "`owner/name` when the webhook is a repository's hook rather than github_owner's organisation hook. Needs github_webhook_id."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.github_webhook_repository == null || can(regex("^[A-Za-z0-9][A-Za-z0-9-]*/[A-Za-z0-9._-]+$", var.github_webhook_repository))
+    error_message = "github_webhook_repository must be `owner/name`, or null for the organisation's hook."
+  }
+}
+
+variable "redelivery_lookback_minutes" {
+  description = "How far back move-jobs looks for failed webhook deliveries to redeliver, in minutes (GitHub keeps deliveries 3 days)."
+  type        = number
+  default     = 180
+
+  validation {
+    condition     = floor(var.redelivery_lookback_minutes) == var.redelivery_lookback_minutes && var.redelivery_lookback_minutes >= 1 && var.redelivery_lookback_minutes <= 4320
+    error_message = "redelivery_lookback_minutes must be a whole number from 1 to 4320 (3 days, as long as GitHub keeps deliveries)."
+  }
+}
+
 variable "webhook_secret" {
   description = "The webhook secret GitHub signs deliveries with. Terraform stores it as a SecureString parameter (and in its state). Prefer webhook_secret_parameter_name."
   type        = string

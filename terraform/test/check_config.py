@@ -33,7 +33,7 @@ def main(endpoint, region, parameter):
     config = json.loads(stored["Value"])
 
     required = [
-        "deployment", "queue_url", "dlq_url", "slots_table", "webhook_secret_param", "max_body_bytes", "github",
+        "deployment", "queue_url", "dlq_url", "slots_table", "waiting_table", "webhook_secret_param", "max_body_bytes", "github",
         "repositories", "allow_public_repositories", "runner_script", "retry_delay_seconds", "command",
         "sweep", "max_job_relaunches", "instance_arn_prefix", "templates",
     ]
@@ -57,16 +57,22 @@ def main(endpoint, region, parameter):
         errors.append(f"dlq_url {config['dlq_url']} is not the dead-letter queue")
 
     # The launch slots: one item per (template, slot); create-runner and stop-runner address items by that key.
-    if config.get("slots_table") != f"{deployment}-slots":
-        errors.append(f"slots_table {config.get('slots_table')} is not {deployment}-slots")
-    else:
-        table = dynamodb.describe_table(TableName=config["slots_table"])["Table"]
+    # The waiting list: one item per (template, place), read in sort-key order, removed by TTL on expires_at.
+    for key, what, sort_key, sort_type in (("slots_table", "slots", "slot", "N"), ("waiting_table", "waiting", "place", "S")):
+        if config.get(key) != f"{deployment}-{what}":
+            errors.append(f"{key} {config.get(key)} is not {deployment}-{what}")
+            continue
+        table = dynamodb.describe_table(TableName=config[key])["Table"]
         schema = {k["AttributeName"]: k["KeyType"] for k in table["KeySchema"]}
         types = {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]}
-        if schema != {"template": "HASH", "slot": "RANGE"} or types != {"template": "S", "slot": "N"}:
-            errors.append(f"slots table {config['slots_table']} is keyed {schema} {types}, not template (S) + slot (N)")
+        if schema != {"template": "HASH", sort_key: "RANGE"} or types != {"template": "S", sort_key: sort_type}:
+            errors.append(f"{what} table {config[key]} is keyed {schema} {types}, not template (S) + {sort_key} ({sort_type})")
         if table.get("BillingModeSummary", {}).get("BillingMode") != "PAY_PER_REQUEST":
-            errors.append(f"slots table {config['slots_table']} is not on-demand (PAY_PER_REQUEST)")
+            errors.append(f"{what} table {config[key]} is not on-demand (PAY_PER_REQUEST)")
+        if what == "waiting":
+            ttl = dynamodb.describe_time_to_live(TableName=config[key])["TimeToLiveDescription"]
+            if ttl.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING") or ttl.get("AttributeName") != "expires_at":
+                errors.append(f"waiting table {config[key]} has no TTL on expires_at: {ttl}")
 
     github = config["github"]
     credential = github.get("token_param") or github.get("app", {}).get("private_key_param")

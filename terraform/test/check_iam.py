@@ -17,10 +17,15 @@ as narrow as the design says:
     ${ec2:SourceInstanceARN}); it can never tag or write those parameters, and only create-runner tags them;
     it reads the runner script object (and the optional tarball cache) only, writes the command log group only;
   * each Lambda has its own role, and only the functions that need a secret can read it;
-  * DynamoDB only on the launch slots table (the config document's `slots_table`), never on an index, another
-    table or "*": create-runner may GetItem, PutItem, DeleteItem and Query (claim, give back), stop-runner
-    GetItem, DeleteItem, Query and Scan (free, sweep; it never claims); the autoscaler, move-jobs and the runner
-    instances have no DynamoDB action at all;
+  * DynamoDB only on the launch slots table and the waiting list (the config document's `slots_table` and
+    `waiting_table`), never on an index, another table or "*", and per table only what each role's part needs:
+    on the slots table create-runner may GetItem, PutItem, DeleteItem and Query (claim, give back), stop-runner
+    GetItem, DeleteItem, Query and Scan (free, sweep; it never claims); on the waiting table create-runner may
+    PutItem, Query and DeleteItem (park, wake), stop-runner Query and DeleteItem (wake; it never parks); every
+    one of those is granted; the autoscaler, move-jobs and the runner instances have no DynamoDB action at all;
+  * sqs:SendMessage only on the jobs queue (only SQS itself moves messages to the dead-letter queue), and every
+    function that puts jobs there may: the autoscaler (new jobs), create-runner (woken jobs), stop-runner
+    (relaunches, woken jobs) and move-jobs (jobs back from the dead-letter queue);
   * S3: only move-jobs, only when the config document has `runner_cache`: s3:GetObject, s3:PutObject and
     s3:AbortMultipartUpload on the cache prefix and s3:ListBucket on the script bucket, nothing else;
   * the cold start's one GetParameters call: each function's SOPHONS_SECRET_PARAMS names exactly its secret (the
@@ -69,11 +74,30 @@ JIT_OWNER_TAG = "sophons:instance-arn"
 CALLING_INSTANCE = "${ec2:SourceInstanceARN}"
 PARAMETER_TAGGING = {"ssm:AddTagsToResource", "ssm:RemoveTagsFromResource"}
 
-# The DynamoDB actions each role may have, all on the slots table only (terraform/iam.tf, ClaimLaunchSlots and
-# FreeLaunchSlots). Roles not named here may have none. Lower case: IAM compares action names case-insensitively.
-SLOT_ACTIONS = {
-    "create-runner": {"dynamodb:getitem", "dynamodb:putitem", "dynamodb:deleteitem", "dynamodb:query"},
-    "stop-runner": {"dynamodb:getitem", "dynamodb:deleteitem", "dynamodb:query", "dynamodb:scan"},
+# The DynamoDB actions each role may have, per table: the config document's key naming the table -> function ->
+# actions (terraform/iam.tf: ClaimLaunchSlots and FreeLaunchSlots on the slots table, ParkJobsWaitingForRoom and
+# WakeWaitingJobs on the waiting table). A role may have each of them, must have all of them, and nothing else;
+# roles not named here may have none. Lower case: IAM compares action names case-insensitively.
+TABLE_ACTIONS = {
+    "slots_table": {
+        "create-runner": {"dynamodb:getitem", "dynamodb:putitem", "dynamodb:deleteitem", "dynamodb:query"},
+        "stop-runner": {"dynamodb:getitem", "dynamodb:deleteitem", "dynamodb:query", "dynamodb:scan"},
+    },
+    "waiting_table": {
+        "create-runner": {"dynamodb:putitem", "dynamodb:query", "dynamodb:deleteitem"},
+        "stop-runner": {"dynamodb:query", "dynamodb:deleteitem"},
+    },
+}
+# What each table's part is, for the message when a role lacks an action on it.
+TABLE_PARTS = {"slots_table": "its part in the launch slots", "waiting_table": "its part in the waiting list"}
+
+# The functions that send to the jobs queue, each of which must be allowed to (terraform/iam.tf: QueueJobs,
+# WakeWaitingJobs, RequeueJobs). No role may send anywhere else.
+JOBS_QUEUE_SENDERS = {
+    "autoscaler": "queue new jobs",
+    "create-runner": "wake jobs from the waiting list",
+    "stop-runner": "relaunch jobs and wake jobs from the waiting list",
+    "move-jobs": "bring jobs back from the dead-letter queue",
 }
 
 # Actions on instances (and spot requests) that must carry the deployment tag condition.
@@ -115,9 +139,19 @@ class Deployment:
         self.bucket = config["runner_script"]["bucket"]
         self.script_key = config["runner_script"]["key"]
         self.command_log_group = config["command"]["log_group"]
-        if "slots_table" not in config:
-            raise SystemExit(f"check_iam: {name}: the config document has no slots_table")
-        self.slots_table_arn = self.one("aws_dynamodb_table", lambda v: v["name"] == config["slots_table"])["arn"]
+        # config key -> table ARN, for each table of TABLE_ACTIONS
+        self.table_arns = {}
+        for key in TABLE_ACTIONS:
+            if key not in config:
+                raise SystemExit(f"check_iam: {name}: the config document has no {key}")
+            self.table_arns[key] = self.one("aws_dynamodb_table", lambda v, key=key: v["name"] == config[key])["arn"]
+        self.slots_table_arn = self.table_arns["slots_table"]
+        self.waiting_table_arn = self.table_arns["waiting_table"]
+        queues = {r["values"].get("url") or r["values"].get("id"): r["values"]["arn"] for r in self.of_type("aws_sqs_queue")}
+        if config["queue_url"] not in queues or config["dlq_url"] not in queues:
+            raise SystemExit(f"check_iam: {name}: the queues of queue_url and dlq_url are not both in the state")
+        self.jobs_queue_arn = queues[config["queue_url"]]
+        self.dlq_arn = queues[config["dlq_url"]]
         template_names = {t["launch_template"] for t in config["templates"].values()}
         self.launch_template_arns = sorted(
             r["values"]["arn"] for r in self.of_type("aws_launch_template") if r["values"]["name"] in template_names
@@ -396,10 +430,11 @@ def check(deployment):
             if statement.get("Effect") == "Allow" and (principal == "*" or "*" in as_list((principal or {}).get("AWS"))):
                 errors.append(f"{kind} [{statement.get('Sid', '?')}]: Allow for every principal")
 
-    # 10. DynamoDB: the slots table only, and per role only what its part in the slots needs.
-    granted = {}
+    # 10. DynamoDB: the slots and waiting tables only, and per role and table only what its part there needs.
+    table_of = {arn: key for key, arn in deployment.table_arns.items()}
+    granted = {}  # (role, config key of the table) -> actions
     for role in sorted(all_roles):
-        allowed = SLOT_ACTIONS.get(role.removeprefix(f"{name}-").removesuffix("-lambda"), set())
+        function = role.removeprefix(f"{name}-").removesuffix("-lambda")
         for statement in deployment.statements(role):
             if statement.get("Effect") != "Allow":
                 continue
@@ -407,16 +442,42 @@ def check(deployment):
             for action in as_list(statement.get("Action")):
                 if not action.lower().startswith("dynamodb:"):
                     continue
-                if action.lower() not in allowed:
-                    error(role, statement, f"{action}: this role may have {sorted(allowed) or 'no DynamoDB action'}")
-                if not resources or any(r != deployment.slots_table_arn for r in resources):
-                    error(role, statement, f"{action} beyond the slots table {deployment.slots_table_arn}: {resources}")
-                else:
-                    granted.setdefault(role, set()).add(action.lower())
-    for function, needed in SLOT_ACTIONS.items():
+                if not resources:
+                    error(role, statement, f"{action} without a resource")
+                for resource in resources:
+                    key = table_of.get(resource)
+                    if key is None:
+                        error(role, statement, f"{action} on {resource}, which is neither the slots table nor the waiting table")
+                        continue
+                    allowed = TABLE_ACTIONS[key].get(function, set())
+                    if action.lower() not in allowed:
+                        error(role, statement, f"{action} on the {key.removesuffix('_table')} table: this role may have "
+                                               f"{sorted(allowed) or 'no DynamoDB action'} there")
+                    else:
+                        granted.setdefault((role, key), set()).add(action.lower())
+    for key, functions in TABLE_ACTIONS.items():
+        for function, needed in functions.items():
+            role = f"{name}-{function}-lambda"
+            for action in sorted(needed - granted.get((role, key), set())):
+                errors.append(f"{role}: no {action} on the {key.removesuffix('_table')} table: {function} cannot do {TABLE_PARTS[key]}")
+
+    # 10b. sqs:SendMessage: only to the jobs queue, and by every function that puts jobs there.
+    senders = set()
+    for role in sorted(all_roles):
+        for statement in deployment.statements(role):
+            if statement.get("Effect") != "Allow":
+                continue
+            if not any(a.lower() == "sqs:sendmessage" for a in as_list(statement.get("Action"))):
+                continue
+            resources = as_list(statement.get("Resource"))
+            if resources != [deployment.jobs_queue_arn]:
+                error(role, statement, f"sqs:SendMessage on {resources}, not only the jobs queue {deployment.jobs_queue_arn}")
+            elif not statement.get("Condition"):
+                senders.add(role)
+    for function, why in JOBS_QUEUE_SENDERS.items():
         role = f"{name}-{function}-lambda"
-        for action in sorted(needed - granted.get(role, set())):
-            errors.append(f"{role}: no {action} on the slots table: {function} cannot do its part in the launch slots")
+        if role not in senders:
+            errors.append(f"{role}: no sqs:SendMessage on the jobs queue: {function} cannot {why}")
 
     # 11. The cold start reads the document and the function's secret in one GetParameters call, which fails whole
     # when the role may not read one of the names: each function lists exactly its secret, and may read all of them.
@@ -475,6 +536,7 @@ def self_test(deployment):
     create_role = f"{name}-create-runner-lambda"
     stop_role = f"{name}-stop-runner-lambda"
     table = deployment.slots_table_arn
+    waiting = deployment.waiting_table_arn
 
     def mutated(role, edit):
         broken = copy.deepcopy(deployment)
@@ -578,6 +640,20 @@ def self_test(deployment):
         "the webhook's autoscaler writes slots": (f"{name}-autoscaler-lambda", grant("dynamodb:PutItem", table)),
         "move-jobs reads slots": (f"{name}-move-jobs-lambda", grant("dynamodb:Scan", table)),
         "runner reads slots": (deployment.runner_role["name"], grant("dynamodb:GetItem", table)),
+        "dynamodb:* on the waiting table": (create_role, grant("dynamodb:*", waiting)),
+        "stop-runner parks jobs": (stop_role, grant("dynamodb:PutItem", waiting)),
+        "create-runner scans the waiting list": (create_role, grant("dynamodb:Scan", waiting)),
+        "create-runner claims slots in the waiting table": (create_role, set_resource("ClaimLaunchSlots", [table, waiting])),
+        "wakes on every table": (stop_role, set_resource("WakeWaitingJobs", waiting.rsplit("/", 1)[0] + "/*")),
+        "wakes on the waiting table's indexes": (stop_role, set_resource("WakeWaitingJobs", [waiting, f"{waiting}/index/*"])),
+        "the webhook's autoscaler parks jobs": (f"{name}-autoscaler-lambda", grant("dynamodb:PutItem", waiting)),
+        "move-jobs reads the waiting list": (f"{name}-move-jobs-lambda", grant("dynamodb:Query", waiting)),
+        "runner reads the waiting list": (deployment.runner_role["name"], grant("dynamodb:Query", waiting)),
+        "create-runner cannot park": (create_role, drop_action("ParkJobsWaitingForRoom", "dynamodb:PutItem")),
+        "stop-runner cannot wake": (stop_role, drop_statement("WakeWaitingJobs")),
+        "create-runner cannot send woken jobs": (create_role, drop_statement("WakeWaitingJobs")),
+        "create-runner sends to the dead-letter queue": (create_role, grant("sqs:SendMessage", deployment.dlq_arn)),
+        "woken jobs sent to every queue": (create_role, set_resource("WakeWaitingJobs", deployment.jobs_queue_arn.rsplit(":", 1)[0] + ":*")),
         "move-jobs writes the runner script": (f"{name}-move-jobs-lambda", set_resource(
             "CopyRunnerPackages", f"arn:aws:s3:::{deployment.bucket}/*")),
         "move-jobs deletes runner packages": (f"{name}-move-jobs-lambda", grant(

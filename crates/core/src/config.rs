@@ -332,7 +332,7 @@ impl Config {
                 "slots_table",
                 format!(
                     "`{}` is not a DynamoDB table name: give the launch-slot table's name (Terraform's output \
-                     `slots_table`)",
+                     `slots_table_name`)",
                     self.slots_table
                 ),
             ));
@@ -342,7 +342,7 @@ impl Config {
                 "waiting_table",
                 format!(
                     "`{table}` is not a DynamoDB table name: give the waiting list's table name (Terraform's output \
-                     `waiting_table`), or leave the key out"
+                     `waiting_table_name`), or leave the key out"
                 ),
             ));
         }

@@ -42,7 +42,7 @@ pub const MOST_MOVED_PER_WAKE: u32 = 50;
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum WaitingError {
     #[error(
-        "waiting table `{0}` does not exist: check waiting_table in the config document (Terraform's output `waiting_table`)"
+        "waiting table `{0}` does not exist: check waiting_table in the config document (Terraform's output `waiting_table_name`)"
     )]
     NoTable(String),
     #[error(

@@ -12,6 +12,7 @@ use sophons_core::job::JobMessage;
 use sophons_core::queue::{DELIVERY_ID_ATTRIBUTE, SqsQueue};
 use sophons_core::secrets::{Prefetched, Secrets, SecretsError, SsmSecrets};
 use sophons_core::slots::{ClaimAnswer, ClaimedSlot, DynamoSlots, SlotClaim, Slots, SlotsError};
+use sophons_core::waiting::{DynamoWaiting, Waiting, WaitingError};
 use sophons_core::webhook::Webhook;
 use testkit::moto;
 
@@ -128,6 +129,52 @@ async fn a_missing_slot_table_is_named_in_the_error() {
     let error = slots.list(None).await.unwrap_err();
     assert_eq!(error, SlotsError::NoTable("sophons-no-such-table".into()));
     assert!(error.to_string().contains("slots_table"), "{error}");
+}
+
+#[tokio::test]
+async fn jobs_wait_in_dynamodb_oldest_first_and_one_parked_again_is_never_removed_by_its_waker() {
+    let sdk = moto::sdk_config().await;
+    let table = moto::waiting_table(&sdk, &moto::unique("waiting")).await;
+    let waiting = DynamoWaiting::new(&sdk, &table);
+    let place = |queued_ms: u64, job_id: u64| format!("{queued_ms:016}#{job_id:020}");
+    waiting.park("cpu", &place(2_000, 7), "second", "d-7").await.unwrap();
+    waiting.park("cpu", &place(1_000, 9), "first", "d-9").await.unwrap();
+    waiting.park("cpu", &place(3_000, 1), "third", "d-1").await.unwrap();
+    waiting
+        .park("gpu", &place(500, 2), "other template", "d-2")
+        .await
+        .unwrap();
+
+    let oldest = waiting.oldest("cpu", 2).await.unwrap();
+    let bodies: Vec<&str> = oldest.iter().map(|parked| parked.body.as_str()).collect();
+    assert_eq!(
+        bodies,
+        ["first", "second"],
+        "oldest first, one template, at most the limit"
+    );
+    assert_eq!(oldest[0].delivery_id, "d-9");
+
+    // Woken, then parked again (a later trip) before its waker takes the first read off the list.
+    waiting
+        .park("cpu", &place(1_000, 9), "first, trip 1", "d-9")
+        .await
+        .unwrap();
+    assert_eq!(waiting.remove("cpu", &oldest[0]).await, Ok(false));
+    assert_eq!(waiting.oldest("cpu", 1).await.unwrap()[0].body, "first, trip 1");
+    assert_eq!(waiting.remove("cpu", &oldest[1]).await, Ok(true));
+    let left: Vec<String> = waiting
+        .oldest("cpu", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|parked| parked.body)
+        .collect();
+    assert_eq!(left, ["first, trip 1", "third"]);
+
+    let missing = DynamoWaiting::new(&sdk, "sophons-no-such-waiting");
+    let error = missing.oldest("cpu", 1).await.unwrap_err();
+    assert!(matches!(error, WaitingError::NoTable(_)), "{error:?}");
+    assert!(error.to_string().contains("waiting_table"), "{error}");
 }
 
 #[tokio::test]

@@ -84,6 +84,62 @@ pub struct Timeline {
     pub capacity: String,
     /// Stage name → when.
     pub stages: BTreeMap<&'static str, SystemTime>,
+    /// How many times a freed slot woke it from the waiting list.
+    pub wakes: u32,
+}
+
+impl Timeline {
+    /// From one stage to another, when it has both.
+    pub fn between(&self, from: &str, to: &str) -> Option<Duration> {
+        let (from, to) = (self.stages.get(from)?, self.stages.get(to)?);
+        to.duration_since(*from).ok()
+    }
+
+    /// Whether it waited in the waiting list.
+    pub fn waited(&self) -> bool {
+        self.stages.contains_key("parked")
+    }
+}
+
+/// Queue time (enqueued → launched) over some jobs, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueTime {
+    pub jobs: usize,
+    pub p50: u128,
+    pub p90: u128,
+    pub max: u128,
+}
+
+impl QueueTime {
+    pub fn of<'a>(timelines: impl IntoIterator<Item = &'a Timeline>) -> Self {
+        let mut ms: Vec<u128> = timelines
+            .into_iter()
+            .filter_map(|t| t.between("enqueued", "launched"))
+            .map(|d| d.as_millis())
+            .collect();
+        ms.sort_unstable();
+        let at = |p: usize| {
+            ms.get((ms.len() * p).div_ceil(100).saturating_sub(1))
+                .copied()
+                .unwrap_or(0)
+        };
+        Self {
+            jobs: ms.len(),
+            p50: at(50),
+            p90: at(90),
+            max: ms.last().copied().unwrap_or(0),
+        }
+    }
+}
+
+impl std::fmt::Display for QueueTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} job(s): p50 {} ms, p90 {} ms, max {} ms",
+            self.jobs, self.p50, self.p90, self.max
+        )
+    }
 }
 
 const STAGES: [&str; 8] = [
@@ -515,6 +571,14 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
                     timeline.stages.insert("instance_terminated", at);
                     timeline.stages.insert("runner_removed", at);
                 }
+                // The waiting list: the first park, and the last wake (a job can wait twice).
+                ("create-runner", Some("parked")) => {
+                    timeline.stages.entry("parked").or_insert(at);
+                }
+                (_, Some("woken")) => {
+                    timeline.stages.insert("woken", at);
+                    timeline.wakes += 1;
+                }
                 _ => {}
             }
         }
@@ -527,6 +591,7 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
         ssm: &ssm,
         slots: &slots,
         slots_table: &slots_table,
+        waiting_table: document["waiting_table"].as_str().unwrap_or_default(),
         sqs: &sqs,
         github: &github,
         deployment: &deployment,
@@ -919,6 +984,36 @@ fn print_report(report: &Report) {
             .collect();
         println!("     {}", stages.join(" → "));
     }
+    let waited: Vec<&Timeline> = report.timelines.iter().filter(|t| t.waited()).collect();
+    println!("== queue time (enqueued → instance launched)");
+    println!(
+        "   every job:                          {}",
+        QueueTime::of(&report.timelines)
+    );
+    println!(
+        "   started at once:                    {}",
+        QueueTime::of(report.timelines.iter().filter(|t| !t.waited()))
+    );
+    println!(
+        "   waited for room (the waiting list): {}",
+        QueueTime::of(waited.iter().copied())
+    );
+    for timeline in waited.iter().take(5) {
+        let ms = |to: &str| {
+            timeline
+                .between("enqueued", to)
+                .map_or_else(|| "—".to_string(), |d| format!("{} ms", d.as_millis()))
+        };
+        println!(
+            "   job {} ({}): parked at {}, woken at {} as a runner ended ({} wake(s)), launched at {}",
+            timeline.job_id,
+            timeline.template,
+            ms("parked"),
+            ms("woken"),
+            timeline.wakes,
+            ms("launched")
+        );
+    }
     let t = &report.tally;
     println!(
         "== DLQ: job {} reached the DLQ after {} receive(s): {}; move-jobs moved back {}; served afterwards: {}",
@@ -970,6 +1065,7 @@ fn print_report(report: &Report) {
     }
     println!("   JIT parameters left: {}", t.parameters_left);
     println!("   launch slots still claimed: {}", t.slots_left);
+    println!("   jobs still in the waiting list: {}", t.waiting_left);
     println!("   GitHub runners left: {}", t.runners_left);
     println!("   messages left: jobs queue {}, DLQ {}", t.jobs_queue_left, t.dlq_left);
     println!(

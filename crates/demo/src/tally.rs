@@ -84,6 +84,8 @@ pub struct Tally {
     pub parameters_left: Read<usize>,
     /// Launch slots still claimed (items of the deployment's launch-slot table).
     pub slots_left: Read<usize>,
+    /// Jobs still in the waiting list (items of the deployment's waiting table).
+    pub waiting_left: Read<usize>,
     pub runners_left: Read<usize>,
     pub jobs_queue_left: Read<usize>,
     pub dlq_left: Read<usize>,
@@ -103,6 +105,7 @@ impl Default for Tally {
             instances: unread(),
             parameters_left: unread(),
             slots_left: unread(),
+            waiting_left: unread(),
             runners_left: unread(),
             jobs_queue_left: unread(),
             dlq_left: unread(),
@@ -117,6 +120,7 @@ impl Tally {
         self.instances.complete().is_some_and(|i| i.live == 0)
             && self.parameters_left.is_zero()
             && self.slots_left.is_zero()
+            && self.waiting_left.is_zero()
             && self.runners_left.is_zero()
             && self.jobs_queue_left.is_zero()
             && self.dlq_left.is_zero()
@@ -128,6 +132,7 @@ impl Tally {
             || [
                 &self.parameters_left,
                 &self.slots_left,
+                &self.waiting_left,
                 &self.runners_left,
                 &self.jobs_queue_left,
                 &self.dlq_left,
@@ -143,6 +148,7 @@ pub(crate) struct Sources<'a> {
     pub ssm: &'a aws_sdk_ssm::Client,
     pub slots: &'a sophons_core::slots::DynamoSlots,
     pub slots_table: &'a str,
+    pub waiting_table: &'a str,
     pub sqs: &'a aws_sdk_sqs::Client,
     pub github: &'a FakeGithub,
     pub deployment: &'a str,
@@ -179,6 +185,10 @@ pub(crate) async fn tally(sources: &Sources<'_>, job_ids: impl IntoIterator<Item
                 .map(|claims| claims.len())
                 .map_err(|error| error.to_string())
         }),
+        waiting_left: Read::from_result(
+            format!("the waiting table {}", sources.waiting_table),
+            item_count(sources.slots, sources.waiting_table).await,
+        ),
         // The fake's own state, not a listing: whole by construction.
         runners_left: Read::Complete(github.runners().len()),
         jobs_queue_left: Read::from_result("the jobs queue's depth", queue_depth(sqs, sources.jobs_queue_url).await),
@@ -188,6 +198,28 @@ pub(crate) async fn tally(sources: &Sources<'_>, job_ids: impl IntoIterator<Item
             .iter()
             .filter(|r| r.body.get("name").is_some())
             .count(),
+    }
+}
+
+/// Every item of a table, by a paged, consistent Scan (with the launch slots' DynamoDB client).
+async fn item_count(slots: &sophons_core::slots::DynamoSlots, table: &str) -> Result<usize, String> {
+    let dynamodb = slots.client();
+    let mut count = 0;
+    let mut start = None;
+    loop {
+        let page = dynamodb
+            .scan()
+            .table_name(table)
+            .consistent_read(true)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|error| format!("Scan: {}", sophons_core::aws::describe(&error)))?;
+        count += page.items.unwrap_or_default().len();
+        match page.last_evaluated_key {
+            Some(key) if !key.is_empty() => start = Some(key),
+            _ => return Ok(count),
+        }
     }
 }
 
@@ -493,6 +525,7 @@ mod tests {
             instances,
             parameters_left: parameters,
             slots_left: Read::Complete(0),
+            waiting_left: Read::Complete(0),
             runners_left: Read::Complete(0),
             jobs_queue_left: Read::Complete(0),
             dlq_left: Read::Complete(0),

@@ -118,9 +118,25 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// Creates a launch-slot table as Terraform does (terraform/slots.tf: partition key `template`,
-/// sort key `slot`, on demand) and answers its name.
+/// The launch-slot table as Terraform makes it (terraform/slots.tf).
 pub async fn slots_table(sdk: &aws_config::SdkConfig, name: &str) -> String {
+    use aws_sdk_dynamodb::types::ScalarAttributeType;
+    table(sdk, name, "slot", ScalarAttributeType::N).await
+}
+
+/// The waiting list's table as Terraform makes it (terraform/waiting.tf).
+pub async fn waiting_table(sdk: &aws_config::SdkConfig, name: &str) -> String {
+    use aws_sdk_dynamodb::types::ScalarAttributeType;
+    table(sdk, name, "place", ScalarAttributeType::S).await
+}
+
+/// A table keyed by `template` and a sort key.
+async fn table(
+    sdk: &aws_config::SdkConfig,
+    name: &str,
+    sort_key: &str,
+    sort_type: aws_sdk_dynamodb::types::ScalarAttributeType,
+) -> String {
     use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
     let attribute = |name: &str, kind| {
         AttributeDefinition::builder()
@@ -141,11 +157,11 @@ pub async fn slots_table(sdk: &aws_config::SdkConfig, name: &str) -> String {
         .table_name(name)
         .billing_mode(BillingMode::PayPerRequest)
         .attribute_definitions(attribute("template", ScalarAttributeType::S))
-        .attribute_definitions(attribute("slot", ScalarAttributeType::N))
+        .attribute_definitions(attribute(sort_key, sort_type))
         .key_schema(key("template", KeyType::Hash))
-        .key_schema(key("slot", KeyType::Range))
+        .key_schema(key(sort_key, KeyType::Range))
         .send()
         .await
-        .expect("create the launch-slot table in moto");
+        .unwrap_or_else(|error| panic!("create the table {name} in moto: {error:?}"));
     name.to_string()
 }

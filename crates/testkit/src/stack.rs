@@ -102,6 +102,7 @@ impl Stack {
             .queue_url
             .unwrap();
         let slots_table = moto::slots_table(&sdk, &format!("{deployment}-slots")).await;
+        let waiting_table = moto::waiting_table(&sdk, &format!("{deployment}-waiting")).await;
         let github = FakeGithub::start().await;
         github.set_token(TOKEN);
         github.set_default_job_status(Some("queued"));
@@ -128,6 +129,7 @@ impl Stack {
             "dlq_url": dlq_url,
             "webhook_secret_param": secret_param,
             "slots_table": slots_table,
+            "waiting_table": waiting_table,
             "github": { "api_url": github.url(), "owner": "my-org", "scope": "org", "token_param": token_param },
             "runner_script": { "bucket": format!("{deployment}-scripts"), "key": "runner.sh" },
             "templates": template_docs,
