@@ -328,11 +328,12 @@ data "aws_iam_policy_document" "create_runner" {
 
   # A job that finds its template at max_runners is parked in the waiting list (PutItem) instead of handed back,
   # which would spend one of its receives. Right after parking, create-runner wakes the template (a slot freed
-  # between its count and its park would otherwise wake nobody): it reads the oldest parked jobs (Query) and
-  # takes each off the list (DeleteItem) once it is back on the jobs queue.
+  # between its count and its park would otherwise wake nobody): it reads the oldest parked jobs (Query) and marks
+  # each it sends back to the jobs queue (UpdateItem, conditioned on the item it read). A woken job it has served
+  # is taken off the list (DeleteItem), as is one GitHub has cancelled by now.
   statement {
     sid       = "ParkJobsWaitingForRoom"
-    actions   = ["dynamodb:PutItem", "dynamodb:Query", "dynamodb:DeleteItem"]
+    actions   = ["dynamodb:PutItem", "dynamodb:Query", "dynamodb:UpdateItem", "dynamodb:DeleteItem"]
     resources = [aws_dynamodb_table.waiting.arn]
   }
 
@@ -398,11 +399,13 @@ data "aws_iam_policy_document" "stop_runner" {
     resources = [aws_dynamodb_table.slots.arn]
   }
 
-  # A freed slot wakes its template, and the sweep wakes every template: the oldest parked jobs (Query) go back to
-  # the jobs queue (RequeueJobs) and then off the list (DeleteItem). Never PutItem: only create-runner parks.
+  # A freed slot wakes its template, and the sweep wakes every template: the oldest parked jobs (Query) are marked
+  # woken (UpdateItem, conditioned on the item it read) and go back to the jobs queue (RequeueJobs); one GitHub has
+  # cancelled by now (queued over 24 h ago) is taken off the list (DeleteItem). Never PutItem: only create-runner
+  # parks.
   statement {
     sid       = "WakeWaitingJobs"
-    actions   = ["dynamodb:Query", "dynamodb:DeleteItem"]
+    actions   = ["dynamodb:Query", "dynamodb:UpdateItem", "dynamodb:DeleteItem"]
     resources = [aws_dynamodb_table.waiting.arn]
   }
 

@@ -21,7 +21,8 @@ as narrow as the design says:
     `waiting_table`), never on an index, another table or "*", and per table only what each role's part needs:
     on the slots table create-runner may GetItem, PutItem, DeleteItem and Query (claim, give back), stop-runner
     GetItem, DeleteItem, Query and Scan (free, sweep; it never claims); on the waiting table create-runner may
-    PutItem, Query and DeleteItem (park, wake), stop-runner Query and DeleteItem (wake; it never parks); every
+    PutItem, Query, UpdateItem and DeleteItem (park, wake, take off), stop-runner Query, UpdateItem and DeleteItem
+    (wake; it never parks); every
     one of those is granted; the autoscaler, move-jobs and the runner instances have no DynamoDB action at all;
   * sqs:SendMessage only on the jobs queue (only SQS itself moves messages to the dead-letter queue), and every
     function that puts jobs there may: the autoscaler (new jobs), create-runner (woken jobs), stop-runner
@@ -84,8 +85,8 @@ TABLE_ACTIONS = {
         "stop-runner": {"dynamodb:getitem", "dynamodb:deleteitem", "dynamodb:query", "dynamodb:scan"},
     },
     "waiting_table": {
-        "create-runner": {"dynamodb:putitem", "dynamodb:query", "dynamodb:deleteitem"},
-        "stop-runner": {"dynamodb:query", "dynamodb:deleteitem"},
+        "create-runner": {"dynamodb:putitem", "dynamodb:query", "dynamodb:updateitem", "dynamodb:deleteitem"},
+        "stop-runner": {"dynamodb:query", "dynamodb:updateitem", "dynamodb:deleteitem"},
     },
 }
 # What each table's part is, for the message when a role lacks an action on it.

@@ -363,10 +363,22 @@ impl CreateRunner {
             _ => "",
         };
         self.emit_metrics(&message, &outcome);
-        // A job sent back from the waiting list (or the DLQ) that needs no runner after all
-        // (cancelled, served meanwhile) leaves the slot it was woken for unused: pass it on.
-        if message.trip > 0 && matches!(outcome, Outcome::Acknowledged(_)) {
-            crate::waiting::wake(&self.config, &self.ports, &message.template).await;
+        if let Some(waiting) = self.ports.waiting.as_ref().filter(|_| message.trip > 0) {
+            // A job woken from the waiting list is taken off it once served, whatever the
+            // outcome, unless it waits again (its park cleared the wake mark). Until then it
+            // holds its place, so no other job is woken for its slot.
+            if !matches!(outcome, Outcome::Waiting(_))
+                && let Err(error) = waiting
+                    .remove_woken(&message.template, &crate::waiting::place(&message))
+                    .await
+            {
+                tracing::warn!(job_id = message.job_id, %error, "cannot take the served job off the waiting list; it is woken again in {} s and acknowledged then", crate::waiting::WOKEN_FOR.as_secs());
+            }
+            // One that needs no runner after all (cancelled, served meanwhile) leaves the slot it
+            // was woken for unused: pass it on.
+            if matches!(outcome, Outcome::Acknowledged(_)) {
+                crate::waiting::wake(&self.config, &self.ports, &message.template).await;
+            }
         }
         tracing::info!(
             job_id = message.job_id,
@@ -549,8 +561,9 @@ impl CreateRunner {
         };
 
         // Jobs queued before this one wait for this template: they go first, and this one waits
-        // behind them (the wake after its park hands a free slot to the oldest).
-        if let Some(waiting) = &self.ports.waiting {
+        // behind them (the wake after its park hands a free slot to the oldest). A job woken from
+        // the list (or back from the DLQ: `trip`) was given its turn already.
+        if let Some(waiting) = self.ports.waiting.as_ref().filter(|_| message.trip == 0) {
             match waiting.oldest(&message.template, 1).await {
                 Ok(first)
                     if first
@@ -581,13 +594,25 @@ impl CreateRunner {
             "template `{}` is at max_runners ({})",
             message.template, template.max_runners
         );
-        let live = match self.ports.fleet.instances(deployment, &query).await {
+        let mut live = match self.ports.fleet.instances(deployment, &query).await {
             Ok(live) => live,
             Err(error) => return transient(format!("cannot count instances: {error}")),
         };
         if live.len() + self.gate.launching(&message.template, &live) >= template.max_runners as usize {
-            drop(counting);
-            return self.wait_for_room(message, template, &full).await;
+            // EC2 may still list an instance stop-runner has just ended, for a moment: its slot is
+            // free in the (consistent) slots table, and a job woken for that slot must not find
+            // the template full and wait again. An instance is dropped from the count only when
+            // its slot has no claim: stop-runner frees a slot after the instance's termination,
+            // a failed launch gives its slot back only when nothing was launched, and the sweep
+            // frees one only when no listed instance holds it.
+            if let Ok(claims) = self.ports.slots.list(Some(&message.template)).await {
+                let claimed: std::collections::HashSet<u32> = claims.iter().map(|found| found.slot).collect();
+                live.retain(|instance| slot_of(instance).is_none_or(|(_, slot)| claimed.contains(&slot)));
+            }
+            if live.len() + self.gate.launching(&message.template, &live) >= template.max_runners as usize {
+                drop(counting);
+                return self.wait_for_room(message, template, &full).await;
+            }
         }
         self.gate
             .launching

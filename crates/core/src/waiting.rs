@@ -4,26 +4,33 @@
 //! Waiting for room is not a failure, so it does not spend the jobs queue's receives (after
 //! `max_receive_count` of those SQS moves a message to the DLQ). create-runner *parks* such a job
 //! here and deletes its message; whoever frees a slot *wakes* the template: the oldest parked
-//! jobs, as many as there are free slots, go back to the jobs queue (sent before they are
-//! removed from the list, so a job is never only in flight between two stores).
+//! jobs, as many as there are free slots, go back to the jobs queue.
 //!
-//! A woken job can be parked again (it found the template full after all) before its waker
-//! takes it off the list; the waker's DeleteItem is therefore conditioned on the item it read
-//! (`body`, which changes with every trip), so that it never removes the new park.
+//! A woken job stays listed, marked `woken_at`, until create-runner has served it (launched it,
+//! or found it needs no runner, or handed it back for a failure): then create-runner takes it
+//! off. Meanwhile it holds its place and counts against the free slots, so that the next wake
+//! (another slot freed, a park) does not send a second job for the same slot, and a job queued
+//! later waits behind it. A woken job that finds the template full after all (another handler's
+//! launch took the slot) is parked again at its own place, which clears the mark. A mark older
+//! than `WOKEN_FOR` whose job holds no slot is taken for a lost message (a create-runner killed
+//! before it served the job) and the job is woken again; create-runner's "already served?" keeps
+//! a duplicate from a second instance. Marking is conditioned on the item as it was read, so two
+//! wakes never send one job twice, and a job parked again since is never lost to a stale read.
 //!
 //! Who wakes a template: stop-runner after it freed an ended instance's slot, the sweep (for every
-//! template, as the pump for wakes that were missed), and create-runner itself right after it
-//! parked a job (a slot freed between its count and its park would otherwise wake nobody).
+//! template, as the pump for wakes that were missed), and create-runner right after it parked a
+//! job (a slot freed between its count and its park would otherwise wake nobody) or after a woken
+//! job turned out to need no runner.
 //!
 //! The store is a DynamoDB table (config key `waiting_table`; partition key `template`, sort key
 //! `place`): a Query on one partition reads its items in sort-key order, ascending by default
 //! (<https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_Query.html>, `ScanIndexForward`),
-//! and with `ConsistentRead` sees every park that was acknowledged before it. `place` is the job's
-//! queue time then its id, zero-padded, so that the string order is the queue order. Each item
-//! carries `expires_at`, 25 hours after the job was queued, for the table's TTL: GitHub cancels a job
-//! left queued for 24 hours.
+//! and with `ConsistentRead` sees every write acknowledged before it. `place` is the job's queue
+//! time then its id, zero-padded, so that the string order is the queue order. Each item carries
+//! `expires_at`, 25 hours after the job was queued, for the table's TTL: GitHub cancels a job left
+//! queued for 24 hours.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -35,9 +42,13 @@ use crate::job::JobMessage;
 use crate::ports::Ports;
 use crate::redrive::QUEUE_LIMIT;
 
-/// How many parked jobs one wake moves at most (one Query page of small items; the next wake
-/// or the sweep moves the rest).
-pub const MOST_MOVED_PER_WAKE: u32 = 50;
+/// How many listed jobs one wake reads at most (the woken ones in flight among them): one Query
+/// page of small items. The next wake, or the sweep, moves the rest.
+pub const MOST_READ_PER_WAKE: u32 = 100;
+/// How long a woken job counts as on its way to a slot. create-runner claims its slot within
+/// seconds of the message; a mark this old whose job claimed nothing means the message or its
+/// handler was lost.
+pub const WOKEN_FOR: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum WaitingError {
@@ -46,7 +57,7 @@ pub enum WaitingError {
     )]
     NoTable(String),
     #[error(
-        "waiting table `{table}`: access denied ({reason}); the function's role needs dynamodb:PutItem, Query and DeleteItem on it"
+        "waiting table `{table}`: access denied ({reason}); the function's role needs dynamodb:PutItem, UpdateItem, Query and DeleteItem on it"
     )]
     AccessDenied { table: String, reason: String },
     #[error("waiting table `{table}`: {reason}")]
@@ -60,17 +71,38 @@ pub struct Parked {
     /// The job's queue message, as create-runner received it.
     pub body: String,
     pub delivery_id: String,
+    /// When a wake sent it back to the jobs queue (in whole milliseconds), if one did since it
+    /// was parked.
+    pub woken_at: Option<SystemTime>,
+}
+
+impl Parked {
+    /// The job's id, from its place.
+    pub fn job_id(&self) -> Option<u64> {
+        self.place.rsplit('#').next()?.parse().ok()
+    }
+
+    /// Woken and, as far as anyone knows, on its way to a slot.
+    fn on_its_way(&self, now: SystemTime) -> bool {
+        self.woken_at
+            .is_some_and(|at| now.duration_since(at).unwrap_or_default() < WOKEN_FOR)
+    }
 }
 
 #[async_trait]
 pub trait Waiting: Send + Sync {
-    /// Puts a job in its template's list at `place` (a job parked again keeps its place).
+    /// Puts a job in its template's list at `place` (a job parked again keeps its place, and
+    /// loses its wake mark).
     async fn park(&self, template: &str, place: &str, body: &str, delivery_id: &str) -> Result<(), WaitingError>;
     /// The first `limit` jobs of a template's list, oldest first, read consistently.
     async fn oldest(&self, template: &str, limit: u32) -> Result<Vec<Parked>, WaitingError>;
-    /// Takes a job off the list if it is still as it was read; answers whether it did. A job
-    /// parked again since (the woken job found the template full again and came back before its
-    /// waker removed it) stays: removing it would lose it.
+    /// Marks a job woken now, if it is still as it was read (same message, same mark); answers
+    /// whether it did. Of two wakes that read the same job, one marks it.
+    async fn mark_woken(&self, template: &str, parked: &Parked) -> Result<bool, WaitingError>;
+    /// Takes a woken job off the list once it is served; a job parked again since (no mark) stays.
+    async fn remove_woken(&self, template: &str, place: &str) -> Result<(), WaitingError>;
+    /// Takes a job off the list if it is still as it was read (a job that cannot be served any
+    /// more); answers whether it did.
     async fn remove(&self, template: &str, parked: &Parked) -> Result<bool, WaitingError>;
 }
 
@@ -88,7 +120,8 @@ pub fn place(message: &JobMessage) -> String {
 /// What one wake did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Woken {
-    /// Free slots the wake counted.
+    /// Free slots the wake counted: `max_runners` less the slots claimed, less the jobs woken
+    /// before and still on their way.
     pub room: u32,
     /// Jobs sent back to the jobs queue.
     pub moved: u32,
@@ -98,10 +131,8 @@ pub struct Woken {
 }
 
 /// Sends the oldest parked jobs of `template` back to the jobs queue, one per free launch slot.
-/// Free slots are `max_runners` less the slots claimed (a launch in flight or a live instance
-/// holds one). A moved job that then finds the template full (another job took the slot first)
-/// is parked again at its own place, so the order holds. Errors are logged and answered as
-/// nothing moved: the next wake, or the sweep, moves the job.
+/// Errors are logged and answered as nothing (more) moved: the next wake, or the sweep, moves
+/// the job.
 pub async fn wake(config: &Config, ports: &Ports, template: &str) -> Woken {
     let mut woken = Woken::default();
     let Some(waiting) = &ports.waiting else {
@@ -110,25 +141,35 @@ pub async fn wake(config: &Config, ports: &Ports, template: &str) -> Woken {
     let Some(max_runners) = config.templates.get(template).map(|t| t.max_runners) else {
         return woken;
     };
-    let claimed = match ports.slots.list(Some(template)).await {
-        Ok(claims) => claims.len() as u32,
+    let claims = match ports.slots.list(Some(template)).await {
+        Ok(claims) => claims,
         Err(error) => {
             tracing::warn!(template, %error, "wake: cannot count the launch slots; the next wake moves the waiting jobs");
             return woken;
         }
     };
-    woken.room = max_runners.saturating_sub(claimed);
-    if woken.room == 0 {
+    if claims.len() as u32 >= max_runners {
         return woken;
     }
-    let parked = match waiting.oldest(template, woken.room.min(MOST_MOVED_PER_WAKE)).await {
-        Ok(parked) => parked,
+    let listed = match waiting.oldest(template, MOST_READ_PER_WAKE).await {
+        Ok(listed) => listed,
         Err(error) => {
             tracing::warn!(template, %error, "wake: cannot read the waiting list; the next wake moves the waiting jobs");
             return woken;
         }
     };
-    for job in parked {
+    // Woken jobs that have claimed their slot are in the claims already.
+    let claimed: HashSet<u64> = claims.iter().map(|found| found.claim.job_id).collect();
+    let now = SystemTime::now();
+    let on_their_way = listed
+        .iter()
+        .filter(|job| job.on_its_way(now) && !job.job_id().is_some_and(|id| claimed.contains(&id)))
+        .count();
+    woken.room = max_runners.saturating_sub((claims.len() + on_their_way) as u32);
+    for job in listed.into_iter().filter(|job| !job.on_its_way(now)) {
+        if woken.moved == woken.room {
+            break;
+        }
         let mut message = match JobMessage::decode(&job.body) {
             Ok(message) => message,
             Err(error) => {
@@ -152,6 +193,15 @@ pub async fn wake(config: &Config, ports: &Ports, template: &str) -> Woken {
             }
             continue;
         }
+        match waiting.mark_woken(template, &job).await {
+            Ok(true) => {}
+            // Another wake took it, or it was parked again since the read: the next wake sees it.
+            Ok(false) => continue,
+            Err(error) => {
+                tracing::warn!(job_id, template, %error, "wake: cannot mark a waiting job woken; the next wake moves it");
+                break;
+            }
+        }
         // A trip of its own, as from the DLQ: SQS counts receives from 1 again, and a launch
         // token of an earlier trip would get that trip's answers from EC2.
         message.trip += 1;
@@ -160,13 +210,9 @@ pub async fn wake(config: &Config, ports: &Ports, template: &str) -> Woken {
             .send(&config.queue_url, &message.encode(), &job.delivery_id)
             .await
         {
+            // Marked and not sent: it keeps its place, and is woken again once the mark is old.
             tracing::warn!(job_id, template, %error, "wake: cannot send a waiting job to the jobs queue; it keeps its place");
             break;
-        }
-        if let Err(error) = waiting.remove(template, &job).await {
-            // Sent and still listed: a later wake sends it again, and create-runner's "already
-            // served?" keeps the duplicate from a second instance.
-            tracing::warn!(job_id, template, %error, "wake: sent a waiting job but could not take it off the list");
         }
         woken.moved += 1;
         tracing::info!(
@@ -201,6 +247,7 @@ const PLACE: &str = "place";
 const BODY: &str = "body";
 const DELIVERY_ID: &str = "delivery_id";
 const EXPIRES_AT: &str = "expires_at";
+const WOKEN_AT: &str = "woken_at";
 /// The TTL attribute's lead over the job's queue time: a day (GitHub's limit) and an hour.
 const KEPT_FOR: Duration = Duration::from_secs(25 * 60 * 60);
 
@@ -298,9 +345,56 @@ impl Waiting for DynamoWaiting {
                     place: text(item, PLACE)?,
                     body: text(item, BODY).unwrap_or_default(),
                     delivery_id: text(item, DELIVERY_ID).unwrap_or_default(),
+                    woken_at: item
+                        .get(WOKEN_AT)
+                        .and_then(|v| v.as_n().ok())
+                        .and_then(|ms| ms.parse().ok())
+                        .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
                 })
             })
             .collect())
+    }
+
+    async fn mark_woken(&self, template: &str, parked: &Parked) -> Result<bool, WaitingError> {
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(template, &parked.place)))
+            .update_expression("SET #woken = :now")
+            .expression_attribute_names("#woken", WOKEN_AT)
+            .expression_attribute_names("#body", BODY)
+            .expression_attribute_values(":now", AttributeValue::N(millis(SystemTime::now()).to_string()))
+            .expression_attribute_values(":body", AttributeValue::S(parked.body.clone()));
+        update = match parked.woken_at {
+            None => update.condition_expression("#body = :body AND attribute_not_exists(#woken)"),
+            Some(at) => update
+                .condition_expression("#body = :body AND #woken = :read")
+                .expression_attribute_values(":read", AttributeValue::N(millis(at).to_string())),
+        };
+        match update.send().await {
+            Ok(_) => Ok(true),
+            Err(error) if crate::aws::code(&error) == Some("ConditionalCheckFailedException") => Ok(false),
+            Err(error) => Err(self.classify(&error)),
+        }
+    }
+
+    async fn remove_woken(&self, template: &str, place: &str) -> Result<(), WaitingError> {
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(template, place)))
+            .condition_expression("attribute_exists(#woken)")
+            .expression_attribute_names("#woken", WOKEN_AT)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // Not there (served before, or never parked), or parked again since: nothing to take off.
+            Err(error) if crate::aws::code(&error) == Some("ConditionalCheckFailedException") => Ok(()),
+            Err(error) => Err(self.classify(&error)),
+        }
     }
 
     async fn remove(&self, template: &str, parked: &Parked) -> Result<bool, WaitingError> {
@@ -320,6 +414,10 @@ impl Waiting for DynamoWaiting {
             Err(error) => Err(self.classify(&error)),
         }
     }
+}
+
+fn millis(at: SystemTime) -> u128 {
+    at.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis()
 }
 
 /// The in-memory list, for flow tests and the simulation.
@@ -345,6 +443,15 @@ impl FakeWaiting {
         )
         .await
         .expect("the fake parks unless told to fail");
+    }
+
+    /// Makes every wake mark older by `by`, as if that long had passed.
+    pub fn age_marks(&self, by: Duration) {
+        for list in self.lists.lock().unwrap().values_mut() {
+            for parked in list.values_mut() {
+                parked.woken_at = parked.woken_at.map(|at| at - by);
+            }
+        }
     }
 
     /// Every parked job of a template, oldest first.
@@ -389,6 +496,7 @@ impl Waiting for FakeWaiting {
                     place: place.to_string(),
                     body: body.to_string(),
                     delivery_id: delivery_id.to_string(),
+                    woken_at: None,
                 },
             );
         Ok(())
@@ -397,6 +505,30 @@ impl Waiting for FakeWaiting {
     async fn oldest(&self, template: &str, limit: u32) -> Result<Vec<Parked>, WaitingError> {
         self.fault()?;
         Ok(self.listed(template).into_iter().take(limit.max(1) as usize).collect())
+    }
+
+    async fn mark_woken(&self, template: &str, parked: &Parked) -> Result<bool, WaitingError> {
+        self.fault()?;
+        let mut lists = self.lists.lock().unwrap();
+        let Some(listed) = lists.get_mut(template).and_then(|list| list.get_mut(&parked.place)) else {
+            return Ok(false);
+        };
+        if listed.body != parked.body || listed.woken_at != parked.woken_at {
+            return Ok(false);
+        }
+        // Kept in whole milliseconds, as DynamoDB keeps it.
+        listed.woken_at = Some(UNIX_EPOCH + Duration::from_millis(millis(SystemTime::now()) as u64));
+        Ok(true)
+    }
+
+    async fn remove_woken(&self, template: &str, place: &str) -> Result<(), WaitingError> {
+        self.fault()?;
+        if let Some(list) = self.lists.lock().unwrap().get_mut(template)
+            && list.get(place).is_some_and(|listed| listed.woken_at.is_some())
+        {
+            list.remove(place);
+        }
+        Ok(())
     }
 
     async fn remove(&self, template: &str, parked: &Parked) -> Result<bool, WaitingError> {
@@ -463,8 +595,23 @@ mod tests {
             !waiting.remove("cpu", &read).await.unwrap(),
             "parked again since it was read: kept"
         );
+        assert!(
+            !waiting.mark_woken("cpu", &read).await.unwrap(),
+            "parked again since it was read: not woken"
+        );
         let read = waiting.oldest("cpu", 1).await.unwrap().remove(0);
-        assert!(waiting.remove("cpu", &read).await.unwrap());
+        assert!(waiting.mark_woken("cpu", &read).await.unwrap());
+        assert!(
+            !waiting.mark_woken("cpu", &read).await.unwrap(),
+            "a second wake of the same read loses"
+        );
+        waiting.remove_woken("cpu", "2").await.unwrap();
+        assert_eq!(
+            waiting.listed("cpu").len(),
+            2,
+            "a job never woken is not taken off as served"
+        );
+        waiting.remove_woken("cpu", "1").await.unwrap();
         assert_eq!(waiting.listed("cpu").len(), 1);
         assert_eq!(waiting.len(), 2);
     }

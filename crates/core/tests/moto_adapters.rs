@@ -171,6 +171,33 @@ async fn jobs_wait_in_dynamodb_oldest_first_and_one_parked_again_is_never_remove
         .collect();
     assert_eq!(left, ["first, trip 1", "third"]);
 
+    // A wake marks the job it sends; of two wakes that read it, one marks it; once served it is taken off.
+    let third = waiting.oldest("cpu", 10).await.unwrap().pop().unwrap();
+    assert_eq!(third.woken_at, None);
+    assert_eq!(waiting.mark_woken("cpu", &third).await, Ok(true));
+    assert_eq!(
+        waiting.mark_woken("cpu", &third).await,
+        Ok(false),
+        "the second wake read it unmarked"
+    );
+    let marked = waiting.oldest("cpu", 10).await.unwrap().pop().unwrap();
+    assert!(marked.woken_at.is_some());
+    assert_eq!(
+        waiting.mark_woken("cpu", &marked).await,
+        Ok(true),
+        "a wake that read the mark renews it"
+    );
+    waiting.remove_woken("cpu", &place(3_000, 1)).await.unwrap();
+    waiting.remove_woken("cpu", &place(1_000, 9)).await.unwrap();
+    let left: Vec<String> = waiting
+        .oldest("cpu", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.body)
+        .collect();
+    assert_eq!(left, ["first, trip 1"], "the woken job is off; one never woken stays");
+
     let missing = DynamoWaiting::new(&sdk, "sophons-no-such-waiting");
     let error = missing.oldest("cpu", 1).await.unwrap_err();
     assert!(matches!(error, WaitingError::NoTable(_)), "{error:?}");

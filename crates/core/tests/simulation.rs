@@ -30,10 +30,13 @@ use sophons_core::fleet::{
     Capacity, Fleet, FleetError, Instance, InstanceQuery, LaunchRequest, Launched, TAG_JOB_ID, TAG_RELAUNCHES,
     TAG_RUNNER_FAILURES, TAG_TEMPLATE, pool_errors_outcome,
 };
-use sophons_core::github::{Github, GithubError, JitConfig, JobStatus, Runner, RunnerScope};
+use sophons_core::github::{
+    DeliveriesPage, Github, GithubError, Hook, HookDelivery, JitConfig, JobStatus, Runner, RunnerScope,
+};
 use sophons_core::job::{JobMessage, MESSAGE_VERSION, now_rfc3339};
 use sophons_core::names;
 use sophons_core::queue::{Queue, QueueError, Received};
+use sophons_core::redeliver::Redeliver;
 use sophons_core::redrive::MoveJobs;
 use sophons_core::secrets::{Secrets, SecretsError};
 use sophons_core::slots::{ClaimAnswer, ClaimedSlot, FakeSlots, SlotClaim, Slots, SlotsError};
@@ -76,6 +79,9 @@ struct Rates {
     github_rate_limited: f64,
     sqs_failed: f64,
     duplicate_delivery: f64,
+    /// A delivery of a queued job that never reached the webhook (a 5xx, a throttled burst, no
+    /// answer): GitHub records it failed, and only a redelivery brings the job.
+    delivery_failed: f64,
     event_lost: f64,
     event_repeated: f64,
     cancelled_while_queued: f64,
@@ -109,6 +115,7 @@ const RATES: Rates = Rates {
     github_rate_limited: 0.02,
     sqs_failed: 0.02,
     duplicate_delivery: 0.05,
+    delivery_failed: 0.03,
     event_lost: 0.05,
     event_repeated: 0.05,
     cancelled_while_queued: 0.05,
@@ -665,10 +672,14 @@ impl Slots for ChaosSlots {
     }
 }
 
-/// The waiting list, failing as DynamoDB does, and interleaving at every call.
+/// The waiting list, failing as DynamoDB does, and interleaving at every call. Wake marks age in
+/// simulated time (as `ChaosSlots::aged` does for claims): the flows compare them with the wall
+/// clock, which hardly moves while minutes are simulated.
 struct ChaosWaiting {
     inner: Arc<FakeWaiting>,
     chaos: Arc<Chaos>,
+    /// (template, place) → the mark as the fake keeps it, and the minute it was made.
+    marks: Mutex<HashMap<(String, String), (SystemTime, u64)>>,
 }
 
 impl ChaosWaiting {
@@ -684,6 +695,31 @@ impl ChaosWaiting {
         }
         Ok(())
     }
+
+    /// A listed job as the flows see it: its mark in simulated time.
+    fn aged(&self, template: &str, mut parked: Parked) -> Parked {
+        let key = (template.to_string(), parked.place.clone());
+        if let Some(real) = parked.woken_at
+            && let Some((kept, minute)) = self.marks.lock().unwrap().get(&key)
+            && *kept == real
+        {
+            let age = Duration::from_secs(self.chaos.now().saturating_sub(*minute) * 60);
+            parked.woken_at = Some(SystemTime::now() - age);
+        }
+        parked
+    }
+
+    /// The mark as the fake keeps it, for a job read through `aged`.
+    fn kept(&self, template: &str, parked: &Parked) -> Parked {
+        let mut kept = parked.clone();
+        let key = (template.to_string(), parked.place.clone());
+        if parked.woken_at.is_some()
+            && let Some((real, _)) = self.marks.lock().unwrap().get(&key)
+        {
+            kept.woken_at = Some(*real);
+        }
+        kept
+    }
 }
 
 #[async_trait]
@@ -697,13 +733,40 @@ impl Waiting for ChaosWaiting {
     async fn oldest(&self, template: &str, limit: u32) -> Result<Vec<Parked>, WaitingError> {
         self.chaos.step().await;
         self.fault()?;
-        self.inner.oldest(template, limit).await
+        let listed = self.inner.oldest(template, limit).await?;
+        Ok(listed.into_iter().map(|parked| self.aged(template, parked)).collect())
     }
 
     async fn remove(&self, template: &str, parked: &Parked) -> Result<bool, WaitingError> {
         self.chaos.step().await;
         self.fault()?;
         self.inner.remove(template, parked).await
+    }
+
+    async fn mark_woken(&self, template: &str, parked: &Parked) -> Result<bool, WaitingError> {
+        self.chaos.step().await;
+        self.fault()?;
+        let marked = self.inner.mark_woken(template, &self.kept(template, parked)).await?;
+        if marked
+            && let Some(now) = self
+                .inner
+                .listed(template)
+                .into_iter()
+                .find(|listed| listed.place == parked.place)
+                .and_then(|listed| listed.woken_at)
+        {
+            self.marks
+                .lock()
+                .unwrap()
+                .insert((template.to_string(), parked.place.clone()), (now, self.chaos.now()));
+        }
+        Ok(marked)
+    }
+
+    async fn remove_woken(&self, template: &str, place: &str) -> Result<(), WaitingError> {
+        self.chaos.step().await;
+        self.fault()?;
+        self.inner.remove_woken(template, place).await
     }
 }
 
@@ -784,6 +847,22 @@ impl Github for ChaosGithub {
             return Err(error);
         }
         self.inner.runner_downloads(scope).await
+    }
+
+    async fn hook_deliveries(&self, hook: &Hook, cursor: Option<&str>) -> Result<DeliveriesPage, GithubError> {
+        self.chaos.step().await;
+        if let Some(error) = self.failure() {
+            return Err(error);
+        }
+        self.inner.hook_deliveries(hook, cursor).await
+    }
+
+    async fn redeliver(&self, hook: &Hook, delivery_id: u64) -> Result<(), GithubError> {
+        self.chaos.step().await;
+        if let Some(error) = self.failure() {
+            return Err(error);
+        }
+        self.inner.redeliver(hook, delivery_id).await
     }
 }
 
@@ -1165,6 +1244,9 @@ struct Figures {
     dlq_trips: u64,
     moved_back: u64,
     relaunched: u64,
+    /// Deliveries that never reached the webhook, and the redeliveries move-jobs asked GitHub for.
+    deliveries_failed: u64,
+    redelivered: u64,
     /// Jobs GitHub never routed to our runners, ended by the sweep with an error line.
     unroutable: u64,
     unroutable_ended: u64,
@@ -1188,6 +1270,8 @@ impl Figures {
         self.handed_back += other.handed_back;
         self.dlq_trips += other.dlq_trips;
         self.moved_back += other.moved_back;
+        self.deliveries_failed += other.deliveries_failed;
+        self.redelivered += other.redelivered;
         self.relaunched += other.relaunched;
         self.unroutable += other.unroutable;
         self.unroutable_ended += other.unroutable_ended;
@@ -1228,6 +1312,10 @@ impl Figures {
             "  launches {}, SendCommand retries {}, handed back {}, DLQ trips {}, moved back from the DLQ {}, relaunched by the sweep {}",
             self.launches, self.retries, self.handed_back, self.dlq_trips, self.moved_back, self.relaunched
         );
+        println!(
+            "  webhook deliveries that failed {}, redelivered by move-jobs {}",
+            self.deliveries_failed, self.redelivered
+        );
         let dropped: Vec<String> = self.dropped.iter().map(|(k, v)| format!("{k} {v}")).collect();
         println!("  dropped: {}", dropped.join(", "));
         let faults_by_kind: Vec<String> = self.faults.iter().map(|(k, v)| format!("{k} {v}")).collect();
@@ -1237,8 +1325,11 @@ impl Figures {
     }
 }
 
+/// The test config, with redelivery on (the organisation hook 1).
 fn config() -> Arc<Config> {
-    Arc::new(common::config(QUEUE))
+    let mut document = common::config_json(QUEUE);
+    document["github"]["webhook_id"] = 1.into();
+    Arc::new(Config::parse(&document.to_string()).unwrap())
 }
 
 struct Sim {
@@ -1255,6 +1346,13 @@ struct Sim {
     create: CreateRunner,
     stop: StopRunner,
     move_jobs: MoveJobs,
+    redeliver: Redeliver,
+    /// Jobs whose every delivery so far failed: only a redelivery brings them.
+    undelivered: BTreeSet<u64>,
+    /// Jobs at least one delivery of which reached the webhook.
+    delivered: BTreeSet<u64>,
+    /// How many of GitHub's redeliveries the driver has carried out.
+    redeliveries_done: usize,
     jobs: BTreeMap<u64, Job>,
     queued: BTreeMap<String, BTreeSet<u64>>,
     machines: Vec<Machine>,
@@ -1345,6 +1443,7 @@ impl Sim {
         let waiting_port: Arc<dyn Waiting> = Arc::new(ChaosWaiting {
             inner: waiting.clone(),
             chaos: chaos.clone(),
+            marks: Mutex::default(),
         });
         let create = CreateRunner::new(
             config.clone(),
@@ -1375,7 +1474,8 @@ impl Sim {
                 waiting: Some(waiting_port.clone()),
             },
         );
-        let move_jobs = MoveJobs::new(config.clone(), queue_port, github_port);
+        let move_jobs = MoveJobs::new(config.clone(), queue_port, github_port.clone());
+        let redeliver = Redeliver::new(&config, github_port).expect("the config names the webhook");
 
         // The day's jobs: arrivals, duplicate deliveries, and what GitHub does to them meanwhile.
         let mut rng = Rng(seed ^ 0x5EED);
@@ -1436,6 +1536,10 @@ impl Sim {
             create,
             stop,
             move_jobs,
+            redeliver,
+            undelivered: BTreeSet::new(),
+            delivered: BTreeSet::new(),
+            redeliveries_done: 0,
             jobs: plan,
             queued: BTreeMap::new(),
             machines: Vec::new(),
@@ -1549,6 +1653,7 @@ impl Sim {
         self.queue.bodies(false).is_empty()
             && self.queue.bodies(true).is_empty()
             && self.waiting.is_empty()
+            && self.undelivered.is_empty()
             && self.events.is_empty()
             && self.deliveries.is_empty()
             && self.machines.iter().all(|m| m.phase == Phase::Done)
@@ -1615,6 +1720,39 @@ impl Sim {
             if first {
                 self.set_job(id, JobState::Queued);
             }
+            // GitHub records each delivery (the guid is our delivery id); one that failed is only
+            // brought back by a redelivery, which move-jobs asks for.
+            let failed = self.chaos.fault(
+                "webhook delivery failed (5xx, throttled, no answer)",
+                self.chaos.rates.delivery_failed,
+            );
+            self.github.add_delivery(HookDelivery {
+                id: self.github.deliveries().len() as u64 + 1,
+                guid: format!("delivery-{id}"),
+                delivered_at: now_rfc3339(),
+                redelivery: false,
+                status_code: if failed { 502 } else { 202 },
+                event: "workflow_job".into(),
+                action: Some("queued".into()),
+            });
+            if failed {
+                self.figures.deliveries_failed += 1;
+                if !self.delivered.contains(&id) {
+                    self.undelivered.insert(id);
+                }
+                self.note(id, "webhook delivery failed");
+                continue;
+            }
+            self.undelivered.remove(&id);
+            self.delivered.insert(id);
+            self.enqueue_delivery(id);
+            self.note(id, "webhook delivered");
+        }
+    }
+
+    /// The webhook takes a delivery of job `id`: one message in the jobs queue.
+    fn enqueue_delivery(&mut self, id: u64) {
+        {
             let job = &self.jobs[&id];
             let labels = vec!["self-hosted".to_string(), job.template.clone()];
             let message = JobMessage {
@@ -1638,8 +1776,30 @@ impl Sim {
                 trip: 0,
             };
             self.queue.enqueue(false, &message.encode(), &message.delivery_id);
-            self.note(id, "webhook delivered");
         }
+    }
+
+    /// GitHub carries out the redeliveries move-jobs asked for: each posts the delivery again,
+    /// and this time the webhook takes it.
+    fn carry_out_redeliveries(&mut self) {
+        let asked = self.github.redelivered();
+        let deliveries = self.github.deliveries();
+        for delivery_id in asked.iter().skip(self.redeliveries_done) {
+            let Some(id) = deliveries
+                .iter()
+                .find(|d| d.id == *delivery_id)
+                .and_then(|d| d.guid.strip_prefix("delivery-"))
+                .and_then(|id| id.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            self.figures.redelivered += 1;
+            self.undelivered.remove(&id);
+            self.delivered.insert(id);
+            self.enqueue_delivery(id);
+            self.note(id, "webhook delivered (redelivery move-jobs asked for)");
+        }
+        self.redeliveries_done = asked.len();
     }
 
     /// GitHub cancels a queued job, or a runner not ours takes it.
@@ -1975,11 +2135,15 @@ impl Sim {
             }
             Outcome::Served { .. } => self.queue.delete_job(&receipt),
             Outcome::Waiting(_) => {
-                *self
-                    .figures
-                    .dropped
-                    .entry("create: waiting for room".to_string())
-                    .or_default() += 1;
+                // Parked again after a wake: the slot it was woken for was taken, or EC2 still
+                // listed the instance that had held it.
+                let again = JobMessage::decode(body).is_ok_and(|m| m.trip > 0);
+                let why = if again {
+                    "create: waiting for room (again, after a wake)"
+                } else {
+                    "create: waiting for room"
+                };
+                *self.figures.dropped.entry(why.to_string()).or_default() += 1;
                 self.queue.delete_job(&receipt);
             }
             Outcome::Acknowledged(reason) => {
@@ -2069,6 +2233,11 @@ impl Sim {
                 *self.figures.dropped.entry(format!("move-jobs: {reason}")).or_default() += n as u64;
             }
         }
+        // Then, in the same invocation, the failed deliveries.
+        let invocation = self.invocation();
+        let task: Task<'_, _> = Box::pin(self.redeliver.run(far));
+        interleave(&self.chaos, vec![(invocation, task)]).await;
+        self.carry_out_redeliveries();
     }
 
     fn final_checks(&mut self) {

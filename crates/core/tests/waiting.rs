@@ -124,11 +124,34 @@ fn sent_jobs(world: &World) -> Vec<(u64, u32)> {
         .collect()
 }
 
+/// The message a wake sent for a job (the last one).
+fn woken_message(world: &World, job_id: u64) -> JobMessage {
+    world
+        .queue
+        .sent()
+        .iter()
+        .rev()
+        .map(|sent| JobMessage::decode(&sent.body).unwrap())
+        .find(|message| message.job_id == job_id)
+        .expect("the job was woken")
+}
+
+/// The jobs waiting and not woken, oldest first.
 fn parked_jobs(world: &World) -> Vec<u64> {
+    listed(world, false)
+}
+
+/// The jobs woken and not yet served (they keep their place until then).
+fn woken_jobs(world: &World) -> Vec<u64> {
+    listed(world, true)
+}
+
+fn listed(world: &World, woken: bool) -> Vec<u64> {
     world
         .waiting
         .listed(TEMPLATE)
         .iter()
+        .filter(|parked| parked.woken_at.is_some() == woken)
         .map(|parked| JobMessage::decode(&parked.body).unwrap().job_id)
         .collect()
 }
@@ -198,6 +221,53 @@ async fn when_a_runner_ends_the_oldest_waiting_job_goes_back_to_the_jobs_queue()
         "one slot freed: the oldest job, on a trip of its own"
     );
     assert_eq!(parked_jobs(&world), [4]);
+    assert_eq!(woken_jobs(&world), [3], "it keeps its place until it is served");
+    let woken = woken_message(&world, 3);
+    assert!(matches!(serve(&world, &woken).await, Outcome::Served { .. }));
+    assert!(woken_jobs(&world).is_empty(), "served: taken off the list");
+    assert_eq!(parked_jobs(&world), [4]);
+}
+
+#[tokio::test]
+async fn a_slot_given_to_a_woken_job_is_not_given_again_by_the_next_wake() {
+    let world = world();
+    let served = fill(&world).await;
+    serve(&world, &job(3, Duration::from_secs(300))).await;
+    serve(&world, &job(4, Duration::from_secs(200))).await;
+    free_silently(&world, &served[0].0);
+
+    let first = waiting::wake(&world.config, &world.ports, TEMPLATE).await;
+    // Another slot event, a park, the sweep: before job 3 has claimed its slot.
+    let second = waiting::wake(&world.config, &world.ports, TEMPLATE).await;
+
+    assert_eq!((first.room, first.moved), (1, 1));
+    assert_eq!(
+        (second.room, second.moved),
+        (0, 0),
+        "job 3 is on its way to the free slot"
+    );
+    assert_eq!(sent_jobs(&world), [(3, 1)]);
+}
+
+#[tokio::test]
+async fn a_woken_job_whose_message_was_lost_is_woken_again() {
+    let world = world();
+    let served = fill(&world).await;
+    serve(&world, &job(3, Duration::from_secs(300))).await;
+    free_silently(&world, &served[0].0);
+    waiting::wake(&world.config, &world.ports, TEMPLATE).await;
+    assert_eq!(sent_jobs(&world), [(3, 1)]);
+    // Its create-runner was killed before serving it, and the message is gone.
+    world.waiting.age_marks(waiting::WOKEN_FOR);
+
+    let again = waiting::wake(&world.config, &world.ports, TEMPLATE).await;
+
+    assert_eq!(again.moved, 1);
+    assert_eq!(
+        sent_jobs(&world),
+        [(3, 1), (3, 1)],
+        "the same trip: a duplicate of the first is harmless"
+    );
 }
 
 #[tokio::test]
@@ -262,8 +332,8 @@ async fn a_new_job_waits_behind_older_waiting_jobs_even_when_a_slot_is_free() {
         "its park woke the older job into the free slot"
     );
     assert_eq!(parked_jobs(&world), [4]);
-    let mut woken = job(3, Duration::from_secs(300));
-    woken.trip = 1;
+    assert_eq!(woken_jobs(&world), [3]);
+    let woken = woken_message(&world, 3);
     assert!(matches!(serve(&world, &woken).await, Outcome::Served { .. }));
 }
 
@@ -277,8 +347,7 @@ async fn a_woken_job_that_needs_no_runner_passes_its_slot_on() {
     assert_eq!(sent_jobs(&world), [(3, 1)]);
     // Cancelled while it waited.
     world.github.set_job_status("my-org/app", 3, "completed");
-    let mut woken = job(3, Duration::from_secs(300));
-    woken.trip = 1;
+    let woken = woken_message(&world, 3);
 
     assert!(matches!(serve(&world, &woken).await, Outcome::Acknowledged(_)));
 
@@ -287,7 +356,8 @@ async fn a_woken_job_that_needs_no_runner_passes_its_slot_on() {
         [(3, 1), (4, 1)],
         "the unused slot goes to the next waiting job"
     );
-    assert!(world.waiting.is_empty());
+    assert_eq!(woken_jobs(&world), [4], "job 3 is off the list, job 4 on its way");
+    assert!(parked_jobs(&world).is_empty());
 }
 
 #[tokio::test]
@@ -298,10 +368,9 @@ async fn the_sweep_moves_waiting_jobs_whose_wake_was_missed() {
     free_silently(&world, &served[0].0);
 
     let report = world.stop.sweep(far()).await;
-
     assert_eq!(report.woken, 1);
     assert_eq!(sent_jobs(&world), [(3, 1)]);
-    assert!(world.waiting.is_empty());
+    assert_eq!(woken_jobs(&world), [3]);
 }
 
 #[tokio::test]
@@ -342,7 +411,7 @@ async fn when_the_waiting_list_fails_the_job_is_handed_back_for_the_retry_delay(
 }
 
 #[tokio::test]
-async fn a_wake_sends_before_it_removes_so_a_refused_send_keeps_the_job_listed() {
+async fn a_job_whose_wake_could_not_be_sent_keeps_its_place_and_is_woken_again() {
     let world = world();
     let served = fill(&world).await;
     serve(&world, &job(3, Duration::from_secs(300))).await;
@@ -355,5 +424,11 @@ async fn a_wake_sends_before_it_removes_so_a_refused_send_keeps_the_job_listed()
     let woken = waiting::wake(&world.config, &world.ports, TEMPLATE).await;
 
     assert_eq!(woken.moved, 0);
-    assert_eq!(parked_jobs(&world), [3], "the job keeps its place for the next wake");
+    assert!(sent_jobs(&world).is_empty());
+    assert_eq!(woken_jobs(&world), [3], "marked before the send: it keeps its place");
+    world.waiting.age_marks(waiting::WOKEN_FOR);
+    let aged = world.waiting.listed(TEMPLATE)[0].woken_at.unwrap();
+    waiting::wake(&world.config, &world.ports, TEMPLATE).await;
+    let marked_again = world.waiting.listed(TEMPLATE)[0].woken_at.unwrap();
+    assert!(marked_again > aged, "once its mark is old, a wake tries it again");
 }
