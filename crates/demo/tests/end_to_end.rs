@@ -2,14 +2,15 @@
 //! tally is read from them, not from logs): each matching job got exactly one instance, now ended,
 //! its parameter deleted, its runner removed; the forged and non-matching deliveries produced
 //! nothing; the redelivery produced no second instance; a job whose launch EC2 refused reached the
-//! DLQ after 3 receives and move-jobs brought it back.
+//! DLQ after 3 receives and move-jobs brought it back; the jobs beyond a template's `max_runners` (cpu 4, gpu 2:
+//! 9 jobs make 6 cpu and 3 gpu) waited in the waiting list and were woken as runners ended.
 
 use demo::tally::Read;
 
 #[tokio::test]
 async fn the_whole_system_serves_every_matching_job_once_and_leaves_nothing_behind() {
     let options = demo::Options {
-        jobs: 4,
+        jobs: 9,
         ..Default::default()
     };
     let report = demo::run(&options)
@@ -64,6 +65,23 @@ async fn the_whole_system_serves_every_matching_job_once_and_leaves_nothing_behi
     assert_eq!(tally.runners_left, none, "no GitHub runner left");
     assert_eq!(tally.jobs_queue_left, none, "no message left in the jobs queue");
     assert_eq!(tally.dlq_left, none, "no message left in the DLQ");
+    assert_eq!(tally.waiting_left, none, "no job left in the waiting list");
+
+    // Jobs beyond max_runners waited (parked), and a freed slot woke each into a launch.
+    let waited: Vec<_> = report.timelines.iter().filter(|t| t.waited()).collect();
+    assert!(waited.len() >= 3, "2 cpu and 1 gpu job wait for room: {} did", waited.len());
+    for timeline in &waited {
+        let parked_to_woken = timeline.between("parked", "woken");
+        let woken_to_launched = timeline.between("woken", "launched");
+        assert!(
+            parked_to_woken.is_some() && woken_to_launched.is_some(),
+            "job {} parked, then woken, then launched: {:?}",
+            timeline.job_id,
+            timeline.stages
+        );
+    }
+    let queue_time = demo::QueueTime::of(&report.timelines);
+    assert_eq!(queue_time.jobs, instances.per_job.values().filter(|n| **n > 0).count());
     assert!(report.clean());
 
     // The metrics the Lambdas wrote, read as CloudWatch reads them, agree with what happened.
