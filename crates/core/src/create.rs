@@ -700,7 +700,7 @@ impl CreateRunner {
             max_runners = template.max_runners,
             place,
             woken = woken.moved,
-            step = "parked",
+            step = crate::logging::step::PARKED,
             "job {job_id} parked in the waiting list: {why}"
         );
         Outcome::Waiting(format!(
@@ -868,7 +868,7 @@ impl CreateRunner {
             job_id,
             template = message.template,
             instance_id = launched.instance_id,
-            step = "launched",
+            step = crate::logging::step::LAUNCHED,
             elapsed_ms = attempt.started.elapsed().as_millis() as u64
         );
         tracing::info!(
@@ -975,7 +975,7 @@ impl CreateRunner {
             job_id,
             instance_id,
             runner_id = jit.runner_id,
-            step = "registered",
+            step = crate::logging::step::REGISTERED,
             elapsed_ms = started.elapsed().as_millis() as u64
         );
         let runner_id = Some(jit.runner_id);
@@ -1047,7 +1047,7 @@ impl CreateRunner {
             instance_id,
             command_id,
             attempts,
-            step = "command_sent",
+            step = crate::logging::step::COMMAND_SENT,
             elapsed_ms = started.elapsed().as_millis() as u64
         );
         Ok(StartedRunner {

@@ -266,7 +266,7 @@ impl StopRunner {
             instance_id,
             command_status = command_status.unwrap_or(""),
             relaunched,
-            step = "instance_ended",
+            step = crate::logging::step::INSTANCE_ENDED,
             "job {job_id}: instance {instance_id} ended"
         );
         relaunched

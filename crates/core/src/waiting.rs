@@ -46,9 +46,12 @@ use crate::redrive::QUEUE_LIMIT;
 /// page of small items. The next wake, or the sweep, moves the rest.
 pub const MOST_READ_PER_WAKE: u32 = 100;
 /// How long a woken job counts as on its way to a slot. create-runner claims its slot within
-/// seconds of the message; a mark this old whose job claimed nothing means the message or its
-/// handler was lost.
-pub const WOKEN_FOR: Duration = Duration::from_secs(120);
+/// seconds of receiving the message, but the message can wait behind a backlog in the jobs queue
+/// (a burst larger than create-runner's concurrency serves at once: the demo's 200 jobs kept
+/// woken messages waiting over a minute, and a 2-minute mark then sent a second job for the same
+/// slot). A mark this old whose job claimed nothing means its handler died or its removal
+/// failed; SQS brings a message whose handler died back after the visibility timeout anyway.
+pub const WOKEN_FOR: Duration = Duration::from_secs(10 * 60);
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum WaitingError {
@@ -185,7 +188,7 @@ pub async fn wake(config: &Config, ports: &Ports, template: &str) -> Woken {
             tracing::warn!(
                 job_id,
                 template,
-                step = "wait_expired",
+                step = crate::logging::step::WAIT_EXPIRED,
                 "job {job_id} dropped from the waiting list: it was queued over 24 h ago, and GitHub cancels such jobs"
             );
             if matches!(waiting.remove(template, &job).await, Ok(true)) {
@@ -219,7 +222,7 @@ pub async fn wake(config: &Config, ports: &Ports, template: &str) -> Woken {
             job_id,
             template,
             delivery_id = job.delivery_id,
-            step = "woken",
+            step = crate::logging::step::WOKEN,
             "job {job_id}: a launch slot of `{template}` is free; sent back to the jobs queue"
         );
     }

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
+use sophons_core::logging::step;
 use sophons_core::webhook::sign;
 use testkit::github::FakeGithub;
 use testkit::moto;
@@ -564,18 +565,24 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
                 timeline.instance_id = entry["instance_id"].as_str().unwrap_or_default().to_string();
             }
             match (*name, entry["step"].as_str()) {
-                ("create-runner", Some(step @ ("launched" | "registered" | "command_sent"))) => {
-                    timeline.stages.insert(stage_name(step), at);
+                ("create-runner", Some(step::LAUNCHED)) => {
+                    timeline.stages.insert("launched", at);
                 }
-                ("stop-runner", Some("instance_ended")) => {
+                ("create-runner", Some(step::REGISTERED)) => {
+                    timeline.stages.insert("registered", at);
+                }
+                ("create-runner", Some(step::COMMAND_SENT)) => {
+                    timeline.stages.insert("command_sent", at);
+                }
+                ("stop-runner", Some(step::INSTANCE_ENDED)) => {
                     timeline.stages.insert("instance_terminated", at);
                     timeline.stages.insert("runner_removed", at);
                 }
                 // The waiting list: the first park, and the last wake (a job can wait twice).
-                ("create-runner", Some("parked")) => {
+                ("create-runner", Some(step::PARKED)) => {
                     timeline.stages.entry("parked").or_insert(at);
                 }
-                (_, Some("woken")) => {
+                (_, Some(step::WOKEN)) => {
                     timeline.stages.insert("woken", at);
                     timeline.wakes += 1;
                 }
@@ -626,14 +633,6 @@ fn save_logs(options: &Options, lambdas: &Functions) -> Result<(), Error> {
         std::fs::write(dir.join(format!("{name}.log")), output.lock().unwrap().join("\n"))?;
     }
     Ok(())
-}
-
-fn stage_name(step: &str) -> &'static str {
-    match step {
-        "launched" => "launched",
-        "registered" => "registered",
-        _ => "command_sent",
-    }
 }
 
 struct Planned {

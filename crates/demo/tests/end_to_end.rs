@@ -69,7 +69,11 @@ async fn the_whole_system_serves_every_matching_job_once_and_leaves_nothing_behi
 
     // Jobs beyond max_runners waited (parked), and a freed slot woke each into a launch.
     let waited: Vec<_> = report.timelines.iter().filter(|t| t.waited()).collect();
-    assert!(waited.len() >= 3, "2 cpu and 1 gpu job wait for room: {} did", waited.len());
+    assert!(
+        waited.len() >= 3,
+        "2 cpu and 1 gpu job wait for room: {} did",
+        waited.len()
+    );
     for timeline in &waited {
         let parked_to_woken = timeline.between("parked", "woken");
         let woken_to_launched = timeline.between("woken", "launched");
