@@ -65,9 +65,12 @@ pub mod name {
     pub const LIVE_INSTANCES: &str = "LiveInstances";
     /// Free launch slots per template (`max_runners` − live instances), from the sweep.
     pub const FREE_SLOTS: &str = "FreeSlots";
+    /// Seconds since GitHub queued the oldest job in a template's waiting list, from the sweep
+    /// (nothing while the list is empty).
+    pub const OLDEST_WAITING: &str = "OldestWaiting";
 
     /// Every metric the Lambdas write (the dashboard's contract).
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         ENQUEUED_AFTER,
         LAUNCHED_AFTER,
         COMMAND_SENT_AFTER,
@@ -81,6 +84,7 @@ pub mod name {
         WEBHOOK_ANSWERS,
         LIVE_INSTANCES,
         FREE_SLOTS,
+        OLDEST_WAITING,
     ];
 }
 

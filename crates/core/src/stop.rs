@@ -272,6 +272,28 @@ impl StopRunner {
         relaunched
     }
 
+    /// How long the oldest job in a template's waiting list has waited since GitHub queued it
+    /// (`OldestWaiting`; nothing while the list is empty, or cannot be read).
+    async fn emit_oldest_waiting(&self, template: &str) {
+        let Some(waiting) = &self.ports.waiting else {
+            return;
+        };
+        let oldest = match waiting.oldest(template, 1).await {
+            Ok(listed) => listed.into_iter().next(),
+            Err(error) => {
+                tracing::warn!(template, %error, "sweep: cannot read the waiting list");
+                return;
+            }
+        };
+        if let Some(queued) = oldest.as_ref().and_then(crate::waiting::Parked::queued_at) {
+            let waited = SystemTime::now().duration_since(queued).unwrap_or_default();
+            Emf::new(&self.config.deployment)
+                .dimension("template", template)
+                .seconds(metric::OLDEST_WAITING, waited)
+                .emit();
+        }
+    }
+
     /// Frees the launch slot an ended instance held, unless it has been claimed again since: by
     /// another job, or by this job's relaunch (a claim made after the instance's launch).
     /// Answers the template whose slot was freed.
@@ -626,6 +648,7 @@ impl StopRunner {
         // missed (a stop-runner that died after freeing a slot, a slot the sweep freed).
         for template in self.config.templates.keys() {
             report.woken += crate::waiting::wake(&self.config, &self.ports, template).await.moved as usize;
+            self.emit_oldest_waiting(template).await;
         }
         // Instances that were already ending also own nothing any more.
         let launching = self

@@ -85,6 +85,12 @@ impl Parked {
         self.place.rsplit('#').next()?.parse().ok()
     }
 
+    /// When GitHub queued the job, from its place.
+    pub fn queued_at(&self) -> Option<SystemTime> {
+        let ms: u64 = self.place.split('#').next()?.parse().ok()?;
+        (ms > 0).then(|| UNIX_EPOCH + Duration::from_millis(ms))
+    }
+
     /// Woken and, as far as anyone knows, on its way to a slot.
     fn on_its_way(&self, now: SystemTime) -> bool {
         self.woken_at

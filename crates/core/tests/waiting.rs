@@ -374,6 +374,30 @@ async fn the_sweep_moves_waiting_jobs_whose_wake_was_missed() {
 }
 
 #[tokio::test]
+async fn the_sweep_reports_how_long_the_oldest_job_has_waited_per_template() {
+    sophons_core::metrics::record();
+    let world = world();
+    fill(&world).await;
+    serve(&world, &job(3, Duration::from_secs(1_000))).await;
+    serve(&world, &job(4, Duration::from_secs(10))).await;
+
+    world.stop.sweep(far()).await;
+
+    let documents = sophons_core::metrics::recorded();
+    let oldest: Vec<f64> = sophons_core::metrics::read(&documents)
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.name == "OldestWaiting" && d.unit == "Seconds")
+        .filter(|d| d.dimensions.contains(&("template".to_string(), TEMPLATE.to_string())))
+        .map(|d| d.value)
+        .collect();
+    assert!(
+        oldest.iter().any(|waited| (1_000.0..1_100.0).contains(waited)),
+        "the oldest of the two, job 3: {oldest:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_job_waiting_longer_than_github_keeps_jobs_is_dropped() {
     let world = world();
     let expired = job(5, Duration::from_secs(25 * 3600));
