@@ -10,9 +10,10 @@ use std::time::Duration;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
 use sophons_core::Config;
-use sophons_core::create::{CreateRunner, Outcome, Ports};
+use sophons_core::create::{CreateRunner, Outcome};
 use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeQueue, FakeSecrets};
 use sophons_core::job::{JobMessage, MESSAGE_VERSION};
+use sophons_core::ports::Ports;
 use tokio::time::Instant;
 
 fn config() -> Arc<Config> {

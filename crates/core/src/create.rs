@@ -33,7 +33,7 @@ pub const TRANSIENT_DELAY_SECONDS: u32 = 60;
 /// Time kept back from the Lambda deadline for cleaning up and answering.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(20);
 
-pub use crate::ports::Ports;
+use crate::ports::Ports;
 
 /// Backoff for SendCommand while the SSM agent registers.
 #[derive(Debug, Clone, Copy)]

@@ -48,7 +48,7 @@ pub const MAX_SEND_BACKS: u32 = 20;
 /// Time kept back from the Lambda deadline.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(10);
 
-pub use crate::ports::Ports;
+use crate::ports::Ports;
 
 /// What an SSM status event led to.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sophons_core::config::Config;
-use sophons_core::create::{Backoff, CreateRunner, Outcome, Ports};
+use sophons_core::create::{Backoff, CreateRunner, Outcome};
 use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeQueue, FakeSecrets};
 use sophons_core::fleet::{Fleet, FleetError, Instance, InstanceQuery, LaunchRequest, Launched};
 use sophons_core::github::{Github, GithubError, JitConfig, JobStatus, Runner, RunnerScope};
 use sophons_core::job::{JobMessage, MESSAGE_VERSION, now_rfc3339};
+use sophons_core::ports::Ports;
 use sophons_core::secrets::{Listed, Secrets, SecretsError};
 use sophons_core::slots::{ClaimAnswer, ClaimedSlot, FakeSlots, SlotClaim, Slots, SlotsError};
 use tokio::time::Instant;

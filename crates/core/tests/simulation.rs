@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use serde_json::json;
 use sophons_core::commands::{CommandError, CommandRequest, CommandStatus, Commands};
 use sophons_core::config::Config;
-use sophons_core::create::{self, Backoff, CreateRunner, Outcome};
+use sophons_core::create::{Backoff, CreateRunner, Outcome};
 use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeSecrets, Lag};
 use sophons_core::fleet::{
     Capacity, Fleet, FleetError, Instance, InstanceQuery, LaunchRequest, Launched, TAG_JOB_ID, TAG_RELAUNCHES,
@@ -1447,7 +1447,7 @@ impl Sim {
         });
         let create = CreateRunner::new(
             config.clone(),
-            create::Ports {
+            sophons_core::ports::Ports {
                 fleet: fleet_port.clone(),
                 github: github_port.clone(),
                 secrets: secrets_port.clone(),
@@ -1464,7 +1464,7 @@ impl Sim {
         });
         let stop = StopRunner::new(
             config.clone(),
-            stop::Ports {
+            sophons_core::ports::Ports {
                 fleet: fleet_port,
                 github: github_port.clone(),
                 secrets: secrets_port,

@@ -9,7 +9,7 @@ use common::metrics_of_job;
 use serde_json::json;
 use sophons_core::commands::CommandStatus;
 use sophons_core::config::Config;
-use sophons_core::create::{self, CreateRunner, Outcome};
+use sophons_core::create::{CreateRunner, Outcome};
 use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeQueue, FakeSecrets, Lag};
 use sophons_core::fleet::{Instance, InstanceState};
 use sophons_core::github::{Github, GithubError, RunnerScope};
@@ -50,7 +50,7 @@ fn world_with(edit: impl FnOnce(&mut serde_json::Value)) -> World {
     let queue = Arc::new(FakeQueue::default());
     let create = Arc::new(CreateRunner::new(
         config.clone(),
-        create::Ports {
+        sophons_core::ports::Ports {
             fleet: fleet.clone(),
             github: github.clone(),
             secrets: secrets.clone(),
@@ -62,7 +62,7 @@ fn world_with(edit: impl FnOnce(&mut serde_json::Value)) -> World {
     ));
     let stop = StopRunner::new(
         config,
-        sophons_core::stop::Ports {
+        sophons_core::ports::Ports {
             fleet: fleet.clone(),
             github: github.clone(),
             secrets: secrets.clone(),
@@ -584,7 +584,7 @@ async fn a_job_whose_relaunch_could_not_be_sent_is_not_lost() {
     let (instance_id, command_id) = running_job(&world, 15).await;
     let stop = StopRunner::new(
         Arc::new(common::config(QUEUE)),
-        sophons_core::stop::Ports {
+        sophons_core::ports::Ports {
             fleet: world.fleet.clone(),
             github: world.github.clone(),
             secrets: world.secrets.clone(),
@@ -659,7 +659,7 @@ async fn the_sweep_does_not_end_an_untagged_instance_while_github_cannot_list_it
     });
     let stop = StopRunner::new(
         Arc::new(common::config(QUEUE)),
-        sophons_core::stop::Ports {
+        sophons_core::ports::Ports {
             fleet: world.fleet.clone(),
             github: Arc::new(RunnerListFails(world.github.clone())),
             secrets: world.secrets.clone(),

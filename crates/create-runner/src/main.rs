@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use aws_lambda_events::sqs::SqsEvent;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
-use sophons_core::create::{CreateRunner, Ports};
+use sophons_core::create::CreateRunner;
+use sophons_core::ports::Ports;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {

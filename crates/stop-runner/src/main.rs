@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::{Value, json};
-use sophons_core::stop::{Handled, Ports, StopRunner};
+use sophons_core::ports::Ports;
+use sophons_core::stop::{Handled, StopRunner};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {

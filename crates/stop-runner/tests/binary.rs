@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use serde_json::json;
 use sophons_core::commands::SsmCommands;
-use sophons_core::create::{CreateRunner, Outcome, Ports};
+use sophons_core::create::{CreateRunner, Outcome};
 use sophons_core::fleet::Ec2Fleet;
 use sophons_core::github::OctocrabGithub;
 use sophons_core::job::{JobMessage, MESSAGE_VERSION};
+use sophons_core::ports::Ports;
 use sophons_core::queue::SqsQueue;
 use sophons_core::secrets::SsmSecrets;
 use testkit::runtime_api::LambdaProcess;
