@@ -10,6 +10,8 @@
 
 mod common;
 
+use common::Rng;
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -43,19 +45,6 @@ const BATCHES_PER_SECOND: usize = 5;
 const SWEEP_EVERY: u64 = 15 * 60;
 const MOVE_JOBS_EVERY: u64 = 60 * 60;
 const LIMIT_SECONDS: u64 = 12 * 3600;
-
-/// splitmix64, seeded: the same runner durations on every machine.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
 
 struct Message {
     body: String,
