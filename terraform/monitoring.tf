@@ -14,7 +14,7 @@ locals {
   metric_namespace = "sophons"
   period           = 300
 
-  # The one-metric alarms: a threshold on one AWS metric over one 5-minute period.
+  # The one-metric alarms: a threshold on one metric over one period.
   metric_alarms = local.monitoring ? merge(
     {
       dead-letter-jobs = {
@@ -24,6 +24,7 @@ locals {
         dimensions  = { QueueName = aws_sqs_queue.jobs_dlq.name }
         statistic   = "Maximum"
         threshold   = var.monitoring.dead_letter_jobs
+        period      = local.period
       }
       oldest-job = {
         description = "A job has waited in the jobs queue longer than monitoring.oldest_job_seconds: create-runner is not taking jobs (errors, throttles, event source mapping disabled, too little concurrency). See docs/monitoring.md."
@@ -32,6 +33,7 @@ locals {
         dimensions  = { QueueName = aws_sqs_queue.jobs.name }
         statistic   = "Maximum"
         threshold   = var.monitoring.oldest_job_seconds
+        period      = local.period
       }
       # An HTTP API publishes `5xx` (a REST API would publish `5XXError` by ApiName). ApiId alone covers every
       # stage; this API has one, `$default`.
@@ -42,6 +44,7 @@ locals {
         dimensions  = { ApiId = aws_apigatewayv2_api.webhook.id }
         statistic   = "Sum"
         threshold   = var.monitoring.webhook_5xx
+        period      = local.period
       }
     },
     # The handlers return failures as values (batch item failures, answers), so Errors counts only crashes,
@@ -53,6 +56,7 @@ locals {
       dimensions  = { FunctionName = name }
       statistic   = "Sum"
       threshold   = var.monitoring.lambda_errors
+      period      = local.period
     } },
     { for key, name in local.functions : "${replace(key, "_", "-")}-throttles" => {
       description = "Lambda refused to run ${name} (account or reserved concurrency exhausted). A throttled autoscaler answers GitHub 5xx. See docs/monitoring.md."
@@ -61,6 +65,20 @@ locals {
       dimensions  = { FunctionName = name }
       statistic   = "Sum"
       threshold   = var.monitoring.lambda_throttles
+      period      = local.period
+    } },
+    # A job that finds its template at max_runners waits in the waiting list (waiting.tf), not in the jobs queue,
+    # so oldest-job and no-launch do not see it. The sweep writes OldestWaiting per template on sweep_schedule
+    # (15 minutes by default) while the list holds a job, and nothing while it is empty: an hour always holds a
+    # point while jobs wait (the check below warns when the sweep runs less often).
+    { for template in local.templates : "oldest-waiting-${template}" => {
+      description = "A job has waited for room in template ${template}'s waiting list for ${var.monitoring.oldest_job_seconds} s or more (monitoring.oldest_job_seconds): the template stays at max_runners. Dashboard: live instances and free slots of ${template}. Busy runners: raise its max_runners. Instances that do not end, or no free slot with fewer live instances than max_runners: see the stop-runner log and docs/monitoring.md."
+      namespace   = local.metric_namespace
+      metric      = "OldestWaiting"
+      dimensions  = { deployment = var.deployment, template = template }
+      statistic   = "Maximum"
+      threshold   = var.monitoring.oldest_job_seconds
+      period      = 3600
     } },
   ) : {}
 
@@ -78,6 +96,10 @@ locals {
   ]]...)
   no_launch_alarm = local.monitoring && length(local.launch_metrics) <= 8
 
+  # The sweep's interval in minutes when sweep_schedule is a rate(...); null for a cron(...), which is not checked.
+  sweep_rate    = try(regex("^rate\\(([0-9]+) (minute|hour|day)s?\\)$", var.sweep_schedule), null)
+  sweep_minutes = local.sweep_rate == null ? null : tonumber(local.sweep_rate[0]) * { minute = 1, hour = 60, day = 1440 }[local.sweep_rate[1]]
+
   alarm_arns = concat(
     [for alarm in aws_cloudwatch_metric_alarm.metric : alarm.arn],
     aws_cloudwatch_metric_alarm.no_launch[*].arn,
@@ -88,6 +110,13 @@ check "no_launch_alarm" {
   assert {
     condition     = !local.monitoring || local.no_launch_alarm
     error_message = "The ${var.deployment}-no-launch-while-jobs-wait alarm is not created: the templates have ${length(local.launch_metrics)} launch metrics (one per template, two with on_demand_fallback), and a CloudWatch alarm's math takes at most 10 metrics, 2 of them the jobs queue's. The dead-letter-jobs and oldest-job alarms still watch waiting jobs (docs/monitoring.md)."
+  }
+}
+
+check "oldest_waiting_alarms" {
+  assert {
+    condition     = !local.monitoring || local.sweep_minutes == null || local.sweep_minutes <= 60
+    error_message = "sweep_schedule is ${var.sweep_schedule}, but the ${var.deployment}-oldest-waiting-<template> alarms look at 1-hour periods of OldestWaiting, which the sweep writes once per run: hours without a sweep read as nothing waiting, so the alarms go back to OK while jobs still wait. Run the sweep at least hourly (docs/monitoring.md)."
   }
 }
 
@@ -118,7 +147,7 @@ resource "aws_cloudwatch_metric_alarm" "metric" {
   metric_name         = each.value.metric
   dimensions          = each.value.dimensions
   statistic           = each.value.statistic
-  period              = local.period
+  period              = each.value.period
   evaluation_periods  = 1
   threshold           = each.value.threshold
   comparison_operator = "GreaterThanOrEqualToThreshold"
@@ -361,6 +390,24 @@ locals {
             [local.metric_namespace, "LiveInstances", "deployment", var.deployment, "template", template, { stat = "Maximum", label = "${template} live" }],
             [local.metric_namespace, "FreeSlots", "deployment", var.deployment, "template", template, { stat = "Minimum", label = "${template} free slots" }],
           ]]...)
+        }
+      },
+      # Below the slots: a template without free slots is where jobs wait for room. No line: nothing waits.
+      {
+        type = "metric", x = 0, y = 36, width = 8, height = 6
+        properties = {
+          title   = "Oldest job waiting for room, per template (s)"
+          region  = local.region
+          view    = "timeSeries"
+          stacked = false
+          period  = local.period
+          yAxis   = { left = { min = 0, label = "seconds", showUnits = false } }
+          metrics = [for template in local.templates :
+            [local.metric_namespace, "OldestWaiting", "deployment", var.deployment, "template", template, { stat = "Maximum", label = "${template} oldest waiting" }]
+          ]
+          annotations = {
+            horizontal = [{ label = "oldest-waiting alarms", value = var.monitoring.oldest_job_seconds }]
+          }
         }
       },
       {

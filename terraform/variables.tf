@@ -719,7 +719,7 @@ variable "monitoring" {
                                 key alias/aws/sns cannot be used: CloudWatch may not use it, and alarms would notify
                                 nobody. Null: the topic is not encrypted with KMS (it carries alarm states only)
       dead_letter_jobs        - jobs in the dead-letter queue that raise an alarm
-      oldest_job_seconds      - age of the oldest job in the jobs queue that raises an alarm
+      oldest_job_seconds      - age of the oldest job in the jobs queue, or in a template's waiting list, that raises an alarm
       no_launch_minutes       - jobs waiting in the jobs queue this long while no template launched an instance
                                 raises an alarm (a multiple of 5)
       lambda_errors           - errors of one function within 5 minutes that raise an alarm

@@ -4,14 +4,17 @@
 Reads `terraform show -json` of a state (the moto apply of terraform/test/moto) and asserts, per deployment:
 
   * the alarms are all there: dead-letter jobs, oldest job, webhook 5xx, errors and throttles of each of the four
-    functions, and jobs waiting while nothing launches (when the templates fit its 10 metrics);
+    functions, jobs waiting while nothing launches (when the templates fit its 10 metrics), and the oldest job
+    waiting for room in each template's waiting list;
   * every alarm treats missing data deliberately, as `notBreaching` or `ignore`: an idle deployment publishes no
     data, so `missing` (the provider's default) would leave it INSUFFICIENT_DATA and `breaching` would page for
     nothing; and none notifies on INSUFFICIENT_DATA;
   * every alarm notifies exactly the topics the deployment was given or created (its `monitoring` output), on ALARM
     and on OK, and no topic when none is configured;
   * each alarm watches this deployment's queue, function or API, and the no-launch alarm sums `Launches` of every
-    template (spot, and on-demand where the template falls back to it) with the contract's dimensions;
+    template (spot, and on-demand where the template falls back to it) with the contract's dimensions; each
+    oldest-waiting alarm reads its own template's `OldestWaiting` (Maximum, over a period that holds a sweep) at the
+    oldest-job alarm's threshold, since both stand for monitoring.oldest_job_seconds;
   * the dashboard names every metric of the contract below with its dimensions and this deployment (as a metric
     or inside a SEARCH expression), every template's line of each per-template metric, the AWS metrics it promises
     (both queues, each function, the webhook's 5xx), and every alarm in its alarm widget.
@@ -43,11 +46,15 @@ CONTRACT = {
     "WebhookAnswers": {"deployment", "decision"},
     "LiveInstances": {"deployment", "template"},
     "FreeSlots": {"deployment", "template"},
+    "OldestWaiting": {"deployment", "template"},
 }
 
 FUNCTIONS = ("autoscaler", "create-runner", "stop-runner", "move-jobs")
 DELIBERATE_MISSING_DATA = {"notBreaching", "ignore"}
 MAX_ALARM_METRICS = 10
+# The sweep writes OldestWaiting once per run, every 15 minutes by default (sweep_schedule): a shorter alarm period
+# would read most periods as "nothing waits".
+SWEEP_MINUTES = 15
 
 
 def walk(module):
@@ -161,6 +168,7 @@ def check(deployment):
     expected |= {f"{function}-{kind}" for function in deployment.functions for kind in ("errors", "throttles")}
     if deployment.launch_metric_count() + 2 <= MAX_ALARM_METRICS:
         expected.add(f"{name}-no-launch-while-jobs-wait")
+    expected |= {f"{name}-oldest-waiting-{template}" for template in deployment.templates}
     for missing in sorted(expected - set(deployment.alarms)):
         errors.append(f"alarm {missing} is missing")
 
@@ -192,6 +200,8 @@ def check(deployment):
     for function in deployment.functions:
         watched[f"{function}-errors"] = ("AWS/Lambda", "Errors", {"FunctionName": function})
         watched[f"{function}-throttles"] = ("AWS/Lambda", "Throttles", {"FunctionName": function})
+    for template in deployment.templates:
+        watched[f"{name}-oldest-waiting-{template}"] = (NAMESPACE, "OldestWaiting", {"deployment": name, "template": template})
     for alarm, (namespace, metric, dims) in watched.items():
         values = deployment.alarms.get(alarm)
         if values is None:
@@ -199,6 +209,22 @@ def check(deployment):
         got = (values.get("namespace"), values.get("metric_name"), values.get("dimensions") or {})
         if got != (namespace, metric, dims):
             error(alarm, f"watches {got}, expected {(namespace, metric, dims)}")
+
+    # 4b. The waiting list's alarms: the oldest job of each template, held to the oldest-job alarm's threshold.
+    oldest_job = deployment.alarms.get(f"{name}-oldest-job")
+    for template in sorted(deployment.templates):
+        alarm = f"{name}-oldest-waiting-{template}"
+        values = deployment.alarms.get(alarm)
+        if values is None:
+            continue
+        if values.get("statistic") != "Maximum":
+            error(alarm, f"reads the {values.get('statistic')!r} of OldestWaiting, expected 'Maximum' (the oldest job)")
+        if oldest_job is not None and values.get("threshold") != oldest_job.get("threshold"):
+            error(alarm, f"threshold is {values.get('threshold')} s, the oldest-job alarm's is {oldest_job.get('threshold')} s: "
+                         "both are monitoring.oldest_job_seconds")
+        if (values.get("period") or 0) < SWEEP_MINUTES * 60:
+            error(alarm, f"period is {values.get('period')} s: the sweep writes OldestWaiting every {SWEEP_MINUTES} "
+                         "minutes, so most periods would read as nothing waiting")
 
     # 5. The no-launch alarm: every template's launches, the jobs queue, one answer.
     no_launch = deployment.alarms.get(f"{name}-no-launch-while-jobs-wait")
@@ -324,6 +350,8 @@ def self_test(deployment):
         "LaunchedAfter", keep=lambda dims: dims.get("template") != template)
     cases["JobDuration charted with a dimension the Lambdas do not write"] = edit_lines(
         "JobDuration", change=lambda entry: ["Template" if v == "template" else v for v in entry])
+    cases["OldestWaiting charted without one template"] = edit_lines(
+        "OldestWaiting", keep=lambda dims: dims.get("template") != template)
     cases["LiveInstances charted for another deployment"] = edit_lines(
         "LiveInstances", change=lambda entry: ["other" if v == name else v for v in entry])
 
@@ -364,6 +392,19 @@ def self_test(deployment):
                     q["metric"][0]["dimensions"] = {"QueueName": deployment.dlq}
         cases["the no-launch alarm reading the dead-letter queue"] = on_alarm(no_launch, other_queue)
         cases["the no-launch alarm gone"] = lambda d: d.alarms.pop(no_launch)
+
+    waiting = f"{name}-oldest-waiting-{template}"
+    cases["the oldest-waiting alarm on the wrong metric"] = on_alarm(
+        waiting, lambda a: a.__setitem__("metric_name", "FreeSlots"))
+    cases["the oldest-waiting alarm of another template"] = on_alarm(
+        waiting, lambda a: a.__setitem__("dimensions", {**a["dimensions"], "template": "other"}))
+    cases["the oldest-waiting alarm averaging the waits"] = on_alarm(
+        waiting, lambda a: a.__setitem__("statistic", "Average"))
+    cases["the oldest-waiting alarm at another threshold than the oldest-job alarm"] = on_alarm(
+        waiting, lambda a: a.__setitem__("threshold", a["threshold"] * 2))
+    cases["the oldest-waiting alarm over 5 minutes, shorter than the sweep"] = on_alarm(
+        waiting, lambda a: a.__setitem__("period", 300))
+    cases["the oldest-waiting alarm missing for a template"] = lambda d: d.alarms.pop(waiting)
 
     missed = []
     for label, edit in cases.items():
