@@ -219,8 +219,12 @@ pub async fn wake(config: &Config, ports: &Ports, template: &str) -> Woken {
             .send(&config.queue_url, &message.encode(), &job.delivery_id)
             .await
         {
-            // Marked and not sent: it keeps its place, and is woken again once the mark is old.
+            // Marked and not sent: parked again as it was, which clears the mark, so that its slot
+            // is not held for it; if even that fails, it is woken again once the mark is old.
             tracing::warn!(job_id, template, %error, "wake: cannot send a waiting job to the jobs queue; it keeps its place");
+            if let Err(error) = waiting.park(template, &job.place, &job.body, &job.delivery_id).await {
+                tracing::warn!(job_id, template, %error, "wake: cannot clear the wake mark; the job is woken again in {} s", WOKEN_FOR.as_secs());
+            }
             break;
         }
         woken.moved += 1;

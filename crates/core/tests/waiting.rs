@@ -435,7 +435,7 @@ async fn when_the_waiting_list_fails_the_job_is_handed_back_for_the_retry_delay(
 }
 
 #[tokio::test]
-async fn a_job_whose_wake_could_not_be_sent_keeps_its_place_and_is_woken_again() {
+async fn a_job_whose_wake_could_not_be_sent_keeps_its_place_unmarked() {
     let world = world();
     let served = fill(&world).await;
     serve(&world, &job(3, Duration::from_secs(300))).await;
@@ -449,10 +449,11 @@ async fn a_job_whose_wake_could_not_be_sent_keeps_its_place_and_is_woken_again()
 
     assert_eq!(woken.moved, 0);
     assert!(sent_jobs(&world).is_empty());
-    assert_eq!(woken_jobs(&world), [3], "marked before the send: it keeps its place");
-    world.waiting.age_marks(waiting::WOKEN_FOR);
-    let aged = world.waiting.listed(TEMPLATE)[0].woken_at.unwrap();
-    waiting::wake(&world.config, &world.ports, TEMPLATE).await;
-    let marked_again = world.waiting.listed(TEMPLATE)[0].woken_at.unwrap();
-    assert!(marked_again > aged, "once its mark is old, a wake tries it again");
+    assert_eq!(
+        parked_jobs(&world),
+        [3],
+        "it keeps its place, and no mark holds the free slot for it"
+    );
+    let again = waiting::wake(&world.config, &world.ports, TEMPLATE).await;
+    assert_eq!(again.room, 1, "the next wake sees the slot free");
 }
