@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -67,8 +67,8 @@ enum Idleness {
     JobNeverRouted,
 }
 
-/// Counts of one sweep, by reason.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Counts of one sweep, by reason (stop-runner's answer to the schedule, as JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SweepReport {
     pub examined: usize,
     pub lifetime_exceeded: usize,

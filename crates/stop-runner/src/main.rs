@@ -19,12 +19,13 @@ async fn main() -> Result<(), Error> {
             let deadline = sophons_core::lambda::deadline(event.context.deadline);
             let answer = match stop.handle(event.payload, deadline).await {
                 Handled::Stop(stopped) => json!({ "handled": "command_ended", "result": format!("{stopped:?}") }),
-                Handled::Sweep(report) => json!({
-                    "handled": "sweep", "examined": report.examined, "cleaned": report.cleaned(),
-                    "parameters_deleted": report.parameters_deleted, "runners_removed": report.runners_removed,
-                    "reclaimed": report.reclaimed, "relaunched": report.relaunched, "slots_freed": report.slots_freed,
-                    "idle": report.idle, "unroutable": report.unroutable, "errors": report.errors
-                }),
+                // Every count of the report, and the total cleaned.
+                Handled::Sweep(report) => {
+                    let mut answer = serde_json::to_value(&report).unwrap_or_default();
+                    answer["handled"] = json!("sweep");
+                    answer["cleaned"] = json!(report.cleaned());
+                    answer
+                }
                 Handled::Ignored(reason) => json!({ "handled": "ignored", "reason": reason }),
             };
             Ok::<_, Error>(answer)

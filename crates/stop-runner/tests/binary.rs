@@ -162,6 +162,19 @@ async fn the_sweep_removes_leftover_parameters_and_ghost_runners() {
     // moto reports every SSM command as ended at once, so to the sweep the live instance's
     // event was missed: it is ended too, with its own parameter and runner.
     assert_eq!(answer["cleaned"], json!(1), "{answer}");
+    for count in [
+        "lifetime_exceeded",
+        "never_started",
+        "command_ended",
+        "woken",
+        "slots_freed",
+        "errors",
+    ] {
+        assert!(
+            answer[count].is_u64(),
+            "the answer carries every count of the report, {count}: {answer}"
+        );
+    }
     assert!(matches!(
         state_of(&stack.instances().await, &live).as_str(),
         "terminated" | "shutting-down"
