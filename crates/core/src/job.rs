@@ -55,6 +55,18 @@ pub enum DecodeError {
 }
 
 impl JobMessage {
+    /// When GitHub queued the job (its `created_at`, else when the webhook took it).
+    pub fn queued_at(&self) -> Option<std::time::SystemTime> {
+        [&self.created_at, &self.received_at]
+            .into_iter()
+            .find_map(|at| parse_rfc3339(at))
+    }
+
+    /// How long ago GitHub queued the job; None when unknown or in the future.
+    pub fn age(&self) -> Option<std::time::Duration> {
+        std::time::SystemTime::now().duration_since(self.queued_at()?).ok()
+    }
+
     pub fn encode(&self) -> String {
         serde_json::to_string(self).expect("a JobMessage always serialises")
     }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -145,7 +145,7 @@ impl MoveJobs {
             }
         };
         let job_id = message.job_id;
-        if let Some(age) = age_of(&message)
+        if let Some(age) = message.age()
             && age > QUEUE_LIMIT
         {
             return Decision::Drop {
@@ -188,13 +188,4 @@ enum Decision {
         why: String,
         job_id: u64,
     },
-}
-
-/// How long ago GitHub queued the job (its `created_at`, else when the webhook took it).
-fn age_of(message: &JobMessage) -> Option<Duration> {
-    [&message.created_at, &message.received_at]
-        .into_iter()
-        .filter(|at| !at.is_empty())
-        .find_map(|at| crate::job::parse_rfc3339(at))
-        .and_then(|at| SystemTime::now().duration_since(at).ok())
 }

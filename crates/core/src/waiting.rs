@@ -118,9 +118,8 @@ pub trait Waiting: Send + Sync {
 /// A job's place in its template's list: when GitHub queued it (else when the webhook took it),
 /// in milliseconds, then its id, so that two jobs queued in the same millisecond keep one order.
 pub fn place(message: &JobMessage) -> String {
-    let queued = [&message.created_at, &message.received_at]
-        .into_iter()
-        .find_map(|at| crate::job::parse_rfc3339(at))
+    let queued = message
+        .queued_at()
         .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
         .unwrap_or_default();
     format!("{:016}#{:020}", queued.as_millis(), message.job_id)
@@ -190,7 +189,7 @@ pub async fn wake(config: &Config, ports: &Ports, template: &str) -> Woken {
             }
         };
         let job_id = message.job_id;
-        if queued_for(&message) > QUEUE_LIMIT {
+        if message.age().unwrap_or_default() > QUEUE_LIMIT {
             tracing::warn!(
                 job_id,
                 template,
@@ -237,15 +236,6 @@ pub async fn wake(config: &Config, ports: &Ports, template: &str) -> Woken {
         );
     }
     woken
-}
-
-/// How long ago the job was queued (zero when unknown or in the future).
-fn queued_for(message: &JobMessage) -> Duration {
-    [&message.created_at, &message.received_at]
-        .into_iter()
-        .find_map(|at| crate::job::parse_rfc3339(at))
-        .and_then(|at| SystemTime::now().duration_since(at).ok())
-        .unwrap_or_default()
 }
 
 /// The real adapter over DynamoDB.
