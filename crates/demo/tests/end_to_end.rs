@@ -75,11 +75,13 @@ async fn the_whole_system_serves_every_matching_job_once_and_leaves_nothing_behi
         waited.len()
     );
     for timeline in &waited {
+        // The last wake can follow the launch: a duplicate delivery of the job (the scenario
+        // redelivers one) may park and be woken after the first copy launched.
         let parked_to_woken = timeline.between("parked", "woken");
-        let woken_to_launched = timeline.between("woken", "launched");
+        let parked_to_launched = timeline.between("parked", "launched");
         assert!(
-            parked_to_woken.is_some() && woken_to_launched.is_some(),
-            "job {} parked, then woken, then launched: {:?}",
+            parked_to_woken.is_some() && parked_to_launched.is_some(),
+            "job {} parked, then was woken and launched: {:?}",
             timeline.job_id,
             timeline.stages
         );
