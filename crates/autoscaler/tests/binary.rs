@@ -171,7 +171,7 @@ async fn the_binary_answers_every_row_of_the_table_and_enqueues_only_the_served_
         .messages
         .unwrap_or_default();
     assert_eq!(received.len(), 2, "one message per served delivery");
-    let logs = lambda.logs();
+    let logs = lambda.settled_logs().await;
     assert!(!logs.contains(SECRET), "the webhook secret must never be logged");
     assert!(
         logs.contains("\"decision\":\"enqueued\""),

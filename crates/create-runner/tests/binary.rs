@@ -113,7 +113,7 @@ async fn one_message_gives_one_instance_one_parameter_one_command_and_one_jit_re
         format!("{}-{instance_id}", setup.deployment)
     );
 
-    let logs = lambda.logs();
+    let logs = lambda.settled_logs().await;
     assert!(!logs.contains(&jit_value), "the JIT config must never be logged");
     assert!(!logs.contains(TOKEN), "the GitHub token must never be logged");
     assert!(logs.contains("\"outcome\":\"served\""), "{logs}");

@@ -120,10 +120,11 @@ async fn a_job_that_failed_three_receives_reaches_the_dlq_and_move_jobs_brings_i
     assert_eq!(back.len(), 1);
     assert_eq!(JobMessage::decode(&back[0]).unwrap().job_id, 1);
     assert!(bodies(&sqs, &stack.dlq_url).await.is_empty());
-    assert!(lambda.logs().contains("move-jobs: moved 1"), "{}", lambda.logs());
+    let logs = lambda.settled_logs().await;
+    assert!(logs.contains("move-jobs: moved 1"), "{logs}");
     // What CloudWatch counts of it (EMF): each job found in the DLQ, by what became of it.
     use sophons_core::metrics::{documents, read};
-    let data = read(&documents(lambda.logs().lines())).unwrap();
+    let data = read(&documents(logs.lines())).unwrap();
     let mut reasons: Vec<_> = data
         .iter()
         .filter(|d| d.name == "DeadLetters")
@@ -187,9 +188,6 @@ async fn with_a_webhook_id_move_jobs_asks_github_to_redeliver_a_failed_delivery_
             .len(),
         1
     );
-    assert!(
-        lambda.logs().contains("\"outcome\":\"redelivered\""),
-        "{}",
-        lambda.logs()
-    );
+    let logs = lambda.settled_logs().await;
+    assert!(logs.contains("\"outcome\":\"redelivered\""), "{logs}");
 }

@@ -181,11 +181,12 @@ async fn the_sweep_removes_leftover_parameters_and_ghost_runners() {
     ));
     assert!(stack.jit_parameters().await.is_empty());
     assert!(stack.github.runners().is_empty());
-    assert!(lambda.logs().contains("sweep: examined"), "one summary line per sweep");
+    let logs = lambda.settled_logs().await;
+    assert!(logs.contains("sweep: examined"), "one summary line per sweep");
     // The gauges CloudWatch makes of it (EMF), as the sweep found the template before cleaning:
     // one live instance of its 5 slots.
     use sophons_core::metrics::{documents, read};
-    let data = read(&documents(lambda.logs().lines())).unwrap();
+    let data = read(&documents(logs.lines())).unwrap();
     let gauge = |name: &str| {
         let found: Vec<_> = data.iter().filter(|d| d.name == name).collect();
         assert_eq!(found.len(), 1, "{name}: {data:?}");

@@ -35,6 +35,8 @@ pub struct LambdaProcess {
     child: tokio::process::Child,
     /// Every line the binary wrote to stdout or stderr.
     pub output: Arc<Mutex<Vec<String>>>,
+    /// The tasks that read stdout and stderr into `output`.
+    readers: Vec<tokio::task::JoinHandle<()>>,
     started: Instant,
     counter: u64,
     server: tokio::task::JoinHandle<()>,
@@ -82,6 +84,7 @@ impl LambdaProcess {
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
         let output: Arc<Mutex<Vec<String>>> = Arc::default();
+        let mut readers = Vec::new();
         for stream in [
             child
                 .stdout
@@ -98,7 +101,7 @@ impl LambdaProcess {
             let output = output.clone();
             let echo = std::env::var_os("SOPHONS_ECHO_LAMBDA_LOGS").is_some();
             let prefix = name.to_string();
-            tokio::spawn(async move {
+            readers.push(tokio::spawn(async move {
                 let mut lines = tokio::io::BufReader::new(stream).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     if echo {
@@ -106,7 +109,7 @@ impl LambdaProcess {
                     }
                     output.lock().unwrap().push(line);
                 }
-            });
+            }));
         }
         Self {
             name: name.into(),
@@ -114,6 +117,7 @@ impl LambdaProcess {
             sender,
             child,
             output,
+            readers,
             started,
             counter: 0,
             server,
@@ -138,7 +142,7 @@ impl LambdaProcess {
         tokio::select! {
             outcome = rx => outcome.unwrap_or_else(|_| Err(Value::String("answer lost".into()))),
             status = self.child.wait() => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                self.drain_output().await;
                 let init_error = self.shared.init_error.lock().unwrap().clone();
                 Err(serde_json::json!({
                     "exited": status.map(|s| s.to_string()).unwrap_or_default(),
@@ -173,11 +177,42 @@ impl LambdaProcess {
     }
 
     /// Waits for the binary to exit on its own (a failed cold start), with its status.
+    /// Its output is read to the end before this returns, so `logs` holds the last line.
     pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        tokio::time::timeout(within, self.child.wait())
+        let status = tokio::time::timeout(within, self.child.wait())
             .await
             .ok()
-            .and_then(Result::ok)
+            .and_then(Result::ok);
+        if status.is_some() {
+            self.drain_output().await;
+        }
+        status
+    }
+
+    /// Every output line, once no line has arrived for 20 ms (at most 1 s): after an answer,
+    /// the lines the binary wrote before answering are in the pipes but maybe not yet read.
+    pub async fn settled_logs(&self) -> String {
+        let until = Instant::now() + Duration::from_secs(1);
+        let mut seen = self.output.lock().unwrap().len();
+        while Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let now = self.output.lock().unwrap().len();
+            if now == seen {
+                break;
+            }
+            seen = now;
+        }
+        self.logs()
+    }
+
+    /// After the binary exited: waits for the readers to reach the end of its stdout and
+    /// stderr (the pipes close at exit), and for the init error it may have posted.
+    /// Without this, a test that reads `logs` right after the exit races the readers.
+    async fn drain_output(&mut self) {
+        for reader in self.readers.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     /// The init error the binary reported, if any.
