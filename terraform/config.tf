@@ -21,6 +21,7 @@ locals {
     dlq_url              = aws_sqs_queue.jobs_dlq.url
     slots_table          = aws_dynamodb_table.slots.name
     waiting_table        = aws_dynamodb_table.waiting.name
+    interruptions_table  = aws_dynamodb_table.interruptions.name
     webhook_secret_param = local.webhook_secret_param_name
     max_body_bytes       = var.max_body_bytes
     github = merge(
@@ -53,6 +54,12 @@ locals {
       idle_runner_seconds         = var.idle_runner_seconds
     }
     max_job_relaunches = var.max_job_relaunches
+    # A template that keeps losing spot launches on-demand for a while (interruptions.tf); after = 0 turns it off.
+    spot_backoff = {
+      after             = var.spot_backoff_after
+      within_minutes    = var.spot_backoff_within_minutes
+      on_demand_minutes = var.spot_backoff_on_demand_minutes
+    }
     # create-runner tags each JIT parameter with its instance's ARN; the runner role compares it
     # with ec2:SourceInstanceARN (iam.tf, ReadAndDeleteOwnJitConfig).
     instance_arn_prefix = "arn:${local.partition}:ec2:${local.region}:${local.account_id}:instance/"
@@ -66,6 +73,8 @@ locals {
         on_demand_fallback = t.on_demand_fallback
         packages           = t.packages
         docker             = t.docker
+        # A job EC2 interrupted on spot is re-run once, on-demand; false for jobs that must never run twice.
+        rerun_interrupted_jobs = t.rerun_interrupted_jobs
       }, t.spot_max_price == null ? {} : { spot_max_price = t.spot_max_price })
     }
   }

@@ -7,10 +7,12 @@
 # - The runner role reads and deletes only its own instance's JIT parameter (/<deployment>/jit/<instance-id>,
 #   tagged by create-runner with the instance's ARN; see "Runner instances" below), never lists parameters,
 #   reads the runner script object only, and writes the command log group only.
-# - DynamoDB on two tables only. Launch slots are items of the slots table (slots.tf): create-runner claims and
+# - DynamoDB on three tables only. Launch slots are items of the slots table (slots.tf): create-runner claims and
 #   gives back, stop-runner frees and sweeps. Jobs waiting for room are items of the waiting table (waiting.tf):
 #   create-runner parks them, create-runner and stop-runner wake them (read the oldest, send each to the jobs
-#   queue, delete it). No other role has any DynamoDB action, and none has one beyond those tables.
+#   queue, delete it). Spot interruptions are items of the interruptions table (interruptions.tf): stop-runner
+#   records them and follows the interrupted jobs, create-runner reads them to launch re-runs and backed-off
+#   templates on-demand. No other role has any DynamoDB action, and none has one beyond those tables.
 # - Describe/Get actions that AWS does not scope to resources are the only statements on "*".
 
 locals {
@@ -344,6 +346,18 @@ data "aws_iam_policy_document" "create_runner" {
     resources = [aws_sqs_queue.jobs.arn]
   }
 
+  # Before a launch, create-runner asks whether the job is the re-run of an interrupted job (GetItem of the claim
+  # rerun#<repo>#<run>/<job name>) and whether its template is backed off spot (Query of the backoff partition):
+  # either launches on-demand. A spot launch EC2 refuses for capacity is a spot loss (PutItem spot#<template>);
+  # create-runner counts the template's losses in the window (Query) and starts the back-off when they reach
+  # spot_backoff_after (PutItem backoff/<template>, conditioned on none being on). Never DeleteItem: only the sweep
+  # ends what the table follows.
+  statement {
+    sid       = "LaunchRerunsAndBackedOffTemplatesOnDemand"
+    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query"]
+    resources = [aws_dynamodb_table.interruptions.arn]
+  }
+
   statement {
     sid       = "RunScriptDocument"
     actions   = ["ssm:SendCommand"]
@@ -407,6 +421,18 @@ data "aws_iam_policy_document" "stop_runner" {
     sid       = "WakeWaitingJobs"
     actions   = ["dynamodb:Query", "dynamodb:UpdateItem", "dynamodb:DeleteItem"]
     resources = [aws_dynamodb_table.waiting.arn]
+  }
+
+  # An interrupted job is recorded (PutItem interrupted/<job_id>, conditioned on not being there) with its
+  # template's spot loss (PutItem spot#<template>, counted by a Query), which may start the template's back-off
+  # (PutItem backoff/<template>). The sweep reads the interrupted jobs (Query of that partition), claims each re-run
+  # before asking GitHub (PutItem rerun#..., conditioned on no other claim) and gives the claim back when GitHub
+  # refused (DeleteItem); it deletes a job's item once GitHub concluded it, and a back-off once it is over
+  # (DeleteItem). Never Scan: every read names its partition.
+  statement {
+    sid       = "FollowInterruptedJobs"
+    actions   = ["dynamodb:PutItem", "dynamodb:Query", "dynamodb:DeleteItem"]
+    resources = [aws_dynamodb_table.interruptions.arn]
   }
 
   statement {

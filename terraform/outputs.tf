@@ -38,6 +38,11 @@ output "waiting_table_name" {
   value       = aws_dynamodb_table.waiting.name
 }
 
+output "interruptions_table_name" {
+  description = "DynamoDB table of spot interruptions (key: pk, sk): jobs whose spot instance EC2 took back, the re-runs sophons asked GitHub for, each template's spot losses and back-offs."
+  value       = aws_dynamodb_table.interruptions.name
+}
+
 output "jobs_queue_url" {
   description = "URL of the jobs queue (webhook -> create-runner)."
   value       = aws_sqs_queue.jobs.url

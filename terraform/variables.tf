@@ -250,22 +250,26 @@ variable "runner_templates" {
       docker             - install Docker, start it and put the runner user in the docker group
       baked_image        - launch from the image_builder pipeline's latest image for the template's architecture
                            (ami_id and ami_ssm_parameter are then ignored; needs image_builder.enabled)
+      rerun_interrupted_jobs - a job that failed because EC2 took back its spot instance is re-run once (GitHub's
+                           re-run of that job), on-demand; false for jobs that must never run twice (a deploy that is
+                           not idempotent). Needs the Actions write permission (docs/deploy.md)
   EOT
   type = map(object({
-    labels             = list(string)
-    instance_types     = list(string)
-    ami_id             = optional(string)
-    ami_ssm_parameter  = optional(string, "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64")
-    subnet_ids         = optional(list(string))
-    max_runners        = optional(number, 10)
-    on_demand_fallback = optional(bool, true)
-    volume_size_gb     = optional(number, 30)
-    root_device_name   = optional(string, "/dev/xvda")
-    spot_max_price     = optional(string)
-    user_data          = optional(string)
-    packages           = optional(list(string), ["git"])
-    docker             = optional(bool, false)
-    baked_image        = optional(bool, false)
+    labels                 = list(string)
+    instance_types         = list(string)
+    ami_id                 = optional(string)
+    ami_ssm_parameter      = optional(string, "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64")
+    subnet_ids             = optional(list(string))
+    max_runners            = optional(number, 10)
+    on_demand_fallback     = optional(bool, true)
+    volume_size_gb         = optional(number, 30)
+    root_device_name       = optional(string, "/dev/xvda")
+    spot_max_price         = optional(string)
+    user_data              = optional(string)
+    packages               = optional(list(string), ["git"])
+    docker                 = optional(bool, false)
+    baked_image            = optional(bool, false)
+    rerun_interrupted_jobs = optional(bool, true)
   }))
 
   validation {
@@ -622,6 +626,39 @@ variable "max_job_relaunches" {
   validation {
     condition     = var.max_job_relaunches >= 0 && var.max_job_relaunches <= 10
     error_message = "max_job_relaunches must be between 0 and 10."
+  }
+}
+
+variable "spot_backoff_after" {
+  description = "Spot losses of one template (interruptions, or launches EC2 refused for spot capacity) within spot_backoff_within_minutes after which the template launches on-demand for spot_backoff_on_demand_minutes. 0 turns the back-off off: the template keeps asking for spot (on-demand costs more)."
+  type        = number
+  default     = 3
+
+  validation {
+    condition     = var.spot_backoff_after >= 0 && var.spot_backoff_after <= 1000 && floor(var.spot_backoff_after) == var.spot_backoff_after
+    error_message = "spot_backoff_after must be a whole number from 0 (no back-off) to 1000."
+  }
+}
+
+variable "spot_backoff_within_minutes" {
+  description = "The window, in minutes, in which spot_backoff_after spot losses of one template start its back-off."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.spot_backoff_within_minutes >= 1 && var.spot_backoff_within_minutes <= 10080 && floor(var.spot_backoff_within_minutes) == var.spot_backoff_within_minutes
+    error_message = "spot_backoff_within_minutes must be a whole number of minutes from 1 to 10080 (a week); turn the back-off off with spot_backoff_after = 0."
+  }
+}
+
+variable "spot_backoff_on_demand_minutes" {
+  description = "How long, in minutes, a template in back-off launches on-demand before it asks for spot again."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.spot_backoff_on_demand_minutes >= 1 && var.spot_backoff_on_demand_minutes <= 10080 && floor(var.spot_backoff_on_demand_minutes) == var.spot_backoff_on_demand_minutes
+    error_message = "spot_backoff_on_demand_minutes must be a whole number of minutes from 1 to 10080 (a week); turn the back-off off with spot_backoff_after = 0."
   }
 }
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Reads the config document Terraform wrote back from (moto's) SSM and checks that every name in it points
-at something the same apply created: the queues, the launch slots table, the parameters, the script object, the
-log group and the launch templates. The autoscaler's `--check-config` then checks it is a document the Lambdas
-accept.
+at something the same apply created: the queues, the launch slots, waiting and interruptions tables, the
+parameters, the script object, the log group and the launch templates. The autoscaler's `--check-config` then
+checks it is a document the Lambdas accept.
 
 Usage: check_config.py <endpoint-url> <region> <config-parameter-name>
 Needs boto3 (the venv's moto[server] brings it).
@@ -33,9 +33,9 @@ def main(endpoint, region, parameter):
     config = json.loads(stored["Value"])
 
     required = [
-        "deployment", "queue_url", "dlq_url", "slots_table", "waiting_table", "webhook_secret_param", "max_body_bytes", "github",
-        "repositories", "allow_public_repositories", "runner_script", "retry_delay_seconds", "command",
-        "sweep", "max_job_relaunches", "instance_arn_prefix", "templates",
+        "deployment", "queue_url", "dlq_url", "slots_table", "waiting_table", "interruptions_table", "webhook_secret_param",
+        "max_body_bytes", "github", "repositories", "allow_public_repositories", "runner_script", "retry_delay_seconds",
+        "command", "sweep", "max_job_relaunches", "spot_backoff", "instance_arn_prefix", "templates",
     ]
     for key in required:
         if key not in config:
@@ -58,21 +58,44 @@ def main(endpoint, region, parameter):
 
     # The launch slots: one item per (template, slot); create-runner and stop-runner address items by that key.
     # The waiting list: one item per (template, place), read in sort-key order, removed by TTL on expires_at.
-    for key, what, sort_key, sort_type in (("slots_table", "slots", "slot", "N"), ("waiting_table", "waiting", "place", "S")):
+    # The interruptions: items keyed by a partition (interrupted, rerun#<repo>#<run>, spot#<template>, backoff) and
+    # a sort key within it, removed by TTL on expires_at. The waiting list and the interruptions hold what exists
+    # nowhere else (a parked job, the record that a job was interrupted): point-in-time recovery is on for them.
+    tables = (
+        # config key, name suffix, hash key, sort key, sort key type, TTL and point-in-time recovery
+        ("slots_table", "slots", "template", "slot", "N", False),
+        ("waiting_table", "waiting", "template", "place", "S", True),
+        ("interruptions_table", "interruptions", "pk", "sk", "S", True),
+    )
+    for key, what, hash_key, sort_key, sort_type, kept in tables:
         if config.get(key) != f"{deployment}-{what}":
             errors.append(f"{key} {config.get(key)} is not {deployment}-{what}")
             continue
         table = dynamodb.describe_table(TableName=config[key])["Table"]
         schema = {k["AttributeName"]: k["KeyType"] for k in table["KeySchema"]}
         types = {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]}
-        if schema != {"template": "HASH", sort_key: "RANGE"} or types != {"template": "S", sort_key: sort_type}:
-            errors.append(f"{what} table {config[key]} is keyed {schema} {types}, not template (S) + {sort_key} ({sort_type})")
+        if schema != {hash_key: "HASH", sort_key: "RANGE"} or types != {hash_key: "S", sort_key: sort_type}:
+            errors.append(f"{what} table {config[key]} is keyed {schema} {types}, not {hash_key} (S) + {sort_key} ({sort_type})")
         if table.get("BillingModeSummary", {}).get("BillingMode") != "PAY_PER_REQUEST":
             errors.append(f"{what} table {config[key]} is not on-demand (PAY_PER_REQUEST)")
-        if what == "waiting":
+        if kept:
             ttl = dynamodb.describe_time_to_live(TableName=config[key])["TimeToLiveDescription"]
             if ttl.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING") or ttl.get("AttributeName") != "expires_at":
-                errors.append(f"waiting table {config[key]} has no TTL on expires_at: {ttl}")
+                errors.append(f"{what} table {config[key]} has no TTL on expires_at: {ttl}")
+            backups = dynamodb.describe_continuous_backups(TableName=config[key])["ContinuousBackupsDescription"]
+            recovery = backups.get("PointInTimeRecoveryDescription", {}).get("PointInTimeRecoveryStatus")
+            if recovery != "ENABLED":
+                errors.append(f"{what} table {config[key]} has no point-in-time recovery ({recovery})")
+
+    # The spot back-off: three whole numbers; after = 0 turns it off, else the window and the on-demand time are
+    # at least a minute (the variables' validations).
+    backoff = config.get("spot_backoff", {})
+    if sorted(backoff) != ["after", "on_demand_minutes", "within_minutes"] or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in backoff.values()
+    ):
+        errors.append(f"spot_backoff is {backoff!r}, expected whole numbers after, within_minutes and on_demand_minutes")
+    elif backoff["after"] > 0 and min(backoff["within_minutes"], backoff["on_demand_minutes"]) < 1:
+        errors.append(f"spot_backoff {backoff!r} backs off with a window or an on-demand time under a minute")
 
     github = config["github"]
     credential = github.get("token_param") or github.get("app", {}).get("private_key_param")
@@ -97,11 +120,14 @@ def main(endpoint, region, parameter):
 
     templates = {lt["LaunchTemplateName"]: lt for lt in ec2.describe_launch_templates()["LaunchTemplates"]}
     for name, template in config["templates"].items():
-        # Terraform writes each template's packages and docker explicitly (the variable's defaults: ["git"], false).
+        # Terraform writes each template's packages, docker and rerun_interrupted_jobs explicitly (the variable's
+        # defaults: ["git"], false, true).
         if not isinstance(template.get("packages"), list) or not all(isinstance(p, str) for p in template["packages"]):
             errors.append(f"templates.{name}.packages is {template.get('packages')!r}, not a list of package names")
         if not isinstance(template.get("docker"), bool):
             errors.append(f"templates.{name}.docker is {template.get('docker')!r}, not a bool")
+        if not isinstance(template.get("rerun_interrupted_jobs"), bool):
+            errors.append(f"templates.{name}.rerun_interrupted_jobs is {template.get('rerun_interrupted_jobs')!r}, not a bool")
         lt_name = template["launch_template"]
         if lt_name not in templates:
             errors.append(f"templates.{name}.launch_template {lt_name} does not exist")

@@ -17,12 +17,14 @@ as narrow as the design says:
     ${ec2:SourceInstanceARN}); it can never tag or write those parameters, and only create-runner tags them;
     it reads the runner script object (and the optional tarball cache) only, writes the command log group only;
   * each Lambda has its own role, and only the functions that need a secret can read it;
-  * DynamoDB only on the launch slots table and the waiting list (the config document's `slots_table` and
-    `waiting_table`), never on an index, another table or "*", and per table only what each role's part needs:
-    on the slots table create-runner may GetItem, PutItem, DeleteItem and Query (claim, give back), stop-runner
-    GetItem, DeleteItem, Query and Scan (free, sweep; it never claims); on the waiting table create-runner may
-    PutItem, Query, UpdateItem and DeleteItem (park, wake, take off), stop-runner Query, UpdateItem and DeleteItem
-    (wake; it never parks); every
+  * DynamoDB only on the launch slots table, the waiting list and the interruptions table (the config document's
+    `slots_table`, `waiting_table` and `interruptions_table`), never on an index, another table or "*", and per
+    table only what each role's part needs: on the slots table create-runner may GetItem, PutItem, DeleteItem and
+    Query (claim, give back), stop-runner GetItem, DeleteItem, Query and Scan (free, sweep; it never claims); on
+    the waiting table create-runner may PutItem, Query, UpdateItem and DeleteItem (park, wake, take off),
+    stop-runner Query, UpdateItem and DeleteItem (wake; it never parks); on the interruptions table create-runner
+    may GetItem, PutItem and Query (re-runs and back-offs launch on-demand, spot losses counted; it never deletes),
+    stop-runner GetItem, PutItem, Query and DeleteItem (record interruptions, follow them; it never scans); every
     one of those is granted; the autoscaler, move-jobs and the runner instances have no DynamoDB action at all;
   * sqs:SendMessage only on the jobs queue (only SQS itself moves messages to the dead-letter queue), and every
     function that puts jobs there may: the autoscaler (new jobs), create-runner (woken jobs), stop-runner
@@ -77,8 +79,9 @@ PARAMETER_TAGGING = {"ssm:AddTagsToResource", "ssm:RemoveTagsFromResource"}
 
 # The DynamoDB actions each role may have, per table: the config document's key naming the table -> function ->
 # actions (terraform/iam.tf: ClaimLaunchSlots and FreeLaunchSlots on the slots table, ParkJobsWaitingForRoom and
-# WakeWaitingJobs on the waiting table). A role may have each of them, must have all of them, and nothing else;
-# roles not named here may have none. Lower case: IAM compares action names case-insensitively.
+# WakeWaitingJobs on the waiting table, LaunchRerunsAndBackedOffTemplatesOnDemand and FollowInterruptedJobs on the
+# interruptions table). A role may have each of them, must have all of them, and nothing else; roles not named
+# here may have none. Lower case: IAM compares action names case-insensitively.
 TABLE_ACTIONS = {
     "slots_table": {
         "create-runner": {"dynamodb:getitem", "dynamodb:putitem", "dynamodb:deleteitem", "dynamodb:query"},
@@ -88,9 +91,17 @@ TABLE_ACTIONS = {
         "create-runner": {"dynamodb:putitem", "dynamodb:query", "dynamodb:updateitem", "dynamodb:deleteitem"},
         "stop-runner": {"dynamodb:query", "dynamodb:updateitem", "dynamodb:deleteitem"},
     },
+    "interruptions_table": {
+        "create-runner": {"dynamodb:getitem", "dynamodb:putitem", "dynamodb:query"},
+        "stop-runner": {"dynamodb:putitem", "dynamodb:query", "dynamodb:deleteitem"},
+    },
 }
 # What each table's part is, for the message when a role lacks an action on it.
-TABLE_PARTS = {"slots_table": "its part in the launch slots", "waiting_table": "its part in the waiting list"}
+TABLE_PARTS = {
+    "slots_table": "its part in the launch slots",
+    "waiting_table": "its part in the waiting list",
+    "interruptions_table": "its part in the spot interruptions (re-runs and back-offs)",
+}
 
 # The functions that send to the jobs queue, each of which must be allowed to (terraform/iam.tf: QueueJobs,
 # WakeWaitingJobs, RequeueJobs). No role may send anywhere else.
@@ -148,6 +159,7 @@ class Deployment:
             self.table_arns[key] = self.one("aws_dynamodb_table", lambda v, key=key: v["name"] == config[key])["arn"]
         self.slots_table_arn = self.table_arns["slots_table"]
         self.waiting_table_arn = self.table_arns["waiting_table"]
+        self.interruptions_table_arn = self.table_arns["interruptions_table"]
         queues = {r["values"].get("url") or r["values"].get("id"): r["values"]["arn"] for r in self.of_type("aws_sqs_queue")}
         if config["queue_url"] not in queues or config["dlq_url"] not in queues:
             raise SystemExit(f"check_iam: {name}: the queues of queue_url and dlq_url are not both in the state")
@@ -431,7 +443,8 @@ def check(deployment):
             if statement.get("Effect") == "Allow" and (principal == "*" or "*" in as_list((principal or {}).get("AWS"))):
                 errors.append(f"{kind} [{statement.get('Sid', '?')}]: Allow for every principal")
 
-    # 10. DynamoDB: the slots and waiting tables only, and per role and table only what its part there needs.
+    # 10. DynamoDB: the slots, waiting and interruptions tables only, and per role and table only what its part
+    # there needs.
     table_of = {arn: key for key, arn in deployment.table_arns.items()}
     granted = {}  # (role, config key of the table) -> actions
     for role in sorted(all_roles):
@@ -448,7 +461,7 @@ def check(deployment):
                 for resource in resources:
                     key = table_of.get(resource)
                     if key is None:
-                        error(role, statement, f"{action} on {resource}, which is neither the slots table nor the waiting table")
+                        error(role, statement, f"{action} on {resource}, which is none of the slots, waiting and interruptions tables")
                         continue
                     allowed = TABLE_ACTIONS[key].get(function, set())
                     if action.lower() not in allowed:
@@ -538,6 +551,7 @@ def self_test(deployment):
     stop_role = f"{name}-stop-runner-lambda"
     table = deployment.slots_table_arn
     waiting = deployment.waiting_table_arn
+    interruptions = deployment.interruptions_table_arn
 
     def mutated(role, edit):
         broken = copy.deepcopy(deployment)
@@ -653,6 +667,22 @@ def self_test(deployment):
         "create-runner cannot park": (create_role, drop_action("ParkJobsWaitingForRoom", "dynamodb:PutItem")),
         "stop-runner cannot wake": (stop_role, drop_statement("WakeWaitingJobs")),
         "create-runner cannot send woken jobs": (create_role, drop_statement("WakeWaitingJobs")),
+        "dynamodb:* on the interruptions table": (stop_role, grant("dynamodb:*", interruptions)),
+        "create-runner ends the following of interrupted jobs": (create_role, grant("dynamodb:DeleteItem", interruptions)),
+        "stop-runner scans the interruptions table": (stop_role, grant("dynamodb:Scan", interruptions)),
+        "stop-runner updates interruptions in place": (stop_role, grant("dynamodb:UpdateItem", interruptions)),
+        "create-runner batch-writes spot losses": (create_role, grant("dynamodb:BatchWriteItem", interruptions)),
+        "interruptions on every table": (stop_role, set_resource("FollowInterruptedJobs", interruptions.rsplit("/", 1)[0] + "/*")),
+        "interruptions on the table's indexes": (create_role, set_resource(
+            "LaunchRerunsAndBackedOffTemplatesOnDemand", [interruptions, f"{interruptions}/index/*"])),
+        "stop-runner frees slots in the interruptions table": (stop_role, set_resource("FreeLaunchSlots", [table, interruptions])),
+        "the webhook's autoscaler reads back-offs": (f"{name}-autoscaler-lambda", grant("dynamodb:GetItem", interruptions)),
+        "move-jobs reads the interruptions": (f"{name}-move-jobs-lambda", grant("dynamodb:Query", interruptions)),
+        "runner records its own interruption": (deployment.runner_role["name"], grant("dynamodb:PutItem", interruptions)),
+        "create-runner cannot tell a re-run": (create_role, drop_action("LaunchRerunsAndBackedOffTemplatesOnDemand", "dynamodb:Query")),
+        "create-runner cannot record spot losses": (create_role, drop_action("LaunchRerunsAndBackedOffTemplatesOnDemand", "dynamodb:PutItem")),
+        "stop-runner cannot record interruptions": (stop_role, drop_statement("FollowInterruptedJobs")),
+        "the sweep cannot end the following of a concluded job": (stop_role, drop_action("FollowInterruptedJobs", "dynamodb:DeleteItem")),
         "create-runner sends to the dead-letter queue": (create_role, grant("sqs:SendMessage", deployment.dlq_arn)),
         "woken jobs sent to every queue": (create_role, set_resource("WakeWaitingJobs", deployment.jobs_queue_arn.rsplit(":", 1)[0] + ":*")),
         "move-jobs writes the runner script": (f"{name}-move-jobs-lambda", set_resource(

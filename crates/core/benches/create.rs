@@ -68,6 +68,7 @@ fn world() -> CreateRunner {
         commands: Arc::new(FakeCommands::default()),
         queue: Arc::new(FakeQueue::default()),
         waiting: None,
+        interruptions: None,
     };
     CreateRunner::new(config(), ports)
 }

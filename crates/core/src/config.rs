@@ -61,6 +61,13 @@ pub struct Config {
     /// `retry_delay_seconds`, and spends one of its receives each time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_table: Option<String>,
+    /// The DynamoDB table of spot interruptions (`interruptions`); Terraform creates and names
+    /// it. Unset: an interrupted job is not re-run and no template backs off spot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interruptions_table: Option<String>,
+    /// When a template stops asking for spot for a while (`interruptions`).
+    #[serde(default)]
+    pub spot_backoff: SpotBackoff,
     /// A runner release to install instead of GitHub's current one (`release`). Unset (the
     /// default) follows GitHub's releases, which is what keeps runners registrable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -161,6 +168,30 @@ impl Default for SweepConfig {
     }
 }
 
+/// After `after` spot losses (interruptions, or launches refused for capacity) of one template
+/// within `within_minutes`, the template launches on-demand for `on_demand_minutes`. `after` 0
+/// turns it off. Needs `interruptions_table`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpotBackoff {
+    #[serde(default = "defaults::spot_backoff_after")]
+    pub after: u32,
+    #[serde(default = "defaults::spot_backoff_within_minutes")]
+    pub within_minutes: u32,
+    #[serde(default = "defaults::spot_backoff_on_demand_minutes")]
+    pub on_demand_minutes: u32,
+}
+
+impl Default for SpotBackoff {
+    fn default() -> Self {
+        Self {
+            after: defaults::spot_backoff_after(),
+            within_minutes: defaults::spot_backoff_within_minutes(),
+            on_demand_minutes: defaults::spot_backoff_on_demand_minutes(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Template {
@@ -180,6 +211,10 @@ pub struct Template {
     /// Install Docker and let the runner's user use it.
     #[serde(default)]
     pub docker: bool,
+    /// A job whose spot instance EC2 took back while it ran is re-run once, on-demand
+    /// (`interruptions`). Off for jobs that must never run twice.
+    #[serde(default = "defaults::yes")]
+    pub rerun_interrupted_jobs: bool,
 }
 
 mod defaults {
@@ -218,6 +253,18 @@ mod defaults {
     }
     pub fn max_job_relaunches() -> u32 {
         2
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn spot_backoff_after() -> u32 {
+        3
+    }
+    pub fn spot_backoff_within_minutes() -> u32 {
+        30
+    }
+    pub fn spot_backoff_on_demand_minutes() -> u32 {
+        60
     }
 }
 
@@ -345,6 +392,27 @@ impl Config {
                      `waiting_table_name`), or leave the key out"
                 ),
             ));
+        }
+        if let Some(table) = self.interruptions_table.as_deref().filter(|table| !table_name(table)) {
+            return Err(invalid(
+                "interruptions_table",
+                format!(
+                    "`{table}` is not a DynamoDB table name: give the interruptions table's name (Terraform's \
+                     output `interruptions_table_name`), or leave the key out"
+                ),
+            ));
+        }
+        let backoff = &self.spot_backoff;
+        for (key, minutes) in [
+            ("spot_backoff.within_minutes", backoff.within_minutes),
+            ("spot_backoff.on_demand_minutes", backoff.on_demand_minutes),
+        ] {
+            if backoff.after > 0 && minutes == 0 {
+                return Err(invalid(
+                    key,
+                    "must be at least 1 (set spot_backoff.after to 0 to turn the back-off off)",
+                ));
+            }
         }
         for (index, repository) in self.repositories.iter().enumerate() {
             let owner = repository.split_once('/').map(|(owner, _)| owner);

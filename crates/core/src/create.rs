@@ -1089,8 +1089,33 @@ impl CreateRunner {
             client_token: names::client_token(deployment, message, receive_count, capacity),
             tags: tags.clone(),
         };
+        // The re-run of an interrupted job, and any job of a template backing off spot, go
+        // on-demand first (`interruptions`).
+        if let (Capacity::OnDemand, why) = crate::interruptions::first_capacity(&self.ports, message).await {
+            if why == Some(crate::interruptions::OnDemandFirst::Backoff) {
+                tracing::info!(
+                    job_id = message.job_id,
+                    template = message.template,
+                    "template `{}` is backing off spot; launching on-demand",
+                    message.template
+                );
+            }
+            return self.launch_live(request(Capacity::OnDemand)).await;
+        }
         match self.launch_live(request(Capacity::Spot)).await {
-            Err(FleetError::NoCapacity(reason)) if template.on_demand_fallback => {
+            Err(FleetError::NoCapacity(reason)) => {
+                let now = std::time::SystemTime::now();
+                let key = format!(
+                    "capacity#{}#{}",
+                    message.job_id,
+                    now.duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_millis()
+                );
+                crate::interruptions::spot_lost(&self.config, &self.ports, &message.template, &key, now).await;
+                if !template.on_demand_fallback {
+                    return Err(FleetError::NoCapacity(reason));
+                }
                 tracing::info!(
                     job_id = message.job_id,
                     reason,

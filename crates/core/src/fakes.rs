@@ -254,7 +254,8 @@ use crate::fleet::{
     TAG_JOB_ID, TAG_TEMPLATE,
 };
 use crate::github::{
-    DeliveriesPage, Github, GithubError, Hook, HookDelivery, JitConfig, JobStatus, Runner, RunnerDownload, RunnerScope,
+    DeliveriesPage, Github, GithubError, Hook, HookDelivery, JitConfig, JobDetails, JobStatus, RunDetails, Runner,
+    RunnerDownload, RunnerScope,
 };
 
 /// How late EC2's reads are, in the fake's clock units (the simulation's minutes; unit tests
@@ -718,6 +719,12 @@ struct GithubState {
     redelivered: Vec<u64>,
     /// The status a redelivery gets (None: 202, what the webhook answers a job it enqueued).
     redelivery_status: Option<u16>,
+    /// Jobs and runs as the job and run APIs report them (re-runs).
+    job_details: HashMap<(String, u64), JobDetails>,
+    runs: HashMap<(String, u64), RunDetails>,
+    /// (repository, job id) of every re-run GitHub took, in order.
+    reruns: Vec<(String, u64)>,
+    rerun_faults: VecDeque<GithubError>,
 }
 
 /// The release the fake GitHub offers unless told otherwise.
@@ -789,6 +796,42 @@ impl FakeGithub {
         let fake = Self::default();
         fake.state.lock().unwrap().default_status = Some("queued".into());
         fake
+    }
+
+    /// A job as the job API reports it (its status is the job status API's too).
+    pub fn set_job(&self, repository: &str, job: JobDetails) {
+        let mut state = self.state.lock().unwrap();
+        state.jobs.insert((repository.to_string(), job.id), job.status.clone());
+        state.job_details.insert((repository.to_string(), job.id), job);
+    }
+
+    /// A run as the run API reports it.
+    pub fn set_run(&self, repository: &str, run: RunDetails) {
+        self.state
+            .lock()
+            .unwrap()
+            .runs
+            .insert((repository.to_string(), run.id), run);
+    }
+
+    /// The run as it is now, after any re-run.
+    pub fn run(&self, repository: &str, run_id: u64) -> Option<RunDetails> {
+        self.state
+            .lock()
+            .unwrap()
+            .runs
+            .get(&(repository.to_string(), run_id))
+            .cloned()
+    }
+
+    /// (repository, job id) of every re-run GitHub took, in order.
+    pub fn reruns(&self) -> Vec<(String, u64)> {
+        self.state.lock().unwrap().reruns.clone()
+    }
+
+    /// The next re-run requests fail with these errors, in order.
+    pub fn fail_rerun(&self, errors: impl IntoIterator<Item = GithubError>) {
+        self.state.lock().unwrap().rerun_faults.extend(errors);
     }
 
     pub fn set_job_status(&self, repository: &str, job_id: u64, status: &str) {
@@ -980,6 +1023,59 @@ impl Github for FakeGithub {
             deliveries,
             next_cursor,
         })
+    }
+
+    async fn job(&self, repository: &str, job_id: u64) -> Result<JobDetails, GithubError> {
+        let mut state = self.state.lock().unwrap();
+        if let Some(error) = state.status_faults.pop_front() {
+            return Err(error);
+        }
+        state
+            .job_details
+            .get(&(repository.to_string(), job_id))
+            .cloned()
+            .ok_or_else(|| GithubError::NotFound(format!("job {job_id}")))
+    }
+
+    async fn workflow_run(&self, repository: &str, run_id: u64) -> Result<RunDetails, GithubError> {
+        let mut state = self.state.lock().unwrap();
+        if let Some(error) = state.status_faults.pop_front() {
+            return Err(error);
+        }
+        state
+            .runs
+            .get(&(repository.to_string(), run_id))
+            .cloned()
+            .ok_or_else(|| GithubError::NotFound(format!("run {run_id}")))
+    }
+
+    /// GitHub's rules: the job must be of the run's latest attempt, and the run completed (403
+    /// before); the run becomes a new attempt, queued.
+    async fn rerun_job(&self, repository: &str, job_id: u64) -> Result<(), GithubError> {
+        let mut state = self.state.lock().unwrap();
+        if let Some(error) = state.rerun_faults.pop_front() {
+            return Err(error);
+        }
+        let Some(job) = state.job_details.get(&(repository.to_string(), job_id)).cloned() else {
+            return Err(GithubError::NotFound(format!("job {job_id}")));
+        };
+        let Some(run) = state.runs.get_mut(&(repository.to_string(), job.run_id)) else {
+            return Err(GithubError::NotFound(format!("run {}", job.run_id)));
+        };
+        if run.status != "completed" {
+            return Err(GithubError::Conflict(format!("403 run {} is not completed", run.id)));
+        }
+        if run.run_attempt != job.run_attempt {
+            return Err(GithubError::Conflict(format!(
+                "403 job {job_id} is of attempt {}, the run is at {}",
+                job.run_attempt, run.run_attempt
+            )));
+        }
+        run.run_attempt += 1;
+        run.status = "queued".into();
+        run.conclusion = None;
+        state.reruns.push((repository.to_string(), job_id));
+        Ok(())
     }
 
     async fn redeliver(&self, _hook: &Hook, delivery_id: u64) -> Result<(), GithubError> {

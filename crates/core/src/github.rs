@@ -1,5 +1,5 @@
 //! GitHub: is a job still queued, register a just-in-time runner, list and remove runners, list a
-//! webhook's deliveries and redeliver one.
+//! webhook's deliveries and redeliver one, read a job and its workflow run and re-run the job.
 //! The adapter is octocrab, with a PAT or a GitHub App installation (octocrab mints the JWT,
 //! exchanges it for an installation token and refreshes that before it expires).
 //!
@@ -85,6 +85,39 @@ pub struct RunnerDownload {
     pub filename: String,
     #[serde(default)]
     pub sha256_checksum: Option<String>,
+}
+
+/// A workflow job as GitHub reports it (`GET /repos/{owner}/{repo}/actions/jobs/{job_id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct JobDetails {
+    pub id: u64,
+    pub run_id: u64,
+    /// 1 when GitHub leaves it out.
+    #[serde(default = "first_attempt")]
+    pub run_attempt: u32,
+    pub name: String,
+    /// queued, in_progress, completed, waiting, ...
+    pub status: String,
+    /// success, failure, cancelled, skipped, ... once completed.
+    pub conclusion: Option<String>,
+    pub runner_name: Option<String>,
+    /// RFC 3339, as GitHub wrote it.
+    pub started_at: Option<String>,
+    pub completed_at: Option<String>,
+}
+
+/// A workflow run (`GET /repos/{owner}/{repo}/actions/runs/{run_id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RunDetails {
+    pub id: u64,
+    #[serde(default = "first_attempt")]
+    pub run_attempt: u32,
+    pub status: String,
+    pub conclusion: Option<String>,
+}
+
+fn first_attempt() -> u32 {
+    1
 }
 
 /// A webhook GitHub delivers to us: the organisation's hook, or one repository's.
@@ -230,6 +263,22 @@ pub trait Github: Send + Sync {
     async fn redeliver(&self, hook: &Hook, delivery_id: u64) -> Result<(), GithubError> {
         Err(not_supported(&format!("redelivering delivery {delivery_id} of {hook}")))
     }
+    /// Job `job_id` of `repository` (`owner/name`), of whichever attempt of its run it belongs to.
+    async fn job(&self, repository: &str, job_id: u64) -> Result<JobDetails, GithubError> {
+        Err(not_supported(&format!("reading job {job_id} of {repository}")))
+    }
+    /// Workflow run `run_id` of `repository`, as of its latest attempt.
+    async fn workflow_run(&self, repository: &str, run_id: u64) -> Result<RunDetails, GithubError> {
+        Err(not_supported(&format!("reading workflow run {run_id} of {repository}")))
+    }
+    /// `POST /repos/{owner}/{repo}/actions/jobs/{job_id}/rerun`: a new attempt of the run with
+    /// this job (and the jobs that need it), whose jobs get new ids. One attempt, never retried
+    /// here: a retry after a lost answer could re-run twice. GitHub refuses (403, here
+    /// `Conflict` with its message) while the run has not completed, more than 30 days after its
+    /// initial run, and after 50 re-runs.
+    async fn rerun_job(&self, repository: &str, job_id: u64) -> Result<(), GithubError> {
+        Err(not_supported(&format!("re-running job {job_id} of {repository}")))
+    }
 }
 
 /// What the hook methods answer in an adapter that does not implement them.
@@ -241,6 +290,26 @@ fn not_supported(what: &str) -> GithubError {
 #[derive(Clone)]
 pub struct OctocrabGithub {
     client: Octocrab,
+    credential: Credential,
+}
+
+/// Which kind of credential the adapter holds, to name the permission a refusal asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Credential {
+    App,
+    Token,
+}
+
+impl Credential {
+    /// What a re-run needs of this credential (GitHub's "Re-run a job from a workflow run").
+    fn rerun_permission(self) -> &'static str {
+        match self {
+            Self::App => "the GitHub App needs the `Actions: write` repository permission",
+            Self::Token => {
+                "the token needs the `repo` scope (classic) or the `Actions: write` permission (fine-grained)"
+            }
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -265,27 +334,29 @@ impl OctocrabGithub {
             .map_err(|_| GithubSetupError::ApiUrl(github.api_url.clone()))?
             .set_connect_timeout(Some(Duration::from_secs(5)))
             .set_read_timeout(Some(Duration::from_secs(10)));
-        let client = match (&github.token_param, &github.app) {
+        let (client, credential) = match (&github.token_param, &github.app) {
             (_, Some(app)) => {
                 let pem = secrets.get(&app.private_key_param).await?;
                 let key = octocrab::EncodingKey::from_rsa_pem(pem.as_bytes())
                     .map_err(|e| GithubSetupError::AppKey(app.private_key_param.clone(), e.to_string()))?;
-                builder
+                let client = builder
                     .app(app.app_id.into(), key)
                     .build()
                     .and_then(|client| client.installation(app.installation_id.into()))
-                    .map_err(|e| GithubSetupError::Client(e.to_string()))?
+                    .map_err(|e| GithubSetupError::Client(e.to_string()))?;
+                (client, Credential::App)
             }
             (Some(token_param), None) => {
                 let token = secrets.get(token_param).await?;
-                builder
+                let client = builder
                     .personal_token(token)
                     .build()
-                    .map_err(|e| GithubSetupError::Client(e.to_string()))?
+                    .map_err(|e| GithubSetupError::Client(e.to_string()))?;
+                (client, Credential::Token)
             }
             (None, None) => return Err(GithubSetupError::Client("the config names no credential".into())),
         };
-        Ok(Self { client })
+        Ok(Self { client, credential })
     }
 }
 
@@ -403,6 +474,19 @@ fn classify(what: &str, error: octocrab::Error) -> GithubError {
         }
         other => GithubError::Unavailable(format!("{what}: {other}")),
     }
+}
+
+/// Whether a 403's message is GitHub's for a credential that lacks a permission ("Resource not
+/// accessible by integration" for an App, "... by personal access token" for a fine-grained
+/// token, "Must have admin rights", an organisation's SAML enforcement) rather than a refusal of
+/// the request itself. GitHub's refusals of a re-run are many and undocumented ("The workflow run
+/// containing this job is already running", "This workflow run cannot be retried", "Unable to
+/// retry this workflow run because it was created over a month ago"); its permission messages are few.
+fn is_missing_permission(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    ["not accessible by", "admin rights", "permission", "saml"]
+        .iter()
+        .any(|marker| message.contains(marker))
 }
 
 #[derive(Deserialize)]
@@ -640,6 +724,53 @@ impl Github for OctocrabGithub {
             Err(failed) => Err(classify(&what, failed.error)),
         }
     }
+
+    async fn job(&self, repository: &str, job_id: u64) -> Result<JobDetails, GithubError> {
+        let route = format!("/repos/{repository}/actions/jobs/{job_id}");
+        with_retries(|| self.client.get(&route, None::<&()>))
+            .await
+            .map_err(|failed| classify(&format!("job {job_id} of {repository}"), failed.error))
+    }
+
+    async fn workflow_run(&self, repository: &str, run_id: u64) -> Result<RunDetails, GithubError> {
+        let route = format!("/repos/{repository}/actions/runs/{run_id}");
+        with_retries(|| self.client.get(&route, None::<&()>))
+            .await
+            .map_err(|failed| classify(&format!("workflow run {run_id} of {repository}"), failed.error))
+    }
+
+    async fn rerun_job(&self, repository: &str, job_id: u64) -> Result<(), GithubError> {
+        let route = format!("/repos/{repository}/actions/jobs/{job_id}/rerun");
+        let what = format!("re-run of job {job_id} of {repository}");
+        let response = self
+            .client
+            ._post(route.as_str(), None::<&()>)
+            .await
+            .map_err(|error| self.classify_rerun(&what, error))?;
+        octocrab::map_github_error(response)
+            .await
+            .map(|_| ())
+            .map_err(|error| self.classify_rerun(&what, error))
+    }
+}
+
+impl OctocrabGithub {
+    /// GitHub answers a re-run it will not make with 403, the status it also gives a missing
+    /// permission and a secondary rate limit: a refusal is `Conflict` with GitHub's message, a
+    /// missing permission `Unauthorized` naming the one needed.
+    fn classify_rerun(&self, what: &str, error: octocrab::Error) -> GithubError {
+        let forbidden = match &error {
+            octocrab::Error::GitHub { source, .. } if source.status_code == 403 => Some(source.message.clone()),
+            _ => None,
+        };
+        match (classify(what, error), forbidden) {
+            (GithubError::Unauthorized(message), Some(github_says)) if is_missing_permission(&github_says) => {
+                GithubError::Unauthorized(format!("{message}; {}", self.credential.rerun_permission()))
+            }
+            (GithubError::Unauthorized(message), Some(_)) => GithubError::Conflict(message),
+            (other, _) => other,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -652,5 +783,50 @@ mod tests {
                     <https://api.github.com/orgs/o/hooks/1/deliveries?per_page=100>; rel=\"first\"";
         assert_eq!(next_cursor(link).as_deref(), Some("v1_41="));
         assert_eq!(next_cursor("<https://x/deliveries?per_page=100>; rel=\"first\""), None);
+    }
+
+    #[test]
+    fn a_rerun_refusal_is_not_mistaken_for_a_missing_permission() {
+        for refusal in [
+            "The workflow run containing this job is already running",
+            "This workflow is already running",
+            "This workflow run cannot be retried",
+            "Unable to retry this workflow run because it was created over a month ago",
+        ] {
+            assert!(!is_missing_permission(refusal), "{refusal}");
+        }
+        for missing in [
+            "Resource not accessible by integration",
+            "Resource not accessible by personal access token",
+            "Must have admin rights to Repository.",
+            "Resource protected by organization SAML enforcement. You must grant your Personal Access token access to this organization.",
+        ] {
+            assert!(is_missing_permission(missing), "{missing}");
+        }
+    }
+
+    #[test]
+    fn a_missing_rerun_permission_is_named_for_the_credential_held() {
+        assert!(Credential::App.rerun_permission().contains("`Actions: write`"));
+        assert!(Credential::Token.rerun_permission().contains("`repo` scope"));
+    }
+
+    #[test]
+    fn job_details_read_githubs_job_and_default_a_missing_attempt_to_the_first() {
+        let job: JobDetails = serde_json::from_value(serde_json::json!({
+            "id": 7, "run_id": 3, "run_attempt": 2, "name": "build", "status": "completed",
+            "conclusion": "failure", "runner_name": "sophons-i-0abc", "labels": ["self-hosted"],
+            "started_at": "2026-01-02T03:04:05Z", "completed_at": "2026-01-02T03:05:05Z",
+        }))
+        .unwrap();
+        assert_eq!(
+            (job.run_attempt, job.conclusion.as_deref(), job.runner_name.as_deref()),
+            (2, Some("failure"), Some("sophons-i-0abc"))
+        );
+        let queued: JobDetails = serde_json::from_value(serde_json::json!({
+            "id": 8, "run_id": 3, "name": "build", "status": "queued", "conclusion": null, "runner_name": null,
+        }))
+        .unwrap();
+        assert_eq!((queued.run_attempt, queued.completed_at), (1, None));
     }
 }

@@ -9,6 +9,7 @@ pub mod create;
 pub mod fakes;
 pub mod fleet;
 pub mod github;
+pub mod interruptions;
 pub mod job;
 pub mod lambda;
 pub mod logging;

@@ -37,4 +37,16 @@ pub mod step {
     pub const WAIT_EXPIRED: &str = "wait_expired";
     /// stop-runner: the instance was ended (terminated, parameter deleted, runner removed).
     pub const INSTANCE_ENDED: &str = "instance_ended";
+    /// stop-runner: EC2 takes a spot instance back; its job is followed for a re-run.
+    pub const INTERRUPTED: &str = "interrupted";
+    /// The sweep: GitHub was asked to re-run an interrupted job.
+    pub const RERUN_ASKED: &str = "rerun_asked";
+    /// The sweep: an interrupted job is not re-run (the log line says why).
+    pub const RERUN_NOT_NEEDED: &str = "rerun_not_needed";
+    /// create-runner: a queued job is the re-run of an interrupted job; it launches on-demand.
+    pub const RERUN_RECOGNISED: &str = "rerun_recognised";
+    /// A template lost spot too often: it launches on-demand for a while.
+    pub const SPOT_BACKOFF_STARTED: &str = "spot_backoff_started";
+    /// The sweep: a template's spot back-off is over.
+    pub const SPOT_BACKOFF_ENDED: &str = "spot_backoff_ended";
 }

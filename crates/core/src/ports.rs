@@ -7,6 +7,7 @@ use crate::commands::{Commands, SsmCommands};
 use crate::config::Config;
 use crate::fleet::{Ec2Fleet, Fleet};
 use crate::github::{Github, OctocrabGithub};
+use crate::interruptions::{DynamoInterruptions, Interruptions};
 use crate::queue::{Queue, SqsQueue};
 use crate::secrets::{Prefetched, Secrets, SsmSecrets};
 use crate::slots::{DynamoSlots, Slots};
@@ -23,6 +24,9 @@ pub struct Ports {
     /// The waiting list (`waiting`); None (no `waiting_table` in the config) hands a job that
     /// finds its template full back to the jobs queue for `retry_delay_seconds` instead.
     pub waiting: Option<Arc<dyn Waiting>>,
+    /// Spot interruptions and back-offs (`interruptions`); None (no `interruptions_table`):
+    /// interrupted jobs are not re-run and templates do not back off spot.
+    pub interruptions: Option<Arc<dyn Interruptions>>,
 }
 
 impl Ports {
@@ -53,6 +57,10 @@ impl Ports {
                 .waiting_table
                 .as_deref()
                 .map(|table| Arc::new(DynamoWaiting::new(&sdk, table)) as Arc<dyn Waiting>),
+            interruptions: config
+                .interruptions_table
+                .as_deref()
+                .map(|table| Arc::new(DynamoInterruptions::new(&sdk, table)) as Arc<dyn Interruptions>),
         };
         Ok((config, ports))
     }

@@ -26,6 +26,12 @@ use crate::slots::{ClaimedSlot, slot_of};
 
 pub const SSM_DETAIL_TYPE: &str = "EC2 Command Invocation Status-change Notification";
 pub const SCHEDULE_DETAIL_TYPE: &str = "Scheduled Event";
+/// EC2's two minutes' notice before it takes a spot instance back
+/// (<https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/spot-instance-termination-notices.html>).
+pub const SPOT_WARNING_DETAIL_TYPE: &str = "EC2 Spot Instance Interruption Warning";
+/// An instance changed state; Terraform routes only `terminated` here
+/// (<https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/monitoring-instance-state-changes.html>).
+pub const STATE_CHANGE_DETAIL_TYPE: &str = "EC2 Instance State-change Notification";
 /// Statuses after which the runner script is no longer running.
 pub const TERMINAL_STATUSES: &[&str] = &[
     "Success",
@@ -55,6 +61,8 @@ use crate::ports::Ports;
 pub enum Stopped {
     /// The instance was ended; `relaunched` says whether its job was sent back for a new runner.
     Ended { instance_id: String, relaunched: bool },
+    /// EC2 warned that it takes the instance back: its job is followed for a re-run.
+    Warned { instance_id: String },
     /// Nothing of ours to do: not our instance, not our command, not terminal, or already handled.
     Ignored(String),
 }
@@ -85,6 +93,8 @@ pub struct SweepReport {
     pub slots_freed: usize,
     /// Jobs the sweep sent back from the waiting list to free slots.
     pub woken: usize,
+    /// What became of the interrupted jobs followed (`interruptions`).
+    pub interrupted: crate::interruptions::Followed,
     pub errors: usize,
 }
 
@@ -100,6 +110,9 @@ struct Event {
     detail_type: String,
     #[serde(default)]
     source: String,
+    /// When the event happened (RFC 3339).
+    #[serde(default)]
+    time: String,
     #[serde(default)]
     detail: Value,
 }
@@ -143,6 +156,19 @@ impl StopRunner {
                 )
             }
             SCHEDULE_DETAIL_TYPE => Handled::Sweep(self.sweep(deadline).await),
+            SPOT_WARNING_DETAIL_TYPE => {
+                let at = crate::job::parse_rfc3339(&event.time).unwrap_or_else(SystemTime::now);
+                let instance_id = event
+                    .detail
+                    .get("instance-id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                Handled::Stop(self.interruption_warned(instance_id, at).await)
+            }
+            STATE_CHANGE_DETAIL_TYPE => {
+                let field = |name: &str| event.detail.get(name).and_then(Value::as_str).unwrap_or_default();
+                Handled::Stop(self.state_changed(field("instance-id"), field("state")).await)
+            }
             other => {
                 let reason = format!("event `{other}` from `{}` is not one stop-runner handles", event.source);
                 tracing::warn!("event ignored: {reason}");
@@ -161,19 +187,7 @@ impl StopRunner {
             return ignore(format!("status `{status}` is not terminal"));
         }
         // Terminated too: a spot reclaim ends the instance before its command's status changes.
-        let query = InstanceQuery {
-            instance_id: Some(instance_id.to_string()),
-            with_terminated: true,
-            ..Default::default()
-        };
-        let instance = match self.ports.fleet.instances(&self.config.deployment, &query).await {
-            Ok(found) => found.into_iter().next(),
-            Err(error) => {
-                tracing::error!(instance_id, %error, "cannot look the instance up; the sweep will end it");
-                return Stopped::Ignored(format!("lookup failed: {error}"));
-            }
-        };
-        let Some(instance) = instance else {
+        let Some(instance) = self.look_up(instance_id).await else {
             return ignore(format!(
                 "{instance_id} is not an instance of deployment `{}` (or is gone)",
                 self.config.deployment
@@ -200,6 +214,66 @@ impl StopRunner {
         Stopped::Ended {
             instance_id: instance_id.to_string(),
             relaunched,
+        }
+    }
+
+    /// EC2 takes `instance_id` back in two minutes: its job is recorded to be followed for a
+    /// re-run (`interruptions`). The rest ends as for any reclaim, once the instance has ended.
+    pub async fn interruption_warned(&self, instance_id: &str, at: SystemTime) -> Stopped {
+        let Some(instance) = self.look_up(instance_id).await else {
+            let reason = format!(
+                "{instance_id} is not an instance of deployment `{}` (or is gone)",
+                self.config.deployment
+            );
+            tracing::info!(instance_id, "spot interruption warning ignored: {reason}");
+            return Stopped::Ignored(reason);
+        };
+        crate::interruptions::record(&self.config, &self.ports, &instance, at, "the two-minute warning").await;
+        Stopped::Warned {
+            instance_id: instance_id.to_string(),
+        }
+    }
+
+    /// An instance changed state (Terraform routes `terminated`): one EC2 ended is looked after
+    /// at once (its job sent back or followed, its slot freed); one ended by us needs nothing.
+    pub async fn state_changed(&self, instance_id: &str, state: &str) -> Stopped {
+        let ignore = |reason: String| {
+            tracing::debug!(instance_id, state, "state change ignored: {reason}");
+            Stopped::Ignored(reason)
+        };
+        if state != "terminated" {
+            return ignore(format!("state `{state}` is not one stop-runner acts on"));
+        }
+        let Some(instance) = self.look_up(instance_id).await else {
+            return ignore(format!(
+                "{instance_id} is not an instance of deployment `{}`",
+                self.config.deployment
+            ));
+        };
+        if !instance.ended_by_ec2() || instance.tag(TAG_RELAUNCHED).is_some() {
+            return ignore(format!("{instance_id} was ended by sophons, or looked after already"));
+        }
+        let relaunched = self.reclaimed(&instance).await;
+        Stopped::Ended {
+            instance_id: instance_id.to_string(),
+            relaunched,
+        }
+    }
+
+    /// One instance of this deployment, ended ones too; None when it is not ours, or on error
+    /// (logged: the sweep finds it).
+    async fn look_up(&self, instance_id: &str) -> Option<Instance> {
+        let query = InstanceQuery {
+            instance_id: Some(instance_id.to_string()),
+            with_terminated: true,
+            ..Default::default()
+        };
+        match self.ports.fleet.instances(&self.config.deployment, &query).await {
+            Ok(found) => found.into_iter().next(),
+            Err(error) => {
+                tracing::error!(instance_id, %error, "cannot look the instance up; the sweep looks after it");
+                None
+            }
         }
     }
 
@@ -377,6 +451,12 @@ impl StopRunner {
         };
         // Counted once per reclaim looked after (the mark below keeps it from being looked after again).
         if instance.state_reason.as_deref() == Some(SPOT_RECLAIM_REASON) {
+            // A job that had started on the runner is followed for a re-run (recorded already if
+            // the warning came; this covers a warning lost).
+            if !relaunched {
+                let how = "the instance ended with Server.SpotInstanceTermination";
+                crate::interruptions::record(&self.config, &self.ports, instance, SystemTime::now(), how).await;
+            }
             Emf::new(&self.config.deployment)
                 .dimension(
                     "template",
@@ -644,6 +724,7 @@ impl StopRunner {
             still_live.insert(instance.id.clone());
         }
         self.free_stale_slots(&instances, &mut report).await;
+        report.interrupted = crate::interruptions::follow(&self.config, &self.ports).await;
         // The pump: every template with room and jobs waiting moves them, whatever wake was
         // missed (a stop-runner that died after freeing a slot, a slot the sweep freed).
         for template in self.config.templates.keys() {
@@ -671,6 +752,8 @@ impl StopRunner {
             runners_removed = report.runners_removed,
             slots_freed = report.slots_freed,
             woken = report.woken,
+            reruns = report.interrupted.rerun,
+            interrupted_followed = report.interrupted.following,
             errors = report.errors,
             "sweep: examined {} instance(s), cleaned {}",
             report.examined,

@@ -102,6 +102,7 @@ mod tests {
             spot_max_price: None,
             packages: vec!["git".into()],
             docker: false,
+            rerun_interrupted_jobs: true,
         }
     }
 

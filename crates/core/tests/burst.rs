@@ -215,6 +215,7 @@ async fn a_matrix_burst_is_bounded_by_githubs_registration_rate_not_by_our_own_w
         commands: Arc::new(FakeCommands::default()),
         queue: Arc::new(FakeQueue::default()),
         waiting: None,
+        interruptions: None,
     };
     let create = CreateRunner::new(config, ports).with_backoff(Backoff {
         first: Duration::ZERO,

@@ -56,6 +56,7 @@ fn world_with(edit: impl FnOnce(&mut serde_json::Value)) -> World {
         commands: commands.clone(),
         queue: queue.clone(),
         waiting: None,
+        interruptions: None,
     };
     // Short backoff: these tests run in real time.
     let backoff = Backoff {
@@ -648,6 +649,7 @@ async fn an_abandoned_instance_that_cannot_be_terminated_is_not_replaced_by_a_se
         commands: Arc::new(FakeCommands::default()),
         queue: Arc::new(FakeQueue::default()),
         waiting: None,
+        interruptions: None,
     };
     let create = CreateRunner::new(config, ports);
     let outcome = create.serve(&message(23, "template_cpu").encode(), 2, far()).await;
@@ -740,6 +742,7 @@ fn yielding_world() -> World {
         commands: world.commands.clone(),
         queue: world.queue.clone(),
         waiting: None,
+        interruptions: None,
     };
     World {
         create: Arc::new(CreateRunner::new(config, ports)),
@@ -793,6 +796,7 @@ async fn concurrent_invocations_never_launch_past_max_runners() {
             commands: world.commands.clone(),
             queue: world.queue.clone(),
             waiting: None,
+            interruptions: None,
         },
     ));
     let batch = |first: u64| {
@@ -1132,6 +1136,7 @@ fn always_asking_for_the_release(world: World) -> World {
         commands: world.commands.clone(),
         queue: world.queue.clone(),
         waiting: None,
+        interruptions: None,
     };
     World {
         create: Arc::new(CreateRunner::new(config, ports).with_release_ttl(Duration::ZERO)),

@@ -78,6 +78,7 @@ fn world_with(edit: impl FnOnce(&mut Value)) -> World {
         commands: commands.clone(),
         queue: queue.clone(),
         waiting: None,
+        interruptions: None,
     };
     let backoff = Backoff {
         first: Duration::from_millis(5),

@@ -228,6 +228,7 @@ async fn run(with_waiting_list: bool, seed: u64) -> Measured {
         commands: Arc::new(FakeCommands::default()),
         queue: queue.clone(),
         waiting: with_waiting_list.then(|| waiting.clone() as Arc<dyn sophons_core::waiting::Waiting>),
+        interruptions: None,
     };
     let create = Arc::new(CreateRunner::new(config.clone(), ports.clone()));
     let stop = StopRunner::new(config.clone(), ports.clone());

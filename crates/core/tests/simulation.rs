@@ -1436,6 +1436,7 @@ impl Sim {
                 commands: commands_port.clone(),
                 queue: queue_port.clone(),
                 waiting: Some(waiting_port.clone()),
+                interruptions: None,
             },
         )
         // Each retry costs a millisecond of real time, not seconds.
@@ -1453,6 +1454,7 @@ impl Sim {
                 commands: commands_port,
                 queue: queue_port.clone(),
                 waiting: Some(waiting_port.clone()),
+                interruptions: None,
             },
         );
         let move_jobs = MoveJobs::new(config.clone(), queue_port, github_port.clone());

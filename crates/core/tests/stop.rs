@@ -58,6 +58,7 @@ fn world_with(edit: impl FnOnce(&mut serde_json::Value)) -> World {
             commands: commands.clone(),
             queue: queue.clone(),
             waiting: None,
+            interruptions: None,
         },
     ));
     let stop = StopRunner::new(
@@ -70,6 +71,7 @@ fn world_with(edit: impl FnOnce(&mut serde_json::Value)) -> World {
             commands: commands.clone(),
             queue: queue.clone(),
             waiting: None,
+            interruptions: None,
         },
     );
     World {
@@ -595,6 +597,7 @@ async fn a_job_whose_relaunch_could_not_be_sent_is_not_lost() {
                 failed: Default::default(),
             }),
             waiting: None,
+            interruptions: None,
         },
     );
     stop.command_ended(&instance_id, &command_id, "Failed").await;
@@ -667,6 +670,7 @@ async fn the_sweep_does_not_end_an_untagged_instance_while_github_cannot_list_it
             commands: world.commands.clone(),
             queue: world.queue.clone(),
             waiting: None,
+            interruptions: None,
         },
     );
     let report = stop.sweep(far()).await;

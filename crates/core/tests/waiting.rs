@@ -49,6 +49,7 @@ fn world() -> World {
         commands: Arc::new(FakeCommands::default()),
         queue: queue.clone(),
         waiting: Some(waiting.clone()),
+        interruptions: None,
     };
     World {
         create: Arc::new(CreateRunner::new(config.clone(), ports.clone())),

@@ -40,6 +40,7 @@ async fn serve(stack: &Stack, job_id: u64) -> (String, String) {
         commands: Arc::new(SsmCommands::new(&stack.sdk)),
         queue: Arc::new(SqsQueue::new(&stack.sdk)),
         waiting: None,
+        interruptions: None,
     };
     let message = JobMessage {
         version: MESSAGE_VERSION,

@@ -171,8 +171,13 @@ module "app" {
       instance_types = ["g5.xlarge", "g6.xlarge"]
       max_runners    = 2
       user_data      = "#!/bin/bash\necho hello\n"
+      # A job EC2 interrupted is not re-run here.
+      rerun_interrupted_jobs = false
     }
   }
+
+  # No spot back-off: the template asks for spot whatever it lost.
+  spot_backoff_after = 0
 
   # Alarms go to a topic that exists already, with thresholds of its own.
   monitoring = {

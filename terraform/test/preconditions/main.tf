@@ -56,6 +56,7 @@ locals {
     max_runner_lifetime_seconds           = 28800
     runner_pin                            = null
     image_builder                         = {}
+    spot_backoff_within_minutes           = 30
     runner_templates                      = { cpu = { labels = ["linux"], instance_types = ["c7i.large"] } }
   }
   # The image_builder pipeline is never applied (moto has no Image Builder); these plans are what proves its
@@ -78,6 +79,7 @@ locals {
     short_lifetime    = { max_runner_lifetime_seconds = 3600 }
     old_runner_pin    = { runner_pin = { version = "2.326.0", sha256_x64 = sha256("x64"), sha256_arm64 = sha256("arm64") } }
     bad_checksum      = { runner_pin = { version = "2.330.0", sha256_x64 = sha256("x64"), sha256_arm64 = "unknown" } }
+    no_backoff_window = { spot_backoff_within_minutes = 0 }
     bad_package       = { runner_templates = { cpu = { labels = ["linux"], instance_types = ["c7i.large"], packages = ["git", "-y"] } } }
     baked             = local.baked
     baked_unbuilt     = { runner_templates = local.baked.runner_templates }
@@ -106,5 +108,6 @@ module "sophons" {
   max_runner_lifetime_seconds           = local.input.max_runner_lifetime_seconds
   runner_pin                            = local.input.runner_pin
   image_builder                         = local.input.image_builder
+  spot_backoff_within_minutes           = local.input.spot_backoff_within_minutes
   runner_templates                      = local.input.runner_templates
 }
