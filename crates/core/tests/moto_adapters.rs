@@ -370,3 +370,122 @@ async fn a_cold_start_reads_its_parameters_together_and_any_other_on_its_own() {
         "a parameter that does not exist is reported as a read of its own would"
     );
 }
+
+#[tokio::test]
+async fn interruptions_in_dynamodb_are_recorded_once_claimed_once_and_back_offs_start_and_end_once() {
+    use sophons_core::interruptions::{DynamoInterruptions, Interrupted, Interruptions, InterruptionsError, Rerun};
+    use std::time::{Duration, SystemTime};
+    let sdk = moto::sdk_config().await;
+    let table = moto::interruptions_table(&sdk, &moto::unique("interruptions")).await;
+    let store = DynamoInterruptions::new(&sdk, &table);
+    let now = SystemTime::now();
+    let interrupted = Interrupted {
+        job_id: 42,
+        repository: "my-org/app".into(),
+        run_id: 7,
+        template: "cpu".into(),
+        instance_id: "i-0abc".into(),
+        at: now,
+    };
+    assert_eq!(store.record(&interrupted).await, Ok(true));
+    assert_eq!(
+        store.record(&interrupted).await,
+        Ok(false),
+        "the warning and the end record once"
+    );
+    let recorded = store.recorded().await.unwrap();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].job_id, 42);
+    assert_eq!(recorded[0].instance_id, "i-0abc");
+    let ms = |at: SystemTime| at.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    assert_eq!(ms(recorded[0].at), ms(now));
+
+    let rerun = Rerun {
+        repository: "my-org/app".into(),
+        run_id: 7,
+        job_name: "build (ubuntu, 1)".into(),
+        attempt: 1,
+        job_id: 42,
+    };
+    assert_eq!(store.claim_rerun(&rerun).await, Ok(true));
+    assert_eq!(
+        store.claim_rerun(&rerun).await,
+        Ok(true),
+        "the same job takes its claim again"
+    );
+    let other = Rerun {
+        job_id: 43,
+        ..rerun.clone()
+    };
+    assert_eq!(
+        store.claim_rerun(&other).await,
+        Ok(false),
+        "one re-run per job name and attempt"
+    );
+    assert_eq!(
+        store.rerun_of("my-org/app", 7, "build (ubuntu, 1)").await.unwrap(),
+        Some(rerun.clone())
+    );
+    assert_eq!(store.rerun_of("my-org/app", 7, "test").await.unwrap(), None);
+    store.release_rerun(&other).await.unwrap();
+    assert!(
+        store
+            .rerun_of("my-org/app", 7, "build (ubuntu, 1)")
+            .await
+            .unwrap()
+            .is_some(),
+        "only its own claim is given back"
+    );
+    store.release_rerun(&rerun).await.unwrap();
+    assert_eq!(
+        store.rerun_of("my-org/app", 7, "build (ubuntu, 1)").await.unwrap(),
+        None
+    );
+    store.settle(42).await.unwrap();
+    assert!(store.recorded().await.unwrap().is_empty());
+
+    let window = Duration::from_secs(1800);
+    let old = now - Duration::from_secs(3600);
+    assert_eq!(store.spot_lost("cpu", "i-1", old, now - window, window).await, Ok(0));
+    assert_eq!(
+        store.spot_lost("cpu", "i-2", now, now - window, window).await,
+        Ok(1),
+        "an old loss is out of the window"
+    );
+    assert_eq!(
+        store.spot_lost("cpu", "i-2", now, now - window, window).await,
+        Ok(1),
+        "one loss per instance"
+    );
+    assert_eq!(
+        store.spot_lost("gpu", "i-3", now, now - window, window).await,
+        Ok(1),
+        "per template"
+    );
+
+    let until = now + Duration::from_secs(3600);
+    assert_eq!(store.start_backoff("cpu", until, now).await, Ok(true));
+    assert_eq!(
+        store.start_backoff("cpu", until + Duration::from_secs(5), now).await,
+        Ok(false),
+        "started once"
+    );
+    let backoffs = store.backoffs().await.unwrap();
+    assert_eq!(backoffs.len(), 1);
+    assert_eq!((backoffs[0].0.as_str(), ms(backoffs[0].1)), ("cpu", ms(until)));
+    assert_eq!(
+        store.end_backoff("cpu", now).await,
+        Ok(false),
+        "only the back-off read is ended"
+    );
+    assert_eq!(store.end_backoff("cpu", until).await, Ok(true));
+    assert_eq!(store.end_backoff("cpu", until).await, Ok(false), "ended once");
+    assert_eq!(
+        store.start_backoff("cpu", until, now).await,
+        Ok(true),
+        "a new one may start"
+    );
+
+    let missing = DynamoInterruptions::new(&sdk, "no-such-table");
+    assert!(matches!(missing.recorded().await, Err(InterruptionsError::NoTable(_))));
+}

@@ -1,5 +1,6 @@
 //! The stop-runner Lambda. EventBridge invokes it for SSM command status changes (ends the
-//! instance) and on a schedule (the sweep); `sophons_core::stop` tells the two apart.
+//! instance), EC2's spot interruption warnings and instance terminations, and on a schedule (the
+//! sweep); `sophons_core::stop` tells them apart.
 
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ async fn main() -> Result<(), Error> {
         async move {
             let deadline = sophons_core::lambda::deadline(event.context.deadline);
             let answer = match stop.handle(event.payload, deadline).await {
-                Handled::Stop(stopped) => json!({ "handled": "command_ended", "result": format!("{stopped:?}") }),
+                Handled::Stop(stopped) => json!({ "handled": "instance_event", "result": format!("{stopped:?}") }),
                 // Every count of the report, and the total cleaned.
                 Handled::Sweep(report) => {
                     let mut answer = serde_json::to_value(&report).unwrap_or_default();

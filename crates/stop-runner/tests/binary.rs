@@ -97,7 +97,7 @@ async fn an_ssm_status_event_ends_our_instance_its_parameter_and_its_runner() {
         .invoke(ssm_status_event(&instance_id, &command_id, "Success"))
         .await
         .unwrap();
-    assert_eq!(answer["handled"], "command_ended", "{answer}");
+    assert_eq!(answer["handled"], "instance_event", "{answer}");
 
     let instances = stack.instances().await;
     assert!(matches!(
@@ -138,6 +138,63 @@ async fn an_event_for_an_instance_of_another_deployment_changes_nothing() {
         .unwrap();
     assert!(answer["result"].as_str().unwrap().contains("Ignored"), "{answer}");
     assert_eq!(state_of(&theirs.instances().await, &their_instance), "running");
+}
+
+/// EC2's documented spot interruption warning
+/// (<https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/spot-instance-termination-notices.html>).
+fn spot_warning(instance_id: &str) -> serde_json::Value {
+    json!({
+        "version": "0",
+        "id": "12345678-1234-1234-1234-123456789012",
+        "detail-type": "EC2 Spot Instance Interruption Warning",
+        "source": "aws.ec2",
+        "account": "123456789012",
+        "time": sophons_core::job::now_rfc3339(),
+        "region": "us-east-1",
+        "resources": [format!("arn:aws:ec2:us-east-1a:instance/{instance_id}")],
+        "detail": { "instance-id": instance_id, "instance-action": "terminate" }
+    })
+}
+
+#[tokio::test]
+async fn a_spot_warning_records_our_instances_job_in_the_interruptions_table_and_ignores_others() {
+    let ours = Stack::create(&[("cpu", 5)]).await;
+    let theirs = Stack::create(&[("cpu", 5)]).await;
+    let (instance_id, _) = serve(&ours, 301).await;
+    let (their_instance, _) = serve(&theirs, 302).await;
+    let mut lambda = LambdaProcess::spawn(binary(), "stop-runner", &ours.env).await;
+    let answer = lambda.invoke(spot_warning(&instance_id)).await.unwrap();
+    assert!(answer["result"].as_str().unwrap().contains("Warned"), "{answer}");
+    let answer = lambda.invoke(spot_warning(&their_instance)).await.unwrap();
+    assert!(answer["result"].as_str().unwrap().contains("Ignored"), "{answer}");
+
+    let table = ours.document["interruptions_table"].as_str().unwrap();
+    let items = aws_sdk_dynamodb::Client::new(&ours.sdk)
+        .scan()
+        .table_name(table)
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap_or_default();
+    let recorded: Vec<_> = items
+        .iter()
+        .filter(|item| item["pk"].as_s().unwrap() == "interrupted")
+        .map(|item| {
+            (
+                item["job_id"].as_n().unwrap().clone(),
+                item["instance_id"].as_s().unwrap().clone(),
+            )
+        })
+        .collect();
+    assert_eq!(recorded, vec![("301".to_string(), instance_id.clone())]);
+    let losses = items
+        .iter()
+        .filter(|item| item["pk"].as_s().unwrap() == "spot#cpu")
+        .count();
+    assert_eq!(losses, 1, "the template's spot loss is counted for the back-off");
+    let logs = lambda.settled_logs().await;
+    assert!(logs.contains("\"step\":\"interrupted\""), "{logs}");
 }
 
 #[tokio::test]

@@ -4,7 +4,10 @@
 //! and removal, a webhook's deliveries and their redelivery (which POSTs the stored payload, signed,
 //! to a webhook URL when a test sets one with `set_webhook_target`). Tests steer it with setters and read back every request it saw. For `make smoke`
 //! it also serves repositories added with `add_repository`: their files, workflow dispatch, and the
-//! runs and jobs a dispatch creates, which the test moves along as GitHub and a runner would.
+//! runs and jobs a dispatch creates, which the test moves along as GitHub and a runner would. Runs
+//! (made by a dispatch or `add_workflow_run`) are re-run with GitHub's rules (`POST .../jobs/<id>/rerun`
+//! and `.../runs/<id>/rerun-failed-jobs`): a new attempt whose job has a new id, announced by a
+//! `workflow_job` `queued` delivery.
 //!
 //! It answers as GitHub does on a bad day, by default: JIT configs are over 4 KB and grow with the
 //! runner's name and labels; a second registration of a name is 409, including the retry of a POST
@@ -69,7 +72,14 @@ pub struct WorkflowRun {
     pub conclusion: Option<String>,
     /// Seconds since the epoch, as every time here.
     pub created_at: u64,
+    /// 1, and one more for each re-run.
+    pub run_attempt: u32,
+    /// When the latest attempt started: `created_at` until a re-run.
+    pub run_started_at: u64,
+    /// The job of the latest attempt.
     pub job: WorkflowJob,
+    /// The jobs of earlier attempts, oldest first; GitHub still answers for them by id.
+    pub earlier_jobs: Vec<WorkflowJob>,
 }
 
 /// The one job of a `WorkflowRun`.
@@ -77,6 +87,8 @@ pub struct WorkflowRun {
 pub struct WorkflowJob {
     pub id: u64,
     pub run_id: u64,
+    /// The attempt of the run this job belongs to.
+    pub run_attempt: u32,
     /// The job's key under `jobs:`.
     pub name: String,
     /// The job's `runs-on`, with the dispatch's inputs put in.
@@ -145,9 +157,11 @@ struct WebhookTarget {
     sign: Arc<Signer>,
 }
 
-/// A redelivery the fake owes: the POST is made outside the state's lock.
+/// A delivery the fake owes (a redelivery, or a re-run's `queued` job): the POST is made outside
+/// the state's lock.
 struct Outgoing {
-    delivery_id: u64,
+    /// The delivery that records the webhook's answer, if the fake keeps one.
+    delivery_id: Option<u64>,
     event: String,
     guid: String,
     hook_id: String,
@@ -537,6 +551,68 @@ impl FakeGithub {
         self.lock().workflow_runs.clone()
     }
 
+    pub fn workflow_run(&self, run_id: u64) -> Option<WorkflowRun> {
+        self.lock().workflow_runs.iter().find(|run| run.id == run_id).cloned()
+    }
+
+    /// Queues run `run_id` of `owner_repo` with one job `job_id`, as a push would, without a
+    /// workflow file or `add_repository`: for tests about a job rather than a dispatch. The ids
+    /// must be new; ids the fake picks later (dispatches, re-runs) come after them.
+    pub fn add_workflow_run(&self, owner_repo: &str, run_id: u64, job_id: u64, job_name: &str, labels: &[&str]) {
+        let mut inner = self.lock();
+        let taken = |id: u64| {
+            inner
+                .workflow_runs
+                .iter()
+                .any(|run| run.id == id || run.jobs().any(|job| job.id == id))
+        };
+        assert!(
+            run_id != job_id && !taken(run_id) && !taken(job_id),
+            "run {run_id} or job {job_id} exists"
+        );
+        inner.last_workflow_id = inner.last_workflow_id.max(run_id).max(job_id);
+        let now = now_secs();
+        inner.workflow_runs.push(WorkflowRun {
+            id: run_id,
+            repository: owner_repo.into(),
+            workflow: "ci.yml".into(),
+            head_branch: "main".into(),
+            display_title: "CI".into(),
+            name: "CI".into(),
+            inputs: json!({}),
+            status: "queued".into(),
+            conclusion: None,
+            created_at: now,
+            run_attempt: 1,
+            run_started_at: now,
+            job: WorkflowJob {
+                id: job_id,
+                run_id,
+                run_attempt: 1,
+                name: job_name.into(),
+                labels: labels.iter().map(|l| l.to_string()).collect(),
+                status: "queued".into(),
+                conclusion: None,
+                runner_name: None,
+                created_at: now,
+                started_at: now,
+                completed_at: None,
+            },
+            earlier_jobs: Vec::new(),
+        });
+    }
+
+    /// Makes run `run_id` created `age` ago, for GitHub's 30-day re-run window.
+    pub fn age_workflow_run(&self, run_id: u64, age: Duration) {
+        let mut inner = self.lock();
+        let run = inner
+            .workflow_runs
+            .iter_mut()
+            .find(|run| run.id == run_id)
+            .unwrap_or_else(|| panic!("no workflow run {run_id}"));
+        run.created_at = now_secs().saturating_sub(age.as_secs());
+    }
+
     /// Plays a runner taking the job `after` it was queued: in progress on `runner_name`.
     pub fn start_workflow_job(&self, job_id: u64, runner_name: &str, after: Duration) {
         let mut inner = self.lock();
@@ -578,12 +654,29 @@ impl FakeGithub {
     }
 }
 
+/// The run whose latest attempt has job `job_id`: only that job moves.
 fn workflow_run_of_job(inner: &mut Inner, job_id: u64) -> &mut WorkflowRun {
     inner
         .workflow_runs
         .iter_mut()
         .find(|run| run.job.id == job_id)
-        .unwrap_or_else(|| panic!("no workflow job {job_id}"))
+        .unwrap_or_else(|| panic!("no workflow job {job_id} in a latest attempt"))
+}
+
+impl WorkflowRun {
+    /// Its jobs of every attempt, the latest first.
+    fn jobs(&self) -> impl Iterator<Item = &WorkflowJob> {
+        std::iter::once(&self.job).chain(self.earlier_jobs.iter().rev())
+    }
+}
+
+/// Job `job_id` of `repository`, of any attempt, with its run.
+fn find_job<'a>(inner: &'a Inner, repository: &str, job_id: u64) -> Option<(&'a WorkflowRun, &'a WorkflowJob)> {
+    inner
+        .workflow_runs
+        .iter()
+        .filter(|run| run.repository == repository)
+        .find_map(|run| run.jobs().find(|job| job.id == job_id).map(|job| (run, job)))
 }
 
 impl Drop for FakeGithub {
@@ -635,7 +728,11 @@ async fn handle(State(shared): State<Shared>, method: Method, uri: Uri, headers:
             None => 200,
         };
         let mut inner = shared.lock().unwrap();
-        if let Some(delivery) = inner.hook_deliveries.iter_mut().find(|d| d.id == outgoing.delivery_id) {
+        if let Some(delivery) = inner
+            .hook_deliveries
+            .iter_mut()
+            .find(|d| Some(d.id) == outgoing.delivery_id)
+        {
             delivery.status_code = status_code;
         }
     }
@@ -698,6 +795,12 @@ fn route(
         ["repos", owner, repo, "actions", "jobs", id] if method == Method::GET => {
             return job(inner, &format!("{owner}/{repo}"), id);
         }
+        ["repos", owner, repo, "actions", "jobs", id, "rerun"] if method == Method::POST => {
+            return rerun_job(inner, &format!("{owner}/{repo}"), id);
+        }
+        ["repos", owner, repo, "actions", "runs", id, rest @ ..] if serves_runs(inner, &format!("{owner}/{repo}")) => {
+            return run_route(inner, method, &format!("{owner}/{repo}"), id, rest, uri);
+        }
         ["repos", owner, repo, rest @ ..] if inner.repositories.contains_key(&format!("{owner}/{repo}")) => {
             return repository_route(inner, method, &format!("{owner}/{repo}"), rest, uri, body);
         }
@@ -757,12 +860,6 @@ fn repository_route(
     body: &Value,
 ) -> Response {
     let query: HashMap<String, String> = Query::try_from_uri(uri).map(|q| q.0).unwrap_or_default();
-    let run_index = |inner: &Inner, id: &str| {
-        inner
-            .workflow_runs
-            .iter()
-            .position(|run| run.repository == repository && run.id.to_string() == id)
-    };
     match (method, rest) {
         (Method::GET, []) => {
             let (owner, name) = repository.split_once('/').unwrap_or((repository, ""));
@@ -783,21 +880,39 @@ fn repository_route(
         (Method::GET, ["actions", "workflows", workflow, "runs"]) => {
             list_workflow_runs(inner, repository, workflow, &query)
         }
-        (Method::GET, ["actions", "runs", id]) => match run_index(inner, id) {
-            Some(index) => answer(200, workflow_run_json(&inner.workflow_runs[index])),
-            None => not_found(),
-        },
-        (Method::GET, ["actions", "runs", id, "jobs"]) => match run_index(inner, id) {
-            Some(index) => answer(
-                200,
-                json!({"total_count": 1, "jobs": [workflow_job_json(&inner.workflow_runs[index])]}),
-            ),
-            None => not_found(),
-        },
-        (Method::POST, ["actions", "runs", id, "cancel"]) => match run_index(inner, id) {
-            Some(index) => cancel_workflow_run(&mut inner.workflow_runs[index]),
-            None => not_found(),
-        },
+        _ => not_found(),
+    }
+}
+
+/// Runs are served for repositories added with `add_repository` and for those that have a run
+/// (`add_workflow_run`); any other answers 404 as before.
+fn serves_runs(inner: &Inner, repository: &str) -> bool {
+    inner.repositories.contains_key(repository) || inner.workflow_runs.iter().any(|run| run.repository == repository)
+}
+
+/// The routes of run `id` of `repository` (`rest` follows `/actions/runs/<id>`).
+fn run_route(inner: &mut Inner, method: Method, repository: &str, id: &str, rest: &[&str], uri: &Uri) -> Response {
+    let Some(index) = inner
+        .workflow_runs
+        .iter()
+        .position(|run| run.repository == repository && run.id.to_string() == id)
+    else {
+        return not_found();
+    };
+    match (method, rest) {
+        (Method::GET, []) => answer(200, workflow_run_json(&inner.workflow_runs[index])),
+        (Method::GET, ["jobs"]) => {
+            // GitHub's `filter`: `latest` (the default) lists the latest attempt's jobs, `all` every attempt's.
+            let query: HashMap<String, String> = Query::try_from_uri(uri).map(|q| q.0).unwrap_or_default();
+            let run = &inner.workflow_runs[index];
+            let jobs: Vec<Value> = match query.get("filter").map(String::as_str) {
+                Some("all") => run.jobs().map(|job| workflow_job_json(run, job)).collect(),
+                _ => vec![workflow_job_json(run, &run.job)],
+            };
+            answer(200, json!({"total_count": jobs.len(), "jobs": jobs}))
+        }
+        (Method::POST, ["cancel"]) => cancel_workflow_run(&mut inner.workflow_runs[index]),
+        (Method::POST, ["rerun-failed-jobs"]) => rerun_failed_jobs(inner, index),
         _ => not_found(),
     }
 }
@@ -929,9 +1044,12 @@ fn dispatch_workflow(inner: &mut Inner, repository: &str, workflow: &str, body: 
         status: "queued".into(),
         conclusion: None,
         created_at: now,
+        run_attempt: 1,
+        run_started_at: now,
         job: WorkflowJob {
             id: job_id,
             run_id,
+            run_attempt: 1,
             name: job_name,
             labels,
             status: "queued".into(),
@@ -941,6 +1059,7 @@ fn dispatch_workflow(inner: &mut Inner, repository: &str, workflow: &str, body: 
             started_at: now,
             completed_at: None,
         },
+        earlier_jobs: Vec::new(),
     });
     if body["return_run_details"].as_bool() == Some(true) && !inner.dispatch_without_run_ids {
         answer(
@@ -1048,13 +1167,20 @@ fn cancel_workflow_run(run: &mut WorkflowRun) -> Response {
 
 fn workflow_run_json(run: &WorkflowRun) -> Value {
     let repository = &run.repository;
+    let previous_attempt_url = (run.run_attempt > 1).then(|| {
+        format!(
+            "https://api.github.com/repos/{repository}/actions/runs/{}/attempts/{}",
+            run.id,
+            run.run_attempt - 1
+        )
+    });
     json!({
         "id": run.id, "name": run.name, "display_title": run.display_title, "event": "workflow_dispatch",
         "status": run.status, "conclusion": run.conclusion, "head_branch": run.head_branch,
         "head_sha": "0000000000000000000000000000000000000000",
         "path": format!(".github/workflows/{}", run.workflow), "workflow_id": 1,
-        "run_number": run.id, "run_attempt": 1,
-        "created_at": rfc3339(run.created_at), "run_started_at": rfc3339(run.created_at),
+        "run_number": run.id, "run_attempt": run.run_attempt, "previous_attempt_url": previous_attempt_url,
+        "created_at": rfc3339(run.created_at), "run_started_at": rfc3339(run.run_started_at),
         "updated_at": rfc3339(now_secs()),
         "url": format!("https://api.github.com/repos/{repository}/actions/runs/{}", run.id),
         "jobs_url": format!("https://api.github.com/repos/{repository}/actions/runs/{}/jobs", run.id),
@@ -1062,10 +1188,11 @@ fn workflow_run_json(run: &WorkflowRun) -> Value {
     })
 }
 
-fn workflow_job_json(run: &WorkflowRun) -> Value {
-    let (repository, job) = (&run.repository, &run.job);
+fn workflow_job_json(run: &WorkflowRun, job: &WorkflowJob) -> Value {
+    let repository = &run.repository;
     json!({
-        "id": job.id, "run_id": run.id, "run_attempt": 1, "status": job.status, "conclusion": job.conclusion,
+        "id": job.id, "run_id": run.id, "run_attempt": job.run_attempt, "status": job.status,
+        "conclusion": job.conclusion,
         "name": job.name, "workflow_name": run.name, "head_branch": run.head_branch,
         "head_sha": "0000000000000000000000000000000000000000", "node_id": format!("CR_{}", job.id),
         "labels": job.labels, "runner_id": null, "runner_name": job.runner_name,
@@ -1077,6 +1204,177 @@ fn workflow_job_json(run: &WorkflowRun) -> Value {
         "check_run_url": format!("https://api.github.com/repos/{repository}/check-runs/{}", job.id),
         "html_url": format!("https://github.com/{repository}/actions/runs/{}/job/{}", run.id, job.id),
     })
+}
+
+/// How long after its creation GitHub re-runs a run, and how many re-runs it makes of one
+/// ("Re-running workflows and jobs": "up to 30 days after its initial run", "A workflow run can be
+/// re-run a maximum of 50 times. This limit includes both full re-runs and re-runs of a subset of jobs").
+const RERUN_WINDOW: Duration = Duration::from_secs(30 * 86_400);
+const MAX_RERUNS: u32 = 50;
+
+/// GitHub's 403, with the endpoint's documentation as GitHub links it.
+fn forbidden(message: &str, documentation_url: &str) -> Response {
+    answer(
+        403,
+        json!({"message": message, "documentation_url": documentation_url, "status": "403"}),
+    )
+}
+
+/// GitHub's refusal to re-run `run` now, if it refuses. `running` is its message for a run that
+/// has not completed, which differs between endpoints.
+fn rerun_refusal(run: &WorkflowRun, running: &str, documentation_url: &str) -> Option<Response> {
+    if now_secs().saturating_sub(run.created_at) > RERUN_WINDOW.as_secs() {
+        // As clients quote GitHub's answer to an old run (cf. cli/cli#9989).
+        let message = "Unable to retry this workflow run because it was created over a month ago";
+        return Some(forbidden(message, documentation_url));
+    }
+    if run.status != "completed" {
+        return Some(forbidden(running, documentation_url));
+    }
+    if run.run_attempt > MAX_RERUNS {
+        // GitHub's wording for this one is not known; the rule is documented.
+        let message = format!("This workflow run has been re-run the maximum of {MAX_RERUNS} times");
+        return Some(forbidden(&message, documentation_url));
+    }
+    None
+}
+
+const RERUN_JOB_DOCS: &str = "https://docs.github.com/rest/actions/workflow-runs#re-run-a-job-from-a-workflow-run";
+const RERUN_FAILED_DOCS: &str =
+    "https://docs.github.com/rest/actions/workflow-runs#re-run-failed-jobs-from-a-workflow-run";
+
+/// `POST .../actions/jobs/<id>/rerun`: only a job of its run's latest attempt, once the run has
+/// completed; the answer is 201 `{}` and the run's next attempt is queued.
+fn rerun_job(inner: &mut Inner, repository: &str, id: &str) -> Response {
+    let Some((run, job)) = id.parse().ok().and_then(|id| find_job(inner, repository, id)) else {
+        return not_found();
+    };
+    // GitHub's message while the run is queued or in progress (apache/tvm#12847, and the check
+    // for it in apache/tvm#12295).
+    let running = "The workflow run containing this job is already running";
+    if let Some(refusal) = rerun_refusal(run, running, RERUN_JOB_DOCS) {
+        return refusal;
+    }
+    if job.id != run.job.id {
+        // The fake's wording: GitHub re-runs jobs of the latest attempt only.
+        let message = format!(
+            "Job {} is of attempt {} of this workflow run; only jobs of its latest attempt ({}) can be re-run",
+            job.id, job.run_attempt, run.run_attempt
+        );
+        return forbidden(&message, RERUN_JOB_DOCS);
+    }
+    let run_id = run.id;
+    new_attempt(inner, run_id);
+    answer(201, json!({}))
+}
+
+/// `POST .../actions/runs/<id>/rerun-failed-jobs`: the same rules, for a run whose job failed,
+/// was cancelled or timed out.
+fn rerun_failed_jobs(inner: &mut Inner, index: usize) -> Response {
+    let run = &inner.workflow_runs[index];
+    // GitHub's message while the run is queued or in progress (metabase/metabase#70916).
+    if let Some(refusal) = rerun_refusal(run, "This workflow is already running", RERUN_FAILED_DOCS) {
+        return refusal;
+    }
+    let failed = matches!(
+        run.job.conclusion.as_deref(),
+        Some("failure" | "cancelled" | "timed_out")
+    );
+    if !failed {
+        // The fake's wording: there is nothing to re-run.
+        return forbidden("This workflow run has no failed jobs to re-run", RERUN_FAILED_DOCS);
+    }
+    let run_id = run.id;
+    new_attempt(inner, run_id);
+    answer(201, json!({}))
+}
+
+/// Starts run `run_id`'s next attempt: queued, its job replaced by a new one (a new id, the same
+/// name and labels), and a `workflow_job` `queued` delivery of it owed to the webhook, recorded
+/// for the repository's hook, else its organisation's, when the test added one.
+fn new_attempt(inner: &mut Inner, run_id: u64) {
+    inner.last_workflow_id += 1;
+    let job_id = inner.last_workflow_id;
+    let now = now_secs();
+    let run = inner
+        .workflow_runs
+        .iter_mut()
+        .find(|run| run.id == run_id)
+        .expect("a run being re-run exists");
+    run.run_attempt += 1;
+    run.run_started_at = now;
+    run.status = "queued".into();
+    run.conclusion = None;
+    let job = WorkflowJob {
+        id: job_id,
+        run_attempt: run.run_attempt,
+        status: "queued".into(),
+        conclusion: None,
+        runner_name: None,
+        created_at: now,
+        started_at: now,
+        completed_at: None,
+        ..run.job.clone()
+    };
+    let earlier = std::mem::replace(&mut run.job, job);
+    run.earlier_jobs.push(earlier);
+    let payload = queued_delivery(run);
+    let owner = run.repository.split('/').next().unwrap_or_default();
+    let hook = inner
+        .hooks
+        .iter()
+        .find(|hook| hook.starts_with(&format!("repo:{}/", run.repository)))
+        .or_else(|| {
+            inner
+                .hooks
+                .iter()
+                .find(|hook| hook.starts_with(&format!("org:{owner}/")))
+        })
+        .cloned();
+    let guid = format!("00000000-0000-4000-8000-{job_id:012x}");
+    let delivery_id = hook.as_ref().map(|hook| {
+        let id = inner.hook_deliveries.last().map_or(1, |d| d.id + 1);
+        inner.hook_deliveries.push(HookDelivery {
+            id,
+            hook: hook.clone(),
+            guid: guid.clone(),
+            event: "workflow_job".into(),
+            action: Some("queued".into()),
+            status_code: 0,
+            redelivery: false,
+            delivered_at: now,
+            payload: payload.clone(),
+        });
+        id
+    });
+    inner.outgoing = Some(Outgoing {
+        delivery_id,
+        event: "workflow_job".into(),
+        guid,
+        hook_id: hook
+            .as_deref()
+            .and_then(|hook| hook.rsplit('/').next())
+            .unwrap_or("0")
+            .into(),
+        payload: payload.to_string().into_bytes(),
+    });
+}
+
+/// GitHub's `workflow_job` `queued` delivery of `run`'s job: its documented example with the
+/// fake's job and repository put in (a private repository, as `GET /repos/<owner>/<name>` says).
+fn queued_delivery(run: &WorkflowRun) -> Value {
+    let mut payload = crate::fixture("workflow_job.queued");
+    payload["workflow_job"] = workflow_job_json(run, &run.job);
+    let (owner, name) = run.repository.split_once('/').unwrap_or((&run.repository, ""));
+    let repository = &mut payload["repository"];
+    repository["full_name"] = json!(run.repository);
+    repository["name"] = json!(name);
+    repository["owner"]["login"] = json!(owner);
+    repository["private"] = json!(true);
+    repository["visibility"] = json!("private");
+    repository["url"] = json!(format!("https://api.github.com/repos/{}", run.repository));
+    repository["html_url"] = json!(format!("https://github.com/{}", run.repository));
+    payload
 }
 
 /// `rest` follows `.../hooks/<id>`.
@@ -1104,7 +1402,7 @@ fn hook_route(inner: &mut Inner, method: Method, hook: &str, rest: &[&str], uri:
                 ..original.clone()
             });
             inner.outgoing = Some(Outgoing {
-                delivery_id,
+                delivery_id: Some(delivery_id),
                 event: original.event,
                 guid: original.guid,
                 hook_id: hook.rsplit('/').next().unwrap_or_default().into(),
@@ -1250,10 +1548,15 @@ fn installation_token(inner: &mut Inner, installation: &str, jwt: Option<&str>) 
     )
 }
 
+/// A job of a run answers with everything GitHub says of it; a job known only by its status
+/// (`set_job_status`, `set_default_job_status`) with that status and made-up rest.
 fn job(inner: &Inner, owner_repo: &str, id: &str) -> Response {
     let Ok(id) = id.parse::<u64>() else {
         return not_found();
     };
+    if let Some((run, job)) = find_job(inner, owner_repo, id) {
+        return answer(200, workflow_job_json(run, job));
+    }
     let status = inner
         .jobs
         .get(&(owner_repo.to_string(), id))
@@ -2034,6 +2337,346 @@ mod tests {
                 .1["total_count"],
             0
         );
+    }
+
+    /// Run 10 of acme/app with job 11, added directly (no repository, no dispatch).
+    async fn with_a_run() -> FakeGithub {
+        let github = started().await;
+        github.add_workflow_run("acme/app", 10, 11, "build", &["self-hosted", "cpu"]);
+        github
+    }
+
+    fn rerun_url(github: &FakeGithub, job_id: u64) -> String {
+        format!("{}/repos/acme/app/actions/jobs/{job_id}/rerun", github.url())
+    }
+
+    fn job_url(github: &FakeGithub, job_id: u64) -> String {
+        format!("{}/repos/acme/app/actions/jobs/{job_id}", github.url())
+    }
+
+    #[tokio::test]
+    async fn a_run_added_directly_serves_its_job_in_githubs_full_shape() {
+        let github = with_a_run().await;
+        let (status, job) = http("GET", &job_url(&github, 11), PAT, None).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            (job["id"].as_u64(), job["run_id"].as_u64(), job["run_attempt"].as_u64()),
+            (Some(11), Some(10), Some(1))
+        );
+        assert_eq!(
+            (job["name"].as_str(), job["status"].as_str()),
+            (Some("build"), Some("queued"))
+        );
+        assert_eq!(job["labels"], json!(["self-hosted", "cpu"]));
+        assert_eq!((&job["conclusion"], &job["runner_name"]), (&Value::Null, &Value::Null));
+        assert_eq!(job["started_at"], job["created_at"]);
+        github.start_workflow_job(11, "sophons-i-0abc", Duration::from_secs(5));
+        github.complete_workflow_job(11, "success", Duration::from_secs(9));
+        let job = http("GET", &job_url(&github, 11), PAT, None).await.1;
+        assert_eq!(
+            (job["runner_name"].as_str(), job["conclusion"].as_str()),
+            (Some("sophons-i-0abc"), Some("success"))
+        );
+        let run = http(
+            "GET",
+            &format!("{}/repos/acme/app/actions/runs/10", github.url()),
+            PAT,
+            None,
+        )
+        .await
+        .1;
+        assert_eq!(
+            (
+                run["status"].as_str(),
+                run["conclusion"].as_str(),
+                run["run_attempt"].as_u64()
+            ),
+            (Some("completed"), Some("success"), Some(1)),
+            "the run ends with its one job"
+        );
+        assert_eq!(run["previous_attempt_url"], Value::Null);
+        // The repository itself was never added, and a job known by its status only answers as before.
+        assert_eq!(
+            http("GET", &format!("{}/repos/acme/app", github.url()), PAT, None)
+                .await
+                .0,
+            404
+        );
+        github.set_job_status("acme/app", 12, "in_progress");
+        let (status, job) = http("GET", &job_url(&github, 12), PAT, None).await;
+        assert_eq!(
+            (status, job["status"].as_str(), job["run_id"].as_u64()),
+            (200, Some("in_progress"), Some(1))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_job_rerun_is_refused_while_its_run_is_in_progress() {
+        let github = with_a_run().await;
+        let (status, body) = http("POST", &rerun_url(&github, 11), PAT, None).await;
+        assert_eq!(
+            (status, body["message"].as_str()),
+            (403, Some("The workflow run containing this job is already running")),
+            "a queued run"
+        );
+        github.start_workflow_job(11, "sophons-i-0abc", Duration::from_secs(5));
+        assert_eq!(
+            http("POST", &rerun_url(&github, 11), PAT, None).await.0,
+            403,
+            "a run in progress"
+        );
+        let run = github.workflow_run(10).unwrap();
+        assert_eq!((run.run_attempt, run.job.id, run.earlier_jobs.len()), (1, 11, 0));
+        assert_eq!(github.requests_to("POST", "/actions/jobs/11/rerun").len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_job_rerun_makes_a_new_attempt_with_a_new_job_id() {
+        let github = with_a_run().await;
+        github.start_workflow_job(11, "sophons-i-0abc", Duration::from_secs(5));
+        github.complete_workflow_job(11, "failure", Duration::from_secs(9));
+        let (status, body) = http("POST", &rerun_url(&github, 11), PAT, None).await;
+        assert_eq!((status, body), (201, json!({})));
+        let run = github.workflow_run(10).unwrap();
+        assert_eq!(
+            (run.run_attempt, run.status.as_str(), run.conclusion.as_deref()),
+            (2, "queued", None)
+        );
+        let new = &run.job;
+        assert!(new.id > 11, "a new id: {}", new.id);
+        assert_eq!(
+            (
+                new.name.as_str(),
+                new.labels.clone(),
+                new.status.as_str(),
+                new.run_attempt
+            ),
+            ("build", vec!["self-hosted".to_string(), "cpu".into()], "queued", 2)
+        );
+        assert_eq!((new.runner_name.as_deref(), new.conclusion.as_deref()), (None, None));
+        // The first attempt's job is still there, as it ended.
+        let old = http("GET", &job_url(&github, 11), PAT, None).await.1;
+        assert_eq!(
+            (
+                old["run_attempt"].as_u64(),
+                old["status"].as_str(),
+                old["conclusion"].as_str()
+            ),
+            (Some(1), Some("completed"), Some("failure"))
+        );
+        let fresh = http("GET", &job_url(&github, new.id), PAT, None).await.1;
+        assert_eq!(
+            (fresh["run_attempt"].as_u64(), fresh["status"].as_str()),
+            (Some(2), Some("queued"))
+        );
+        let jobs = format!("{}/repos/acme/app/actions/runs/10/jobs", github.url());
+        let latest = http("GET", &jobs, PAT, None).await.1;
+        assert_eq!(
+            (latest["total_count"].as_u64(), latest["jobs"][0]["id"].as_u64()),
+            (Some(1), Some(new.id))
+        );
+        let all = http("GET", &format!("{jobs}?filter=all"), PAT, None).await.1;
+        assert_eq!(all["total_count"], 2);
+        let run_json = http(
+            "GET",
+            &format!("{}/repos/acme/app/actions/runs/10", github.url()),
+            PAT,
+            None,
+        )
+        .await
+        .1;
+        assert_eq!(
+            (run_json["run_attempt"].as_u64(), run_json["status"].as_str()),
+            (Some(2), Some("queued"))
+        );
+        assert!(
+            run_json["previous_attempt_url"]
+                .as_str()
+                .unwrap()
+                .ends_with("/runs/10/attempts/1")
+        );
+        // The new attempt runs like the first; its job is the one a runner takes.
+        github.start_workflow_job(new.id, "sophons-i-0def", Duration::from_secs(3));
+        assert_eq!(github.workflow_run(10).unwrap().status, "in_progress");
+    }
+
+    #[tokio::test]
+    async fn a_job_of_an_older_attempt_is_not_rerun() {
+        let github = with_a_run().await;
+        github.complete_workflow_job(11, "cancelled", Duration::from_secs(9));
+        assert_eq!(http("POST", &rerun_url(&github, 11), PAT, None).await.0, 201);
+        let second = github.workflow_run(10).unwrap().job.id;
+        github.complete_workflow_job(second, "failure", Duration::from_secs(9));
+        let (status, body) = http("POST", &rerun_url(&github, 11), PAT, None).await;
+        assert_eq!(status, 403);
+        assert!(body["message"].as_str().unwrap().contains("latest attempt"), "{body}");
+        assert_eq!(github.workflow_run(10).unwrap().run_attempt, 2);
+        assert_eq!(http("POST", &rerun_url(&github, second), PAT, None).await.0, 201);
+        assert_eq!(github.workflow_run(10).unwrap().run_attempt, 3);
+    }
+
+    #[tokio::test]
+    async fn a_rerun_of_an_unknown_job_is_not_found() {
+        let github = with_a_run().await;
+        github.complete_workflow_job(11, "failure", Duration::from_secs(9));
+        assert_eq!(http("POST", &rerun_url(&github, 99), PAT, None).await.0, 404);
+        let other_repository = format!("{}/repos/acme/other/actions/jobs/11/rerun", github.url());
+        assert_eq!(http("POST", &other_repository, PAT, None).await.0, 404);
+        github.set_job_status("acme/app", 12, "completed");
+        assert_eq!(
+            http("POST", &rerun_url(&github, 12), PAT, None).await.0,
+            404,
+            "a job known by its status only has no run to re-run"
+        );
+        assert_eq!(github.workflow_run(10).unwrap().run_attempt, 1);
+    }
+
+    #[tokio::test]
+    async fn a_run_is_not_rerun_past_30_days_or_after_50_reruns() {
+        let github = with_a_run().await;
+        github.complete_workflow_job(11, "failure", Duration::from_secs(9));
+        github.age_workflow_run(10, Duration::from_secs(31 * 86_400));
+        let (status, body) = http("POST", &rerun_url(&github, 11), PAT, None).await;
+        assert_eq!(
+            (status, body["message"].as_str()),
+            (
+                403,
+                Some("Unable to retry this workflow run because it was created over a month ago")
+            )
+        );
+        github.age_workflow_run(10, Duration::from_secs(29 * 86_400));
+        for attempt in 2..=51 {
+            let job = github.workflow_run(10).unwrap().job.id;
+            assert_eq!(
+                http("POST", &rerun_url(&github, job), PAT, None).await.0,
+                201,
+                "attempt {attempt}"
+            );
+            github.complete_workflow_job(github.workflow_run(10).unwrap().job.id, "failure", Duration::ZERO);
+        }
+        let run = github.workflow_run(10).unwrap();
+        assert_eq!((run.run_attempt, run.earlier_jobs.len()), (51, 50));
+        let (status, body) = http("POST", &rerun_url(&github, run.job.id), PAT, None).await;
+        assert_eq!(status, 403, "a 51st re-run");
+        assert!(body["message"].as_str().unwrap().contains("50"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn rerun_failed_jobs_waits_for_the_run_and_reruns_only_a_failed_job() {
+        let github = with_a_run().await;
+        let url = format!("{}/repos/acme/app/actions/runs/10/rerun-failed-jobs", github.url());
+        let (status, body) = http("POST", &url, PAT, None).await;
+        assert_eq!(
+            (status, body["message"].as_str()),
+            (403, Some("This workflow is already running"))
+        );
+        github.complete_workflow_job(11, "success", Duration::from_secs(9));
+        assert_eq!(http("POST", &url, PAT, None).await.0, 403, "nothing failed");
+        assert_eq!(github.workflow_run(10).unwrap().run_attempt, 1);
+        let missing = format!("{}/repos/acme/app/actions/runs/99/rerun-failed-jobs", github.url());
+        assert_eq!(http("POST", &missing, PAT, None).await.0, 404);
+
+        github.add_workflow_run("acme/app", 20, 21, "build", &["self-hosted"]);
+        github.complete_workflow_job(21, "timed_out", Duration::from_secs(9));
+        let url = format!("{}/repos/acme/app/actions/runs/20/rerun-failed-jobs", github.url());
+        assert_eq!(http("POST", &url, PAT, None).await, (201, json!({})));
+        let run = github.workflow_run(20).unwrap();
+        assert_eq!((run.run_attempt, run.job.status.as_str()), (2, "queued"));
+        assert_ne!(run.job.id, 21);
+    }
+
+    /// A webhook URL that answers 202 and hands over each delivery's headers (lower-cased) and body.
+    async fn webhook_listener() -> (String, tokio::sync::mpsc::UnboundedReceiver<(String, Value)>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/webhook", listener.local_addr().unwrap());
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut raw = Vec::new();
+                let mut chunk = [0u8; 8192];
+                let (head, body) = loop {
+                    let read = stream.read(&mut chunk).await.unwrap();
+                    raw.extend_from_slice(&chunk[..read]);
+                    let text = String::from_utf8_lossy(&raw).into_owned();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().to_string())
+                            })
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if body.len() >= length {
+                            break (head.to_ascii_lowercase(), body.to_string());
+                        }
+                    }
+                };
+                let answer = "HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+                stream.write_all(answer.as_bytes()).await.unwrap();
+                let _ = sender.send((head, serde_json::from_str(&body).unwrap_or(Value::Null)));
+            }
+        });
+        (url, receiver)
+    }
+
+    #[tokio::test]
+    async fn a_job_rerun_delivers_a_signed_queued_webhook_for_the_new_job() {
+        let github = with_a_run().await;
+        let hook = org_hook("acme", 7);
+        github.add_hook(&hook);
+        let (url, mut deliveries) = webhook_listener().await;
+        github.set_webhook_target(&url, |body| format!("sha256=signed-{}", body.len()));
+        github.complete_workflow_job(11, "failure", Duration::from_secs(9));
+        assert_eq!(http("POST", &rerun_url(&github, 11), PAT, None).await.0, 201);
+        let (head, payload) = deliveries.try_recv().expect("delivered before the 201");
+        let new = github.workflow_run(10).unwrap().job;
+        assert!(head.contains("x-github-event: workflow_job"), "{head}");
+        assert!(head.contains("x-github-hook-id: 7"), "{head}");
+        let body_length = payload.to_string().len();
+        assert!(
+            head.contains(&format!("x-hub-signature-256: sha256=signed-{body_length}")),
+            "{head}"
+        );
+        assert_eq!(payload["action"], "queued");
+        let job = &payload["workflow_job"];
+        assert_eq!(
+            (job["id"].as_u64(), job["run_id"].as_u64(), job["run_attempt"].as_u64()),
+            (Some(new.id), Some(10), Some(2))
+        );
+        assert_eq!(
+            (job["name"].as_str(), &job["labels"]),
+            (Some("build"), &json!(["self-hosted", "cpu"]))
+        );
+        assert!(job["created_at"].as_str().unwrap().ends_with('Z'));
+        let repository = &payload["repository"];
+        assert_eq!(
+            (
+                repository["full_name"].as_str(),
+                repository["name"].as_str(),
+                repository["owner"]["login"].as_str()
+            ),
+            (Some("acme/app"), Some("app"), Some("acme"))
+        );
+        assert_eq!(repository["private"], true);
+        let recorded = github.hook_deliveries(&hook);
+        assert_eq!(recorded.len(), 1);
+        assert_eq!(
+            (
+                recorded[0].event.as_str(),
+                recorded[0].action.as_deref(),
+                recorded[0].status_code
+            ),
+            ("workflow_job", Some("queued"), 202)
+        );
+        assert!(
+            head.contains(&format!("x-github-delivery: {}", recorded[0].guid)),
+            "{head}"
+        );
+        // A refused re-run delivers nothing.
+        assert_eq!(http("POST", &rerun_url(&github, new.id), PAT, None).await.0, 403);
+        assert!(deliveries.try_recv().is_err());
     }
 
     #[test]

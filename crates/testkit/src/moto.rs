@@ -130,12 +130,28 @@ pub async fn waiting_table(sdk: &aws_config::SdkConfig, name: &str) -> String {
     table(sdk, name, "place", ScalarAttributeType::S).await
 }
 
+/// The spot interruptions table as Terraform makes it (terraform/interruptions.tf).
+pub async fn interruptions_table(sdk: &aws_config::SdkConfig, name: &str) -> String {
+    use aws_sdk_dynamodb::types::ScalarAttributeType;
+    keyed_table(sdk, name, "pk", ("sk", ScalarAttributeType::S)).await
+}
+
 /// A table keyed by `template` and a sort key.
 async fn table(
     sdk: &aws_config::SdkConfig,
     name: &str,
     sort_key: &str,
     sort_type: aws_sdk_dynamodb::types::ScalarAttributeType,
+) -> String {
+    keyed_table(sdk, name, "template", (sort_key, sort_type)).await
+}
+
+/// A table keyed by a string partition key and a sort key.
+async fn keyed_table(
+    sdk: &aws_config::SdkConfig,
+    name: &str,
+    partition_key: &str,
+    (sort_key, sort_type): (&str, aws_sdk_dynamodb::types::ScalarAttributeType),
 ) -> String {
     use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
     let attribute = |name: &str, kind| {
@@ -156,9 +172,9 @@ async fn table(
         .create_table()
         .table_name(name)
         .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(attribute("template", ScalarAttributeType::S))
+        .attribute_definitions(attribute(partition_key, ScalarAttributeType::S))
         .attribute_definitions(attribute(sort_key, sort_type))
-        .key_schema(key("template", KeyType::Hash))
+        .key_schema(key(partition_key, KeyType::Hash))
         .key_schema(key(sort_key, KeyType::Range))
         .send()
         .await

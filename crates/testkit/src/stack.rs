@@ -103,6 +103,7 @@ impl Stack {
             .unwrap();
         let slots_table = moto::slots_table(&sdk, &format!("{deployment}-slots")).await;
         let waiting_table = moto::waiting_table(&sdk, &format!("{deployment}-waiting")).await;
+        let interruptions_table = moto::interruptions_table(&sdk, &format!("{deployment}-interruptions")).await;
         let github = FakeGithub::start().await;
         github.set_token(TOKEN);
         github.set_default_job_status(Some("queued"));
@@ -130,6 +131,7 @@ impl Stack {
             "webhook_secret_param": secret_param,
             "slots_table": slots_table,
             "waiting_table": waiting_table,
+            "interruptions_table": interruptions_table,
             "github": { "api_url": github.url(), "owner": "my-org", "scope": "org", "token_param": token_param },
             "runner_script": { "bucket": format!("{deployment}-scripts"), "key": "runner.sh" },
             "templates": template_docs,
