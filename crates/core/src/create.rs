@@ -13,8 +13,8 @@ use crate::commands::{CommandError, CommandRequest, runner_commands};
 use crate::config::{Config, Template};
 use crate::fleet::{
     Capacity, FleetError, Instance, InstanceQuery, LaunchRequest, Launched, TAG_COMMAND_ID, TAG_DEPLOYMENT, TAG_JOB_ID,
-    TAG_RELAUNCHES, TAG_REPOSITORY, TAG_RUN_ID, TAG_RUNNER_FAILURES, TAG_RUNNER_ID, TAG_SLOT, TAG_TEMPLATE,
-    TAG_WORKFLOW,
+    TAG_JOB_NAME, TAG_RELAUNCHES, TAG_REPOSITORY, TAG_RUN_ATTEMPT, TAG_RUN_ID, TAG_RUNNER_FAILURES, TAG_RUNNER_ID,
+    TAG_SLOT, TAG_TEMPLATE, TAG_WORKFLOW,
 };
 use crate::github::{GithubError, JobStatus, RunnerScope};
 use crate::job::JobMessage;
@@ -1072,6 +1072,8 @@ impl CreateRunner {
             (TAG_JOB_ID.to_string(), message.job_id.to_string()),
             (TAG_REPOSITORY.to_string(), names::tag_value(&message.repository)),
             (TAG_RUN_ID.to_string(), message.run_id.to_string()),
+            (TAG_RUN_ATTEMPT.to_string(), message.run_attempt.to_string()),
+            (TAG_JOB_NAME.to_string(), names::tag_value(&message.job_name)),
             (TAG_WORKFLOW.to_string(), names::tag_value(&message.workflow_name)),
             (TAG_RELAUNCHES.to_string(), message.relaunches.to_string()),
             (TAG_RUNNER_FAILURES.to_string(), message.runner_failures.to_string()),

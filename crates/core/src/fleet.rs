@@ -17,6 +17,10 @@ pub const TAG_TEMPLATE: &str = "sophons:template";
 pub const TAG_JOB_ID: &str = "sophons:job-id";
 pub const TAG_REPOSITORY: &str = "sophons:repository";
 pub const TAG_RUN_ID: &str = "sophons:run-id";
+/// The job's run attempt and name: a job sent back keeps them, so the re-run of an interrupted
+/// job stays recognised (and on-demand) through a relaunch.
+pub const TAG_RUN_ATTEMPT: &str = "sophons:run-attempt";
+pub const TAG_JOB_NAME: &str = "sophons:job-name";
 /// The job's workflow name: with the repository, what cost allocation groups by.
 pub const TAG_WORKFLOW: &str = "sophons:workflow";
 pub const TAG_COMMAND_ID: &str = "sophons:command-id";

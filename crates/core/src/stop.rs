@@ -15,8 +15,8 @@ use tokio::time::Instant;
 use crate::commands::CommandStatus;
 use crate::config::Config;
 use crate::fleet::{
-    Instance, InstanceQuery, InstanceState, TAG_COMMAND_ID, TAG_JOB_ID, TAG_RELAUNCHED, TAG_RELAUNCHES, TAG_REPOSITORY,
-    TAG_RUN_ID, TAG_RUNNER_FAILURES, TAG_RUNNER_ID, TAG_TEMPLATE,
+    Instance, InstanceQuery, InstanceState, TAG_COMMAND_ID, TAG_JOB_ID, TAG_JOB_NAME, TAG_RELAUNCHED, TAG_RELAUNCHES,
+    TAG_REPOSITORY, TAG_RUN_ATTEMPT, TAG_RUN_ID, TAG_RUNNER_FAILURES, TAG_RUNNER_ID, TAG_TEMPLATE,
 };
 use crate::github::{GithubError, JobStatus, Runner, RunnerScope};
 use crate::job::{JobMessage, MESSAGE_VERSION, now_rfc3339};
@@ -263,6 +263,9 @@ impl StopRunner {
     /// One instance of this deployment, ended ones too; None when it is not ours, or on error
     /// (logged: the sweep finds it).
     async fn look_up(&self, instance_id: &str) -> Option<Instance> {
+        if instance_id.is_empty() {
+            return None; // an event without `detail.instance-id`
+        }
         let query = InstanceQuery {
             instance_id: Some(instance_id.to_string()),
             with_terminated: true,
@@ -558,14 +561,14 @@ impl StopRunner {
                 .tag(TAG_RUN_ID)
                 .and_then(|id| id.parse().ok())
                 .unwrap_or_default(),
-            run_attempt: 1,
+            run_attempt: instance.tag(TAG_RUN_ATTEMPT).and_then(|n| n.parse().ok()).unwrap_or(1),
             owner: owner.to_string(),
             name: name.to_string(),
             repository: repository.clone(),
             labels,
             template,
             workflow_name: String::new(),
-            job_name: String::new(),
+            job_name: instance.tag(TAG_JOB_NAME).unwrap_or_default().to_string(),
             job_url: String::new(),
             created_at: String::new(),
             received_at: now_rfc3339(),

@@ -116,6 +116,10 @@ pub struct Answer {
     pub event: Option<String>,
     pub action: Option<String>,
     pub job_id: Option<u64>,
+    /// The job's run and attempt: with the job id, what lets an operator follow a job through
+    /// its re-runs (a re-run's job has a new id in the same run).
+    pub run_id: Option<u64>,
+    pub run_attempt: Option<u32>,
     pub repository: Option<String>,
     pub template: Option<String>,
 }
@@ -129,6 +133,8 @@ impl Answer {
             event: None,
             action: None,
             job_id: None,
+            run_id: None,
+            run_attempt: None,
             repository: None,
             template: None,
         }
@@ -331,7 +337,11 @@ impl Webhook {
             }
             let mut answer = Answer::new(Decision::Ignored, format!("action `{action}` needs no runner"));
             answer.action = Some(action.into_owned());
-            answer.job_id = delivery.workflow_job.and_then(|job| job.id);
+            if let Some(job) = delivery.workflow_job {
+                answer.job_id = job.id;
+                answer.run_id = job.run_id;
+                answer.run_attempt = job.run_attempt;
+            }
             return answer;
         }
         let mut answer = self.queued(delivery, delivery_id).await;
@@ -398,8 +408,11 @@ impl Webhook {
             .map(Cow::into_owned)
             .unwrap_or_else(|| full_name.rsplit('/').next().unwrap_or_default().to_string());
 
+        let run_attempt = job.run_attempt;
         let with_job = |mut answer: Answer| {
             answer.job_id = Some(job_id);
+            answer.run_id = Some(run_id);
+            answer.run_attempt = run_attempt;
             answer.repository = Some(full_name.to_string());
             answer
         };
@@ -513,6 +526,8 @@ fn log(answer: &Answer, elapsed_us: u128) {
         answer.template.as_deref().unwrap_or(""),
     );
     let job_id = answer.job_id.unwrap_or_default();
+    let run_id = answer.run_id.unwrap_or_default();
+    let run_attempt = answer.run_attempt.unwrap_or_default();
     let status = answer.decision.status().as_u16();
     let decision = answer.decision.as_str();
     if answer.decision == Decision::QueueFailed {
@@ -521,6 +536,8 @@ fn log(answer: &Answer, elapsed_us: u128) {
             event = fields.1,
             action = fields.2,
             job_id,
+            run_id,
+            run_attempt,
             repository = fields.3,
             template = fields.4,
             decision,
@@ -535,6 +552,8 @@ fn log(answer: &Answer, elapsed_us: u128) {
             event = fields.1,
             action = fields.2,
             job_id,
+            run_id,
+            run_attempt,
             repository = fields.3,
             template = fields.4,
             decision,

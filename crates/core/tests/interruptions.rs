@@ -26,6 +26,7 @@ const RUN: u64 = 7;
 
 struct World {
     fleet: Arc<FakeFleet>,
+    queue: Arc<FakeQueue>,
     github: Arc<FakeGithub>,
     store: Arc<FakeInterruptions>,
     create: Arc<CreateRunner>,
@@ -40,17 +41,19 @@ fn world_with(edit: impl FnOnce(&mut Value)) -> World {
     let fleet = Arc::new(FakeFleet::default());
     let github = Arc::new(FakeGithub::new());
     let store = Arc::new(FakeInterruptions::default());
+    let queue = Arc::new(FakeQueue::default());
     let ports = Ports {
         fleet: fleet.clone(),
         github: github.clone(),
         secrets: Arc::new(FakeSecrets::default()),
         slots: Arc::new(FakeSlots::default()),
         commands: Arc::new(FakeCommands::default()),
-        queue: Arc::new(FakeQueue::default()),
+        queue: queue.clone(),
         waiting: None,
         interruptions: Some(store.clone()),
     };
     World {
+        queue,
         create: Arc::new(CreateRunner::new(config.clone(), ports.clone())),
         stop: StopRunner::new(config, ports),
         fleet,
@@ -93,10 +96,19 @@ fn job(job_id: u64, name: &str, attempt: u32) -> JobMessage {
 
 /// Serves a job; answers its instance and the capacity it launched on.
 async fn serve(world: &World, message: &JobMessage) -> (String, Capacity) {
+    let (instance_id, capacity, _) = serve_with_command(world, message).await;
+    (instance_id, capacity)
+}
+
+/// Serves a job; answers its instance, the capacity it launched on, and its runner command.
+async fn serve_with_command(world: &World, message: &JobMessage) -> (String, Capacity, String) {
     match world.create.serve(&message.encode(), 1, far()).await {
         Outcome::Served {
-            instance_id, capacity, ..
-        } => (instance_id, capacity),
+            instance_id,
+            capacity,
+            command_id,
+            ..
+        } => (instance_id, capacity, command_id),
         other => panic!("job {} should have been served: {other:?}", message.job_id),
     }
 }
@@ -467,4 +479,30 @@ async fn a_failing_store_launches_as_the_template_says_and_loses_nothing() {
     world.store.fail_next([failed.clone(), failed]);
     let (_, capacity) = serve(&world, &job(2, "other", 1)).await;
     assert_eq!(capacity, Capacity::Spot);
+}
+
+#[tokio::test]
+async fn a_rerun_whose_on_demand_runner_died_at_boot_is_relaunched_on_demand_again() {
+    let world = world();
+    let instance_id = warned_job(&world).await;
+    github_says(&world, 1, &instance_id, Some("failure"), SystemTime::now(), "completed");
+    assert_eq!(sweep(&world).await.rerun, 1);
+    let (rerun_instance, capacity, command_id) = serve_with_command(&world, &job(101, "build", 2)).await;
+    assert_eq!(capacity, Capacity::OnDemand);
+    // Its runner dies before taking the job (GitHub still has job 101 queued): sent back.
+    let stopped = world.stop.command_ended(&rerun_instance, &command_id, "Failed").await;
+    assert!(
+        matches!(stopped, Stopped::Ended { relaunched: true, .. }),
+        "{stopped:?}"
+    );
+    let relaunch = world
+        .queue
+        .sent()
+        .iter()
+        .map(|sent| JobMessage::decode(&sent.body).unwrap())
+        .find(|message| message.job_id == 101)
+        .expect("job 101 sent back");
+    assert_eq!((relaunch.run_attempt, relaunch.job_name.as_str()), (2, "build"));
+    let (_, capacity) = serve(&world, &relaunch).await;
+    assert_eq!(capacity, Capacity::OnDemand, "still the re-run of an interrupted job");
 }

@@ -292,7 +292,7 @@ async fn a_failed_runner_whose_job_ran_elsewhere_is_not_relaunched() {
 }
 
 #[tokio::test]
-async fn the_handler_tells_ssm_events_from_the_schedule_from_anything_else() {
+async fn the_handler_tells_ssm_events_spot_warnings_and_the_schedule_from_anything_else() {
     let world = world();
     let (instance_id, command_id) = running_job(&world, 9).await;
     // AWS's documented sample shapes.
@@ -314,7 +314,15 @@ async fn the_handler_tells_ssm_events_from_the_schedule_from_anything_else() {
         "resources": ["arn:aws:events:us-east-1:123456789012:rule/sophons-sweep"], "detail": {}
     });
     assert!(matches!(world.stop.handle(schedule, far()).await, Handled::Sweep(_)));
-    let other = json!({ "detail-type": "EC2 Spot Instance Interruption Warning", "source": "aws.ec2", "detail": {} });
+    // A spot warning without an instance is no instance of ours; an event of another kind is
+    // not one stop-runner handles.
+    let empty_warning =
+        json!({ "detail-type": "EC2 Spot Instance Interruption Warning", "source": "aws.ec2", "detail": {} });
+    assert!(matches!(
+        world.stop.handle(empty_warning, far()).await,
+        Handled::Stop(Stopped::Ignored(_))
+    ));
+    let other = json!({ "detail-type": "EC2 Instance Rebalance Recommendation", "source": "aws.ec2", "detail": {} });
     assert!(matches!(world.stop.handle(other, far()).await, Handled::Ignored(_)));
     assert!(matches!(
         world.stop.handle(json!("garbage"), far()).await,
