@@ -1049,6 +1049,25 @@ impl Github for FakeGithub {
             .ok_or_else(|| GithubError::NotFound(format!("run {run_id}")))
     }
 
+    async fn run_jobs(&self, repository: &str, run_id: u64) -> Result<Vec<JobDetails>, GithubError> {
+        let mut state = self.state.lock().unwrap();
+        if let Some(error) = state.status_faults.pop_front() {
+            return Err(error);
+        }
+        let latest = state
+            .runs
+            .get(&(repository.to_string(), run_id))
+            .map(|run| run.run_attempt);
+        Ok(state
+            .job_details
+            .iter()
+            .filter(|((of, _), job)| {
+                of == repository && job.run_id == run_id && latest.is_none_or(|at| job.run_attempt == at)
+            })
+            .map(|(_, job)| job.clone())
+            .collect())
+    }
+
     /// GitHub's rules: the job must be of the run's latest attempt, and the run completed (403
     /// before); the run becomes a new attempt, queued.
     async fn rerun_job(&self, repository: &str, job_id: u64) -> Result<(), GithubError> {

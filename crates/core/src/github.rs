@@ -271,6 +271,13 @@ pub trait Github: Send + Sync {
     async fn workflow_run(&self, repository: &str, run_id: u64) -> Result<RunDetails, GithubError> {
         Err(not_supported(&format!("reading workflow run {run_id} of {repository}")))
     }
+    /// The jobs of a run's latest attempt
+    /// (`GET /repos/{owner}/{repo}/actions/runs/{run_id}/jobs?filter=latest`, every page).
+    async fn run_jobs(&self, repository: &str, run_id: u64) -> Result<Vec<JobDetails>, GithubError> {
+        Err(not_supported(&format!(
+            "listing the jobs of run {run_id} of {repository}"
+        )))
+    }
     /// `POST /repos/{owner}/{repo}/actions/jobs/{job_id}/rerun`: a new attempt of the run with
     /// this job (and the jobs that need it), whose jobs get new ids. One attempt, never retried
     /// here: a retry after a lost answer could re-run twice. GitHub refuses (403, here
@@ -280,6 +287,9 @@ pub trait Github: Send + Sync {
         Err(not_supported(&format!("re-running job {job_id} of {repository}")))
     }
 }
+
+/// The most pages of a run's jobs read (100 a page; a matrix has at most 256 jobs).
+const MOST_JOB_PAGES: u32 = 5;
 
 /// What the hook methods answer in an adapter that does not implement them.
 fn not_supported(what: &str) -> GithubError {
@@ -737,6 +747,29 @@ impl Github for OctocrabGithub {
         with_retries(|| self.client.get(&route, None::<&()>))
             .await
             .map_err(|failed| classify(&format!("workflow run {run_id} of {repository}"), failed.error))
+    }
+
+    async fn run_jobs(&self, repository: &str, run_id: u64) -> Result<Vec<JobDetails>, GithubError> {
+        #[derive(Deserialize)]
+        struct JobsPage {
+            total_count: u64,
+            jobs: Vec<JobDetails>,
+        }
+        let mut jobs = Vec::new();
+        // A matrix has at most 256 jobs: three pages of 100.
+        for page in 1..=MOST_JOB_PAGES {
+            let route =
+                format!("/repos/{repository}/actions/runs/{run_id}/jobs?filter=latest&per_page=100&page={page}");
+            let listed: JobsPage = with_retries(|| self.client.get(&route, None::<&()>))
+                .await
+                .map_err(|failed| classify(&format!("jobs of workflow run {run_id} of {repository}"), failed.error))?;
+            let last = listed.jobs.is_empty() || jobs.len() as u64 + listed.jobs.len() as u64 >= listed.total_count;
+            jobs.extend(listed.jobs);
+            if last {
+                break;
+            }
+        }
+        Ok(jobs)
     }
 
     async fn rerun_job(&self, repository: &str, job_id: u64) -> Result<(), GithubError> {

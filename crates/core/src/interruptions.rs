@@ -427,20 +427,33 @@ async fn next_step(config: &Config, ports: &Ports, interrupted: &Interrupted) ->
         Err(error) => return Err(error),
     };
     let ours = crate::names::runner_name(&config.deployment, &interrupted.instance_id);
-    match job.runner_name.as_deref() {
-        // Still queued: it had not started on the interrupted runner; stop-runner sent it back.
-        None if job.status != "completed" => {
-            return Ok(Next::Settle(
-                "it had not started on the interrupted runner; it was sent back for a new runner".into(),
-            ));
+    // GitHub gives a queued job to any idle runner with its labels: the interrupted runner may
+    // have run another job than the one it was launched for, most likely one of the same run
+    // (a matrix). That is the job to follow.
+    let job = if job.runner_name.as_deref() == Some(ours.as_str()) {
+        job
+    } else {
+        match ports.github.run_jobs(repository, *run_id).await {
+            Ok(jobs) => match jobs
+                .into_iter()
+                .find(|other| other.runner_name.as_deref() == Some(ours.as_str()))
+            {
+                Some(other) => other,
+                None => {
+                    return Ok(Next::Settle(match job.runner_name {
+                        Some(runner) => format!("it ran on runner `{runner}`, and no job of its run on the interrupted one"),
+                        None => "no job of its run had started on the interrupted runner (a job still queued was sent back for a new runner)".into(),
+                    }));
+                }
+            },
+            Err(error) if error.is_retryable() => return Err(error),
+            Err(error) => {
+                return Ok(Next::Settle(format!(
+                    "no job ran on the interrupted runner as far as GitHub says ({error})"
+                )));
+            }
         }
-        Some(runner) if runner != ours => {
-            return Ok(Next::Settle(format!(
-                "it ran on runner `{runner}`, not on the interrupted one"
-            )));
-        }
-        _ => {}
-    }
+    };
     if job.status != "completed" {
         return Ok(Next::Wait("GitHub has not concluded the job yet"));
     }
@@ -457,22 +470,31 @@ async fn next_step(config: &Config, ports: &Ports, interrupted: &Interrupted) ->
     if completed.is_some_and(|completed| completed + WARNING < interrupted.at) {
         return Ok(Next::Settle("it failed before EC2 warned of the interruption".into()));
     }
-    let run = ports.github.workflow_run(repository, *run_id).await?;
+    let run = ports.github.workflow_run(repository, job.run_id).await?;
     if run.run_attempt > job.run_attempt {
         return Ok(Next::Settle(format!(
-            "run {run_id} was re-run already (attempt {})",
-            run.run_attempt
+            "run {} was re-run already (attempt {})",
+            job.run_id, run.run_attempt
         )));
     }
     if run.status != "completed" {
         return Ok(Next::Wait("GitHub re-runs a job once its run has completed"));
     }
+    if job.id != *job_id {
+        tracing::info!(
+            job_id,
+            ran_job_id = job.id,
+            run_id = job.run_id,
+            "the interrupted runner had run job {} of the same run, not job {job_id}: that job is the one re-run",
+            job.id
+        );
+    }
     Ok(Next::Rerun(Rerun {
         repository: repository.clone(),
-        run_id: *run_id,
+        run_id: job.run_id,
         job_name: job.name,
         attempt: job.run_attempt,
-        job_id: *job_id,
+        job_id: job.id,
     }))
 }
 

@@ -454,12 +454,11 @@ impl StopRunner {
         };
         // Counted once per reclaim looked after (the mark below keeps it from being looked after again).
         if instance.state_reason.as_deref() == Some(SPOT_RECLAIM_REASON) {
-            // A job that had started on the runner is followed for a re-run (recorded already if
-            // the warning came; this covers a warning lost).
-            if !relaunched {
-                let how = "the instance ended with Server.SpotInstanceTermination";
-                crate::interruptions::record(&self.config, &self.ports, instance, SystemTime::now(), how).await;
-            }
+            // Followed for a re-run (recorded already if the warning came; this covers a warning
+            // lost). Even when its own job was still queued and sent back: the runner may have run
+            // another job with the same labels, which the follow-up finds in the job's run.
+            let how = "the instance ended with Server.SpotInstanceTermination";
+            crate::interruptions::record(&self.config, &self.ports, instance, SystemTime::now(), how).await;
             Emf::new(&self.config.deployment)
                 .dimension(
                     "template",

@@ -160,7 +160,11 @@ fn github_says(
             id: job_id,
             run_id: RUN,
             run_attempt: 1,
-            name: "build".into(),
+            name: if job_id == 1 {
+                "build".into()
+            } else {
+                format!("build-{job_id}")
+            },
             status: if conclusion.is_some() {
                 "completed"
             } else {
@@ -314,6 +318,24 @@ async fn a_job_that_ran_on_another_runner_is_not_rerun() {
 }
 
 #[tokio::test]
+async fn the_job_of_the_same_run_the_interrupted_runner_ran_instead_is_the_one_rerun() {
+    let world = world();
+    let instance_id = warned_job(&world).await;
+    // GitHub gave job 1 to another runner, and job 2 of the same run to ours (same labels).
+    github_says(
+        &world,
+        1,
+        "i-someone-else",
+        Some("success"),
+        SystemTime::now(),
+        "completed",
+    );
+    github_says(&world, 2, &instance_id, Some("failure"), SystemTime::now(), "completed");
+    assert_eq!(sweep(&world).await.rerun, 1);
+    assert_eq!(world.github.reruns(), vec![(REPOSITORY.to_string(), 2)]);
+}
+
+#[tokio::test]
 async fn a_run_someone_rerun_already_is_not_rerun_again() {
     let world = world();
     let instance_id = warned_job(&world).await;
@@ -396,7 +418,10 @@ async fn a_job_still_queued_when_its_instance_went_is_sent_back_not_rerun() {
         matches!(handled, Handled::Stop(Stopped::Ended { relaunched: true, .. })),
         "{handled:?}"
     );
-    assert!(world.store.followed().is_empty(), "a job sent back is not followed");
+    // Followed anyway, in case the runner had run another job of the run; none had: settled.
+    let followed = sweep(&world).await;
+    assert_eq!((followed.rerun, followed.settled), (0, 1), "{followed:?}");
+    assert!(world.github.reruns().is_empty());
 }
 
 #[tokio::test]

@@ -287,3 +287,21 @@ async fn the_sweep_reruns_an_interrupted_job_through_the_adapter_and_its_new_att
     message.job_name = "test".into();
     assert_eq!(interruptions::first_capacity(&ports, &message).await.0, Capacity::Spot);
 }
+
+#[tokio::test]
+async fn a_runs_jobs_are_listed_with_their_runners() {
+    let fake = FakeGithub::start().await;
+    let github = adapter_and_run(&fake).await;
+    fake.start_workflow_job(JOB, "sophons-i-0abc", seconds(20));
+    let jobs = github.run_jobs(REPOSITORY, RUN).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        (jobs[0].id, jobs[0].runner_name.as_deref()),
+        (JOB, Some("sophons-i-0abc"))
+    );
+    let listed = fake.requests_to("GET", &format!("/actions/runs/{RUN}/jobs"));
+    assert!(
+        !listed.is_empty() && listed.iter().all(|request| request.query.contains("filter=latest")),
+        "only the latest attempt's jobs: {listed:?}"
+    );
+}
