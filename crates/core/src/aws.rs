@@ -39,3 +39,39 @@ where
     use aws_sdk_sqs::error::ProvideErrorMetadata;
     error.code()
 }
+
+/// A DynamoDB error, as every table's adapter tells it: each maps it to its own error, which
+/// names its table and its config key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableFault {
+    /// Throttled (provisioned throughput, request limit): worth trying again.
+    Throttled(String),
+    /// The table does not exist in this region.
+    NoTable,
+    /// The role lacks a grant, or the credentials are refused.
+    AccessDenied(String),
+    Failed(String),
+}
+
+pub fn table_fault<E, R>(error: &aws_sdk_sqs::error::SdkError<E, R>) -> TableFault
+where
+    E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match code(error) {
+        Some("ProvisionedThroughputExceededException" | "ThrottlingException" | "RequestLimitExceeded") => {
+            TableFault::Throttled(describe(error))
+        }
+        Some("ResourceNotFoundException") => TableFault::NoTable,
+        Some("AccessDeniedException" | "UnrecognizedClientException") => TableFault::AccessDenied(describe(error)),
+        _ => TableFault::Failed(describe(error)),
+    }
+}
+
+/// A conditional write whose condition did not hold: an answer, not a failure.
+pub fn condition_failed<E, R>(error: &aws_sdk_sqs::error::SdkError<E, R>) -> bool
+where
+    E: aws_sdk_sqs::error::ProvideErrorMetadata,
+{
+    code(error) == Some("ConditionalCheckFailedException")
+}

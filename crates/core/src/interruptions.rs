@@ -328,8 +328,7 @@ pub async fn follow(config: &Config, ports: &Ports) -> Followed {
         }
     };
     for interrupted in recorded {
-        let job_id = interrupted.job_id;
-        let run_id = interrupted.run_id;
+        let (job_id, run_id) = (interrupted.job_id, interrupted.run_id);
         let next = match next_step(config, ports, &interrupted).await {
             Ok(next) => next,
             Err(error) => {
@@ -356,39 +355,25 @@ pub async fn follow(config: &Config, ports: &Ports) -> Followed {
                 tracing::debug!(job_id, run_id, "interrupted job followed: {why}");
                 followed.following += 1;
             }
-            Next::Settle(why) => {
-                tracing::info!(
-                    job_id,
-                    run_id,
-                    step = step::RERUN_NOT_NEEDED,
-                    "job {job_id} is not re-run: {why}"
-                );
-                settle(store.as_ref(), job_id, &mut followed).await;
-                followed.settled += 1;
-            }
+            Next::Settle(why) => not_rerun(store.as_ref(), &interrupted, &why, &mut followed).await,
             Next::Rerun(rerun) => match ask_rerun(ports, &rerun).await {
                 Ok(true) => {
                     tracing::warn!(
-                        job_id,
+                        job_id = rerun.job_id,
                         run_id,
                         run_attempt = rerun.attempt,
                         job_name = rerun.job_name,
                         step = step::RERUN_ASKED,
-                        "job {job_id} failed when EC2 took its spot instance back: GitHub re-runs it (run {run_id}, attempt {}), on on-demand",
+                        "job {} failed when EC2 took its spot instance back: GitHub re-runs it (run {run_id}, attempt {}), on on-demand",
+                        rerun.job_id,
                         rerun.attempt + 1
                     );
-                    settle(store.as_ref(), job_id, &mut followed).await;
                     followed.rerun += 1;
+                    settle(store.as_ref(), job_id, &mut followed).await;
                 }
                 Ok(false) => {
-                    tracing::info!(
-                        job_id,
-                        run_id,
-                        step = step::RERUN_NOT_NEEDED,
-                        "job {job_id} is not re-run: a re-run of this job in run {run_id} was claimed already"
-                    );
-                    settle(store.as_ref(), job_id, &mut followed).await;
-                    followed.settled += 1;
+                    let why = format!("a re-run of this job in run {run_id} was claimed already");
+                    not_rerun(store.as_ref(), &interrupted, &why, &mut followed).await;
                 }
                 Err(error) => {
                     followed.errors += 1;
@@ -398,6 +383,19 @@ pub async fn follow(config: &Config, ports: &Ports) -> Followed {
         }
     }
     followed
+}
+
+/// Stops following a job that is not to be re-run, saying why.
+async fn not_rerun(store: &dyn Interruptions, interrupted: &Interrupted, why: &str, followed: &mut Followed) {
+    let (job_id, run_id) = (interrupted.job_id, interrupted.run_id);
+    tracing::info!(
+        job_id,
+        run_id,
+        step = step::RERUN_NOT_NEEDED,
+        "job {job_id} is not re-run: {why}"
+    );
+    followed.settled += 1;
+    settle(store, job_id, followed).await;
 }
 
 async fn settle(store: &dyn Interruptions, job_id: u64, followed: &mut Followed) {
@@ -621,17 +619,12 @@ impl DynamoInterruptions {
         E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
         R: std::fmt::Debug,
     {
+        use crate::aws::TableFault;
         let table = self.table.clone();
-        match crate::aws::code(error) {
-            Some("ResourceNotFoundException") => InterruptionsError::NoTable(table),
-            Some("AccessDeniedException" | "UnrecognizedClientException") => InterruptionsError::AccessDenied {
-                table,
-                reason: crate::aws::describe(error),
-            },
-            _ => InterruptionsError::Failed {
-                table,
-                reason: crate::aws::describe(error),
-            },
+        match crate::aws::table_fault(error) {
+            TableFault::NoTable => InterruptionsError::NoTable(table),
+            TableFault::AccessDenied(reason) => InterruptionsError::AccessDenied { table, reason },
+            TableFault::Throttled(reason) | TableFault::Failed(reason) => InterruptionsError::Failed { table, reason },
         }
     }
 
@@ -684,7 +677,7 @@ impl DynamoInterruptions {
         }
         match put.send().await {
             Ok(_) => Ok(true),
-            Err(error) if crate::aws::code(&error) == Some("ConditionalCheckFailedException") => Ok(false),
+            Err(error) if crate::aws::condition_failed(&error) => Ok(false),
             Err(error) => Err(self.classify(&error)),
         }
     }
@@ -705,7 +698,7 @@ impl DynamoInterruptions {
         }
         match delete.send().await {
             Ok(_) => Ok(true),
-            Err(error) if crate::aws::code(&error) == Some("ConditionalCheckFailedException") => Ok(false),
+            Err(error) if crate::aws::condition_failed(&error) => Ok(false),
             Err(error) => Err(self.classify(&error)),
         }
     }

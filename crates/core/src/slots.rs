@@ -142,20 +142,13 @@ impl DynamoSlots {
         E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
         R: std::fmt::Debug,
     {
+        use crate::aws::TableFault;
         let table = self.table.clone();
-        match crate::aws::code(error) {
-            Some("ProvisionedThroughputExceededException" | "ThrottlingException" | "RequestLimitExceeded") => {
-                SlotsError::Throttled(table)
-            }
-            Some("ResourceNotFoundException") => SlotsError::NoTable(table),
-            Some("AccessDeniedException" | "UnrecognizedClientException") => SlotsError::AccessDenied {
-                table,
-                reason: crate::aws::describe(error),
-            },
-            _ => SlotsError::Failed {
-                table,
-                reason: crate::aws::describe(error),
-            },
+        match crate::aws::table_fault(error) {
+            TableFault::Throttled(_) => SlotsError::Throttled(table),
+            TableFault::NoTable => SlotsError::NoTable(table),
+            TableFault::AccessDenied(reason) => SlotsError::AccessDenied { table, reason },
+            TableFault::Failed(reason) => SlotsError::Failed { table, reason },
         }
     }
 }

@@ -274,17 +274,12 @@ impl DynamoWaiting {
         E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
         R: std::fmt::Debug,
     {
+        use crate::aws::TableFault;
         let table = self.table.clone();
-        match crate::aws::code(error) {
-            Some("ResourceNotFoundException") => WaitingError::NoTable(table),
-            Some("AccessDeniedException" | "UnrecognizedClientException") => WaitingError::AccessDenied {
-                table,
-                reason: crate::aws::describe(error),
-            },
-            _ => WaitingError::Failed {
-                table,
-                reason: crate::aws::describe(error),
-            },
+        match crate::aws::table_fault(error) {
+            TableFault::NoTable => WaitingError::NoTable(table),
+            TableFault::AccessDenied(reason) => WaitingError::AccessDenied { table, reason },
+            TableFault::Throttled(reason) | TableFault::Failed(reason) => WaitingError::Failed { table, reason },
         }
     }
 }
@@ -377,7 +372,7 @@ impl Waiting for DynamoWaiting {
         };
         match update.send().await {
             Ok(_) => Ok(true),
-            Err(error) if crate::aws::code(&error) == Some("ConditionalCheckFailedException") => Ok(false),
+            Err(error) if crate::aws::condition_failed(&error) => Ok(false),
             Err(error) => Err(self.classify(&error)),
         }
     }
@@ -395,7 +390,7 @@ impl Waiting for DynamoWaiting {
         match result {
             Ok(_) => Ok(()),
             // Not there (served before, or never parked), or parked again since: nothing to take off.
-            Err(error) if crate::aws::code(&error) == Some("ConditionalCheckFailedException") => Ok(()),
+            Err(error) if crate::aws::condition_failed(&error) => Ok(()),
             Err(error) => Err(self.classify(&error)),
         }
     }
@@ -413,7 +408,7 @@ impl Waiting for DynamoWaiting {
             .await;
         match result {
             Ok(_) => Ok(true),
-            Err(error) if crate::aws::code(&error) == Some("ConditionalCheckFailedException") => Ok(false),
+            Err(error) if crate::aws::condition_failed(&error) => Ok(false),
             Err(error) => Err(self.classify(&error)),
         }
     }
