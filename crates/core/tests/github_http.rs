@@ -8,7 +8,7 @@ use serde_json::json;
 use sophons_core::config::{AppConfig, GithubConfig, Scope};
 use sophons_core::fakes::FakeSecrets;
 use sophons_core::github::{Github, GithubError, JobStatus, OctocrabGithub, RunnerScope};
-use testkit::github::FakeGithub;
+use testkit::github::GithubServer;
 
 const TOKEN: &str = "ghp_testtoken";
 
@@ -26,7 +26,7 @@ fn github_config(url: &str, scope: Scope) -> GithubConfig {
     }
 }
 
-async fn pat_client(fake: &FakeGithub) -> OctocrabGithub {
+async fn pat_client(fake: &GithubServer) -> OctocrabGithub {
     fake.set_token(TOKEN);
     let secrets = FakeSecrets::with(&[("/sophons/github/token", TOKEN)]);
     OctocrabGithub::connect(&github_config(&fake.url(), Scope::Org), &secrets)
@@ -40,7 +40,7 @@ fn labels() -> Vec<String> {
 
 #[tokio::test]
 async fn a_pat_registers_an_org_runner_with_the_templates_labels_and_group() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let github = pat_client(&fake).await;
     let org = RunnerScope::Org("my-org".into());
     let jit = github
@@ -65,7 +65,7 @@ async fn a_pat_registers_an_org_runner_with_the_templates_labels_and_group() {
 
 #[tokio::test]
 async fn a_repo_scoped_runner_registers_with_the_repository() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let github = pat_client(&fake).await;
     let repo = RunnerScope::Repo("my-org/app".into());
     let jit = github
@@ -87,7 +87,7 @@ async fn a_repo_scoped_runner_registers_with_the_repository() {
 
 #[tokio::test]
 async fn job_status_reads_queued_other_and_missing_jobs() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let github = pat_client(&fake).await;
     fake.set_job_status("my-org/app", 1, "queued");
     fake.set_job_status("my-org/app", 2, "completed");
@@ -104,7 +104,7 @@ async fn job_status_reads_queued_other_and_missing_jobs() {
 
 #[tokio::test]
 async fn server_errors_and_rate_limits_are_told_apart_from_refusals() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let github = pat_client(&fake).await;
     fake.set_job_status("my-org/app", 1, "queued");
     // The adapter retries a 5xx; one that persists is "unavailable".
@@ -113,7 +113,7 @@ async fn server_errors_and_rate_limits_are_told_apart_from_refusals() {
         github.job_status("my-org/app", 1).await,
         Err(GithubError::Unavailable(_))
     ));
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let github = pat_client(&fake).await;
     fake.set_job_status("my-org/app", 1, "queued");
     let reset = ("x-ratelimit-reset".to_string(), "1900000000".to_string());
@@ -143,7 +143,7 @@ async fn server_errors_and_rate_limits_are_told_apart_from_refusals() {
         .register_runner(&RunnerScope::Org("my-org".into()), "r", &labels(), 1)
         .await;
     assert!(matches!(limited, Err(GithubError::RateLimited(_))), "{limited:?}");
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let github = pat_client(&fake).await;
     fake.fail_next(
         "generate-jitconfig",
@@ -163,7 +163,7 @@ async fn server_errors_and_rate_limits_are_told_apart_from_refusals() {
 
 #[tokio::test]
 async fn a_wrong_token_is_unauthorized() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     fake.set_token("the-right-one");
     let secrets = FakeSecrets::with(&[("/sophons/github/token", "a-wrong-one")]);
     let github = OctocrabGithub::connect(&github_config(&fake.url(), Scope::Org), &secrets)
@@ -177,7 +177,7 @@ async fn a_wrong_token_is_unauthorized() {
 
 #[tokio::test]
 async fn a_github_app_exchanges_its_jwt_for_an_installation_token() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     fake.set_app(1234, 5678);
     fake.set_job_status("my-org/app", 1, "queued");
     let pem = std::fs::read_to_string(testkit::workspace_root().join("crates/testkit/fixtures/keys/test-app-key.pem"))
@@ -222,7 +222,7 @@ async fn an_app_key_that_is_not_pem_fails_the_cold_start_clearly() {
 
 #[tokio::test]
 async fn a_retried_registration_that_meets_its_own_first_attempt_registers_again() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let github = pat_client(&fake).await;
     let org = RunnerScope::Org("my-org".into());
     // GitHub registers the runner, then the answer fails on its way back; the retry meets 409.
@@ -249,7 +249,7 @@ async fn a_retried_registration_that_meets_its_own_first_attempt_registers_again
 
 #[tokio::test]
 async fn a_registration_whose_answer_was_lost_registers_again() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let github = pat_client(&fake).await;
     let org = RunnerScope::Org("my-org".into());
     fake.lose_answer_after_success_next("generate-jitconfig");
@@ -265,7 +265,7 @@ async fn a_registration_whose_answer_was_lost_registers_again() {
 
 #[tokio::test]
 async fn a_conflict_on_the_first_attempt_is_another_handlers_runner() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let github = pat_client(&fake).await;
     let org = RunnerScope::Org("my-org".into());
     let theirs = github
@@ -289,7 +289,7 @@ async fn a_conflict_on_the_first_attempt_is_another_handlers_runner() {
 
 #[tokio::test]
 async fn a_retry_that_meets_a_runner_already_at_work_leaves_it_alone() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let github = pat_client(&fake).await;
     let org = RunnerScope::Org("my-org".into());
     // Another handler's runner of this name is online; our first attempt fails with a 502 that
@@ -311,7 +311,7 @@ async fn a_retry_that_meets_a_runner_already_at_work_leaves_it_alone() {
 
 #[tokio::test]
 async fn deleting_a_busy_runner_is_refused_not_lost() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let github = pat_client(&fake).await;
     let org = RunnerScope::Org("my-org".into());
     let jit = github
@@ -333,7 +333,7 @@ async fn deleting_a_busy_runner_is_refused_not_lost() {
 
 #[tokio::test]
 async fn a_removal_whose_answer_failed_is_done() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let github = pat_client(&fake).await;
     let org = RunnerScope::Org("my-org".into());
     let jit = github
@@ -348,7 +348,7 @@ async fn a_removal_whose_answer_failed_is_done() {
 
 #[tokio::test]
 async fn runner_lists_are_read_across_pages() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let github = pat_client(&fake).await;
     let org = RunnerScope::Org("my-org".into());
     fake.set_short_jit_configs(true);
@@ -375,7 +375,7 @@ async fn runner_lists_are_read_across_pages() {
 
 #[tokio::test]
 async fn a_secondary_rate_limit_with_retry_after_is_rate_limited() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let github = pat_client(&fake).await;
     fake.set_job_status("my-org/app", 1, "queued");
     fake.secondary_rate_limit_next("/actions/jobs/1", 1, 403, Some(60));
@@ -404,7 +404,7 @@ async fn a_secondary_rate_limit_with_retry_after_is_rate_limited() {
 
 #[tokio::test]
 async fn a_short_retry_after_is_waited_for_and_the_call_goes_through() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let github = pat_client(&fake).await;
     fake.set_job_status("my-org/app", 1, "queued");
     fake.secondary_rate_limit_next("/actions/jobs/1", 1, 429, Some(1));
@@ -416,7 +416,7 @@ async fn a_short_retry_after_is_waited_for_and_the_call_goes_through() {
 
 #[tokio::test]
 async fn jit_configs_are_larger_than_a_standard_parameter() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let github = pat_client(&fake).await;
     let jit = github
         .register_runner(&RunnerScope::Org("my-org".into()), "sophons-i-0abc", &labels(), 1)
@@ -432,7 +432,7 @@ async fn jit_configs_are_larger_than_a_standard_parameter() {
 
 #[tokio::test]
 async fn the_current_runner_release_is_read_from_the_downloads_api_in_each_scope() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let github = pat_client(&fake).await;
     let downloads = github
         .runner_downloads(&RunnerScope::Org("my-org".into()))

@@ -15,7 +15,7 @@ use sophons_core::github::OctocrabGithub;
 use sophons_core::job::JobMessage;
 use sophons_core::redeliver::{Redeliver, RedeliveryReport, Stopped};
 use sophons_core::webhook::Webhook;
-use testkit::github::{FakeGithub, org_hook, repo_hook};
+use testkit::github::{GithubServer, org_hook, repo_hook};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
@@ -23,7 +23,7 @@ const TOKEN: &str = "ghp_testtoken";
 const QUEUE: &str = "https://sqs.us-east-1.amazonaws.com/123456789012/sophons-jobs";
 const HOOK_ID: u64 = 4242;
 
-fn config(fake: &FakeGithub, edit: impl FnOnce(&mut Value)) -> Config {
+fn config(fake: &GithubServer, edit: impl FnOnce(&mut Value)) -> Config {
     let mut value = config_json(QUEUE);
     value["github"]["api_url"] = json!(fake.url());
     value["github"]["webhook_id"] = json!(HOOK_ID);
@@ -31,7 +31,7 @@ fn config(fake: &FakeGithub, edit: impl FnOnce(&mut Value)) -> Config {
     Config::parse(&value.to_string()).unwrap()
 }
 
-async fn redeliverer(fake: &FakeGithub, config: &Config) -> Redeliver {
+async fn redeliverer(fake: &GithubServer, config: &Config) -> Redeliver {
     fake.set_token(TOKEN);
     let secrets = FakeSecrets::with(&[("/sophons/github/token", TOKEN)]);
     let github = OctocrabGithub::connect(&config.github, &secrets).await.unwrap();
@@ -54,7 +54,7 @@ fn queued(job_id: u64) -> Value {
 
 #[tokio::test]
 async fn the_walk_follows_link_cursors_over_three_pages_and_stops_past_the_look_back() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let hook = org_hook("my-org", HOOK_ID);
     // Oldest first: 60 past the three hours, then 250 within them, three of which failed.
     for n in 0..60 {
@@ -99,7 +99,7 @@ async fn the_walk_follows_link_cursors_over_three_pages_and_stops_past_the_look_
 
 #[tokio::test]
 async fn a_repository_hook_is_read_and_redelivered_through_the_repository() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let hook = repo_hook("my-org/app", 9);
     fake.add_hook_delivery(&hook, "g-1", "workflow_job", 500, minutes(5), queued(1));
     let config = config(&fake, |v| {
@@ -117,7 +117,7 @@ async fn a_repository_hook_is_read_and_redelivered_through_the_repository() {
 
 #[tokio::test]
 async fn a_429_stops_the_run_and_the_next_run_redelivers() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let hook = org_hook("my-org", HOOK_ID);
     fake.add_hook_delivery(&hook, "g-1", "workflow_job", 500, minutes(5), queued(1));
     let redeliver = redeliverer(&fake, &config(&fake, |_| {})).await;
@@ -137,7 +137,7 @@ async fn a_429_stops_the_run_and_the_next_run_redelivers() {
 
 #[tokio::test]
 async fn a_5xx_list_stops_the_run_and_a_5xx_redeliver_is_counted_once_not_retried() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let hook = org_hook("my-org", HOOK_ID);
     fake.add_hook_delivery(&hook, "g-1", "workflow_job", 500, minutes(5), queued(1));
     let redeliver = redeliverer(&fake, &config(&fake, |_| {})).await;
@@ -158,7 +158,7 @@ async fn a_5xx_list_stops_the_run_and_a_5xx_redeliver_is_counted_once_not_retrie
 
 #[tokio::test]
 async fn a_stalled_github_is_given_up_at_the_deadline_and_the_next_run_redelivers() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let hook = org_hook("my-org", HOOK_ID);
     fake.add_hook_delivery(&hook, "g-1", "workflow_job", 500, minutes(5), queued(1));
     let redeliver = redeliverer(&fake, &config(&fake, |_| {})).await;
@@ -174,7 +174,7 @@ async fn a_stalled_github_is_given_up_at_the_deadline_and_the_next_run_redeliver
 
 #[tokio::test]
 async fn no_permission_or_a_wrong_hook_id_is_one_stop_and_an_ok_report() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     fake.add_hook(&org_hook("my-org", 1));
     let redeliver = redeliverer(&fake, &config(&fake, |_| {})).await;
     let report = run(&redeliver).await;
@@ -251,7 +251,7 @@ async fn serve_webhook(webhook: Arc<Webhook>) -> String {
 
 #[tokio::test]
 async fn a_delivery_the_webhook_missed_is_redelivered_to_it_and_its_job_served_once() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let hook = org_hook("my-org", HOOK_ID);
     let config = config(&fake, |_| {});
     let queue = Arc::new(FakeQueue::default());

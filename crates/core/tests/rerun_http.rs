@@ -10,7 +10,7 @@ use serde_json::json;
 use sophons_core::Config;
 use sophons_core::fakes::FakeSecrets;
 use sophons_core::github::{Github, GithubError, JobDetails, OctocrabGithub, RunDetails};
-use testkit::github::FakeGithub;
+use testkit::github::GithubServer;
 
 const TOKEN: &str = "ghp_testtoken";
 const REPOSITORY: &str = "my-org/app";
@@ -18,7 +18,7 @@ const RUN: u64 = 500;
 const JOB: u64 = 501;
 
 /// The adapter with a token, and run `RUN` of `REPOSITORY` queued with its one job `JOB`.
-async fn adapter_and_run(fake: &FakeGithub) -> OctocrabGithub {
+async fn adapter_and_run(fake: &GithubServer) -> OctocrabGithub {
     fake.set_token(TOKEN);
     fake.add_workflow_run(REPOSITORY, RUN, JOB, "build", &["self-hosted", "template_cpu"]);
     let mut value = common::config_json("https://sqs.us-east-1.amazonaws.com/123456789012/sophons-jobs");
@@ -34,7 +34,7 @@ fn seconds(n: u64) -> Duration {
 
 #[tokio::test]
 async fn a_job_is_read_with_its_attempt_runner_and_times() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let github = adapter_and_run(&fake).await;
     let queued = github.job(REPOSITORY, JOB).await.unwrap();
     assert_eq!(
@@ -71,7 +71,7 @@ async fn a_job_is_read_with_its_attempt_runner_and_times() {
 
 #[tokio::test]
 async fn a_workflow_run_is_read_as_of_its_latest_attempt() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let github = adapter_and_run(&fake).await;
     assert_eq!(
         github.workflow_run(REPOSITORY, RUN).await.unwrap(),
@@ -92,7 +92,7 @@ async fn a_workflow_run_is_read_as_of_its_latest_attempt() {
 
 #[tokio::test]
 async fn a_rerun_while_the_run_is_in_progress_is_a_conflict_with_githubs_message() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let github = adapter_and_run(&fake).await;
     fake.start_workflow_job(JOB, "sophons-i-0abc", seconds(20));
     let refused = github.rerun_job(REPOSITORY, JOB).await;
@@ -106,7 +106,7 @@ async fn a_rerun_while_the_run_is_in_progress_is_a_conflict_with_githubs_message
 
 #[tokio::test]
 async fn a_rerun_after_the_run_completed_makes_a_new_attempt_with_a_new_job_id() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let github = adapter_and_run(&fake).await;
     fake.start_workflow_job(JOB, "sophons-i-0abc", seconds(20));
     fake.complete_workflow_job(JOB, "cancelled", seconds(80));
@@ -145,7 +145,7 @@ async fn a_rerun_after_the_run_completed_makes_a_new_attempt_with_a_new_job_id()
 
 #[tokio::test]
 async fn a_rerun_met_by_a_5xx_is_not_retried() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let github = adapter_and_run(&fake).await;
     fake.complete_workflow_job(JOB, "failure", seconds(80));
     fake.fail_next("/rerun", 1, 502, vec![], json!({"message": "Server Error"}));
@@ -169,7 +169,7 @@ async fn a_rerun_met_by_a_5xx_is_not_retried() {
 
 #[tokio::test]
 async fn an_unknown_job_or_run_is_not_found() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let github = adapter_and_run(&fake).await;
     assert!(matches!(github.job(REPOSITORY, 9).await, Err(GithubError::NotFound(_))));
     assert!(matches!(
@@ -188,7 +188,7 @@ async fn an_unknown_job_or_run_is_not_found() {
 
 #[tokio::test]
 async fn a_rerun_without_the_permission_or_past_a_rate_limit_is_not_a_conflict() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let github = adapter_and_run(&fake).await;
     fake.complete_workflow_job(JOB, "failure", seconds(80));
     let no_permission = json!({"message": "Resource not accessible by personal access token"});
@@ -210,7 +210,7 @@ async fn a_rerun_without_the_permission_or_past_a_rate_limit_is_not_a_conflict()
 
 #[tokio::test]
 async fn a_run_older_than_30_days_is_not_rerun() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let github = adapter_and_run(&fake).await;
     fake.complete_workflow_job(JOB, "failure", seconds(80));
     fake.age_workflow_run(RUN, Duration::from_secs(31 * 86_400));
@@ -232,7 +232,7 @@ async fn the_sweep_reruns_an_interrupted_job_through_the_adapter_and_its_new_att
     use std::sync::Arc;
     use std::time::SystemTime;
 
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let github = adapter_and_run(&fake).await;
     let mut value = common::config_json("https://sqs.us-east-1.amazonaws.com/123456789012/sophons-jobs");
     value["interruptions_table"] = json!("sophons-interruptions");
@@ -290,7 +290,7 @@ async fn the_sweep_reruns_an_interrupted_job_through_the_adapter_and_its_new_att
 
 #[tokio::test]
 async fn a_runs_jobs_are_listed_with_their_runners() {
-    let fake = FakeGithub::start().await;
+    let fake = GithubServer::start().await;
     let github = adapter_and_run(&fake).await;
     fake.start_workflow_job(JOB, "sophons-i-0abc", seconds(20));
     let jobs = github.run_jobs(REPOSITORY, RUN).await.unwrap();

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::{Value, json};
 use sophons_core::logging::step;
 use sophons_core::webhook::sign;
-use testkit::github::FakeGithub;
+use testkit::github::GithubServer;
 use testkit::moto;
 use testkit::runtime_api::LambdaProcess;
 use testkit::stack::{scheduled_event, ssm_status_event};
@@ -252,7 +252,7 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
         }
     }
     let moto_endpoint = moto::endpoint().to_string();
-    let github = FakeGithub::start().await;
+    let github = GithubServer::start().await;
     github.set_token(TOKEN);
     github.set_default_job_status(Some("queued"));
     let deployment = format!("demo{}", std::process::id() % 100_000);

@@ -8,7 +8,7 @@ use std::fmt;
 
 use aws_sdk_ec2::error::DisplayErrorContext;
 use aws_sdk_ec2::types::Filter;
-use testkit::github::FakeGithub;
+use testkit::github::GithubServer;
 
 /// A figure from a listing: complete (every page was read), or why it is unknown.
 #[derive(Debug, Clone, PartialEq)]
@@ -150,7 +150,7 @@ pub(crate) struct Sources<'a> {
     pub slots_table: &'a str,
     pub waiting_table: &'a str,
     pub sqs: &'a aws_sdk_sqs::Client,
-    pub github: &'a FakeGithub,
+    pub github: &'a GithubServer,
     pub deployment: &'a str,
     pub jobs_queue_url: &'a str,
     pub dlq_url: &'a str,

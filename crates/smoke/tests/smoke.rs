@@ -8,20 +8,20 @@ use smoke::api::{Github, SmokeError, Step};
 use smoke::cli::Options;
 use smoke::follow::{Outcome, Stage};
 use smoke::workflow::{WORKFLOW, WORKFLOW_PATH};
-use testkit::github::FakeGithub;
+use testkit::github::GithubServer;
 use tokio::time::Instant;
 
 const TOKEN: &str = "ghp_smoke_test_token";
 const REPO_RUNNERS: &str = "/repos/acme/app/actions/runners";
 
-async fn github() -> FakeGithub {
-    let github = FakeGithub::start().await;
+async fn github() -> GithubServer {
+    let github = GithubServer::start().await;
     github.set_token(TOKEN);
     github.add_repository("acme/app", "main");
     github
 }
 
-fn options(github: &FakeGithub) -> Options {
+fn options(github: &GithubServer) -> Options {
     let mut options = Options::new("acme/app", "cpu");
     options.api_url = github.url();
     options.poll_interval = Duration::from_millis(20);
@@ -52,7 +52,7 @@ async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
 /// Plays GitHub and a sophons runner for the `nth` run: a runner with the template's label comes
 /// online (and, with `listed`, smoke lists it while the job waits), takes the job 48 s after it
 /// was queued and ends it with `conclusion` at 62 s (in GitHub's clock). Returns the runner's name.
-async fn serve_the_job(github: &FakeGithub, nth: usize, conclusion: &str, listed: bool) -> String {
+async fn serve_the_job(github: &GithubServer, nth: usize, conclusion: &str, listed: bool) -> String {
     let job = eventually("the dispatch", || {
         github.workflow_runs().get(nth).map(|run| run.job.clone())
     })

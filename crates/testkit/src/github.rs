@@ -258,14 +258,16 @@ pub fn runner_downloads(version: &str) -> Value {
 
 type Shared = Arc<Mutex<Inner>>;
 
-/// The fake API server; it stops when dropped.
-pub struct FakeGithub {
+/// The fake GitHub API served over HTTP, for the real adapter (octocrab) and the binaries; it
+/// stops when dropped. The core's in-memory `sophons_core::fakes::FakeGithub` is the other fake,
+/// for flow tests and the simulation.
+pub struct GithubServer {
     inner: Shared,
     address: std::net::SocketAddr,
     server: tokio::task::JoinHandle<()>,
 }
 
-impl FakeGithub {
+impl GithubServer {
     pub async fn start() -> Self {
         let inner: Shared = Arc::new(Mutex::new(Inner {
             next_runner_id: 1000,
@@ -445,7 +447,7 @@ impl FakeGithub {
 /// the next page's `cursor` in a `Link` header) and redeliveries (`POST .../deliveries/<id>/attempts`:
 /// 202, then a new delivery with the same `guid` and `redelivery: true`). Faults: `fail_next` and
 /// `stall_next` with `/deliveries` or `/attempts`.
-impl FakeGithub {
+impl GithubServer {
     /// Makes hook `hook` (`org_hook`, `repo_hook`) exist with no deliveries yet.
     pub fn add_hook(&self, hook: &str) {
         let mut inner = self.lock();
@@ -506,7 +508,7 @@ impl FakeGithub {
 
 /// Repositories, workflow files and the runs a dispatch creates: what `make smoke` uses. The test
 /// plays the runner's side with `start_workflow_job` and `complete_workflow_job`.
-impl FakeGithub {
+impl GithubServer {
     /// Serves `owner_repo` (contents, workflow dispatch, runs and jobs) with one branch.
     pub fn add_repository(&self, owner_repo: &str, default_branch: &str) {
         let repository = Repository {
@@ -679,7 +681,7 @@ fn find_job<'a>(inner: &'a Inner, repository: &str, job_id: u64) -> Option<(&'a 
         .find_map(|run| run.jobs().find(|job| job.id == job_id).map(|job| (run, job)))
 }
 
-impl Drop for FakeGithub {
+impl Drop for GithubServer {
     fn drop(&mut self) {
         self.server.abort();
     }
@@ -1840,8 +1842,8 @@ mod tests {
 
     const PAT: Option<&str> = Some("Bearer ghp_test");
 
-    async fn started() -> FakeGithub {
-        let github = FakeGithub::start().await;
+    async fn started() -> GithubServer {
+        let github = GithubServer::start().await;
         github.set_token("ghp_test");
         github
     }
@@ -2087,7 +2089,7 @@ mod tests {
 
     #[tokio::test]
     async fn app_jwt_is_exchanged_for_an_installation_token() {
-        let github = FakeGithub::start().await;
+        let github = GithubServer::start().await;
         github.set_app(42, 99);
         let url = format!("{}/app/installations/99/access_tokens", github.url());
         // Header {"alg":"RS256","typ":"JWT"}; payloads {"iat":..,"exp":..,"iss":42} (number),
@@ -2340,17 +2342,17 @@ mod tests {
     }
 
     /// Run 10 of acme/app with job 11, added directly (no repository, no dispatch).
-    async fn with_a_run() -> FakeGithub {
+    async fn with_a_run() -> GithubServer {
         let github = started().await;
         github.add_workflow_run("acme/app", 10, 11, "build", &["self-hosted", "cpu"]);
         github
     }
 
-    fn rerun_url(github: &FakeGithub, job_id: u64) -> String {
+    fn rerun_url(github: &GithubServer, job_id: u64) -> String {
         format!("{}/repos/acme/app/actions/jobs/{job_id}/rerun", github.url())
     }
 
-    fn job_url(github: &FakeGithub, job_id: u64) -> String {
+    fn job_url(github: &GithubServer, job_id: u64) -> String {
         format!("{}/repos/acme/app/actions/jobs/{job_id}", github.url())
     }
 

@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use crate::github::FakeGithub;
+use crate::github::GithubServer;
 use crate::moto;
 
 pub const TOKEN: &str = "ghp_testkit_stack_token";
@@ -17,7 +17,7 @@ pub struct Stack {
     /// The environment a binary needs: moto's endpoint and credentials, and SOPHONS_CONFIG_PARAM.
     pub env: Vec<(&'static str, String)>,
     pub sdk: aws_config::SdkConfig,
-    pub github: FakeGithub,
+    pub github: GithubServer,
     pub queue_url: String,
     pub dlq_url: String,
     /// The launch-slot table (DynamoDB).
@@ -104,7 +104,7 @@ impl Stack {
         let slots_table = moto::slots_table(&sdk, &format!("{deployment}-slots")).await;
         let waiting_table = moto::waiting_table(&sdk, &format!("{deployment}-waiting")).await;
         let interruptions_table = moto::interruptions_table(&sdk, &format!("{deployment}-interruptions")).await;
-        let github = FakeGithub::start().await;
+        let github = GithubServer::start().await;
         github.set_token(TOKEN);
         github.set_default_job_status(Some("queued"));
         let secure = |name: String, value: &str| {
