@@ -97,6 +97,62 @@ impl Instance {
         self.tags.get(key).map(String::as_str)
     }
 
+    /// The job create-runner launched the instance for (0 when the tag is missing).
+    pub fn job_id(&self) -> u64 {
+        self.number(TAG_JOB_ID).unwrap_or_default()
+    }
+
+    pub fn run_id(&self) -> u64 {
+        self.number(TAG_RUN_ID).unwrap_or_default()
+    }
+
+    /// The job's run attempt (1 when the tag is missing: instances launched before it existed).
+    pub fn run_attempt(&self) -> u32 {
+        self.number(TAG_RUN_ATTEMPT).unwrap_or(1)
+    }
+
+    pub fn job_name(&self) -> &str {
+        self.tag(TAG_JOB_NAME).unwrap_or_default()
+    }
+
+    pub fn template(&self) -> &str {
+        self.tag(TAG_TEMPLATE).unwrap_or_default()
+    }
+
+    /// `owner/name` of the job's repository.
+    pub fn repository(&self) -> &str {
+        self.tag(TAG_REPOSITORY).unwrap_or_default()
+    }
+
+    /// How many times the job was sent back before this instance.
+    pub fn relaunches(&self) -> u32 {
+        self.number(TAG_RELAUNCHES).unwrap_or_default()
+    }
+
+    /// Of those, runners that ended without running any job.
+    pub fn runner_failures(&self) -> u32 {
+        self.number(TAG_RUNNER_FAILURES).unwrap_or_default()
+    }
+
+    /// The runner GitHub registered for the instance, once create-runner has tagged it.
+    pub fn runner_id(&self) -> Option<u64> {
+        self.number(TAG_RUNNER_ID)
+    }
+
+    /// The runner's SSM command, once create-runner has tagged it.
+    pub fn command_id(&self) -> Option<&str> {
+        self.tag(TAG_COMMAND_ID)
+    }
+
+    /// EC2 ended it and stop-runner (or the sweep) looked after its job already.
+    pub fn looked_after(&self) -> bool {
+        self.tag(TAG_RELAUNCHED).is_some()
+    }
+
+    fn number<T: std::str::FromStr>(&self, key: &str) -> Option<T> {
+        self.tag(key)?.parse().ok()
+    }
+
     /// Ended by EC2, not by us: a spot reclaim, a host failure. Codes of EC2's own doing start
     /// with `Server.`; ours (TerminateInstances) and shutdowns from inside are `Client.`.
     pub fn ended_by_ec2(&self) -> bool {

@@ -42,7 +42,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use crate::config::Config;
-use crate::fleet::{Capacity, Instance, TAG_JOB_ID, TAG_REPOSITORY, TAG_RUN_ID, TAG_TEMPLATE};
+use crate::fleet::{Capacity, Instance};
 use crate::github::GithubError;
 use crate::job::JobMessage;
 use crate::logging::step;
@@ -147,16 +147,10 @@ pub async fn record(config: &Config, ports: &Ports, instance: &Instance, at: Sys
     let Some(store) = &ports.interruptions else {
         return;
     };
-    let template = instance.tag(TAG_TEMPLATE).unwrap_or_default().to_string();
-    let job_id: u64 = instance
-        .tag(TAG_JOB_ID)
-        .and_then(|id| id.parse().ok())
-        .unwrap_or_default();
-    let run_id: u64 = instance
-        .tag(TAG_RUN_ID)
-        .and_then(|id| id.parse().ok())
-        .unwrap_or_default();
-    let repository = instance.tag(TAG_REPOSITORY).unwrap_or_default().to_string();
+    let template = instance.template().to_string();
+    let job_id: u64 = instance.job_id();
+    let run_id: u64 = instance.run_id();
+    let repository = instance.repository().to_string();
     let instance_id = instance.id.as_str();
     let rerun = config
         .templates

@@ -14,10 +14,7 @@ use tokio::time::Instant;
 
 use crate::commands::CommandStatus;
 use crate::config::Config;
-use crate::fleet::{
-    Instance, InstanceQuery, InstanceState, TAG_COMMAND_ID, TAG_JOB_ID, TAG_JOB_NAME, TAG_RELAUNCHED, TAG_RELAUNCHES,
-    TAG_REPOSITORY, TAG_RUN_ATTEMPT, TAG_RUN_ID, TAG_RUNNER_FAILURES, TAG_RUNNER_ID, TAG_TEMPLATE,
-};
+use crate::fleet::{Instance, InstanceQuery, InstanceState, TAG_RELAUNCHED, TAG_REPOSITORY};
 use crate::github::{GithubError, JobStatus, Runner, RunnerScope};
 use crate::job::{JobMessage, MESSAGE_VERSION, now_rfc3339};
 use crate::metrics::{Emf, name as metric};
@@ -193,12 +190,12 @@ impl StopRunner {
                 self.config.deployment
             ));
         };
-        if instance.tag(TAG_COMMAND_ID) != Some(command_id) {
+        if instance.command_id() != Some(command_id) {
             return ignore(format!(
                 "command {command_id} is not the runner command of {instance_id}"
             ));
         }
-        if instance.ended_by_ec2() && instance.tag(TAG_RELAUNCHED).is_none() {
+        if instance.ended_by_ec2() && !instance.looked_after() {
             let relaunched = self.reclaimed(&instance).await;
             return Stopped::Ended {
                 instance_id: instance_id.to_string(),
@@ -250,7 +247,7 @@ impl StopRunner {
                 self.config.deployment
             ));
         };
-        if !instance.ended_by_ec2() || instance.tag(TAG_RELAUNCHED).is_some() {
+        if !instance.ended_by_ec2() || instance.looked_after() {
             return ignore(format!("{instance_id} was ended by sophons, or looked after already"));
         }
         let relaunched = self.reclaimed(&instance).await;
@@ -286,10 +283,7 @@ impl StopRunner {
     /// Answers whether the job was sent back.
     async fn end(&self, instance: &Instance, command_status: Option<&str>) -> bool {
         let instance_id = instance.id.as_str();
-        let job_id: u64 = instance
-            .tag(TAG_JOB_ID)
-            .and_then(|id| id.parse().ok())
-            .unwrap_or_default();
+        let job_id: u64 = instance.job_id();
         // The job goes back before anything is ended: if the send fails (or this handler dies
         // before it), the instance is still there for the sweep or the retried event to try again.
         let relaunched = match command_status {
@@ -317,9 +311,9 @@ impl StopRunner {
         if let Err(error) = self.ports.secrets.delete(&parameter).await {
             tracing::error!(job_id, instance_id, %error, "cannot delete the JIT parameter; the sweep will retry");
         }
-        let repository = instance.tag(TAG_REPOSITORY).unwrap_or_default();
+        let repository = instance.repository();
         let scope = RunnerScope::for_job(&self.config.github, repository);
-        if let Some(runner_id) = instance.tag(TAG_RUNNER_ID).and_then(|id| id.parse().ok()) {
+        if let Some(runner_id) = instance.runner_id() {
             match self.ports.github.remove_runner(&scope, runner_id).await {
                 Ok(()) => {}
                 // GitHub still shows the runner at its job for a moment after the box ends; a JIT
@@ -440,10 +434,7 @@ impl StopRunner {
     /// instance is then tagged, so that repeated events and later sweeps (EC2 lists a terminated
     /// instance for about an hour) do not send it again. Answers whether the job was sent back.
     async fn reclaimed(&self, instance: &Instance) -> bool {
-        let job_id: u64 = instance
-            .tag(TAG_JOB_ID)
-            .and_then(|id| id.parse().ok())
-            .unwrap_or_default();
+        let job_id: u64 = instance.job_id();
         let why = format!(
             "instance ended by EC2 ({})",
             instance.state_reason.as_deref().unwrap_or_default()
@@ -484,7 +475,7 @@ impl StopRunner {
     /// jobs queue, a limited number of times. Answers whether it was sent back; an error when it
     /// should have been and could not, or when GitHub could not say after a Success.
     async fn relaunch(&self, instance: &Instance, job_id: u64, status: &str) -> Result<bool, ()> {
-        let repository = instance.tag(TAG_REPOSITORY).unwrap_or_default().to_string();
+        let repository = instance.repository().to_string();
         match self.ports.github.job_status(&repository, job_id).await {
             Ok(JobStatus::Queued) => {}
             Ok(JobStatus::Other(state)) => {
@@ -505,11 +496,8 @@ impl StopRunner {
                 tracing::warn!(job_id, %error, "cannot ask GitHub about the job; relaunching (create-runner asks again)");
             }
         }
-        let relaunches: u32 = instance.tag(TAG_RELAUNCHES).and_then(|n| n.parse().ok()).unwrap_or(0);
-        let failures: u32 = instance
-            .tag(TAG_RUNNER_FAILURES)
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
+        let relaunches: u32 = instance.relaunches();
+        let failures: u32 = instance.runner_failures();
         // After a Success the runner ran a job: GitHub gave it another queued job with the same
         // labels. That runner did nothing wrong, so it does not count against the limit.
         let took_another_job = status == "Success";
@@ -544,7 +532,7 @@ impl StopRunner {
                  gets a new runner, which does not count against max_job_relaunches"
             );
         }
-        let template = instance.tag(TAG_TEMPLATE).unwrap_or_default().to_string();
+        let template = instance.template().to_string();
         let labels = self
             .config
             .templates
@@ -556,18 +544,15 @@ impl StopRunner {
             version: MESSAGE_VERSION,
             delivery_id: format!("relaunch-{}-{job_id}", relaunches + 1),
             job_id,
-            run_id: instance
-                .tag(TAG_RUN_ID)
-                .and_then(|id| id.parse().ok())
-                .unwrap_or_default(),
-            run_attempt: instance.tag(TAG_RUN_ATTEMPT).and_then(|n| n.parse().ok()).unwrap_or(1),
+            run_id: instance.run_id(),
+            run_attempt: instance.run_attempt(),
             owner: owner.to_string(),
             name: name.to_string(),
             repository: repository.clone(),
             labels,
             template,
             workflow_name: String::new(),
-            job_name: instance.tag(TAG_JOB_NAME).unwrap_or_default().to_string(),
+            job_name: instance.job_name().to_string(),
             job_url: String::new(),
             created_at: String::new(),
             received_at: now_rfc3339(),
@@ -619,7 +604,7 @@ impl StopRunner {
         for (name, template) in &self.config.templates {
             let live = instances
                 .iter()
-                .filter(|i| i.state.is_live() && i.tag(crate::fleet::TAG_TEMPLATE) == Some(name.as_str()))
+                .filter(|i| i.state.is_live() && i.template() == name.as_str())
                 .count() as u64;
             Emf::new(deployment)
                 .dimension("template", name)
@@ -648,7 +633,7 @@ impl StopRunner {
             }
             if !instance.state.is_live() {
                 // A reclaim whose event was missed.
-                if instance.ended_by_ec2() && instance.tag(TAG_RELAUNCHED).is_none() {
+                if instance.ended_by_ec2() && !instance.looked_after() {
                     report.reclaimed += 1;
                     if self.reclaimed(instance).await {
                         report.relaunched += 1;
@@ -660,7 +645,7 @@ impl StopRunner {
                 .launched_at
                 .and_then(|at| now.duration_since(at).ok())
                 .unwrap_or_default();
-            let command = instance.tag(TAG_COMMAND_ID);
+            let command = instance.command_id();
             let start_limit = Duration::from_secs(u64::from(self.config.command.start_deadline_seconds) + 60);
             if age > Duration::from_secs(self.config.sweep.max_runner_lifetime_seconds.into()) {
                 report.lifetime_exceeded += 1;
@@ -703,8 +688,8 @@ impl StopRunner {
                     continue;
                 }
                 Idleness::JobNeverRouted => {
-                    let job_id = instance.tag(TAG_JOB_ID).unwrap_or_default();
-                    let repository = instance.tag(TAG_REPOSITORY).unwrap_or_default();
+                    let job_id = instance.job_id();
+                    let repository = instance.repository();
                     tracing::error!(
                         job_id,
                         repository,
@@ -776,21 +761,14 @@ impl StopRunner {
         if age <= Duration::from_secs(self.config.sweep.idle_runner_seconds.into()) {
             return Idleness::Working;
         }
-        let Some((_, runner)) = instance
-            .tag(TAG_RUNNER_ID)
-            .and_then(|id| id.parse().ok())
-            .and_then(|id| runners.get(&id))
-        else {
+        let Some((_, runner)) = instance.runner_id().and_then(|id| runners.get(&id)) else {
             return Idleness::Working;
         };
         if runner.status != "online" || runner.busy {
             return Idleness::Working;
         }
-        let job_id = instance
-            .tag(TAG_JOB_ID)
-            .and_then(|id| id.parse().ok())
-            .unwrap_or_default();
-        let repository = instance.tag(TAG_REPOSITORY).unwrap_or_default();
+        let job_id = instance.job_id();
+        let repository = instance.repository();
         match self.ports.github.job_status(repository, job_id).await {
             Ok(JobStatus::Other(_)) => Idleness::JobWentElsewhere,
             Ok(JobStatus::Queued) => Idleness::JobNeverRouted,
