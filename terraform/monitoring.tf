@@ -82,20 +82,6 @@ locals {
     } },
   ) : {}
 
-  # The no-launch alarm sums every template's `Launches` (dimensions deployment, template, capacity). SEARCH cannot
-  # be used in an alarm, so the metrics are listed from var.runner_templates: spot for every template, on-demand
-  # for those that fall back to it (create-runner launches on-demand for no other template). An alarm's math takes
-  # at most 10 metrics; two are the jobs queue's, which leaves 8 launch metrics. A deployment with more gets no
-  # such alarm (the check below says so); the dead-letter and oldest-job alarms still watch its waiting jobs.
-  launch_metrics = concat([for i, name in sort(keys(var.runner_templates)) : [
-    for capacity in(var.runner_templates[name].on_demand_fallback ? ["spot", "on-demand"] : ["spot"]) : {
-      id       = "launches_${i}_${replace(capacity, "-", "_")}"
-      template = name
-      capacity = capacity
-    }
-  ]]...)
-  no_launch_alarm = local.monitoring && length(local.launch_metrics) <= 8
-
   # The sweep's interval in minutes when sweep_schedule is a rate(...); null for a cron(...), which is not checked.
   sweep_rate    = try(regex("^rate\\(([0-9]+) (minute|hour|day)s?\\)$", var.sweep_schedule), null)
   sweep_minutes = local.sweep_rate == null ? null : tonumber(local.sweep_rate[0]) * { minute = 1, hour = 60, day = 1440 }[local.sweep_rate[1]]
@@ -104,13 +90,6 @@ locals {
     [for alarm in aws_cloudwatch_metric_alarm.metric : alarm.arn],
     aws_cloudwatch_metric_alarm.no_launch[*].arn,
   )
-}
-
-check "no_launch_alarm" {
-  assert {
-    condition     = !local.monitoring || local.no_launch_alarm
-    error_message = "The ${var.deployment}-no-launch-while-jobs-wait alarm is not created: the templates have ${length(local.launch_metrics)} launch metrics (one per template, two with on_demand_fallback), and a CloudWatch alarm's math takes at most 10 metrics, 2 of them the jobs queue's. The dead-letter-jobs and oldest-job alarms still watch waiting jobs (docs/monitoring.md)."
-  }
 }
 
 check "oldest_waiting_alarms" {
@@ -163,8 +142,14 @@ resource "aws_cloudwatch_metric_alarm" "metric" {
 # (visible: not yet taken; not visible: handed back or being handled) and no template launched an instance.
 # Missing values count as 0 in metric math: `0 * waiting` gives the sum a value in every period the queue reports,
 # so a window without any launch reads 0 instead of no data. An idle queue reports nothing: no data, not breaching.
+#
+# Launches are read by deployment alone: create-runner publishes each launch under that dimension set too (EMF,
+# crates/core/src/metrics.rs), because it launches on-demand on any template, not only those with
+# on_demand_fallback: the re-run of a job whose spot instance was interrupted, and a template in spot back-off.
+# Listing Launches per template and capacity would miss those, or take 2 metrics per template (past the 10 an alarm's
+# math reads from 5 templates on); the one metric counts every launch of every template and capacity.
 resource "aws_cloudwatch_metric_alarm" "no_launch" {
-  count = local.no_launch_alarm ? 1 : 0
+  count = local.monitoring ? 1 : 0
 
   alarm_name          = "${var.deployment}-no-launch-while-jobs-wait"
   alarm_description   = "Jobs have waited ${var.monitoring.no_launch_minutes} minutes in the jobs queue and no template launched an instance: launches fail (capacity, quotas, AMI, subnets, permissions) or every template is full. See the create-runner log and docs/monitoring.md."
@@ -196,18 +181,14 @@ resource "aws_cloudwatch_metric_alarm" "no_launch" {
     }
   }
 
-  dynamic "metric_query" {
-    for_each = local.launch_metrics
-
-    content {
-      id = metric_query.value.id
-      metric {
-        namespace   = local.metric_namespace
-        metric_name = "Launches"
-        dimensions  = { deployment = var.deployment, template = metric_query.value.template, capacity = metric_query.value.capacity }
-        stat        = "Sum"
-        period      = local.period
-      }
+  metric_query {
+    id = "launches"
+    metric {
+      namespace   = local.metric_namespace
+      metric_name = "Launches"
+      dimensions  = { deployment = var.deployment }
+      stat        = "Sum"
+      period      = local.period
     }
   }
 
@@ -219,7 +200,7 @@ resource "aws_cloudwatch_metric_alarm" "no_launch" {
 
   metric_query {
     id         = "launched"
-    expression = join(" + ", concat(["0 * waiting"], [for m in local.launch_metrics : m.id]))
+    expression = "0 * waiting + launches"
     label      = "Instances launched"
   }
 

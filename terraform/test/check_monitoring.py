@@ -4,15 +4,16 @@
 Reads `terraform show -json` of a state (the moto apply of terraform/test/moto) and asserts, per deployment:
 
   * the alarms are all there: dead-letter jobs, oldest job, webhook 5xx, errors and throttles of each of the four
-    functions, jobs waiting while nothing launches (when the templates fit its 10 metrics), and the oldest job
-    waiting for room in each template's waiting list;
+    functions, jobs waiting while nothing launches, and the oldest job waiting for room in each template's waiting
+    list;
   * every alarm treats missing data deliberately, as `notBreaching` or `ignore`: an idle deployment publishes no
     data, so `missing` (the provider's default) would leave it INSUFFICIENT_DATA and `breaching` would page for
     nothing; and none notifies on INSUFFICIENT_DATA;
   * every alarm notifies exactly the topics the deployment was given or created (its `monitoring` output), on ALARM
     and on OK, and no topic when none is configured;
-  * each alarm watches this deployment's queue, function or API, and the no-launch alarm sums `Launches` of every
-    template (spot, and on-demand where the template falls back to it) with the contract's dimensions; each
+  * each alarm watches this deployment's queue, function or API; the no-launch alarm reads the jobs queue's two
+    metrics and one `Launches`, summed, by deployment alone (every launch of any template and capacity:
+    create-runner launches on-demand on any template for re-runs and spot back-offs), and counts it; each
     oldest-waiting alarm reads its own template's `OldestWaiting` (Maximum, over a period that holds a sweep) at the
     oldest-job alarm's threshold, since both stand for monitoring.oldest_job_seconds;
   * the dashboard names every metric of the contract below with its dimensions and this deployment (as a metric
@@ -47,6 +48,11 @@ CONTRACT = {
     "LiveInstances": {"deployment", "template"},
     "FreeSlots": {"deployment", "template"},
     "OldestWaiting": {"deployment", "template"},
+}
+
+# Smaller dimension sets some metrics are also written under (`Emf::also_by`), each a CloudWatch metric of its own.
+ALSO_BY = {
+    "Launches": {"deployment"},
 }
 
 FUNCTIONS = ("autoscaler", "create-runner", "stop-runner", "move-jobs")
@@ -100,9 +106,6 @@ class Deployment:
             topics = sorted(monitoring["alarm_topic_arns"]) if monitoring else None
             deployments.append(cls(child["address"], resources, topics))
         return deployments
-
-    def launch_metric_count(self):
-        return sum(2 if fallback else 1 for fallback in self.templates.values())
 
 
 def dimensions_of(entry):
@@ -166,8 +169,7 @@ def check(deployment):
     # 1. The alarms are all there.
     expected = {f"{name}-dead-letter-jobs", f"{name}-oldest-job", f"{name}-webhook-5xx"}
     expected |= {f"{function}-{kind}" for function in deployment.functions for kind in ("errors", "throttles")}
-    if deployment.launch_metric_count() + 2 <= MAX_ALARM_METRICS:
-        expected.add(f"{name}-no-launch-while-jobs-wait")
+    expected.add(f"{name}-no-launch-while-jobs-wait")
     expected |= {f"{name}-oldest-waiting-{template}" for template in deployment.templates}
     for missing in sorted(expected - set(deployment.alarms)):
         errors.append(f"alarm {missing} is missing")
@@ -226,34 +228,41 @@ def check(deployment):
             error(alarm, f"period is {values.get('period')} s: the sweep writes OldestWaiting every {SWEEP_MINUTES} "
                          "minutes, so most periods would read as nothing waiting")
 
-    # 5. The no-launch alarm: every template's launches, the jobs queue, one answer.
+    # 5. The no-launch alarm: every launch of the deployment (one metric), the jobs queue, one answer.
     no_launch = deployment.alarms.get(f"{name}-no-launch-while-jobs-wait")
     if no_launch is not None:
+        alarm = no_launch["alarm_name"]
         queries = no_launch.get("metric_query") or []
         stats = [(q, q["metric"][0]) for q in queries if q.get("metric")]
-        launches = set()
+        launches = []
         for query, stat in stats:
             dims = stat.get("dimensions") or {}
             if stat.get("metric_name") == "Launches":
-                if stat.get("namespace") != NAMESPACE or set(dims) != CONTRACT["Launches"] or dims.get("deployment") != name:
-                    error(no_launch["alarm_name"], f"{query['id']} reads Launches as {stat.get('namespace')} {dims}")
-                launches.add((dims.get("template"), dims.get("capacity")))
+                launches.append(query["id"])
+                # By template or capacity it would count only those launches: on-demand ones of any template
+                # (re-runs of interrupted jobs, spot back-off) would read as nothing launched.
+                if stat.get("namespace") != NAMESPACE or set(dims) != ALSO_BY["Launches"] or dims.get("deployment") != name:
+                    error(alarm, f"{query['id']} reads Launches as {stat.get('namespace')} {dims}, expected by "
+                                 f"deployment {name} alone: every launch of every template and capacity")
+                if stat.get("stat") != "Sum":
+                    error(alarm, f"{query['id']} reads the {stat.get('stat')!r} of Launches, expected 'Sum'")
             elif stat.get("namespace") == "AWS/SQS" and dims != {"QueueName": deployment.jobs_queue}:
-                error(no_launch["alarm_name"], f"{query['id']} reads {dims}, not the jobs queue {deployment.jobs_queue}")
-        wanted = {(t, "spot") for t in deployment.templates} | {(t, "on-demand") for t, fb in deployment.templates.items() if fb}
-        for template, capacity in sorted(wanted - launches):
-            error(no_launch["alarm_name"], f"does not count {capacity} launches of template {template}")
-        for template, capacity in sorted(launches - wanted):
-            error(no_launch["alarm_name"], f"counts {capacity} launches of {template}, which this deployment does not launch")
+                error(alarm, f"{query['id']} reads {dims}, not the jobs queue {deployment.jobs_queue}")
+        if len(launches) != 1:
+            error(alarm, f"reads Launches {len(launches)} times, expected once, by deployment alone")
+        expressions = " ".join(q.get("expression") or "" for q in queries)
+        for query_id in launches:
+            if not re.search(rf"\b{re.escape(query_id)}\b", expressions):
+                error(alarm, f"no expression uses {query_id}: launches are read but never counted")
         queues = {stat.get("metric_name") for _, stat in stats if stat.get("namespace") == "AWS/SQS"}
         for metric in sorted({"ApproximateNumberOfMessagesVisible", "ApproximateNumberOfMessagesNotVisible"} - queues):
-            error(no_launch["alarm_name"], f"does not read the jobs queue's {metric}")
+            error(alarm, f"does not read the jobs queue's {metric}")
         if len(stats) > MAX_ALARM_METRICS:
-            error(no_launch["alarm_name"], f"reads {len(stats)} metrics; CloudWatch takes at most {MAX_ALARM_METRICS}")
+            error(alarm, f"reads {len(stats)} metrics; CloudWatch takes at most {MAX_ALARM_METRICS}")
         if len({stat.get("period") for _, stat in stats}) > 1:
-            error(no_launch["alarm_name"], "its metrics have different periods")
+            error(alarm, "its metrics have different periods")
         if sum(1 for q in queries if q.get("return_data")) != 1:
-            error(no_launch["alarm_name"], "must return exactly one expression")
+            error(alarm, "must return exactly one expression")
 
     # 6. The dashboard.
     body = deployment.dashboards.get(name)
@@ -380,11 +389,40 @@ def self_test(deployment):
 
     no_launch = f"{name}-no-launch-while-jobs-wait"
     if no_launch in deployment.alarms:
-        def drop_launches(a):
-            a["metric_query"] = [q for q in a["metric_query"]
-                                 if not (q.get("metric") and q["metric"][0]["dimensions"].get("capacity") == "spot"
-                                         and q["metric"][0]["dimensions"].get("template") == template)]
-        cases["the no-launch alarm without one template's spot launches"] = on_alarm(no_launch, drop_launches)
+        def launch_queries(a):
+            return [q for q in a["metric_query"] if q.get("metric") and q["metric"][0]["metric_name"] == "Launches"]
+
+        def by_template_and_capacity(a):
+            for q in launch_queries(a):
+                q["metric"][0]["dimensions"] = {"deployment": name, "template": template, "capacity": "spot"}
+        cases["the no-launch alarm counting only one template's spot launches"] = on_alarm(no_launch, by_template_and_capacity)
+
+        def without_launches(a):
+            a["metric_query"] = [q for q in a["metric_query"] if q not in launch_queries(a)]
+        cases["the no-launch alarm without Launches"] = on_alarm(no_launch, without_launches)
+
+        def other_deployment(a):
+            for q in launch_queries(a):
+                q["metric"][0]["dimensions"] = {"deployment": "other"}
+        cases["the no-launch alarm reading another deployment's Launches"] = on_alarm(no_launch, other_deployment)
+
+        def launches_twice(a):
+            twin = copy.deepcopy(launch_queries(a)[0])
+            twin["id"] = "launches_again"
+            a["metric_query"].append(twin)
+        cases["the no-launch alarm reading Launches twice"] = on_alarm(no_launch, launches_twice)
+
+        def averaged(a):
+            for q in launch_queries(a):
+                q["metric"][0]["stat"] = "Average"
+        cases["the no-launch alarm averaging Launches"] = on_alarm(no_launch, averaged)
+
+        def not_counted(a):
+            ids = {q["id"] for q in launch_queries(a)}
+            for q in a["metric_query"]:
+                if q.get("expression"):
+                    q["expression"] = re.sub(r"\b(" + "|".join(map(re.escape, ids)) + r")\b", "0", q["expression"])
+        cases["the no-launch alarm's sum leaving Launches out"] = on_alarm(no_launch, not_counted)
 
         def other_queue(a):
             for q in a["metric_query"]:

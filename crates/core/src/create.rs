@@ -407,8 +407,11 @@ impl CreateRunner {
         };
         match outcome {
             Outcome::Served { capacity, .. } => {
+                // Also by deployment alone: the no-launch alarm reads that one metric, which counts
+                // on-demand launches of any template (re-runs, spot back-off) as well as spot ones.
                 job()
                     .dimension("capacity", capacity.as_str())
+                    .also_by(&["deployment"])
                     .count(metric::LAUNCHES, 1)
                     .emit();
                 let mut times = job();

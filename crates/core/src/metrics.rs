@@ -5,6 +5,9 @@
 //!
 //! Namespace `sophons`; every metric has the dimension `deployment`, and `template` where a job
 //! or template is known; a few add one small closed set (`capacity`, `reason`, `decision`).
+//! A document can also publish its metrics under a smaller set of its dimensions (`Emf::also_by`),
+//! which CloudWatch keeps as a metric of its own: `Launches` by `deployment` alone lets one alarm
+//! count every launch without listing templates and capacities.
 //! Never a per-job or per-repository dimension: each distinct value would be a metric of its own,
 //! billed as one. The job id and repository ride along as properties (searchable in Logs Insights,
 //! not metrics).
@@ -49,7 +52,8 @@ pub mod name {
     pub const LAUNCHED_AFTER: &str = "LaunchedAfter";
     /// Seconds from `created_at` to the runner command sent.
     pub const COMMAND_SENT_AFTER: &str = "CommandSentAfter";
-    /// Launches, by `capacity` (spot, on-demand).
+    /// Launches, by `capacity` (spot, on-demand); also by `deployment` alone, for the no-launch
+    /// alarm.
     pub const LAUNCHES: &str = "Launches";
     /// Jobs handed back to the queue, by `reason`.
     pub const HAND_BACKS: &str = "HandBacks";
@@ -92,6 +96,8 @@ pub mod name {
 #[derive(Debug, Clone)]
 pub struct Emf {
     dimensions: Vec<(&'static str, String)>,
+    /// Smaller dimension sets the metrics are also published under, each a subset of `dimensions`.
+    also: Vec<Vec<&'static str>>,
     metrics: Vec<(&'static str, Unit, f64)>,
     properties: Map<String, Value>,
 }
@@ -100,6 +106,7 @@ impl Emf {
     pub fn new(deployment: &str) -> Self {
         Self {
             dimensions: vec![("deployment", deployment.to_string())],
+            also: Vec::new(),
             metrics: Vec::new(),
             properties: Map::new(),
         }
@@ -107,6 +114,29 @@ impl Emf {
 
     pub fn dimension(mut self, name: &'static str, value: &str) -> Self {
         self.dimensions.push((name, value.to_string()));
+        self
+    }
+
+    /// Also publishes the document's metrics under these of its dimensions alone: one more
+    /// CloudWatch metric per value combination, billed as one, that sums over the dimensions left
+    /// out. Each name must be a dimension already added, and the set smaller than the document's
+    /// (the same set twice would count every value twice). Tests catch a wrong name; in Lambda it is
+    /// left out rather than making CloudWatch refuse the whole document.
+    pub fn also_by(mut self, names: &[&'static str]) -> Self {
+        let known = |name: &&'static str| self.dimensions.iter().any(|(dimension, _)| dimension == name);
+        debug_assert!(
+            names.iter().all(known),
+            "also_by({names:?}): every name must be one of the document's dimensions {:?}",
+            self.dimensions
+        );
+        let set: Vec<&'static str> = names.iter().copied().filter(known).collect();
+        debug_assert!(
+            set.len() < self.dimensions.len(),
+            "also_by({names:?}) repeats the document's own dimension set"
+        );
+        if set.len() < self.dimensions.len() {
+            self.also.push(set);
+        }
         self
     }
 
@@ -138,13 +168,18 @@ impl Emf {
         for (name, _, value) in &self.metrics {
             document.insert((*name).to_string(), json!(value));
         }
+        // Every set is a metric of its own in CloudWatch, the document's full set first.
+        let full: Vec<&str> = self.dimensions.iter().map(|(name, _)| *name).collect();
+        let sets: Vec<&[&str]> = std::iter::once(full.as_slice())
+            .chain(self.also.iter().map(Vec::as_slice))
+            .collect();
         document.insert(
             "_aws".into(),
             json!({
                 "Timestamp": timestamp,
                 "CloudWatchMetrics": [{
                     "Namespace": NAMESPACE,
-                    "Dimensions": [self.dimensions.iter().map(|(name, _)| *name).collect::<Vec<_>>()],
+                    "Dimensions": sets,
                     "Metrics": self.metrics.iter()
                         .map(|(name, unit, _)| json!({"Name": name, "Unit": unit.as_str()}))
                         .collect::<Vec<_>>(),
@@ -220,7 +255,8 @@ pub struct Datum {
 
 /// Reads EMF documents as CloudWatch does, checking the specification's rules: a namespace, each
 /// dimension and metric named in a directive present as a top-level member, values numbers.
-/// Errors name the broken rule.
+/// Each metric gives one datum per dimension set of its directive (each set is a metric of its own
+/// in CloudWatch), in the order of the sets. Errors name the broken rule.
 pub fn read(documents: &[Value]) -> Result<Vec<Datum>, String> {
     let mut data = Vec::new();
     for document in documents {
@@ -292,6 +328,64 @@ mod tests {
             }]
         );
         assert_eq!(document["job_id"], 42, "a property, not a dimension");
+    }
+
+    #[test]
+    fn a_launch_also_counted_by_deployment_alone_is_read_as_two_data_the_smaller_with_only_its_dimension() {
+        let document = Emf::new("sophons")
+            .dimension("template", "cpu")
+            .dimension("capacity", "on-demand")
+            .also_by(&["deployment"])
+            .count(name::LAUNCHES, 1)
+            .to_json(SystemTime::now());
+        assert_eq!(
+            document["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            json!([["deployment", "template", "capacity"], ["deployment"]])
+        );
+        let data = read(&[document]).unwrap();
+        let dimensions: Vec<_> = data.iter().map(|datum| datum.dimensions.clone()).collect();
+        assert_eq!(
+            dimensions,
+            vec![
+                vec![
+                    ("deployment".into(), "sophons".into()),
+                    ("template".into(), "cpu".into()),
+                    ("capacity".into(), "on-demand".into())
+                ],
+                vec![("deployment".into(), "sophons".into())],
+            ]
+        );
+        assert!(
+            data.iter()
+                .all(|datum| datum.name == "Launches" && datum.value == 1.0 && datum.unit == "Count")
+        );
+    }
+
+    #[test]
+    fn every_metric_of_a_document_is_published_under_each_of_its_sets() {
+        let document = Emf::new("d")
+            .dimension("template", "gpu")
+            .also_by(&["deployment"])
+            .count(name::RELAUNCHES, 1)
+            .count(name::SPOT_RECLAIMS, 1)
+            .to_json(SystemTime::now());
+        let data = read(&[document]).unwrap();
+        let named: Vec<(&str, usize)> = data.iter().map(|d| (d.name.as_str(), d.dimensions.len())).collect();
+        assert_eq!(
+            named,
+            [
+                ("Relaunches", 2),
+                ("Relaunches", 1),
+                ("SpotReclaims", 2),
+                ("SpotReclaims", 1)
+            ]
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "must be one of the document's dimensions")]
+    fn a_smaller_set_naming_a_dimension_the_document_lacks_is_a_mistake_tests_catch() {
+        let _ = Emf::new("d").also_by(&["template"]);
     }
 
     #[test]

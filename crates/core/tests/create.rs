@@ -340,7 +340,7 @@ async fn a_full_template_hands_the_job_back_for_the_retry_delay() {
     assert!(
         served
             .iter()
-            .any(|d| d.name == "Launches" && d.dimensions[2] == ("capacity".into(), "spot".into())),
+            .any(|d| d.name == "Launches" && d.dimensions.get(2) == Some(&("capacity".into(), "spot".into()))),
         "{served:?}"
     );
     assert!(

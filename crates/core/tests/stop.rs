@@ -729,10 +729,16 @@ async fn a_spot_reclaim_during_boot_gets_the_job_a_new_runner_once() {
         ("template".into(), "template_cpu".into())
     );
     assert_eq!(named("Relaunches").len(), 1, "{data:?}");
+    // Each launch is read twice: by template and capacity, and by deployment alone.
     assert_eq!(
-        named("Launches").len(),
+        named("Launches").iter().filter(|d| d.dimensions.len() == 3).count(),
         2,
         "the first launch and the relaunch: {data:?}"
+    );
+    assert_eq!(
+        named("Launches").iter().filter(|d| d.dimensions.len() == 1).count(),
+        2,
+        "both also by deployment alone: {data:?}"
     );
 }
 

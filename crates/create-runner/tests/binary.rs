@@ -117,8 +117,8 @@ async fn one_message_gives_one_instance_one_parameter_one_command_and_one_jit_re
     assert!(!logs.contains(&jit_value), "the JIT config must never be logged");
     assert!(!logs.contains(TOKEN), "the GitHub token must never be logged");
     assert!(logs.contains("\"outcome\":\"served\""), "{logs}");
-    // The metrics CloudWatch makes of it (EMF): one launch, by capacity; the times from the job's
-    // created_at to its launch and to its command.
+    // The metrics CloudWatch makes of it (EMF): one launch, by capacity and by deployment alone (the
+    // no-launch alarm's metric); the times from the job's created_at to its launch and to its command.
     use sophons_core::metrics::{documents, read};
     let data = read(&documents(logs.lines())).unwrap();
     let dimensions = |extra: &[(&str, &str)]| {
@@ -130,9 +130,16 @@ async fn one_message_gives_one_instance_one_parameter_one_command_and_one_jit_re
         all
     };
     let launches: Vec<_> = data.iter().filter(|d| d.name == "Launches").collect();
-    assert_eq!(launches.len(), 1, "{data:?}");
-    assert_eq!((launches[0].unit.as_str(), launches[0].value), ("Count", 1.0));
+    assert_eq!(launches.len(), 2, "{data:?}");
+    assert!(
+        launches.iter().all(|d| (d.unit.as_str(), d.value) == ("Count", 1.0)),
+        "{data:?}"
+    );
     assert_eq!(launches[0].dimensions, dimensions(&[("capacity", "spot")]));
+    assert_eq!(
+        launches[1].dimensions,
+        [("deployment".to_string(), setup.deployment.clone())]
+    );
     for name in ["LaunchedAfter", "CommandSentAfter"] {
         let times: Vec<_> = data.iter().filter(|d| d.name == name).collect();
         assert_eq!(times.len(), 1, "{name}: {data:?}");

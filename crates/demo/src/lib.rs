@@ -942,7 +942,11 @@ fn print_metrics(metrics: &[sophons_core::metrics::Datum]) {
         (name::WEBHOOK_ANSWERS, "decision"),
     ] {
         let mut sums: BTreeMap<String, f64> = BTreeMap::new();
-        for datum in metrics.iter().filter(|d| d.name == metric) {
+        // Only the data that carry the key: Launches is also written by deployment alone.
+        for datum in metrics
+            .iter()
+            .filter(|d| d.name == metric && d.dimensions.iter().any(|(k, _)| k == key))
+        {
             *sums.entry(dimension(datum, key)).or_default() += datum.value;
         }
         let listed: Vec<String> = sums.iter().map(|(k, v)| format!("{k} {v}")).collect();
