@@ -53,8 +53,10 @@ const DEADLINE_MARGIN: Duration = Duration::from_secs(10);
 
 use crate::ports::Ports;
 
-/// What an SSM status event led to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What an instance's event led to (stop-runner answers it as JSON: `{"ended": {...}}`,
+/// `{"warned": {...}}` or `{"ignored": "<reason>"}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Stopped {
     /// The instance was ended; `relaunched` says whether its job was sent back for a new runner.
     Ended { instance_id: String, relaunched: bool },
@@ -62,6 +64,18 @@ pub enum Stopped {
     Warned { instance_id: String },
     /// Nothing of ours to do: not our instance, not our command, not terminal, or already handled.
     Ignored(String),
+}
+
+/// What became of a job whose runner ended without running it (`relaunch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Relaunch {
+    /// Sent back to the jobs queue for a new runner.
+    Sent,
+    /// Nothing to send: GitHub has the job running or done, or it reached its limits (logged).
+    NotNeeded,
+    /// It should have gone back and could not, or GitHub could not say after a Success: the
+    /// instance is left as it is for the sweep or a retried event.
+    Retry,
 }
 
 /// What an online runner is doing, as the sweep sees it.
@@ -288,8 +302,9 @@ impl StopRunner {
         // before it), the instance is still there for the sweep or the retried event to try again.
         let relaunched = match command_status {
             Some(status) => match self.relaunch(instance, job_id, status).await {
-                Ok(relaunched) => relaunched,
-                Err(()) => return false,
+                Relaunch::Sent => true,
+                Relaunch::NotNeeded => false,
+                Relaunch::Retry => return false,
             },
             None => false,
         };
@@ -440,8 +455,10 @@ impl StopRunner {
             instance.state_reason.as_deref().unwrap_or_default()
         );
         tracing::warn!(job_id, instance_id = instance.id, reason = why, "job {job_id}: {why}");
-        let Ok(relaunched) = self.relaunch(instance, job_id, &why).await else {
-            return false; // nothing marked: the next event or sweep tries again
+        let relaunched = match self.relaunch(instance, job_id, &why).await {
+            Relaunch::Sent => true,
+            Relaunch::NotNeeded => false,
+            Relaunch::Retry => return false, // nothing marked: the next event or sweep tries again
         };
         // Counted once per reclaim looked after (the mark below keeps it from being looked after again).
         if instance.state_reason.as_deref() == Some(SPOT_RECLAIM_REASON) {
@@ -474,7 +491,7 @@ impl StopRunner {
     /// labels (its command then ends in Success). A job GitHub still has queued goes back to the
     /// jobs queue, a limited number of times. Answers whether it was sent back; an error when it
     /// should have been and could not, or when GitHub could not say after a Success.
-    async fn relaunch(&self, instance: &Instance, job_id: u64, status: &str) -> Result<bool, ()> {
+    async fn relaunch(&self, instance: &Instance, job_id: u64, status: &str) -> Relaunch {
         let repository = instance.repository().to_string();
         match self.ports.github.job_status(&repository, job_id).await {
             Ok(JobStatus::Queued) => {}
@@ -484,13 +501,13 @@ impl StopRunner {
                     status,
                     "command ended {status}; job {job_id} is {state}, nothing to relaunch"
                 );
-                return Ok(false);
+                return Relaunch::NotNeeded;
             }
             // After a Success the runner almost always ran its own job: relaunching on every
             // GitHub outage would launch spare instances. The instance stays for the sweep to ask again.
             Err(error) if status == "Success" => {
                 tracing::warn!(job_id, %error, "cannot ask GitHub whether the job ran; the sweep will ask again");
-                return Err(());
+                return Relaunch::Retry;
             }
             Err(error) => {
                 tracing::warn!(job_id, %error, "cannot ask GitHub about the job; relaunching (create-runner asks again)");
@@ -512,7 +529,7 @@ impl StopRunner {
                  (last: {status}); check the AMI, the runner script's output in the command log group, and spot \
                  interruptions"
             );
-            return Ok(false);
+            return Relaunch::NotNeeded;
         }
         if relaunches >= MAX_SEND_BACKS {
             tracing::error!(
@@ -522,7 +539,7 @@ impl StopRunner {
                 "job {job_id} dropped: sent back {relaunches} times; its runners keep being given other jobs \
                  (GitHub gives a queued job to any runner with matching labels)"
             );
-            return Ok(false);
+            return Relaunch::NotNeeded;
         }
         if took_another_job {
             tracing::info!(
@@ -574,11 +591,11 @@ impl StopRunner {
                     runner_failures = failures_after,
                     "runner ended without running its job ({status}); job sent back for a new runner"
                 );
-                Ok(true)
+                Relaunch::Sent
             }
             Err(error) => {
                 tracing::error!(job_id, %error, "cannot send the job back; its instance is left for the sweep to retry");
-                Err(())
+                Relaunch::Retry
             }
         }
     }

@@ -19,7 +19,7 @@ async fn main() -> Result<(), Error> {
         async move {
             let deadline = sophons_core::lambda::deadline(event.context.deadline);
             let answer = match stop.handle(event.payload, deadline).await {
-                Handled::Stop(stopped) => json!({ "handled": "instance_event", "result": format!("{stopped:?}") }),
+                Handled::Stop(stopped) => json!({ "handled": "instance_event", "result": stopped }),
                 // Every count of the report, and the total cleaned.
                 Handled::Sweep(report) => {
                     let mut answer = serde_json::to_value(&report).unwrap_or_default();

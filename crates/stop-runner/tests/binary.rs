@@ -98,6 +98,12 @@ async fn an_ssm_status_event_ends_our_instance_its_parameter_and_its_runner() {
         .await
         .unwrap();
     assert_eq!(answer["handled"], "instance_event", "{answer}");
+    assert_eq!(
+        answer["result"]["ended"],
+        // The fake GitHub has the job still queued: the runner ended without it, so it goes back.
+        json!({ "instance_id": instance_id, "relaunched": true }),
+        "{answer}"
+    );
 
     let instances = stack.instances().await;
     assert!(matches!(
@@ -116,7 +122,7 @@ async fn an_ssm_status_event_ends_our_instance_its_parameter_and_its_runner() {
         .invoke(ssm_status_event(&other_id, "not-our-command", "Failed"))
         .await
         .unwrap();
-    assert!(answer["result"].as_str().unwrap().contains("Ignored"), "{answer}");
+    assert!(answer["result"]["ignored"].is_string(), "{answer}");
     // The same event again: harmless.
     lambda
         .invoke(ssm_status_event(&instance_id, &command_id, "Success"))
@@ -136,7 +142,7 @@ async fn an_event_for_an_instance_of_another_deployment_changes_nothing() {
         .invoke(ssm_status_event(&their_instance, &their_command, "Success"))
         .await
         .unwrap();
-    assert!(answer["result"].as_str().unwrap().contains("Ignored"), "{answer}");
+    assert!(answer["result"]["ignored"].is_string(), "{answer}");
     assert_eq!(state_of(&theirs.instances().await, &their_instance), "running");
 }
 
@@ -164,9 +170,13 @@ async fn a_spot_warning_records_our_instances_job_in_the_interruptions_table_and
     let (their_instance, _) = serve(&theirs, 302).await;
     let mut lambda = LambdaProcess::spawn(binary(), "stop-runner", &ours.env).await;
     let answer = lambda.invoke(spot_warning(&instance_id)).await.unwrap();
-    assert!(answer["result"].as_str().unwrap().contains("Warned"), "{answer}");
+    assert_eq!(
+        answer["result"]["warned"]["instance_id"],
+        json!(instance_id),
+        "{answer}"
+    );
     let answer = lambda.invoke(spot_warning(&their_instance)).await.unwrap();
-    assert!(answer["result"].as_str().unwrap().contains("Ignored"), "{answer}");
+    assert!(answer["result"]["ignored"].is_string(), "{answer}");
 
     let table = ours.document["interruptions_table"].as_str().unwrap();
     let items = aws_sdk_dynamodb::Client::new(&ours.sdk)
