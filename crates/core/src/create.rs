@@ -528,7 +528,14 @@ impl CreateRunner {
                 Ok(_) => {}
                 Err(error) => return transient(format!("cannot list runners: {error}")),
             }
-            if !self.clean_up(&instance.id, None, &scope).await {
+            let ending = crate::ports::Ending {
+                instance_id: &instance.id,
+                spot_request_id: instance.spot_request_id.as_deref(),
+                runner_id: instance.runner_id(),
+                scope: &scope,
+                job_id,
+            };
+            if !self.ports.end_instance(&self.config.deployment, &ending).await {
                 // Launching now would give the job two live instances.
                 return transient(format!(
                     "cannot end instance {} that was never started; no replacement launched yet",
@@ -907,7 +914,16 @@ impl CreateRunner {
                     reason = failure.reason,
                     "cleaning up after a failed start"
                 );
-                let ended = self.clean_up(&launched.instance_id, failure.runner_id, &scope).await;
+                let ending = crate::ports::Ending {
+                    instance_id: &launched.instance_id,
+                    // Not known without a DescribeInstances: the instant fleet's one-time spot
+                    // request closes when its instance ends.
+                    spot_request_id: None,
+                    runner_id: failure.runner_id,
+                    scope: &scope,
+                    job_id,
+                };
+                let ended = self.ports.end_instance(&self.config.deployment, &ending).await;
                 // An instance that could not be ended keeps its slot (by its tag) until the sweep
                 // ends it and frees the slot; one that was ended frees it now.
                 let fate = if ended { SlotFate::GiveBack } else { SlotFate::Kept };
@@ -1194,28 +1210,6 @@ impl CreateRunner {
     /// Longer than a handler takes from its slot claim to its command sent.
     fn start_limit(&self) -> Duration {
         Duration::from_secs(u64::from(self.config.command.start_deadline_seconds) + 60)
-    }
-
-    /// Terminate the instance, delete its parameter, remove its runner. Failures are logged;
-    /// the sweep removes anything left. Answers whether the instance was terminated.
-    async fn clean_up(&self, instance_id: &str, runner_id: Option<u64>, scope: &RunnerScope) -> bool {
-        let terminated = match self.ports.fleet.terminate(instance_id).await {
-            Ok(()) => true,
-            Err(error) => {
-                tracing::error!(instance_id, %error, "cannot terminate; the sweep will retry");
-                false
-            }
-        };
-        let parameter = names::jit_parameter(&self.config.deployment, instance_id);
-        if let Err(error) = self.ports.secrets.delete(&parameter).await {
-            tracing::error!(instance_id, %error, "cannot delete the JIT parameter; the sweep will retry");
-        }
-        if let Some(runner_id) = runner_id
-            && let Err(error) = self.ports.github.remove_runner(scope, runner_id).await
-        {
-            tracing::error!(instance_id, runner_id, %error, "cannot remove the runner; the sweep will retry");
-        }
-        terminated
     }
 }
 

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use crate::commands::CommandStatus;
 use crate::config::Config;
 use crate::fleet::{Instance, InstanceQuery, InstanceState, TAG_RELAUNCHED, TAG_REPOSITORY};
-use crate::github::{GithubError, JobStatus, Runner, RunnerScope};
+use crate::github::{JobStatus, Runner, RunnerScope};
 use crate::job::{JobMessage, MESSAGE_VERSION, now_rfc3339};
 use crate::metrics::{Emf, name as metric};
 use crate::names;
@@ -308,43 +308,18 @@ impl StopRunner {
             },
             None => false,
         };
-        match self.ports.fleet.terminate(instance_id).await {
-            Ok(()) => {
-                // The slot is free: the oldest job waiting for this template takes it.
-                if let Some(template) = self.release_slot(instance, job_id).await {
-                    crate::waiting::wake(&self.config, &self.ports, template).await;
-                }
-            }
-            Err(error) => tracing::error!(job_id, instance_id, %error, "cannot terminate; the sweep will retry"),
-        }
-        if let Some(request) = &instance.spot_request_id
-            && let Err(error) = self.ports.fleet.cancel_spot_request(request).await
-        {
-            tracing::warn!(job_id, instance_id, %error, "cannot cancel the spot request");
-        }
-        let parameter = names::jit_parameter(&self.config.deployment, instance_id);
-        if let Err(error) = self.ports.secrets.delete(&parameter).await {
-            tracing::error!(job_id, instance_id, %error, "cannot delete the JIT parameter; the sweep will retry");
-        }
         let repository = instance.repository();
-        let scope = RunnerScope::for_job(&self.config.github, repository);
-        if let Some(runner_id) = instance.runner_id() {
-            match self.ports.github.remove_runner(&scope, runner_id).await {
-                Ok(()) => {}
-                // GitHub still shows the runner at its job for a moment after the box ends; a JIT
-                // runner removes itself, and the sweep removes it once GitHub sees it offline.
-                Err(GithubError::Busy(reason)) => {
-                    tracing::info!(
-                        job_id,
-                        instance_id,
-                        runner_id,
-                        reason,
-                        "runner still busy on GitHub; left for the sweep"
-                    )
-                }
-                Err(error) => {
-                    tracing::warn!(job_id, instance_id, runner_id, %error, "cannot remove the runner; the sweep will retry")
-                }
+        let ending = crate::ports::Ending {
+            instance_id,
+            spot_request_id: instance.spot_request_id.as_deref(),
+            runner_id: instance.runner_id(),
+            scope: &RunnerScope::for_job(&self.config.github, repository),
+            job_id,
+        };
+        if self.ports.end_instance(&self.config.deployment, &ending).await {
+            // The slot is free: the oldest job waiting for this template takes it.
+            if let Some(template) = self.release_slot(instance, job_id).await {
+                crate::waiting::wake(&self.config, &self.ports, template).await;
             }
         }
         tracing::info!(

@@ -248,7 +248,7 @@ async fn two_handlers_racing_on_one_delivery_get_one_instance_and_one_runner() {
 }
 
 #[tokio::test]
-async fn an_instance_whose_handler_died_before_starting_it_is_replaced() {
+async fn an_instance_whose_handler_died_before_starting_it_is_ended_with_its_spot_request_and_replaced() {
     let world = world();
     let job = message(8, "template_cpu");
     let mut tags = std::collections::BTreeMap::new();
@@ -260,13 +260,15 @@ async fn an_instance_whose_handler_died_before_starting_it_is_replaced() {
         state: InstanceState::Running,
         instance_type: "c7i.large".into(),
         launched_at: Some(SystemTime::now() - Duration::from_secs(3600)),
-        spot_request_id: None,
+        spot_request_id: Some("sir-abandoned".into()),
         state_reason: None,
         tags,
     });
     let instance_id = served_instance(&serve(&world, &job).await);
     assert_ne!(instance_id, "i-abandoned");
     assert_eq!(world.fleet.terminated(), vec!["i-abandoned"]);
+    // Ended the way stop-runner ends an instance: its spot request goes too.
+    assert_eq!(world.fleet.cancelled_spot_requests(), vec!["sir-abandoned"]);
     assert_eq!(
         world.fleet.live_instances().len(),
         1,
