@@ -463,105 +463,12 @@ impl CreateRunner {
             launching: None,
         };
 
-        // Already served? Redeliveries, retries and redrives must not launch a second instance.
-        let query = InstanceQuery {
-            job_id: Some(job_id),
-            live_only: true,
-            ..Default::default()
-        };
-        let existing = match self.ports.fleet.instances(deployment, &query).await {
-            Ok(existing) => existing,
-            Err(error) => return transient(format!("cannot list instances: {error}")),
-        };
-        for instance in existing {
-            if generation(&instance) < message.relaunches {
-                // The instance of an earlier relaunch: its run has ended (stop-runner sends the
-                // job back before ending it, and SQS can hand us the message at once), so it
-                // never serves this message. Launching beside it would give the job two live
-                // instances; wait until it is gone (stop-runner, or the sweep, ends it).
-                return Outcome::HandedBack {
-                    kind: HandBack::InFlight,
-                    delay_seconds: TRANSIENT_DELAY_SECONDS,
-                    reason: format!(
-                        "job {job_id}'s previous instance {} (relaunch {}) is still being ended; its new runner \
-                         is launched once it is gone",
-                        instance.id,
-                        generation(&instance)
-                    ),
-                };
-            }
-            if instance.tag(TAG_COMMAND_ID).is_some() {
-                return Outcome::Acknowledged(format!(
-                    "job {job_id} already has instance {}; no second runner launched",
-                    instance.id
-                ));
-            }
-            // Not started yet: another handler may be starting it, or a launch whose answer was
-            // lost left it. Keep the message until it is started or abandoned (then replaced):
-            // acknowledging here would lose the job to an instance nobody starts.
-            if !self.is_abandoned(&instance) {
-                return Outcome::HandedBack {
-                    kind: HandBack::InFlight,
-                    delay_seconds: self.config.retry_delay_seconds,
-                    reason: format!(
-                        "job {job_id} has instance {} not started yet; checking again in {} s",
-                        instance.id, self.config.retry_delay_seconds
-                    ),
-                };
-            }
-            tracing::warn!(
-                job_id,
-                instance_id = instance.id,
-                "instance was never started (its handler died); replacing it"
-            );
-            let scope = RunnerScope::for_job(&self.config.github, &message.repository);
-            // A handler killed between SendCommand and tagging leaves a runner at work without
-            // the command tag: ending its instance would end the job it runs.
-            let name = names::runner_name(deployment, &instance.id);
-            match self.ports.github.runners(&scope).await {
-                Ok(runners) if runners.iter().any(|r| r.name == name && r.busy) => {
-                    return Outcome::Acknowledged(format!(
-                        "job {job_id} already has instance {} whose runner is busy; no second runner launched",
-                        instance.id
-                    ));
-                }
-                Ok(_) => {}
-                Err(error) => return transient(format!("cannot list runners: {error}")),
-            }
-            let ending = crate::ports::Ending {
-                instance_id: &instance.id,
-                spot_request_id: instance.spot_request_id.as_deref(),
-                runner_id: instance.runner_id(),
-                scope: &scope,
-                job_id,
-            };
-            if !self.ports.end_instance(&self.config.deployment, &ending).await {
-                // Launching now would give the job two live instances.
-                return transient(format!(
-                    "cannot end instance {} that was never started; no replacement launched yet",
-                    instance.id
-                ));
-            }
+        if let Some(outcome) = self.already_served(message).await {
+            return outcome;
         }
-
-        // Still wanted? A spare instance costs less than a job that never runs, so an
-        // unreachable GitHub does not stop the launch.
-        match self.ports.github.job_status(&message.repository, job_id).await {
-            Ok(JobStatus::Queued) => {}
-            Ok(JobStatus::Other(status)) => {
-                return Outcome::Acknowledged(format!("job {job_id} is {status}; no runner launched"));
-            }
-            Err(GithubError::NotFound(_)) => {
-                return Outcome::Acknowledged(format!(
-                    "GitHub has no job {job_id} in {} (deleted, or the credential cannot see it); no runner launched",
-                    message.repository
-                ));
-            }
-            Err(error) => {
-                tracing::warn!(job_id, %error, "cannot ask GitHub whether the job is still queued; launching anyway")
-            }
+        if let Some(outcome) = self.still_wanted(message).await {
+            return outcome;
         }
-
         // Which runner? GitHub's current release (or the last one it named); with none known,
         // nothing is launched, since no runner is ever installed unverified.
         let scope = RunnerScope::for_job(&self.config.github, &message.repository);
@@ -570,25 +477,8 @@ impl CreateRunner {
             Err(reason) => return transient(reason),
         };
 
-        // Jobs queued before this one wait for this template: they go first, and this one waits
-        // behind them (the wake after its park hands a free slot to the oldest). A job woken from
-        // the list (or back from the DLQ: `trip`) was given its turn already.
-        if let Some(waiting) = self.ports.waiting.as_ref().filter(|_| message.trip == 0) {
-            match waiting.oldest(&message.template, 1).await {
-                Ok(first)
-                    if first
-                        .first()
-                        .is_some_and(|parked| parked.place < crate::waiting::place(message)) =>
-                {
-                    return self
-                        .wait_for_room(message, template, "jobs queued before it are waiting for a slot")
-                        .await;
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::warn!(job_id, %error, "cannot read the waiting list; the job is served without it")
-                }
-            }
+        if let Some(outcome) = self.behind_older_jobs(message, template).await {
+            return outcome;
         }
 
         // Room? Counted under this process's room lock (the records of one batch see each other's
@@ -678,6 +568,144 @@ impl CreateRunner {
             self.release_slot(&message.template, slot, &claim).await;
         }
         outcome
+    }
+
+    /// Already served? Redeliveries, retries and redrives must not launch a second instance:
+    /// answers the outcome when the job has (or may have) an instance already, after ending one
+    /// whose handler died before starting it.
+    async fn already_served(&self, message: &JobMessage) -> Option<Outcome> {
+        let deployment = &self.config.deployment;
+        let job_id = message.job_id;
+        let query = InstanceQuery {
+            job_id: Some(job_id),
+            live_only: true,
+            ..Default::default()
+        };
+        let existing = match self.ports.fleet.instances(deployment, &query).await {
+            Ok(existing) => existing,
+            Err(error) => return Some(transient(format!("cannot list instances: {error}"))),
+        };
+        for instance in existing {
+            if generation(&instance) < message.relaunches {
+                // The instance of an earlier relaunch: its run has ended (stop-runner sends the
+                // job back before ending it, and SQS can hand us the message at once), so it
+                // never serves this message. Launching beside it would give the job two live
+                // instances; wait until it is gone (stop-runner, or the sweep, ends it).
+                return Some(Outcome::HandedBack {
+                    kind: HandBack::InFlight,
+                    delay_seconds: TRANSIENT_DELAY_SECONDS,
+                    reason: format!(
+                        "job {job_id}'s previous instance {} (relaunch {}) is still being ended; its new runner \
+                         is launched once it is gone",
+                        instance.id,
+                        generation(&instance)
+                    ),
+                });
+            }
+            if instance.tag(TAG_COMMAND_ID).is_some() {
+                return Some(Outcome::Acknowledged(format!(
+                    "job {job_id} already has instance {}; no second runner launched",
+                    instance.id
+                )));
+            }
+            // Not started yet: another handler may be starting it, or a launch whose answer was
+            // lost left it. Keep the message until it is started or abandoned (then replaced):
+            // acknowledging here would lose the job to an instance nobody starts.
+            if !self.is_abandoned(&instance) {
+                return Some(Outcome::HandedBack {
+                    kind: HandBack::InFlight,
+                    delay_seconds: self.config.retry_delay_seconds,
+                    reason: format!(
+                        "job {job_id} has instance {} not started yet; checking again in {} s",
+                        instance.id, self.config.retry_delay_seconds
+                    ),
+                });
+            }
+            tracing::warn!(
+                job_id,
+                instance_id = instance.id,
+                "instance was never started (its handler died); replacing it"
+            );
+            let scope = RunnerScope::for_job(&self.config.github, &message.repository);
+            // A handler killed between SendCommand and tagging leaves a runner at work without
+            // the command tag: ending its instance would end the job it runs.
+            let name = names::runner_name(deployment, &instance.id);
+            match self.ports.github.runners(&scope).await {
+                Ok(runners) if runners.iter().any(|r| r.name == name && r.busy) => {
+                    return Some(Outcome::Acknowledged(format!(
+                        "job {job_id} already has instance {} whose runner is busy; no second runner launched",
+                        instance.id
+                    )));
+                }
+                Ok(_) => {}
+                Err(error) => return Some(transient(format!("cannot list runners: {error}"))),
+            }
+            let ending = crate::ports::Ending {
+                instance_id: &instance.id,
+                spot_request_id: instance.spot_request_id.as_deref(),
+                runner_id: instance.runner_id(),
+                scope: &scope,
+                job_id,
+            };
+            if !self.ports.end_instance(&self.config.deployment, &ending).await {
+                // Launching now would give the job two live instances.
+                return Some(transient(format!(
+                    "cannot end instance {} that was never started; no replacement launched yet",
+                    instance.id
+                )));
+            }
+        }
+        None
+    }
+
+    /// Still wanted? A spare instance costs less than a job that never runs, so an unreachable
+    /// GitHub does not stop the launch: answers the outcome when GitHub says the job needs none.
+    async fn still_wanted(&self, message: &JobMessage) -> Option<Outcome> {
+        let job_id = message.job_id;
+        match self.ports.github.job_status(&message.repository, job_id).await {
+            Ok(JobStatus::Queued) => {}
+            Ok(JobStatus::Other(status)) => {
+                return Some(Outcome::Acknowledged(format!(
+                    "job {job_id} is {status}; no runner launched"
+                )));
+            }
+            Err(GithubError::NotFound(_)) => {
+                return Some(Outcome::Acknowledged(format!(
+                    "GitHub has no job {job_id} in {} (deleted, or the credential cannot see it); no runner launched",
+                    message.repository
+                )));
+            }
+            Err(error) => {
+                tracing::warn!(job_id, %error, "cannot ask GitHub whether the job is still queued; launching anyway")
+            }
+        }
+        None
+    }
+
+    /// Jobs queued before this one wait for this template: they go first, and this one waits
+    /// behind them (the wake after its park hands a free slot to the oldest). A job woken from
+    /// the list (or back from the DLQ: `trip`) was given its turn already.
+    async fn behind_older_jobs(&self, message: &JobMessage, template: &Template) -> Option<Outcome> {
+        let job_id = message.job_id;
+        if let Some(waiting) = self.ports.waiting.as_ref().filter(|_| message.trip == 0) {
+            match waiting.oldest(&message.template, 1).await {
+                Ok(first)
+                    if first
+                        .first()
+                        .is_some_and(|parked| parked.place < crate::waiting::place(message)) =>
+                {
+                    return Some(
+                        self.wait_for_room(message, template, "jobs queued before it are waiting for a slot")
+                            .await,
+                    );
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(job_id, %error, "cannot read the waiting list; the job is served without it")
+                }
+            }
+        }
+        None
     }
 
     /// The template has no room for the job (or older jobs wait for it): the job is parked in the
