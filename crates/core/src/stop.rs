@@ -623,84 +623,12 @@ impl StopRunner {
             if Instant::now() >= stop_at {
                 break;
             }
-            if !instance.state.is_live() {
-                // A reclaim whose event was missed.
-                if instance.ended_by_ec2() && !instance.looked_after() {
-                    report.reclaimed += 1;
-                    if self.reclaimed(instance).await {
-                        report.relaunched += 1;
-                    }
-                }
-                continue;
+            if self
+                .sweep_instance(instance, now, &runners, runners_listed, &mut report)
+                .await
+            {
+                still_live.insert(instance.id.clone());
             }
-            let age = instance
-                .launched_at
-                .and_then(|at| now.duration_since(at).ok())
-                .unwrap_or_default();
-            let command = instance.command_id();
-            let start_limit = Duration::from_secs(u64::from(self.config.command.start_deadline_seconds) + 60);
-            if age > Duration::from_secs(self.config.sweep.max_runner_lifetime_seconds.into()) {
-                report.lifetime_exceeded += 1;
-                self.end(instance, None).await;
-                continue;
-            }
-            let Some(command_id) = command else {
-                // A handler killed between SendCommand and tagging leaves a runner that works
-                // without the command tag: a busy runner is not "never started".
-                let name = names::runner_name(deployment, &instance.id);
-                let busy = runners.values().any(|(_, runner)| runner.name == name && runner.busy);
-                // Without the runner list a busy runner cannot be told from none: wait.
-                if age > start_limit && runners_listed && !busy {
-                    report.never_started += 1;
-                    self.end(instance, None).await;
-                } else {
-                    still_live.insert(instance.id.clone());
-                }
-                continue;
-            };
-            match self.ports.commands.status(command_id, &instance.id).await {
-                Ok(CommandStatus::Ended(status)) => {
-                    report.command_ended += 1;
-                    if self.end(instance, Some(&status)).await {
-                        report.relaunched += 1;
-                    }
-                    continue;
-                }
-                Ok(CommandStatus::Running) => {}
-                Err(error) => {
-                    tracing::warn!(instance_id = instance.id, %error, "sweep: cannot read the command status");
-                    report.errors += 1;
-                }
-            }
-            match self.idleness(instance, age, &runners).await {
-                Idleness::Working => {}
-                Idleness::JobWentElsewhere => {
-                    report.idle += 1;
-                    self.end(instance, None).await;
-                    continue;
-                }
-                Idleness::JobNeverRouted => {
-                    let job_id = instance.job_id();
-                    let repository = instance.repository();
-                    tracing::error!(
-                        job_id,
-                        repository,
-                        instance_id = instance.id,
-                        idle_seconds = age.as_secs(),
-                        "job {job_id}: GitHub does not give it to its runner, online and idle for over {} s while the \
-                         job stays queued; the instance is ended and no new runner launched. Likely causes: the \
-                         runner group (runner_group_id {}) is not granted to {repository}, the workflow asks for \
-                         another runner group, or its labels differ from the template's in a way GitHub compares. \
-                         Fix the group's repository access or the job's `runs-on`, then re-run the job",
-                        self.config.sweep.idle_runner_seconds,
-                        self.config.github.runner_group_id
-                    );
-                    report.unroutable += 1;
-                    self.end(instance, None).await;
-                    continue;
-                }
-            }
-            still_live.insert(instance.id.clone());
         }
         self.free_stale_slots(&instances, &mut report).await;
         report.interrupted = crate::interruptions::follow(&self.config, &self.ports).await;
@@ -739,6 +667,97 @@ impl StopRunner {
             report.cleaned()
         );
         report
+    }
+
+    /// The sweep's look at one instance: ends it when its time is up, its command ended, it
+    /// never started, or its runner idles; looks after one EC2 ended. Answers whether it stays
+    /// (it still owns its parameter and runner).
+    async fn sweep_instance(
+        &self,
+        instance: &Instance,
+        now: SystemTime,
+        runners: &BTreeMap<u64, (RunnerScope, Runner)>,
+        runners_listed: bool,
+        report: &mut SweepReport,
+    ) -> bool {
+        let deployment = &self.config.deployment;
+        if !instance.state.is_live() {
+            // A reclaim whose event was missed.
+            if instance.ended_by_ec2() && !instance.looked_after() {
+                report.reclaimed += 1;
+                if self.reclaimed(instance).await {
+                    report.relaunched += 1;
+                }
+            }
+            return false;
+        }
+        let age = instance
+            .launched_at
+            .and_then(|at| now.duration_since(at).ok())
+            .unwrap_or_default();
+        let command = instance.command_id();
+        let start_limit = Duration::from_secs(u64::from(self.config.command.start_deadline_seconds) + 60);
+        if age > Duration::from_secs(self.config.sweep.max_runner_lifetime_seconds.into()) {
+            report.lifetime_exceeded += 1;
+            self.end(instance, None).await;
+            return false;
+        }
+        let Some(command_id) = command else {
+            // A handler killed between SendCommand and tagging leaves a runner that works
+            // without the command tag: a busy runner is not "never started".
+            let name = names::runner_name(deployment, &instance.id);
+            let busy = runners.values().any(|(_, runner)| runner.name == name && runner.busy);
+            // Without the runner list a busy runner cannot be told from none: wait.
+            if age <= start_limit || !runners_listed || busy {
+                return true;
+            }
+            report.never_started += 1;
+            self.end(instance, None).await;
+            return false;
+        };
+        match self.ports.commands.status(command_id, &instance.id).await {
+            Ok(CommandStatus::Ended(status)) => {
+                report.command_ended += 1;
+                if self.end(instance, Some(&status)).await {
+                    report.relaunched += 1;
+                }
+                return false;
+            }
+            Ok(CommandStatus::Running) => {}
+            Err(error) => {
+                tracing::warn!(instance_id = instance.id, %error, "sweep: cannot read the command status");
+                report.errors += 1;
+            }
+        }
+        match self.idleness(instance, age, runners).await {
+            Idleness::Working => {}
+            Idleness::JobWentElsewhere => {
+                report.idle += 1;
+                self.end(instance, None).await;
+                return false;
+            }
+            Idleness::JobNeverRouted => {
+                let job_id = instance.job_id();
+                let repository = instance.repository();
+                tracing::error!(
+                    job_id,
+                    repository,
+                    instance_id = instance.id,
+                    idle_seconds = age.as_secs(),
+                    "job {job_id}: GitHub does not give it to its runner, online and idle for over {} s while the \
+                     job stays queued; the instance is ended and no new runner launched. Likely causes: the \
+                     runner group (runner_group_id {}) is not granted to {repository}, the workflow asks for \
+                     another runner group, or its labels differ from the template's in a way GitHub compares. \
+                     Fix the group's repository access or the job's `runs-on`, then re-run the job",
+                    self.config.sweep.idle_runner_seconds,
+                    self.config.github.runner_group_id
+                );
+                report.unroutable += 1;
+                self.end(instance, None).await;
+                return false;
+            }
+        }
+        true
     }
 
     /// Whether a runner online and not busy past the idle limit has anything left to do: its own
