@@ -449,7 +449,6 @@ impl CreateRunner {
         started: Instant,
         deadline: Instant,
     ) -> Outcome {
-        let deployment = &self.config.deployment;
         let job_id = message.job_id;
 
         if !self.gate.jobs.lock().unwrap().insert(job_id) {
@@ -481,77 +480,9 @@ impl CreateRunner {
             return outcome;
         }
 
-        // Room? Counted under this process's room lock (the records of one batch see each other's
-        // reservations), then made exact across invocations by claiming one of the template's slots.
-        let query = InstanceQuery {
-            template: Some(message.template.clone()),
-            live_only: true,
-            ..Default::default()
-        };
-        let room = self.gate.room(&message.template);
-        let counting = room.lock().await;
-        let full = format!(
-            "template `{}` is at max_runners ({})",
-            message.template, template.max_runners
-        );
-        let mut live = match self.ports.fleet.instances(deployment, &query).await {
-            Ok(live) => live,
-            Err(error) => return transient(format!("cannot count instances: {error}")),
-        };
-        if live.len() + self.gate.launching(&message.template, &live) >= template.max_runners as usize {
-            // EC2 may still list an instance stop-runner has just ended, for a moment: its slot is
-            // free in the (consistent) slots table, and a job woken for that slot must not find
-            // the template full and wait again. An instance is dropped from the count only when
-            // its slot has no claim: stop-runner frees a slot after the instance's termination,
-            // a failed launch gives its slot back only when nothing was launched, and the sweep
-            // frees one only when no listed instance holds it.
-            if let Ok(claims) = self.ports.slots.list(Some(&message.template)).await {
-                let claimed: std::collections::HashSet<u32> = claims.iter().map(|found| found.slot).collect();
-                live.retain(|instance| slot_of(instance).is_none_or(|(_, slot)| claimed.contains(&slot)));
-            }
-            if live.len() + self.gate.launching(&message.template, &live) >= template.max_runners as usize {
-                drop(counting);
-                return self.wait_for_room(message, template, &full).await;
-            }
-        }
-        self.gate
-            .launching
-            .lock()
-            .unwrap()
-            .entry(message.template.clone())
-            .or_default()
-            .insert(job_id);
-        held.launching = Some(message.template.clone());
-        drop(counting);
-        // The count above is this process's quick answer; the claim is the exact one, and needs
-        // no lock of ours (only one caller can create a slot), so the batch's other records count
-        // meanwhile. Returning drops `held`, which gives the reservation back.
-        let (slot, claim) = match self.claim_slot(message, template.max_runners, &live).await {
-            Ok(Claim::Claimed(slot, claim)) => match self.another_claim_of_this_job(message, slot).await {
-                Ok(None) => (slot, claim),
-                Ok(Some(other)) => {
-                    self.release_slot(&message.template, slot, &claim).await;
-                    return in_flight(format!(
-                        "job {job_id} is being launched by another handler (it holds launch slot {other}); checking \
-                         again in {TRANSIENT_DELAY_SECONDS} s"
-                    ));
-                }
-                Err(error) => {
-                    self.release_slot(&message.template, slot, &claim).await;
-                    return transient(format!("cannot read the launch slots: {error}"));
-                }
-            },
-            Ok(Claim::Full) => return self.wait_for_room(message, template, &full).await,
-            // Not acknowledged: the claimant may die before it launches. Once its launch is
-            // listed, the next receive acknowledges; if it died, its claim goes stale and the next
-            // receive takes the slot over.
-            Ok(Claim::JobBeingLaunched(slot)) => {
-                return in_flight(format!(
-                    "job {job_id} is being launched by another handler (it holds launch slot {slot}); checking again \
-                     in {TRANSIENT_DELAY_SECONDS} s"
-                ));
-            }
-            Err(error) => return transient(format!("cannot claim a launch slot: {error}")),
+        let (slot, claim) = match self.claim_room(message, template, &mut held).await {
+            Ok(claimed) => claimed,
+            Err(outcome) => return outcome,
         };
 
         let attempt = Attempt {
@@ -568,6 +499,90 @@ impl CreateRunner {
             self.release_slot(&message.template, slot, &claim).await;
         }
         outcome
+    }
+
+    /// Room? Counted under this process's room lock (the records of one batch see each other's
+    /// reservations), then made exact across invocations by claiming one of the template's slots.
+    /// Answers the slot claimed, or the outcome when there is none for the job now (it waits for
+    /// room, or another handler is launching it).
+    async fn claim_room(
+        &self,
+        message: &JobMessage,
+        template: &Template,
+        held: &mut Held<'_>,
+    ) -> Result<(u32, SlotClaim), Outcome> {
+        let deployment = &self.config.deployment;
+        let job_id = message.job_id;
+        let query = InstanceQuery {
+            template: Some(message.template.clone()),
+            live_only: true,
+            ..Default::default()
+        };
+        let room = self.gate.room(&message.template);
+        let counting = room.lock().await;
+        let full = format!(
+            "template `{}` is at max_runners ({})",
+            message.template, template.max_runners
+        );
+        let mut live = match self.ports.fleet.instances(deployment, &query).await {
+            Ok(live) => live,
+            Err(error) => return Err(transient(format!("cannot count instances: {error}"))),
+        };
+        if live.len() + self.gate.launching(&message.template, &live) >= template.max_runners as usize {
+            // EC2 may still list an instance stop-runner has just ended, for a moment: its slot is
+            // free in the (consistent) slots table, and a job woken for that slot must not find
+            // the template full and wait again. An instance is dropped from the count only when
+            // its slot has no claim: stop-runner frees a slot after the instance's termination,
+            // a failed launch gives its slot back only when nothing was launched, and the sweep
+            // frees one only when no listed instance holds it.
+            if let Ok(claims) = self.ports.slots.list(Some(&message.template)).await {
+                let claimed: std::collections::HashSet<u32> = claims.iter().map(|found| found.slot).collect();
+                live.retain(|instance| slot_of(instance).is_none_or(|(_, slot)| claimed.contains(&slot)));
+            }
+            if live.len() + self.gate.launching(&message.template, &live) >= template.max_runners as usize {
+                drop(counting);
+                return Err(self.wait_for_room(message, template, &full).await);
+            }
+        }
+        self.gate
+            .launching
+            .lock()
+            .unwrap()
+            .entry(message.template.clone())
+            .or_default()
+            .insert(job_id);
+        held.launching = Some(message.template.clone());
+        drop(counting);
+        // The count above is this process's quick answer; the claim is the exact one, and needs
+        // no lock of ours (only one caller can create a slot), so the batch's other records count
+        // meanwhile. Returning drops `held`, which gives the reservation back.
+        match self.claim_slot(message, template.max_runners, &live).await {
+            Ok(Claim::Claimed(slot, claim)) => match self.another_claim_of_this_job(message, slot).await {
+                Ok(None) => Ok((slot, claim)),
+                Ok(Some(other)) => {
+                    self.release_slot(&message.template, slot, &claim).await;
+                    return Err(in_flight(format!(
+                        "job {job_id} is being launched by another handler (it holds launch slot {other}); checking \
+                         again in {TRANSIENT_DELAY_SECONDS} s"
+                    )));
+                }
+                Err(error) => {
+                    self.release_slot(&message.template, slot, &claim).await;
+                    return Err(transient(format!("cannot read the launch slots: {error}")));
+                }
+            },
+            Ok(Claim::Full) => return Err(self.wait_for_room(message, template, &full).await),
+            // Not acknowledged: the claimant may die before it launches. Once its launch is
+            // listed, the next receive acknowledges; if it died, its claim goes stale and the next
+            // receive takes the slot over.
+            Ok(Claim::JobBeingLaunched(slot)) => {
+                return Err(in_flight(format!(
+                    "job {job_id} is being launched by another handler (it holds launch slot {slot}); checking again \
+                     in {TRANSIENT_DELAY_SECONDS} s"
+                )));
+            }
+            Err(error) => return Err(transient(format!("cannot claim a launch slot: {error}"))),
+        }
     }
 
     /// Already served? Redeliveries, retries and redrives must not launch a second instance:
