@@ -561,27 +561,25 @@ impl CreateRunner {
                 Ok(None) => Ok((slot, claim)),
                 Ok(Some(other)) => {
                     self.release_slot(&message.template, slot, &claim).await;
-                    return Err(in_flight(format!(
+                    Err(in_flight(format!(
                         "job {job_id} is being launched by another handler (it holds launch slot {other}); checking \
                          again in {TRANSIENT_DELAY_SECONDS} s"
-                    )));
+                    )))
                 }
                 Err(error) => {
                     self.release_slot(&message.template, slot, &claim).await;
-                    return Err(transient(format!("cannot read the launch slots: {error}")));
+                    Err(transient(format!("cannot read the launch slots: {error}")))
                 }
             },
-            Ok(Claim::Full) => return Err(self.wait_for_room(message, template, &full).await),
+            Ok(Claim::Full) => Err(self.wait_for_room(message, template, &full).await),
             // Not acknowledged: the claimant may die before it launches. Once its launch is
             // listed, the next receive acknowledges; if it died, its claim goes stale and the next
             // receive takes the slot over.
-            Ok(Claim::JobBeingLaunched(slot)) => {
-                return Err(in_flight(format!(
-                    "job {job_id} is being launched by another handler (it holds launch slot {slot}); checking again \
-                     in {TRANSIENT_DELAY_SECONDS} s"
-                )));
-            }
-            Err(error) => return Err(transient(format!("cannot claim a launch slot: {error}"))),
+            Ok(Claim::JobBeingLaunched(slot)) => Err(in_flight(format!(
+                "job {job_id} is being launched by another handler (it holds launch slot {slot}); checking again in \
+                 {TRANSIENT_DELAY_SECONDS} s"
+            ))),
+            Err(error) => Err(transient(format!("cannot claim a launch slot: {error}"))),
         }
     }
 
