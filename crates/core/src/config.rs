@@ -320,6 +320,8 @@ impl Config {
         Ok(config)
     }
 
+    /// Long because it is one check per key, in the document's order, each naming its key and its fix: split
+    /// up, the rules of one document would be read in pieces.
     fn validate(&self) -> Result<(), ConfigError> {
         let deployment = &self.deployment;
         let starts_with_letter = deployment.starts_with(|c: char| c.is_ascii_lowercase());
@@ -878,6 +880,7 @@ pub(crate) mod tests {
         assert!(error.contains("queue_url"), "{error}");
     }
 
+    /// Long because it is the table of bad values, one row per rule of `validate`.
     #[test]
     fn each_bad_value_names_its_key() {
         type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;

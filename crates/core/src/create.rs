@@ -586,6 +586,9 @@ impl CreateRunner {
     /// Already served? Redeliveries, retries and redrives must not launch a second instance:
     /// answers the outcome when the job has (or may have) an instance already, after ending one
     /// whose handler died before starting it.
+    ///
+    /// Long because each kind of instance the job may have already (an earlier relaunch's, a started one, one
+    /// being started, an abandoned one) has its own answer, and their order matters.
     async fn already_served(&self, message: &JobMessage) -> Option<Outcome> {
         let deployment = &self.config.deployment;
         let job_id = message.job_id;
@@ -849,6 +852,9 @@ impl CreateRunner {
 
     /// Launch, register, start. Answers the outcome and whether the record's launch slot is
     /// still held by an instance (kept) or must be given back.
+    ///
+    /// Long because each way a launch or a start fails has its own outcome and decides the slot's fate; the
+    /// steps themselves are `launch` and `start_runner`.
     async fn launch_and_start(&self, attempt: &Attempt<'_>, held: &mut Held<'_>) -> (Outcome, SlotFate) {
         let message = attempt.message;
         let job_id = message.job_id;
@@ -981,6 +987,9 @@ impl CreateRunner {
     }
 
     /// Register (JIT config into its parameter) and start (SendCommand, then tag).
+    ///
+    /// Long because registering, storing the JIT config, sending the command and tagging each fail in their own
+    /// way, and a failure must say whether the runner exists.
     async fn start_runner(
         &self,
         attempt: &Attempt<'_>,

@@ -302,6 +302,8 @@ fn state_of(name: Option<&InstanceStateName>) -> InstanceState {
 
 #[async_trait]
 impl Fleet for Ec2Fleet {
+    /// Long because the CreateFleet request is one builder (overrides per type and subnet, spot or on-demand
+    /// options, tags) and its answer mixes instances with per-pool errors.
     async fn launch(&self, request: &LaunchRequest) -> Result<Launched, FleetError> {
         let overrides = request.instance_types.iter().flat_map(|instance_type| {
             request.subnet_ids.iter().map(move |subnet| {
@@ -395,6 +397,8 @@ impl Fleet for Ec2Fleet {
         Err(pool_errors_outcome(&errors))
     }
 
+    /// Long because DescribeInstances is paged and filtered, and each instance is read field by field from the
+    /// SDK's optional fields.
     async fn instances(&self, deployment: &str, query: &InstanceQuery) -> Result<Vec<Instance>, FleetError> {
         let states: &[&str] = if query.live_only {
             &["pending", "running"]

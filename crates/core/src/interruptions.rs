@@ -400,6 +400,9 @@ async fn settle(store: &dyn Interruptions, job_id: u64, followed: &mut Followed)
 }
 
 /// From GitHub's view of the job and its run: wait, settle, or re-run.
+///
+/// Long because it is GitHub's facts checked in order (the job, the runner it ran on, its conclusion, its time,
+/// its run), each settling or waiting with its reason.
 async fn next_step(config: &Config, ports: &Ports, interrupted: &Interrupted) -> Result<Next, GithubError> {
     let Interrupted {
         job_id,

@@ -182,6 +182,8 @@ impl Redeliver {
         }
     }
 
+    /// Long because the walk through GitHub's pages, the deadline and each kind of GitHub error are handled
+    /// where they happen, so that a walk cut short redelivers nothing.
     async fn redeliver_failed(&self, deliveries: &[HookDelivery], stop_at: Instant, report: &mut RedeliveryReport) {
         // Grouped by event, oldest event first so that the longest-waiting job goes first.
         let mut events: Vec<(&str, Vec<&HookDelivery>)> = Vec::new();

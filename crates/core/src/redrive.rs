@@ -40,6 +40,8 @@ impl MoveJobs {
         Self { config, queue, github }
     }
 
+    /// Long because receiving, deciding, sending back and deleting a batch are one loop bounded by the
+    /// deadline; each message's decision is `decide`.
     pub async fn run(&self, deadline: Instant) -> RedriveReport {
         let mut report = RedriveReport::default();
         let stop_at = deadline.checked_sub(DEADLINE_MARGIN).unwrap_or(deadline);

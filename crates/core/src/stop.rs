@@ -466,6 +466,9 @@ impl StopRunner {
     /// labels (its command then ends in Success). A job GitHub still has queued goes back to the
     /// jobs queue, a limited number of times. Answers whether it was sent back; an error when it
     /// should have been and could not, or when GitHub could not say after a Success.
+    ///
+    /// Long because it is the limits checked in order (GitHub's status, runner failures, send-backs) and the
+    /// message rebuilt from the instance's tags.
     async fn relaunch(&self, instance: &Instance, job_id: u64, status: &str) -> Relaunch {
         let repository = instance.repository().to_string();
         match self.ports.github.job_status(&repository, job_id).await {
@@ -576,6 +579,9 @@ impl StopRunner {
     }
 
     /// Ends what events missed; deletes leftover parameters and ghost runners.
+    ///
+    /// Long because it is the sweep's passes in order, each a call (instances, slots, interrupted jobs, the
+    /// waiting list's pump, parameters, runners), and its one summary line.
     pub async fn sweep(&self, deadline: Instant) -> SweepReport {
         let mut report = SweepReport::default();
         let stop_at = deadline.checked_sub(DEADLINE_MARGIN).unwrap_or(deadline);
@@ -672,6 +678,9 @@ impl StopRunner {
     /// The sweep's look at one instance: ends it when its time is up, its command ended, it
     /// never started, or its runner idles; looks after one EC2 ended. Answers whether it stays
     /// (it still owns its parameter and runner).
+    ///
+    /// Long because each reason to end an instance (ended by EC2, lifetime, never started, command ended, idle,
+    /// never routed) is checked in this order, the first one deciding.
     async fn sweep_instance(
         &self,
         instance: &Instance,

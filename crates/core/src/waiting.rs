@@ -141,6 +141,9 @@ pub struct Woken {
 /// Sends the oldest parked jobs of `template` back to the jobs queue, one per free launch slot.
 /// Errors are logged and answered as nothing (more) moved: the next wake, or the sweep, moves
 /// the job.
+///
+/// Long because counting room, then marking and sending each woken job, has a failure path at every step that
+/// must leave the job listed.
 pub async fn wake(config: &Config, ports: &Ports, template: &str) -> Woken {
     let mut woken = Woken::default();
     let Some(waiting) = &ports.waiting else {

@@ -266,6 +266,8 @@ impl Webhook {
         answer
     }
 
+    /// Long because it is the webhook's table of answers, in order (size, signature, event, action), each with
+    /// its status.
     async fn decide(
         &self,
         method: &Method,
@@ -374,6 +376,8 @@ impl Webhook {
         self.progress(delivery.action.as_deref()?, delivery.workflow_job.as_ref()?)
     }
 
+    /// Long because each field of the delivery is checked with its own 400 answer before the repository and
+    /// labels decide.
     async fn queued(&self, delivery: Delivery<'_>, delivery_id: Option<&str>) -> Answer {
         let missing = |field: &str| Answer::new(Decision::BadRequest, format!("queued workflow_job has no `{field}`"));
         let Some(job) = delivery.workflow_job else {
