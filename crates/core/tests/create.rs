@@ -42,36 +42,20 @@ fn world_with(edit: impl FnOnce(&mut serde_json::Value)) -> World {
     let mut document = common::config_json("https://sqs.us-east-1.amazonaws.com/123456789012/jobs");
     edit(&mut document);
     let config = Arc::new(Config::parse(&document.to_string()).unwrap());
-    let fleet = Arc::new(FakeFleet::default());
-    let github = Arc::new(FakeGithub::new());
-    let secrets = Arc::new(FakeSecrets::default());
-    let slots = Arc::new(FakeSlots::default());
-    let commands = Arc::new(FakeCommands::default());
-    let queue = Arc::new(FakeQueue::default());
-    let ports = Ports {
-        fleet: fleet.clone(),
-        github: github.clone(),
-        secrets: secrets.clone(),
-        slots: slots.clone(),
-        commands: commands.clone(),
-        queue: queue.clone(),
-        waiting: None,
-        interruptions: None,
-    };
+    let fakes = common::Fakes::new();
     // Short backoff: these tests run in real time.
     let backoff = Backoff {
         first: Duration::from_millis(5),
         max: Duration::from_millis(50),
     };
-    let create = Arc::new(CreateRunner::new(config, ports).with_backoff(backoff));
     World {
-        fleet,
-        github,
-        secrets,
-        slots,
-        commands,
-        queue,
-        create,
+        create: Arc::new(CreateRunner::new(config, fakes.ports()).with_backoff(backoff)),
+        fleet: fakes.fleet,
+        github: fakes.github,
+        secrets: fakes.secrets,
+        slots: fakes.slots,
+        commands: fakes.commands,
+        queue: fakes.queue,
     }
 }
 

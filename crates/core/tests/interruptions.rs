@@ -10,13 +10,11 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Value, json};
 use sophons_core::config::Config;
 use sophons_core::create::{CreateRunner, Outcome};
-use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeQueue, FakeSecrets};
+use sophons_core::fakes::{FakeFleet, FakeGithub, FakeQueue};
 use sophons_core::fleet::{Capacity, FleetError};
 use sophons_core::github::{GithubError, JobDetails, RunDetails};
 use sophons_core::interruptions::{FakeInterruptions, InterruptionsError};
 use sophons_core::job::{JobMessage, MESSAGE_VERSION, now_rfc3339, rfc3339};
-use sophons_core::ports::Ports;
-use sophons_core::slots::FakeSlots;
 use sophons_core::stop::{Handled, StopRunner, Stopped};
 use tokio::time::Instant;
 
@@ -38,27 +36,15 @@ fn world_with(edit: impl FnOnce(&mut Value)) -> World {
     document["interruptions_table"] = json!("sophons-interruptions");
     edit(&mut document);
     let config = Arc::new(Config::parse(&document.to_string()).unwrap());
-    let fleet = Arc::new(FakeFleet::default());
-    let github = Arc::new(FakeGithub::new());
-    let store = Arc::new(FakeInterruptions::default());
-    let queue = Arc::new(FakeQueue::default());
-    let ports = Ports {
-        fleet: fleet.clone(),
-        github: github.clone(),
-        secrets: Arc::new(FakeSecrets::default()),
-        slots: Arc::new(FakeSlots::default()),
-        commands: Arc::new(FakeCommands::default()),
-        queue: queue.clone(),
-        waiting: None,
-        interruptions: Some(store.clone()),
-    };
+    let fakes = common::Fakes::new().with_interruptions();
+    let ports = fakes.ports();
     World {
-        queue,
         create: Arc::new(CreateRunner::new(config.clone(), ports.clone())),
         stop: StopRunner::new(config, ports),
-        fleet,
-        github,
-        store,
+        queue: fakes.queue,
+        fleet: fakes.fleet,
+        github: fakes.github,
+        store: fakes.interruptions.expect("asked for"),
     }
 }
 

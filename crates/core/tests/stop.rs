@@ -42,47 +42,16 @@ fn world_with(edit: impl FnOnce(&mut serde_json::Value)) -> World {
     let mut document = common::config_json(QUEUE);
     edit(&mut document);
     let config = Arc::new(Config::parse(&document.to_string()).unwrap());
-    let fleet = Arc::new(FakeFleet::default());
-    let github = Arc::new(FakeGithub::new());
-    let secrets = Arc::new(FakeSecrets::default());
-    let slots = Arc::new(FakeSlots::default());
-    let commands = Arc::new(FakeCommands::default());
-    let queue = Arc::new(FakeQueue::default());
-    let create = Arc::new(CreateRunner::new(
-        config.clone(),
-        sophons_core::ports::Ports {
-            fleet: fleet.clone(),
-            github: github.clone(),
-            secrets: secrets.clone(),
-            slots: slots.clone(),
-            commands: commands.clone(),
-            queue: queue.clone(),
-            waiting: None,
-            interruptions: None,
-        },
-    ));
-    let stop = StopRunner::new(
-        config,
-        sophons_core::ports::Ports {
-            fleet: fleet.clone(),
-            github: github.clone(),
-            secrets: secrets.clone(),
-            slots: slots.clone(),
-            commands: commands.clone(),
-            queue: queue.clone(),
-            waiting: None,
-            interruptions: None,
-        },
-    );
+    let fakes = common::Fakes::new();
     World {
-        fleet,
-        github,
-        secrets,
-        slots,
-        commands,
-        queue,
-        create,
-        stop,
+        create: Arc::new(CreateRunner::new(config.clone(), fakes.ports())),
+        stop: StopRunner::new(config, fakes.ports()),
+        fleet: fakes.fleet,
+        github: fakes.github,
+        secrets: fakes.secrets,
+        slots: fakes.slots,
+        commands: fakes.commands,
+        queue: fakes.queue,
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
 use sophons_core::config::Config;
 use sophons_core::create::{CreateRunner, HandBack, Outcome};
-use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeQueue, FakeSecrets};
+use sophons_core::fakes::{FakeFleet, FakeGithub, FakeQueue};
 use sophons_core::fleet::InstanceState;
 use sophons_core::job::{JobMessage, MESSAGE_VERSION, rfc3339};
 use sophons_core::ports::Ports;
@@ -36,31 +36,18 @@ struct World {
 
 fn world() -> World {
     let config = Arc::new(common::config(QUEUE));
-    let fleet = Arc::new(FakeFleet::default());
-    let github = Arc::new(FakeGithub::new());
-    let slots = Arc::new(FakeSlots::default());
-    let queue = Arc::new(FakeQueue::default());
-    let waiting = Arc::new(FakeWaiting::default());
-    let ports = Ports {
-        fleet: fleet.clone(),
-        github: github.clone(),
-        secrets: Arc::new(FakeSecrets::default()),
-        slots: slots.clone(),
-        commands: Arc::new(FakeCommands::default()),
-        queue: queue.clone(),
-        waiting: Some(waiting.clone()),
-        interruptions: None,
-    };
+    let fakes = common::Fakes::new().with_waiting();
+    let ports = fakes.ports();
     World {
         create: Arc::new(CreateRunner::new(config.clone(), ports.clone())),
         stop: StopRunner::new(config.clone(), ports.clone()),
         config,
         ports,
-        fleet,
-        github,
-        slots,
-        queue,
-        waiting,
+        fleet: fakes.fleet,
+        github: fakes.github,
+        slots: fakes.slots,
+        queue: fakes.queue,
+        waiting: fakes.waiting.expect("asked for"),
     }
 }
 

@@ -107,3 +107,55 @@ impl Rng {
         ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
     }
 }
+
+/// Every port's in-memory fake, kept for a test to steer and read; `ports` wires them as a
+/// Lambda wires the real adapters. The waiting list and the interruptions store are off unless
+/// asked for, as when their tables are not configured.
+pub struct Fakes {
+    pub fleet: std::sync::Arc<sophons_core::fakes::FakeFleet>,
+    pub github: std::sync::Arc<sophons_core::fakes::FakeGithub>,
+    pub secrets: std::sync::Arc<sophons_core::fakes::FakeSecrets>,
+    pub slots: std::sync::Arc<sophons_core::slots::FakeSlots>,
+    pub commands: std::sync::Arc<sophons_core::fakes::FakeCommands>,
+    pub queue: std::sync::Arc<sophons_core::fakes::FakeQueue>,
+    pub waiting: Option<std::sync::Arc<sophons_core::waiting::FakeWaiting>>,
+    pub interruptions: Option<std::sync::Arc<sophons_core::interruptions::FakeInterruptions>>,
+}
+
+impl Fakes {
+    pub fn new() -> Self {
+        Self {
+            fleet: Default::default(),
+            github: std::sync::Arc::new(sophons_core::fakes::FakeGithub::new()),
+            secrets: Default::default(),
+            slots: Default::default(),
+            commands: Default::default(),
+            queue: Default::default(),
+            waiting: None,
+            interruptions: None,
+        }
+    }
+
+    pub fn with_waiting(mut self) -> Self {
+        self.waiting = Some(Default::default());
+        self
+    }
+
+    pub fn with_interruptions(mut self) -> Self {
+        self.interruptions = Some(Default::default());
+        self
+    }
+
+    pub fn ports(&self) -> sophons_core::ports::Ports {
+        sophons_core::ports::Ports {
+            fleet: self.fleet.clone(),
+            github: self.github.clone(),
+            secrets: self.secrets.clone(),
+            slots: self.slots.clone(),
+            commands: self.commands.clone(),
+            queue: self.queue.clone(),
+            waiting: self.waiting.clone().map(|waiting| waiting as _),
+            interruptions: self.interruptions.clone().map(|store| store as _),
+        }
+    }
+}
