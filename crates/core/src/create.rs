@@ -496,7 +496,7 @@ impl CreateRunner {
         };
         let (outcome, slot_fate) = self.launch_and_start(&attempt, &mut held).await;
         if slot_fate == SlotFate::GiveBack {
-            self.release_slot(&message.template, slot, &claim).await;
+            crate::slots::give_back(self.ports.slots.as_ref(), &message.template, slot, &claim).await;
         }
         outcome
     }
@@ -560,14 +560,14 @@ impl CreateRunner {
             Ok(Claim::Claimed(slot, claim)) => match self.another_claim_of_this_job(message, slot).await {
                 Ok(None) => Ok((slot, claim)),
                 Ok(Some(other)) => {
-                    self.release_slot(&message.template, slot, &claim).await;
+                    crate::slots::give_back(self.ports.slots.as_ref(), &message.template, slot, &claim).await;
                     Err(in_flight(format!(
                         "job {job_id} is being launched by another handler (it holds launch slot {other}); checking \
                          again in {TRANSIENT_DELAY_SECONDS} s"
                     )))
                 }
                 Err(error) => {
-                    self.release_slot(&message.template, slot, &claim).await;
+                    crate::slots::give_back(self.ports.slots.as_ref(), &message.template, slot, &claim).await;
                     Err(transient(format!("cannot read the launch slots: {error}")))
                 }
             },
@@ -841,13 +841,6 @@ impl CreateRunner {
             }
         }
         Ok(None)
-    }
-
-    /// Gives back a slot this handler claimed and no instance of its holds.
-    async fn release_slot(&self, template: &str, slot: u32, claim: &SlotClaim) {
-        if let Err(error) = self.ports.slots.release(template, slot, claim).await {
-            tracing::warn!(template, slot, %error, "cannot release the launch slot; the sweep frees it");
-        }
     }
 
     /// Launch, register, start. Answers the outcome and whether the record's launch slot is

@@ -24,6 +24,43 @@ pub fn slot_of(instance: &Instance) -> Option<(&str, u32)> {
     Some((instance.tag(TAG_TEMPLATE)?, instance.tag(TAG_SLOT)?.parse().ok()?))
 }
 
+/// Frees the launch slot an ended instance held (stop-runner, after terminating it), unless it
+/// has been claimed again since: by another job, or by this job's relaunch (a claim made after
+/// the instance's launch). Answers the template whose slot was freed.
+pub async fn free_slot_of_ended<'i>(slots: &dyn Slots, instance: &'i Instance, job_id: u64) -> Option<&'i str> {
+    let (template, slot) = slot_of(instance)?;
+    match slots.get(template, slot).await {
+        Ok(Some(claim))
+            if claim.job_id == job_id
+                && instance
+                    .launched_at
+                    .is_none_or(|launched| claim.at <= launched + std::time::Duration::from_secs(5)) =>
+        {
+            match slots.release(template, slot, &claim).await {
+                Ok(freed) => freed.then_some(template),
+                Err(error) => {
+                    tracing::warn!(job_id, template, slot, %error, "cannot free the launch slot; the sweep frees it");
+                    None
+                }
+            }
+        }
+        Ok(_) => None,
+        Err(error) => {
+            tracing::warn!(job_id, template, slot, %error, "cannot read the launch slot; the sweep frees it");
+            None
+        }
+    }
+}
+
+/// Gives back a slot a create-runner handler claimed and no instance of its holds (its launch
+/// failed, or another handler is launching the job). Its own claim only: one claimed again
+/// since stays.
+pub async fn give_back(slots: &dyn Slots, template: &str, slot: u32, claim: &SlotClaim) {
+    if let Err(error) = slots.release(template, slot, claim).await {
+        tracing::warn!(template, slot, %error, "cannot release the launch slot; the sweep frees it");
+    }
+}
+
 /// Who claimed a slot: the job (and its relaunch), and when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlotClaim {

@@ -318,7 +318,8 @@ impl StopRunner {
         };
         if self.ports.end_instance(&self.config.deployment, &ending).await {
             // The slot is free: the oldest job waiting for this template takes it.
-            if let Some(template) = self.release_slot(instance, job_id).await {
+            if let Some(template) = crate::slots::free_slot_of_ended(self.ports.slots.as_ref(), instance, job_id).await
+            {
                 crate::waiting::wake(&self.config, &self.ports, template).await;
             }
         }
@@ -352,34 +353,6 @@ impl StopRunner {
                 .dimension("template", template)
                 .seconds(metric::OLDEST_WAITING, waited)
                 .emit();
-        }
-    }
-
-    /// Frees the launch slot an ended instance held, unless it has been claimed again since: by
-    /// another job, or by this job's relaunch (a claim made after the instance's launch).
-    /// Answers the template whose slot was freed.
-    async fn release_slot<'i>(&self, instance: &'i Instance, job_id: u64) -> Option<&'i str> {
-        let (template, slot) = slot_of(instance)?;
-        match self.ports.slots.get(template, slot).await {
-            Ok(Some(claim))
-                if claim.job_id == job_id
-                    && instance
-                        .launched_at
-                        .is_none_or(|launched| claim.at <= launched + Duration::from_secs(5)) =>
-            {
-                match self.ports.slots.release(template, slot, &claim).await {
-                    Ok(freed) => freed.then_some(template),
-                    Err(error) => {
-                        tracing::warn!(job_id, template, slot, %error, "cannot free the launch slot; the sweep frees it");
-                        None
-                    }
-                }
-            }
-            Ok(_) => None,
-            Err(error) => {
-                tracing::warn!(job_id, template, slot, %error, "cannot read the launch slot; the sweep frees it");
-                None
-            }
         }
     }
 
