@@ -1155,7 +1155,10 @@ impl CreateRunner {
         };
         // The re-run of an interrupted job, and any job of a template backing off spot, go
         // on-demand first (`interruptions`).
-        if let (Capacity::OnDemand, why) = crate::interruptions::first_capacity(&self.ports, message).await {
+        let first = crate::interruptions::first_capacity(&self.ports, message)
+            .await
+            .map_err(FleetError::Unavailable)?;
+        if let (Capacity::OnDemand, why) = first {
             if why == Some(crate::interruptions::OnDemandFirst::Backoff) {
                 tracing::info!(
                     job_id = message.job_id,

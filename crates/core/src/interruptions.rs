@@ -82,6 +82,9 @@ pub struct Interrupted {
     pub instance_id: String,
     /// When the warning came, or when the end was seen if the warning was lost.
     pub at: SystemTime,
+    /// Whether `at` is the warning's time. Only then does a job that failed before it count as
+    /// failed for another reason: an end seen late says nothing of when the job failed.
+    pub warned: bool,
 }
 
 /// A re-run sophons claimed: the job `job_name` of run `run_id` lost its instance in attempt
@@ -143,10 +146,20 @@ pub trait Interruptions: Send + Sync {
 /// stop-runner heard that EC2 takes `instance` back (`how`: the warning, the termination...):
 /// records its job for a re-run (unless its template turned re-runs off) and counts a spot loss
 /// of its template. Errors are logged; a later event or the sweep records it again.
-pub async fn record(config: &Config, ports: &Ports, instance: &Instance, at: SystemTime, how: &str) {
+/// Answers false when the record failed (logged): the caller keeps the instance for a later
+/// event or the sweep to record it.
+pub async fn record(
+    config: &Config,
+    ports: &Ports,
+    instance: &Instance,
+    at: SystemTime,
+    warned: bool,
+    how: &str,
+) -> bool {
     let Some(store) = &ports.interruptions else {
-        return;
+        return true;
     };
+    let mut recorded = true;
     let template = instance.template().to_string();
     let job_id: u64 = instance.job_id();
     let run_id: u64 = instance.run_id();
@@ -164,6 +177,7 @@ pub async fn record(config: &Config, ports: &Ports, instance: &Instance, at: Sys
             template: template.clone(),
             instance_id: instance_id.to_string(),
             at,
+            warned,
         };
         match store.record(&interrupted).await {
             Ok(true) => tracing::warn!(
@@ -178,6 +192,7 @@ pub async fn record(config: &Config, ports: &Ports, instance: &Instance, at: Sys
             ),
             Ok(false) => {}
             Err(error) => {
+                recorded = false;
                 tracing::warn!(job_id, instance_id, %error, "cannot record the interruption; a later event or the sweep records it")
             }
         }
@@ -190,6 +205,7 @@ pub async fn record(config: &Config, ports: &Ports, instance: &Instance, at: Sys
         );
     }
     spot_lost(config, ports, &template, instance_id, at).await;
+    recorded
 }
 
 /// Counts a spot loss of `template` and starts its back-off when there were `after` of them
@@ -238,14 +254,16 @@ pub enum OnDemandFirst {
 }
 
 /// Which capacity create-runner asks for first for `message`: on-demand for the re-run of an
-/// interrupted job or during the template's back-off, spot otherwise (and when the table cannot
-/// be read: spot is what the template asks for).
-pub async fn first_capacity(ports: &Ports, message: &JobMessage) -> (Capacity, Option<OnDemandFirst>) {
+/// interrupted job (a later attempt of its run, found by its claim) or during the template's
+/// back-off, spot otherwise. A later attempt whose claim cannot be read is an error (the job is
+/// handed back and looked at again: launching it on spot could lose it to spot again); a
+/// back-off that cannot be read is taken as none.
+pub async fn first_capacity(ports: &Ports, message: &JobMessage) -> Result<(Capacity, Option<OnDemandFirst>), String> {
     let Some(store) = &ports.interruptions else {
-        return (Capacity::Spot, None);
+        return Ok((Capacity::Spot, None));
     };
     let job_id = message.job_id;
-    if !message.job_name.is_empty() {
+    if message.run_attempt > 1 && !message.job_name.is_empty() {
         match store
             .rerun_of(&message.repository, message.run_id, &message.job_name)
             .await
@@ -260,11 +278,13 @@ pub async fn first_capacity(ports: &Ports, message: &JobMessage) -> (Capacity, O
                     "job {job_id} is the re-run of interrupted job {}: launching on-demand",
                     rerun.job_id
                 );
-                return (Capacity::OnDemand, Some(OnDemandFirst::Rerun(rerun.job_id)));
+                return Ok((Capacity::OnDemand, Some(OnDemandFirst::Rerun(rerun.job_id))));
             }
             Ok(_) => {}
             Err(error) => {
-                tracing::warn!(job_id, %error, "cannot look for a re-run claim; launching as the template says")
+                return Err(format!(
+                    "cannot tell whether job {job_id} re-runs an interrupted job: {error}"
+                ));
             }
         }
     }
@@ -275,12 +295,12 @@ pub async fn first_capacity(ports: &Ports, message: &JobMessage) -> (Capacity, O
                 .iter()
                 .any(|(template, until)| *template == message.template && *until > now)
             {
-                return (Capacity::OnDemand, Some(OnDemandFirst::Backoff));
+                return Ok((Capacity::OnDemand, Some(OnDemandFirst::Backoff)));
             }
         }
         Err(error) => tracing::warn!(job_id, %error, "cannot read the spot back-offs; launching as the template says"),
     }
-    (Capacity::Spot, None)
+    Ok((Capacity::Spot, None))
 }
 
 /// What one sweep's follow-up did.
@@ -462,7 +482,7 @@ async fn next_step(config: &Config, ports: &Ports, interrupted: &Interrupted) ->
         }
     }
     let completed = job.completed_at.as_deref().and_then(crate::job::parse_rfc3339);
-    if completed.is_some_and(|completed| completed + WARNING < interrupted.at) {
+    if interrupted.warned && completed.is_some_and(|completed| completed + WARNING < interrupted.at) {
         return Ok(Next::Settle("it failed before EC2 warned of the interruption".into()));
     }
     let run = ports.github.workflow_run(repository, job.run_id).await?;
@@ -566,6 +586,7 @@ const JOB_ID: &str = "job_id";
 const ATTEMPT: &str = "attempt";
 const AT: &str = "at_ms";
 const ENDS_AT: &str = "ends_at";
+const WARNED: &str = "warned";
 const INTERRUPTED: &str = "interrupted";
 const BACKOFF: &str = "backoff";
 
@@ -711,6 +732,7 @@ impl Interruptions for DynamoInterruptions {
         item.insert("template".into(), s(&interrupted.template));
         item.insert("instance_id".into(), s(&interrupted.instance_id));
         item.insert(AT.into(), n(millis(interrupted.at)));
+        item.insert(WARNED.into(), AttributeValue::Bool(interrupted.warned));
         item.insert(
             EXPIRES_AT.into(),
             expires(interrupted.at, FOLLOWED_FOR + Duration::from_secs(86_400)),
@@ -731,6 +753,11 @@ impl Interruptions for DynamoInterruptions {
                     template: text(item, "template").unwrap_or_default(),
                     instance_id: text(item, "instance_id").unwrap_or_default(),
                     at: from_millis(number(item, AT).unwrap_or_default()),
+                    warned: item
+                        .get(WARNED)
+                        .and_then(|v| v.as_bool().ok())
+                        .copied()
+                        .unwrap_or(false),
                 })
             })
             .collect())

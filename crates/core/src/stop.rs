@@ -239,7 +239,7 @@ impl StopRunner {
             tracing::info!(instance_id, "spot interruption warning ignored: {reason}");
             return Stopped::Ignored(reason);
         };
-        crate::interruptions::record(&self.config, &self.ports, &instance, at, "the two-minute warning").await;
+        crate::interruptions::record(&self.config, &self.ports, &instance, at, true, "the two-minute warning").await;
         Stopped::Warned {
             instance_id: instance_id.to_string(),
         }
@@ -414,7 +414,12 @@ impl StopRunner {
             // lost). Even when its own job was still queued and sent back: the runner may have run
             // another job with the same labels, which the follow-up finds in the job's run.
             let how = "the instance ended with Server.SpotInstanceTermination";
-            crate::interruptions::record(&self.config, &self.ports, instance, SystemTime::now(), how).await;
+            let recorded =
+                crate::interruptions::record(&self.config, &self.ports, instance, SystemTime::now(), false, how).await;
+            if !recorded && !relaunched {
+                // Not marked: the next event or sweep looks after it again, and records it.
+                return false;
+            }
             Emf::new(&self.config.deployment)
                 .dimension(
                     "template",

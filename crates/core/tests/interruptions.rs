@@ -517,3 +517,52 @@ async fn a_rerun_whose_on_demand_runner_died_at_boot_is_relaunched_on_demand_aga
     let (_, capacity) = serve(&world, &relaunch).await;
     assert_eq!(capacity, Capacity::OnDemand, "still the re-run of an interrupted job");
 }
+
+#[tokio::test]
+async fn a_job_whose_warning_was_lost_and_whose_end_was_seen_late_is_still_rerun() {
+    let world = world();
+    let (instance_id, _) = serve(&world, &job(1, "build", 1)).await;
+    github_says(&world, 1, &instance_id, None, SystemTime::now(), "in_progress");
+    world.fleet.reclaim(&instance_id);
+    // GitHub failed the job ten minutes before the sweep saw the instance's end: that says
+    // nothing of the job failing before the (lost) warning.
+    let failed = SystemTime::now() - Duration::from_secs(600);
+    github_says(&world, 1, &instance_id, Some("failure"), failed, "completed");
+    assert_eq!(sweep(&world).await.rerun, 1, "recorded and followed by one sweep");
+}
+
+#[tokio::test]
+async fn a_later_attempt_whose_claim_cannot_be_read_is_handed_back_not_launched_on_spot() {
+    let world = world();
+    world.store.fail_next([InterruptionsError::Failed {
+        table: "t".into(),
+        reason: "ThrottlingException".into(),
+    }]);
+    let outcome = world.create.serve(&job(101, "build", 2).encode(), 1, far()).await;
+    assert!(matches!(outcome, Outcome::HandedBack { .. }), "{outcome:?}");
+    assert!(world.fleet.launches().is_empty(), "nothing launched on spot meanwhile");
+    // A first attempt is never a re-run: it does not read the claims at all.
+    world.store.fail_next([InterruptionsError::Failed {
+        table: "t".into(),
+        reason: "ThrottlingException".into(),
+    }]);
+    let (_, capacity) = serve(&world, &job(102, "test", 1)).await;
+    assert_eq!(capacity, Capacity::Spot);
+}
+
+#[tokio::test]
+async fn an_end_whose_record_failed_is_looked_after_again_and_recorded() {
+    let world = world();
+    let (instance_id, _) = serve(&world, &job(1, "build", 1)).await;
+    github_says(&world, 1, &instance_id, None, SystemTime::now(), "in_progress");
+    world.fleet.reclaim(&instance_id);
+    world.store.fail_next([InterruptionsError::Failed {
+        table: "t".into(),
+        reason: "ThrottlingException".into(),
+    }]);
+    world.stop.handle(terminated(&instance_id), far()).await;
+    assert!(world.store.followed().is_empty(), "the record failed");
+    let report = world.stop.sweep(far()).await;
+    assert_eq!(report.reclaimed, 1, "not marked looked after: the sweep looks again");
+    assert_eq!(world.store.followed(), vec![1]);
+}

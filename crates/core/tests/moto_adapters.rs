@@ -386,6 +386,7 @@ async fn interruptions_in_dynamodb_are_recorded_once_claimed_once_and_back_offs_
         template: "cpu".into(),
         instance_id: "i-0abc".into(),
         at: now,
+        warned: true,
     };
     assert_eq!(store.record(&interrupted).await, Ok(true));
     assert_eq!(
@@ -399,6 +400,7 @@ async fn interruptions_in_dynamodb_are_recorded_once_claimed_once_and_back_offs_
     assert_eq!(recorded[0].instance_id, "i-0abc");
     let ms = |at: SystemTime| at.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
     assert_eq!(ms(recorded[0].at), ms(now));
+    assert!(recorded[0].warned);
 
     let rerun = Rerun {
         repository: "my-org/app".into(),

@@ -255,6 +255,7 @@ async fn the_sweep_reruns_an_interrupted_job_through_the_adapter_and_its_new_att
         template: "template_cpu".into(),
         instance_id: "i-0abc".into(),
         at: SystemTime::now(),
+        warned: true,
     };
     store.record(&interrupted).await.unwrap();
     fake.start_workflow_job(JOB, "sophons-i-0abc", seconds(20));
@@ -281,11 +282,14 @@ async fn the_sweep_reruns_an_interrupted_job_through_the_adapter_and_its_new_att
     )
     .unwrap();
     assert_eq!(
-        interruptions::first_capacity(&ports, &message).await.0,
+        interruptions::first_capacity(&ports, &message).await.unwrap().0,
         Capacity::OnDemand
     );
     message.job_name = "test".into();
-    assert_eq!(interruptions::first_capacity(&ports, &message).await.0, Capacity::Spot);
+    assert_eq!(
+        interruptions::first_capacity(&ports, &message).await.unwrap().0,
+        Capacity::Spot
+    );
 }
 
 #[tokio::test]
