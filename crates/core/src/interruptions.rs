@@ -29,7 +29,7 @@
 //!
 //! | pk | sk | what |
 //! |---|---|---|
-//! | `interrupted` | job id | a job to follow (kept 3 days) |
+//! | `interrupted` | job id `#` instance id | a job to follow (kept 3 days) |
 //! | `rerun#<owner/repo>#<run id>` | job name | a claimed re-run (kept 30 days, GitHub's limit) |
 //! | `spot#<template>` | instance id, or `capacity#<job id>#<ms>` | a spot loss (kept for the window) |
 //! | `backoff` | template | a back-off and when it ends |
@@ -105,8 +105,8 @@ pub trait Interruptions: Send + Sync {
     async fn record(&self, interrupted: &Interrupted) -> Result<bool, InterruptionsError>;
     /// Every recorded job, read consistently.
     async fn recorded(&self) -> Result<Vec<Interrupted>, InterruptionsError>;
-    /// Stops following a job.
-    async fn settle(&self, job_id: u64) -> Result<(), InterruptionsError>;
+    /// Stops following a job's interruption (one per instance: a job can lose two instances).
+    async fn settle(&self, job_id: u64, instance_id: &str) -> Result<(), InterruptionsError>;
     /// Claims the re-run; answers false when another job's claim for this attempt or a later one
     /// is there (the same job's claim is taken again).
     async fn claim_rerun(&self, rerun: &Rerun) -> Result<bool, InterruptionsError>;
@@ -383,7 +383,7 @@ pub async fn follow(config: &Config, ports: &Ports) -> Followed {
                         rerun.attempt + 1
                     );
                     followed.rerun += 1;
-                    settle(store.as_ref(), job_id, &mut followed).await;
+                    settle(store.as_ref(), &interrupted, &mut followed).await;
                 }
                 Ok(false) => {
                     let why = format!("a re-run of this job in run {run_id} was claimed already");
@@ -409,11 +409,12 @@ async fn not_rerun(store: &dyn Interruptions, interrupted: &Interrupted, why: &s
         "job {job_id} is not re-run: {why}"
     );
     followed.settled += 1;
-    settle(store, job_id, followed).await;
+    settle(store, interrupted, followed).await;
 }
 
-async fn settle(store: &dyn Interruptions, job_id: u64, followed: &mut Followed) {
-    if let Err(error) = store.settle(job_id).await {
+async fn settle(store: &dyn Interruptions, interrupted: &Interrupted, followed: &mut Followed) {
+    let job_id = interrupted.job_id;
+    if let Err(error) = store.settle(job_id, &interrupted.instance_id).await {
         tracing::warn!(job_id, %error, "sweep: cannot stop following a job; the next sweep settles it again");
         followed.errors += 1;
     }
@@ -592,6 +593,11 @@ const BACKOFF: &str = "backoff";
 
 type Item = std::collections::HashMap<String, AttributeValue>;
 
+/// An interruption's sort key: the job and the instance it lost.
+fn interrupted_key(job_id: u64, instance_id: &str) -> String {
+    format!("{job_id:020}#{instance_id}")
+}
+
 fn rerun_pk(repository: &str, run_id: u64) -> String {
     format!("rerun#{repository}#{run_id}")
 }
@@ -725,7 +731,10 @@ impl DynamoInterruptions {
 #[async_trait]
 impl Interruptions for DynamoInterruptions {
     async fn record(&self, interrupted: &Interrupted) -> Result<bool, InterruptionsError> {
-        let mut item = Self::key(INTERRUPTED, &format!("{:020}", interrupted.job_id));
+        let mut item = Self::key(
+            INTERRUPTED,
+            &interrupted_key(interrupted.job_id, &interrupted.instance_id),
+        );
         item.insert(JOB_ID.into(), n(interrupted.job_id));
         item.insert("repository".into(), s(&interrupted.repository));
         item.insert("run_id".into(), n(interrupted.run_id));
@@ -763,8 +772,8 @@ impl Interruptions for DynamoInterruptions {
             .collect())
     }
 
-    async fn settle(&self, job_id: u64) -> Result<(), InterruptionsError> {
-        self.delete_if(Self::key(INTERRUPTED, &format!("{job_id:020}")), None)
+    async fn settle(&self, job_id: u64, instance_id: &str) -> Result<(), InterruptionsError> {
+        self.delete_if(Self::key(INTERRUPTED, &interrupted_key(job_id, instance_id)), None)
             .await
             .map(|_| ())
     }
@@ -884,7 +893,7 @@ pub struct FakeInterruptions {
 
 #[derive(Default)]
 struct FakeState {
-    recorded: BTreeMap<u64, Interrupted>,
+    recorded: BTreeMap<(u64, String), Interrupted>,
     reruns: BTreeMap<(String, u64, String), Rerun>,
     losses: BTreeMap<String, BTreeMap<String, SystemTime>>,
     backoffs: BTreeMap<String, SystemTime>,
@@ -919,7 +928,13 @@ impl FakeInterruptions {
 
     /// The jobs followed now.
     pub fn followed(&self) -> Vec<u64> {
-        self.state.lock().unwrap().recorded.keys().copied().collect()
+        self.state
+            .lock()
+            .unwrap()
+            .recorded
+            .keys()
+            .map(|(job_id, _)| *job_id)
+            .collect()
     }
 
     fn fault(&self) -> Result<(), InterruptionsError> {
@@ -935,10 +950,11 @@ impl Interruptions for FakeInterruptions {
     async fn record(&self, interrupted: &Interrupted) -> Result<bool, InterruptionsError> {
         self.fault()?;
         let mut state = self.state.lock().unwrap();
-        if state.recorded.contains_key(&interrupted.job_id) {
+        let key = (interrupted.job_id, interrupted.instance_id.clone());
+        if state.recorded.contains_key(&key) {
             return Ok(false);
         }
-        state.recorded.insert(interrupted.job_id, interrupted.clone());
+        state.recorded.insert(key, interrupted.clone());
         Ok(true)
     }
 
@@ -947,9 +963,13 @@ impl Interruptions for FakeInterruptions {
         Ok(self.state.lock().unwrap().recorded.values().cloned().collect())
     }
 
-    async fn settle(&self, job_id: u64) -> Result<(), InterruptionsError> {
+    async fn settle(&self, job_id: u64, instance_id: &str) -> Result<(), InterruptionsError> {
         self.fault()?;
-        self.state.lock().unwrap().recorded.remove(&job_id);
+        self.state
+            .lock()
+            .unwrap()
+            .recorded
+            .remove(&(job_id, instance_id.to_string()));
         Ok(())
     }
 

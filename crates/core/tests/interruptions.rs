@@ -566,3 +566,31 @@ async fn an_end_whose_record_failed_is_looked_after_again_and_recorded() {
     assert_eq!(report.reclaimed, 1, "not marked looked after: the sweep looks again");
     assert_eq!(world.store.followed(), vec![1]);
 }
+
+#[tokio::test]
+async fn a_job_that_lost_one_instance_at_boot_and_the_next_while_running_is_rerun() {
+    let world = world();
+    let message = job(1, "build", 1);
+    let (first, _) = serve(&world, &message).await;
+    // The first instance goes at boot: the job is still queued, so it is sent back and followed.
+    world.fleet.reclaim(&first);
+    world.stop.handle(terminated(&first), far()).await;
+    let relaunch = world
+        .queue
+        .sent()
+        .iter()
+        .map(|sent| JobMessage::decode(&sent.body).unwrap())
+        .find(|sent| sent.job_id == 1)
+        .expect("sent back");
+    let (second, _) = serve(&world, &relaunch).await;
+    github_says(&world, 1, &second, None, SystemTime::now(), "in_progress");
+    // The first interruption is settled (the job ran elsewhere) while the second is warned.
+    world.stop.handle(warning(&second, SystemTime::now()), far()).await;
+    sweep(&world).await;
+    github_says(&world, 1, &second, Some("failure"), SystemTime::now(), "completed");
+    assert_eq!(
+        sweep(&world).await.rerun,
+        1,
+        "the second interruption is its own record"
+    );
+}

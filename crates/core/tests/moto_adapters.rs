@@ -443,7 +443,7 @@ async fn interruptions_in_dynamodb_are_recorded_once_claimed_once_and_back_offs_
         store.rerun_of("my-org/app", 7, "build (ubuntu, 1)").await.unwrap(),
         None
     );
-    store.settle(42).await.unwrap();
+    store.settle(42, "i-0abc").await.unwrap();
     assert!(store.recorded().await.unwrap().is_empty());
 
     let window = Duration::from_secs(1800);
