@@ -2,10 +2,12 @@
 //! fakes with faults injected on every port, in simulated minutes, seeded and reproducible.
 //!
 //! The driver owns everything the flows do not: SQS (visibility, receive counts, the DLQ after
-//! three receives), GitHub's side of jobs and runners, the boxes themselves, EventBridge and the
-//! schedules. Handlers run interleaved at their port calls and can be killed between any two.
-//! Invariants are checked as the run goes (at every launch) and at the end, after the sweep and
-//! move-jobs have run until nothing moves.
+//! three receives), GitHub's side of jobs, runs (one job each, re-run as a new attempt) and
+//! runners, the boxes themselves (EC2 takes some spot ones back while their job runs), EventBridge
+//! and the schedules. Handlers run interleaved at their port calls and can be killed between any
+//! two. Invariants are checked as the run goes (at every launch) and at the end, after the sweep
+//! and move-jobs have run until nothing moves: nothing lost, doubled or leaked, max_runners kept,
+//! and every job interrupted while it ran re-run exactly once, on-demand, and nothing else re-run.
 //!
 //! `SOPHONS_SIM_SEED=123 cargo test -p sophons-core --test simulation` reruns one seed;
 //! `SOPHONS_SIM_JOBS` sets the jobs per seed; `SOPHONS_SOAK_JOBS` the total of the ignored soak.
@@ -33,16 +35,18 @@ use sophons_core::fleet::{
     TAG_RUNNER_FAILURES, TAG_TEMPLATE, pool_errors_outcome,
 };
 use sophons_core::github::{
-    DeliveriesPage, Github, GithubError, Hook, HookDelivery, JitConfig, JobStatus, Runner, RunnerScope,
+    DeliveriesPage, Github, GithubError, Hook, HookDelivery, JitConfig, JobDetails, JobStatus, RunDetails, Runner,
+    RunnerScope,
 };
-use sophons_core::job::{JobMessage, MESSAGE_VERSION, now_rfc3339};
+use sophons_core::interruptions::{FakeInterruptions, Interrupted, Interruptions, InterruptionsError, Rerun};
+use sophons_core::job::{JobMessage, MESSAGE_VERSION, now_rfc3339, rfc3339};
 use sophons_core::names;
 use sophons_core::queue::{Queue, QueueError, Received};
 use sophons_core::redeliver::Redeliver;
 use sophons_core::redrive::MoveJobs;
 use sophons_core::secrets::{Secrets, SecretsError};
 use sophons_core::slots::{ClaimAnswer, ClaimedSlot, FakeSlots, SlotClaim, Slots, SlotsError};
-use sophons_core::stop::{self, SSM_DETAIL_TYPE, StopRunner};
+use sophons_core::stop::{self, SPOT_WARNING_DETAIL_TYPE, SSM_DETAIL_TYPE, STATE_CHANGE_DETAIL_TYPE, StopRunner};
 use sophons_core::waiting::{FakeWaiting, Parked, Waiting, WaitingError};
 use tokio::time::Instant;
 
@@ -91,6 +95,18 @@ struct Rates {
     taken_by_another_job: f64,
     bad_ami: f64,
     spot_reclaimed: f64,
+    /// EC2 takes a spot instance back while its runner runs a job (per job taken on spot): the
+    /// two-minute warning, then the end; GitHub fails the job a few minutes later.
+    spot_reclaimed_running: f64,
+    /// The warning never reaches stop-runner, or reaches it minutes after the instance ended.
+    warning_lost: f64,
+    warning_late: f64,
+    /// The state change to `terminated` never reaches stop-runner.
+    state_change_lost: f64,
+    /// GitHub refuses a re-run (403) though the run it showed was completed: its views lag.
+    rerun_refused: f64,
+    /// A call to the interruptions table that fails (throttled, 5xx).
+    interruptions_failed: f64,
     /// A launch whose instance is missing from listings until the next minute.
     listing_late: f64,
     /// A terminated instance listed as it was for the rest of the minute (then shutting-down).
@@ -125,6 +141,12 @@ const RATES: Rates = Rates {
     taken_by_another_job: 0.05,
     bad_ami: 0.03,
     spot_reclaimed: 0.02,
+    spot_reclaimed_running: 0.02,
+    warning_lost: 0.2,
+    warning_late: 0.2,
+    state_change_lost: 0.2,
+    rerun_refused: 0.1,
+    interruptions_failed: 0.02,
     listing_late: 0.3,
     ended_late: 0.3,
     tags_late: 0.2,
@@ -180,6 +202,38 @@ struct Ledger {
     retries: u64,
     /// Simulated minute of each last write: JIT parameters by name, launch-slot claims as `slot:<template>/<n>`.
     claims: HashMap<String, u64>,
+    /// Each job's launches: the instance and the capacity its launch request asked for.
+    launched_for: HashMap<u64, Vec<(String, Capacity)>>,
+    /// Jobs whose last spot launch EC2 refused for capacity: an on-demand launch next is the fallback.
+    spot_refused: BTreeSet<u64>,
+    /// The jobs GitHub made by re-running an interrupted one (new attempts).
+    reruns: BTreeSet<u64>,
+    /// Every re-run the sweep asked GitHub for, in order.
+    rerun_calls: Vec<RerunCall>,
+    /// Simulated minute GitHub started and completed each job (its `started_at`, `completed_at`).
+    started_at: HashMap<u64, u64>,
+    completed_at: HashMap<u64, u64>,
+    backoffs_started: u64,
+    backoffs_ended: u64,
+    on_demand_for_backoff: u64,
+}
+
+/// One `rerun_job` call and what came of it.
+#[derive(Debug, Clone)]
+struct RerunCall {
+    minute: u64,
+    job_id: u64,
+    answer: RerunAnswer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RerunAnswer {
+    /// GitHub made a new attempt (and the caller heard so, or its answer was lost).
+    Taken { answer_lost: bool },
+    /// GitHub's 403: the run has not completed (or its views lagged).
+    Refused,
+    /// A 5xx or the rate limit: GitHub did nothing.
+    Failed,
 }
 
 impl Chaos {
@@ -247,8 +301,8 @@ impl Chaos {
         instance
     }
 
-    /// Bookkeeping of a launch, and the invariants a launch could break.
-    fn launched(&self, instance: &Instance) {
+    /// Bookkeeping of a launch (asked for on `capacity`), and the invariants a launch could break.
+    fn launched(&self, instance: &Instance, capacity: Capacity) {
         let mut ledger = self.ledger.lock().unwrap();
         if !instance.state.is_live() || ledger.live.contains_key(&instance.id) {
             return;
@@ -256,6 +310,11 @@ impl Chaos {
         let job: u64 = instance.tag(TAG_JOB_ID).and_then(|id| id.parse().ok()).unwrap_or(0);
         let template = instance.tag(TAG_TEMPLATE).unwrap_or_default().to_string();
         ledger.launches += 1;
+        ledger
+            .launched_for
+            .entry(job)
+            .or_default()
+            .push((instance.id.clone(), capacity));
         ledger.launched_at.insert(instance.id.clone(), self.now());
         ledger.live.insert(instance.id.clone(), (job, template.clone()));
         let now = self.now();
@@ -287,6 +346,12 @@ impl Chaos {
     fn is_live(&self, instance_id: &str) -> bool {
         self.ledger.lock().unwrap().live.contains_key(instance_id)
     }
+
+    /// Simulated minute `minute` as the flows see it: as far behind the wall clock as it is
+    /// behind the simulated now (as `aged` does for instances).
+    fn wall_time(&self, minute: u64) -> SystemTime {
+        SystemTime::now() - Duration::from_secs(self.now().saturating_sub(minute) * 60)
+    }
 }
 
 /// Pending once, then ready: hands the turn to the next handler.
@@ -310,6 +375,33 @@ impl Future for YieldOnce {
 struct ChaosFleet {
     inner: Arc<FakeFleet>,
     chaos: Arc<Chaos>,
+    /// To tell a launch on-demand because of a back-off from the others.
+    interruptions: Arc<FakeInterruptions>,
+}
+
+impl ChaosFleet {
+    /// Counts a new on-demand launch made because its template was backing off spot: neither the
+    /// re-run of an interrupted job nor the fallback after a spot launch refused for capacity.
+    fn count_backoff_launch(&self, instance: &Instance, capacity: Capacity) {
+        let job: u64 = instance.tag(TAG_JOB_ID).and_then(|id| id.parse().ok()).unwrap_or(0);
+        let template = instance.tag(TAG_TEMPLATE).unwrap_or_default();
+        let mut ledger = self.chaos.ledger.lock().unwrap();
+        let fallback = ledger.spot_refused.remove(&job);
+        if capacity != Capacity::OnDemand || fallback || ledger.reruns.contains(&job) {
+            return;
+        }
+        let backing_off = self
+            .interruptions
+            .backoffs()
+            .now()
+            .and_then(Result::ok)
+            .unwrap_or_default()
+            .iter()
+            .any(|(t, until)| t == template && *until > SystemTime::now());
+        if backing_off {
+            ledger.on_demand_for_backoff += 1;
+        }
+    }
 }
 
 #[async_trait]
@@ -343,10 +435,28 @@ impl Fleet for ChaosFleet {
             fault = Some(FleetError::NoCapacity("VcpuLimitExceeded: vCPU quota reached".into()));
         }
         let answer_lost = chaos.fault("EC2 timeout after the launch", rates.timeout);
-        let launched = self.inner.launch_or_fail(request, fault)?;
+        let launched = match self.inner.launch_or_fail(request, fault) {
+            Ok(launched) => launched,
+            Err(error) => {
+                if request.capacity == Capacity::Spot
+                    && matches!(error, FleetError::NoCapacity(_))
+                    && let Some(job) = request
+                        .tags
+                        .iter()
+                        .find(|(key, _)| key == TAG_JOB_ID)
+                        .and_then(|(_, id)| id.parse().ok())
+                {
+                    chaos.ledger.lock().unwrap().spot_refused.insert(job);
+                }
+                return Err(error);
+            }
+        };
         if let Some(instance) = self.inner.instance(&launched.instance_id) {
             let fresh = !chaos.ledger.lock().unwrap().launched_at.contains_key(&instance.id);
-            chaos.launched(&instance);
+            chaos.launched(&instance, request.capacity);
+            if fresh {
+                self.count_backoff_launch(&instance, request.capacity);
+            }
             if fresh && chaos.fault("InvalidInstanceId after launch", rates.not_ready) {
                 let times = 1 + chaos.draw(3) as u32;
                 chaos
@@ -767,6 +877,16 @@ impl ChaosGithub {
         }
         None
     }
+
+    /// A job with GitHub's times in simulated time, as the interruption records are
+    /// (`FakeInterruptions::age`).
+    fn aged(&self, mut job: JobDetails) -> JobDetails {
+        let ledger = self.chaos.ledger.lock().unwrap();
+        let at = |minute: Option<&u64>| minute.map(|minute| rfc3339(self.chaos.wall_time(*minute)));
+        job.started_at = at(ledger.started_at.get(&job.id));
+        job.completed_at = at(ledger.completed_at.get(&job.id));
+        job
+    }
 }
 
 #[async_trait]
@@ -844,6 +964,188 @@ impl Github for ChaosGithub {
             return Err(error);
         }
         self.inner.redeliver(hook, delivery_id).await
+    }
+
+    async fn job(&self, repository: &str, job_id: u64) -> Result<JobDetails, GithubError> {
+        self.chaos.step().await;
+        if let Some(error) = self.failure() {
+            return Err(error);
+        }
+        let job = self.inner.job(repository, job_id).await?;
+        Ok(self.aged(job))
+    }
+
+    async fn run_jobs(&self, repository: &str, run_id: u64) -> Result<Vec<JobDetails>, GithubError> {
+        self.chaos.step().await;
+        if let Some(error) = self.failure() {
+            return Err(error);
+        }
+        let jobs = self.inner.run_jobs(repository, run_id).await?;
+        Ok(jobs.into_iter().map(|job| self.aged(job)).collect())
+    }
+
+    async fn workflow_run(&self, repository: &str, run_id: u64) -> Result<RunDetails, GithubError> {
+        self.chaos.step().await;
+        if let Some(error) = self.failure() {
+            return Err(error);
+        }
+        self.inner.workflow_run(repository, run_id).await
+    }
+
+    /// GitHub's rules are the fake's (403 before the run completed, only the latest attempt);
+    /// each call is written down for the invariants, and the driver makes the new attempt's job.
+    async fn rerun_job(&self, repository: &str, job_id: u64) -> Result<(), GithubError> {
+        let chaos = &self.chaos;
+        chaos.step().await;
+        let answer = match self.failure() {
+            Some(error) => Err(error),
+            None if chaos.fault(
+                "GitHub refused a re-run (403) of a run it showed completed",
+                chaos.rates.rerun_refused,
+            ) =>
+            {
+                Err(GithubError::Conflict(format!(
+                    "403 the workflow run of job {job_id} is not completed yet"
+                )))
+            }
+            None => self.inner.rerun_job(repository, job_id).await,
+        };
+        let answer_lost = answer.is_ok() && chaos.fault("GitHub timeout after re-running", chaos.rates.timeout);
+        let call = RerunCall {
+            minute: chaos.now(),
+            job_id,
+            answer: match &answer {
+                Ok(()) => RerunAnswer::Taken { answer_lost },
+                Err(GithubError::Conflict(_)) => RerunAnswer::Refused,
+                Err(_) => RerunAnswer::Failed,
+            },
+        };
+        chaos.ledger.lock().unwrap().rerun_calls.push(call);
+        chaos.step().await;
+        if answer_lost {
+            return Err(GithubError::Unavailable("timeout waiting for the re-run".into()));
+        }
+        answer
+    }
+}
+
+/// The interruptions table, failing as DynamoDB does and interleaving at every call. Its times
+/// age with simulated time: the driver moves them back a minute every simulated minute.
+struct ChaosInterruptions {
+    inner: Arc<FakeInterruptions>,
+    chaos: Arc<Chaos>,
+}
+
+impl ChaosInterruptions {
+    async fn fault(&self) -> Result<(), InterruptionsError> {
+        self.chaos.step().await;
+        if self.chaos.fault(
+            "DynamoDB interruptions table failed",
+            self.chaos.rates.interruptions_failed,
+        ) {
+            return Err(InterruptionsError::Failed {
+                table: "interruptions".into(),
+                reason: "ThrottlingException".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A write's answer lost after DynamoDB took it.
+    async fn answer_lost(&self) -> Result<(), InterruptionsError> {
+        let lost = self
+            .chaos
+            .fault("DynamoDB timeout after PutItem", self.chaos.rates.timeout);
+        self.chaos.step().await;
+        if lost {
+            return Err(InterruptionsError::Failed {
+                table: "interruptions".into(),
+                reason: "timeout".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Interruptions for ChaosInterruptions {
+    async fn record(&self, interrupted: &Interrupted) -> Result<bool, InterruptionsError> {
+        self.fault().await?;
+        let recorded = self.inner.record(interrupted).await?;
+        self.answer_lost().await?;
+        Ok(recorded)
+    }
+
+    async fn recorded(&self) -> Result<Vec<Interrupted>, InterruptionsError> {
+        self.fault().await?;
+        self.inner.recorded().await
+    }
+
+    async fn settle(&self, job_id: u64, instance_id: &str) -> Result<(), InterruptionsError> {
+        self.fault().await?;
+        self.inner.settle(job_id, instance_id).await
+    }
+
+    async fn claim_rerun(&self, rerun: &Rerun) -> Result<bool, InterruptionsError> {
+        self.fault().await?;
+        let claimed = self.inner.claim_rerun(rerun).await?;
+        self.answer_lost().await?;
+        Ok(claimed)
+    }
+
+    async fn release_rerun(&self, rerun: &Rerun) -> Result<(), InterruptionsError> {
+        self.fault().await?;
+        self.inner.release_rerun(rerun).await
+    }
+
+    async fn rerun_of(
+        &self,
+        repository: &str,
+        run_id: u64,
+        job_name: &str,
+    ) -> Result<Option<Rerun>, InterruptionsError> {
+        self.fault().await?;
+        self.inner.rerun_of(repository, run_id, job_name).await
+    }
+
+    async fn spot_lost(
+        &self,
+        template: &str,
+        key: &str,
+        at: SystemTime,
+        since: SystemTime,
+        keep_for: Duration,
+    ) -> Result<u32, InterruptionsError> {
+        self.fault().await?;
+        self.inner.spot_lost(template, key, at, since, keep_for).await
+    }
+
+    async fn start_backoff(
+        &self,
+        template: &str,
+        until: SystemTime,
+        now: SystemTime,
+    ) -> Result<bool, InterruptionsError> {
+        self.fault().await?;
+        let started = self.inner.start_backoff(template, until, now).await?;
+        if started {
+            self.chaos.ledger.lock().unwrap().backoffs_started += 1;
+        }
+        Ok(started)
+    }
+
+    async fn backoffs(&self) -> Result<Vec<(String, SystemTime)>, InterruptionsError> {
+        self.fault().await?;
+        self.inner.backoffs().await
+    }
+
+    async fn end_backoff(&self, template: &str, until: SystemTime) -> Result<bool, InterruptionsError> {
+        self.fault().await?;
+        let ended = self.inner.end_backoff(template, until).await?;
+        if ended {
+            self.chaos.ledger.lock().unwrap().backoffs_ended += 1;
+        }
+        Ok(ended)
     }
 }
 
@@ -1167,12 +1469,37 @@ enum JobState {
     Ran,
     Cancelled,
     RanElsewhere,
+    /// GitHub failed it: EC2 took back the spot instance (this one) its runner ran it on.
+    Interrupted(String),
 }
+
+impl JobState {
+    /// GitHub's status and conclusion of a job in this state.
+    fn github(&self) -> (&'static str, Option<&'static str>) {
+        match self {
+            JobState::Queued => ("queued", None),
+            JobState::Running(_) => ("in_progress", None),
+            JobState::Ran | JobState::RanElsewhere => ("completed", Some("success")),
+            JobState::Cancelled => ("completed", Some("cancelled")),
+            JobState::Interrupted(_) => ("completed", Some("failure")),
+        }
+    }
+}
+
+/// The one job name of every run: a run has one job.
+const JOB_NAME: &str = "build";
 
 struct Job {
     id: u64,
     template: String,
     state: JobState,
+    /// Its workflow run (one job per run) and the run's attempt it belongs to.
+    run_id: u64,
+    attempt: u32,
+    /// The interrupted job this one is the re-run of (a new attempt of the same run).
+    rerun_of: Option<u64>,
+    /// The runner GitHub last gave it to.
+    runner_name: Option<String>,
     /// A runner of this job died before taking it after its last allowed relaunch.
     relaunches_exhausted: bool,
     /// GitHub never gives this job to our runners.
@@ -1185,9 +1512,17 @@ struct Job {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
-    Booting { until: u64 },
+    Booting {
+        until: u64,
+    },
     Online,
-    Running { job: u64, until: u64 },
+    /// `warned`: the minute EC2 warns that it takes the (spot) instance back, two minutes before
+    /// it does, while the job runs.
+    Running {
+        job: u64,
+        until: u64,
+        warned: Option<u64>,
+    },
     Done,
 }
 
@@ -1202,13 +1537,31 @@ struct Machine {
     phase: Phase,
 }
 
+/// An EventBridge event for stop-runner.
 struct Event {
     due: u64,
-    instance_id: String,
-    command_id: String,
-    status: String,
+    /// The event without its `time`.
+    body: serde_json::Value,
+    /// The simulated minute it happened: its `time`.
+    at: u64,
     /// Lambda retries an async invocation that failed twice.
     retries_left: u32,
+}
+
+/// GitHub notices that the runner of a job is gone (its instance was taken back) and fails the job.
+struct Notice {
+    due: u64,
+    job: u64,
+    instance_id: String,
+    runner_id: Option<u64>,
+}
+
+/// A run completes a little after its job.
+struct RunCompletion {
+    due: u64,
+    run_id: u64,
+    attempt: u32,
+    conclusion: &'static str,
 }
 
 #[derive(Default, Clone)]
@@ -1236,6 +1589,68 @@ struct Figures {
     peak_live: BTreeMap<String, usize>,
     leaks: u64,
     minutes: u64,
+    interruptions: InterruptionFigures,
+}
+
+/// Spot interruptions while jobs ran, their re-runs, and the spot back-offs.
+#[derive(Default, Clone)]
+struct InterruptionFigures {
+    /// Jobs GitHub failed because EC2 took their spot instance back while they ran.
+    interrupted: u64,
+    /// Of those, jobs that ran on a runner launched for a job of another run (GitHub gives a
+    /// queued job to any idle runner with its labels): not re-run, a known gap (the sweep
+    /// finds the job a runner ran only among its own job's run).
+    interrupted_on_another_runs_runner: u64,
+    warnings_lost: u64,
+    warnings_late: u64,
+    state_changes_lost: u64,
+    /// Re-runs GitHub took (new attempts), and those it refused (403: the run not completed).
+    reruns_asked: u64,
+    reruns_refused: u64,
+    /// Re-run jobs whose every launch was on-demand, and those that succeeded.
+    reruns_on_demand: u64,
+    reruns_succeeded: u64,
+    backoffs_started: u64,
+    backoffs_ended: u64,
+    on_demand_for_backoff: u64,
+}
+
+impl InterruptionFigures {
+    fn add(&mut self, other: &InterruptionFigures) {
+        self.interrupted += other.interrupted;
+        self.interrupted_on_another_runs_runner += other.interrupted_on_another_runs_runner;
+        self.warnings_lost += other.warnings_lost;
+        self.warnings_late += other.warnings_late;
+        self.state_changes_lost += other.state_changes_lost;
+        self.reruns_asked += other.reruns_asked;
+        self.reruns_refused += other.reruns_refused;
+        self.reruns_on_demand += other.reruns_on_demand;
+        self.reruns_succeeded += other.reruns_succeeded;
+        self.backoffs_started += other.backoffs_started;
+        self.backoffs_ended += other.backoffs_ended;
+        self.on_demand_for_backoff += other.on_demand_for_backoff;
+    }
+
+    fn print(&self) {
+        println!(
+            "  spot interruptions: jobs interrupted while running {} (GitHub failed them); warnings lost {}, late {}; \
+             state changes lost {}",
+            self.interrupted, self.warnings_lost, self.warnings_late, self.state_changes_lost
+        );
+        println!(
+            "  re-runs: asked {} (refused by GitHub before the run completed {}), launched on-demand {}, succeeded {}; \
+             not re-run because they ran on a runner launched for a job of another run (known gap) {}",
+            self.reruns_asked,
+            self.reruns_refused,
+            self.reruns_on_demand,
+            self.reruns_succeeded,
+            self.interrupted_on_another_runs_runner
+        );
+        println!(
+            "  spot back-offs: started {}, ended {}; launches on-demand because of a back-off {}",
+            self.backoffs_started, self.backoffs_ended, self.on_demand_for_backoff
+        );
+    }
 }
 
 impl Figures {
@@ -1258,6 +1673,7 @@ impl Figures {
         self.unroutable_ended += other.unroutable_ended;
         self.leaks += other.leaks;
         self.minutes += other.minutes;
+        self.interruptions.add(&other.interruptions);
         for (reason, n) in &other.dropped {
             *self.dropped.entry(reason.clone()).or_default() += n;
         }
@@ -1303,13 +1719,18 @@ impl Figures {
         println!("  faults ({faults}): {}", faults_by_kind.join(", "));
         let peaks: Vec<String> = self.peak_live.iter().map(|(k, v)| format!("{k} {v}")).collect();
         println!("  peak live per template: {}; leaks {}", peaks.join(", "), self.leaks);
+        self.interruptions.print();
     }
 }
 
-/// The test config, with redelivery on (the organisation hook 1).
+/// The test config, with redelivery on (the organisation hook 1) and the interruptions table.
 fn config() -> Arc<Config> {
     let mut document = common::config_json(QUEUE);
     document["github"]["webhook_id"] = 1.into();
+    document["interruptions_table"] = "sophons-interruptions".into();
+    // The bad day refuses a tenth of spot launches for capacity: with the default 3 losses the
+    // back-off would last all day and leave few spot jobs to interrupt.
+    document["spot_backoff"] = json!({ "after": 10, "within_minutes": 30, "on_demand_minutes": 60 });
     Arc::new(Config::parse(&document.to_string()).unwrap())
 }
 
@@ -1324,6 +1745,7 @@ struct Sim {
     commands: Arc<FakeCommands>,
     queue: Arc<SimQueue>,
     waiting: Arc<FakeWaiting>,
+    interruptions: Arc<FakeInterruptions>,
     create: CreateRunner,
     stop: StopRunner,
     move_jobs: MoveJobs,
@@ -1342,6 +1764,13 @@ struct Sim {
     deliveries: Vec<(u64, u64)>,
     /// (minute, job id, cancelled rather than taken by a runner not ours).
     github_events: Vec<(u64, u64, bool)>,
+    /// Jobs GitHub is about to fail because their runner's instance was taken back.
+    notices: Vec<Notice>,
+    run_completions: Vec<RunCompletion>,
+    /// How many of GitHub's re-runs the driver has made jobs of.
+    reruns_done: usize,
+    /// Instances EC2 takes back while their runner runs a job: that job.
+    taken_back: HashMap<String, u64>,
     next_invocation: u64,
     /// create-runner serves one record at a time (no two handlers at once).
     serial: bool,
@@ -1399,9 +1828,15 @@ impl Sim {
             chaos: chaos.clone(),
             dlq_url: config.dlq_url.clone(),
         });
+        let interruptions = Arc::new(FakeInterruptions::default());
+        let interruptions_port: Arc<dyn Interruptions> = Arc::new(ChaosInterruptions {
+            inner: interruptions.clone(),
+            chaos: chaos.clone(),
+        });
         let fleet_port: Arc<dyn Fleet> = Arc::new(ChaosFleet {
             inner: fleet.clone(),
             chaos: chaos.clone(),
+            interruptions: interruptions.clone(),
         });
         let github_port: Arc<dyn Github> = Arc::new(ChaosGithub {
             inner: github.clone(),
@@ -1436,7 +1871,7 @@ impl Sim {
                 commands: commands_port.clone(),
                 queue: queue_port.clone(),
                 waiting: Some(waiting_port.clone()),
-                interruptions: None,
+                interruptions: Some(interruptions_port.clone()),
             },
         )
         // Each retry costs a millisecond of real time, not seconds.
@@ -1454,7 +1889,7 @@ impl Sim {
                 commands: commands_port,
                 queue: queue_port.clone(),
                 waiting: Some(waiting_port.clone()),
-                interruptions: None,
+                interruptions: Some(interruptions_port),
             },
         );
         let move_jobs = MoveJobs::new(config.clone(), queue_port, github_port.clone());
@@ -1495,6 +1930,10 @@ impl Sim {
                     id,
                     template: template.into(),
                     state: JobState::Queued,
+                    run_id: id,
+                    attempt: 1,
+                    rerun_of: None,
+                    runner_name: None,
                     relaunches_exhausted: false,
                     unroutable,
                     last_hand_back: None,
@@ -1516,6 +1955,7 @@ impl Sim {
             commands,
             queue,
             waiting,
+            interruptions,
             create,
             stop,
             move_jobs,
@@ -1529,6 +1969,10 @@ impl Sim {
             events: Vec::new(),
             deliveries,
             github_events,
+            notices: Vec::new(),
+            run_completions: Vec::new(),
+            reruns_done: 0,
+            taken_back: HashMap::new(),
             next_invocation: 0,
             serial,
             figures: Figures {
@@ -1595,6 +2039,11 @@ impl Sim {
         loop {
             self.chaos.now.store(minute, Ordering::Relaxed);
             self.fleet.set_now(minute);
+            if minute > 0 {
+                // The flows compare the table's times with the wall clock, which hardly moves
+                // while minutes are simulated.
+                self.interruptions.age(Duration::from_secs(60));
+            }
             if minute == faults_end {
                 self.chaos.on.store(false, Ordering::Relaxed);
             }
@@ -1641,12 +2090,16 @@ impl Sim {
             && self.deliveries.is_empty()
             && self.machines.iter().all(|m| m.phase == Phase::Done)
             && self.chaos.ledger.lock().unwrap().live.is_empty()
+            && self.notices.is_empty()
+            && self.run_completions.is_empty()
+            && self.reruns_done == self.github.reruns().len()
+            && self.interruptions.followed().is_empty()
     }
 
     fn state_summary(&self) -> String {
         let live: Vec<String> = self.chaos.ledger.lock().unwrap().live.keys().cloned().collect();
         format!(
-            "jobs queue {} message(s), DLQ {}, waiting {}, events {}, machines active {}, live instances {:?}, parameters {:?}, slots {:?}, runners {}",
+            "jobs queue {} message(s), DLQ {}, waiting {}, events {}, machines active {}, live instances {:?}, parameters {:?}, slots {:?}, runners {}, interrupted jobs followed {:?}",
             self.queue.bodies(false).len(),
             self.queue.bodies(true).len(),
             self.waiting.len(),
@@ -1655,7 +2108,8 @@ impl Sim {
             live,
             self.secrets.names(),
             self.slots.all(),
-            self.github.runners().len()
+            self.github.runners().len(),
+            self.interruptions.followed()
         )
     }
 
@@ -1666,6 +2120,18 @@ impl Sim {
         }
     }
 
+    /// The job an instance was launched for, and the one its runner ran when EC2 took it back.
+    fn jobs_of(&self, instance_id: &str) -> BTreeSet<u64> {
+        let launched_for = self
+            .fleet
+            .instance(instance_id)
+            .and_then(|i| i.tag(TAG_JOB_ID).and_then(|id| id.parse().ok()));
+        launched_for
+            .into_iter()
+            .chain(self.taken_back.get(instance_id).copied())
+            .collect()
+    }
+
     fn history(&self, id: u64) -> String {
         self.jobs
             .get(&id)
@@ -1673,22 +2139,66 @@ impl Sim {
             .unwrap_or_default()
     }
 
+    /// GitHub's job `id` is now in `state`; its run (of one job) follows it.
     fn set_job(&mut self, id: u64, state: JobState) {
         self.note(id, format!("GitHub: {state:?}"));
+        let minute = self.chaos.now();
         let job = self.jobs.get_mut(&id).expect("a planned job");
-        let status = match &state {
-            JobState::Queued => "queued",
-            JobState::Running(_) => "in_progress",
-            _ => "completed",
-        };
         if job.state == JobState::Queued {
             self.queued.get_mut(&job.template).map(|q| q.remove(&id));
         }
         if state == JobState::Queued {
             self.queued.entry(job.template.clone()).or_default().insert(id);
         }
+        match &state {
+            JobState::Running(instance_id) => {
+                job.runner_name = Some(names::runner_name(&self.config.deployment, instance_id));
+            }
+            JobState::RanElsewhere => job.runner_name = Some("a-runner-not-ours".into()),
+            _ => {}
+        }
+        let (status, conclusion) = state.github();
         job.state = state;
-        self.github.set_job_status(REPOSITORY, id, status);
+        {
+            let mut ledger = self.chaos.ledger.lock().unwrap();
+            match conclusion {
+                None if status == "in_progress" => ledger.started_at.insert(id, minute),
+                None => None,
+                Some(_) => ledger.completed_at.insert(id, minute),
+            };
+        }
+        self.github.set_job(
+            REPOSITORY,
+            JobDetails {
+                id,
+                run_id: job.run_id,
+                run_attempt: job.attempt,
+                name: JOB_NAME.into(),
+                status: status.into(),
+                conclusion: conclusion.map(str::to_string),
+                runner_name: job.runner_name.clone(),
+                // `ChaosGithub::job` gives them in simulated time.
+                started_at: None,
+                completed_at: None,
+            },
+        );
+        match conclusion {
+            None => self.github.set_run(
+                REPOSITORY,
+                RunDetails {
+                    id: job.run_id,
+                    run_attempt: job.attempt,
+                    status: status.into(),
+                    conclusion: None,
+                },
+            ),
+            Some(conclusion) => self.run_completions.push(RunCompletion {
+                due: minute + self.chaos.draw(3),
+                run_id: job.run_id,
+                attempt: job.attempt,
+                conclusion,
+            }),
+        }
     }
 
     /// The autoscaler: each delivery of a queued job becomes a message (duplicates too).
@@ -1742,16 +2252,16 @@ impl Sim {
                 version: MESSAGE_VERSION,
                 delivery_id: format!("delivery-{id}"),
                 job_id: id,
-                run_id: id / 3,
-                run_attempt: 1,
+                run_id: job.run_id,
+                run_attempt: job.attempt,
                 repository: REPOSITORY.into(),
                 owner: "my-org".into(),
                 name: "app".into(),
                 labels,
                 template: job.template.clone(),
                 workflow_name: "CI".into(),
-                job_name: "build".into(),
-                job_url: format!("https://github.com/{REPOSITORY}/actions/runs/{}/job/{id}", id / 3),
+                job_name: JOB_NAME.into(),
+                job_url: format!("https://github.com/{REPOSITORY}/actions/runs/{}/job/{id}", job.run_id),
                 created_at: now_rfc3339(),
                 received_at: now_rfc3339(),
                 relaunches: 0,
@@ -1785,6 +2295,69 @@ impl Sim {
         self.redeliveries_done = asked.len();
     }
 
+    /// GitHub carries out the re-runs it took: a new attempt of the run, whose job (a new id,
+    /// the same name) is queued, and a `queued` delivery of it for the webhook.
+    fn carry_out_reruns(&mut self) {
+        let taken = self.github.reruns();
+        for (_, job_id) in taken.iter().skip(self.reruns_done) {
+            let Some(original) = self.jobs.get(job_id) else {
+                continue; // not a job of ours: the invariants report the call
+            };
+            let (template, run_id) = (original.template.clone(), original.run_id);
+            let attempt = self
+                .github
+                .run(REPOSITORY, run_id)
+                .map_or(original.attempt + 1, |run| run.run_attempt);
+            let id = {
+                let mut ledger = self.chaos.ledger.lock().unwrap();
+                let id = self.seed * 10_000_000 + 5_000_000 + ledger.reruns.len() as u64 + 1;
+                ledger.reruns.insert(id);
+                id
+            };
+            self.jobs.insert(
+                id,
+                Job {
+                    id,
+                    template,
+                    state: JobState::Queued,
+                    run_id,
+                    attempt,
+                    rerun_of: Some(*job_id),
+                    runner_name: None,
+                    relaunches_exhausted: false,
+                    unroutable: false,
+                    last_hand_back: None,
+                    history: Vec::new(),
+                },
+            );
+            self.note(
+                *job_id,
+                format!("GitHub re-runs it as job {id} (attempt {attempt} of run {run_id})"),
+            );
+            self.note(
+                id,
+                format!("the re-run of job {job_id} (attempt {attempt} of run {run_id})"),
+            );
+            self.set_job(id, JobState::Queued);
+            let minute = self.chaos.now();
+            self.schedule_delivery(minute, id);
+            if self
+                .chaos
+                .fault("duplicate webhook delivery", self.chaos.rates.duplicate_delivery)
+            {
+                let again = minute + self.chaos.draw(60);
+                self.schedule_delivery(again, id);
+            }
+        }
+        self.reruns_done = taken.len();
+    }
+
+    /// A webhook delivery of job `id` at `minute`, in order among the others.
+    fn schedule_delivery(&mut self, minute: u64, id: u64) {
+        let at = self.deliveries.partition_point(|&(due, _)| due <= minute);
+        self.deliveries.insert(at, (minute, id));
+    }
+
     /// GitHub cancels a queued job, or a runner not ours takes it.
     fn github_acts(&mut self, minute: u64) {
         while let Some(&(at, id, cancelled)) = self.github_events.first() {
@@ -1803,6 +2376,41 @@ impl Sim {
                 self.set_job(id, JobState::RanElsewhere);
             }
         }
+        // GitHub notices that the runner of a job is gone with its instance, and fails the job.
+        let (due, later): (Vec<Notice>, Vec<Notice>) = std::mem::take(&mut self.notices)
+            .into_iter()
+            .partition(|n| n.due <= minute);
+        self.notices = later;
+        for notice in due {
+            if self.jobs[&notice.job].state != JobState::Running(notice.instance_id.clone()) {
+                continue;
+            }
+            self.set_job(notice.job, JobState::Interrupted(notice.instance_id));
+            if let Some(runner_id) = notice.runner_id {
+                self.github.set_runner_status(runner_id, "offline", false);
+            }
+        }
+        let (due, later): (Vec<RunCompletion>, Vec<RunCompletion>) = std::mem::take(&mut self.run_completions)
+            .into_iter()
+            .partition(|c| c.due <= minute);
+        self.run_completions = later;
+        for completion in due {
+            let latest = self
+                .github
+                .run(REPOSITORY, completion.run_id)
+                .is_none_or(|run| run.run_attempt == completion.attempt);
+            if latest {
+                self.github.set_run(
+                    REPOSITORY,
+                    RunDetails {
+                        id: completion.run_id,
+                        run_attempt: completion.attempt,
+                        status: "completed".into(),
+                        conclusion: Some(completion.conclusion.into()),
+                    },
+                );
+            }
+        }
     }
 
     fn emit(&mut self, minute: u64, machine: usize, status: &str) {
@@ -1817,22 +2425,123 @@ impl Sim {
             return;
         }
         let due = minute + chaos.draw(2);
-        self.events.push(Event {
-            due,
-            instance_id: instance_id.clone(),
-            command_id: command_id.clone(),
-            status: status.to_string(),
-            retries_left: 2,
+        let body = json!({
+            "detail-type": SSM_DETAIL_TYPE,
+            "source": "aws.ssm",
+            "detail": {
+                "instance-id": instance_id,
+                "command-id": command_id,
+                "status": status,
+            },
         });
-        if chaos.fault("EventBridge event repeated", chaos.rates.event_repeated) {
+        self.send_event(due, minute, body);
+    }
+
+    /// EventBridge takes an event that happened at `at` for stop-runner, delivered at `due`, and
+    /// sometimes again later.
+    fn send_event(&mut self, due: u64, at: u64, body: serde_json::Value) {
+        let chaos = &self.chaos;
+        let again = chaos
+            .fault("EventBridge event repeated", chaos.rates.event_repeated)
+            .then(|| due + chaos.draw(20));
+        if let Some(again) = again {
             self.events.push(Event {
-                due: due + chaos.draw(20),
-                instance_id,
-                command_id,
-                status: status.to_string(),
+                due: again,
+                body: body.clone(),
+                at,
                 retries_left: 2,
             });
         }
+        self.events.push(Event {
+            due,
+            body,
+            at,
+            retries_left: 2,
+        });
+    }
+
+    /// EC2 warns that it takes the instance of machine `index` back in two minutes: EventBridge
+    /// delivers the warning to stop-runner at once, or loses it, or delivers it minutes after the
+    /// instance ended.
+    fn warn(&mut self, minute: u64, index: usize, job: u64) {
+        let instance_id = self.machines[index].instance_id.clone();
+        self.taken_back.insert(instance_id.clone(), job);
+        let rates = self.chaos.rates;
+        if self.chaos.fault("spot interruption warning lost", rates.warning_lost) {
+            self.figures.interruptions.warnings_lost += 1;
+            self.note(
+                job,
+                format!("EC2 warns it takes {instance_id} back; the warning is lost"),
+            );
+            return;
+        }
+        let due = if self.chaos.fault("spot interruption warning late", rates.warning_late) {
+            self.figures.interruptions.warnings_late += 1;
+            minute + 3 + self.chaos.draw(5)
+        } else {
+            minute
+        };
+        self.note(
+            job,
+            format!("EC2 warns it takes {instance_id} back; the warning reaches stop-runner at minute {due}"),
+        );
+        let body = json!({
+            "detail-type": SPOT_WARNING_DETAIL_TYPE,
+            "source": "aws.ec2",
+            "detail": { "instance-id": instance_id, "instance-action": "terminate" },
+        });
+        self.send_event(due, minute, body);
+    }
+
+    /// EC2 takes the spot instance of machine `index` back while its runner runs `job`: the
+    /// runner goes offline (busy on GitHub until GitHub notices), the runner command ends,
+    /// EventBridge tells of the state change (or loses it), and GitHub fails the job a few
+    /// minutes later.
+    fn taken_back_while_running(&mut self, minute: u64, index: usize, job: u64, warned: u64) {
+        let (instance_id, own, runner_id) = {
+            let machine = &self.machines[index];
+            (machine.instance_id.clone(), machine.job, machine.runner_id)
+        };
+        self.fleet.reclaim(&instance_id);
+        self.chaos.ended(&instance_id);
+        self.note(
+            job,
+            format!("EC2 took {instance_id} back while its runner ran the job (warned at minute {warned})"),
+        );
+        if own != job {
+            self.note(
+                own,
+                format!("EC2 took {instance_id} (launched for it) back while its runner ran job {job}"),
+            );
+        }
+        if let Some(runner_id) = runner_id {
+            self.github.set_runner_status(runner_id, "offline", true);
+        }
+        self.machines[index].phase = Phase::Done;
+        // The runner command ends with its box, as for a reclaim during boot.
+        self.emit(minute, index, "Failed");
+        if self
+            .chaos
+            .fault("state change (terminated) lost", self.chaos.rates.state_change_lost)
+        {
+            self.figures.interruptions.state_changes_lost += 1;
+            self.note(job, "the state change of its instance is lost");
+        } else {
+            let body = json!({
+                "detail-type": STATE_CHANGE_DETAIL_TYPE,
+                "source": "aws.ec2",
+                "detail": { "instance-id": instance_id, "state": "terminated" },
+            });
+            let due = minute + self.chaos.draw(2);
+            self.send_event(due, minute, body);
+        }
+        let due = minute + 2 + self.chaos.draw(5);
+        self.notices.push(Notice {
+            due,
+            job,
+            instance_id,
+            runner_id,
+        });
     }
 
     /// The boxes: boot, read the JIT parameter, take a job, run it; or die first.
@@ -1866,6 +2575,20 @@ impl Sim {
                 continue;
             }
             let instance_id = self.machines[index].instance_id.clone();
+            if let Phase::Running {
+                job,
+                warned: Some(warned),
+                ..
+            } = &phase
+                && self.chaos.is_live(&instance_id)
+            {
+                if minute == *warned {
+                    self.warn(minute, index, *job);
+                } else if minute >= warned + 2 {
+                    self.taken_back_while_running(minute, index, *job, *warned);
+                    continue;
+                }
+            }
             if !self.chaos.is_live(&instance_id) {
                 if let Phase::Running { job, .. } = phase {
                     self.chaos.violation(format!(
@@ -1889,7 +2612,7 @@ impl Sim {
             match phase {
                 Phase::Booting { until } if until <= minute => self.boot(minute, index),
                 Phase::Online => self.take_a_job(minute, index),
-                Phase::Running { job, until } if until <= minute => {
+                Phase::Running { job, until, .. } if until <= minute => {
                     self.set_job(job, JobState::Ran);
                     if let Some(runner_id) = self.machines[index].runner_id {
                         // A JIT runner removes itself after its one job.
@@ -1998,12 +2721,26 @@ impl Sim {
                 own.relaunches_exhausted = true;
             }
         }
-        self.set_job(job, JobState::Running(instance_id));
+        self.set_job(job, JobState::Running(instance_id.clone()));
         if let Some(runner_id) = self.machines[index].runner_id {
             self.github.set_runner_status(runner_id, "online", true);
         }
-        let until = minute + 1 + self.chaos.draw(10);
-        self.machines[index].phase = Phase::Running { job, until };
+        let mut until = minute + 1 + self.chaos.draw(10);
+        let spot = self
+            .fleet
+            .instance(&instance_id)
+            .is_some_and(|i| i.spot_request_id.is_some());
+        let warned = (spot
+            && self.chaos.fault(
+                "spot reclaimed while its job ran",
+                self.chaos.rates.spot_reclaimed_running,
+            ))
+        .then(|| minute + 1 + self.chaos.draw(until - minute));
+        if let Some(warned) = warned {
+            // It would have run past the instance's end.
+            until = until.max(warned + 3);
+        }
+        self.machines[index].phase = Phase::Running { job, until, warned };
     }
 
     /// EventBridge → stop-runner, for the events due now. A killed invocation is retried.
@@ -2013,15 +2750,13 @@ impl Sim {
             .partition(|e| e.due <= minute);
         self.events = later;
         for event in due {
-            let body = json!({
-                "detail-type": SSM_DETAIL_TYPE,
-                "source": "aws.ssm",
-                "detail": {
-                    "instance-id": event.instance_id,
-                    "command-id": event.command_id,
-                    "status": event.status,
-                },
-            });
+            let mut body = event.body.clone();
+            body["time"] = rfc3339(self.chaos.wall_time(event.at)).into();
+            let instance_id = body["detail"]["instance-id"].as_str().unwrap_or_default().to_string();
+            let what = format!(
+                "stop-runner, {} of {instance_id}",
+                body["detail-type"].as_str().unwrap_or_default()
+            );
             let invocation = self.invocation();
             self.next_invocation += 1; // the poller's
             let stop = &self.stop;
@@ -2030,6 +2765,12 @@ impl Sim {
             let Besides { value, served } = self.beside_create_runner(invocation, task).await;
             for (body, answer) in served {
                 self.settle(&body, Some(answer));
+            }
+            let answer = value
+                .as_ref()
+                .map_or("killed".to_string(), |handled| format!("{handled:?}"));
+            for job in self.jobs_of(&instance_id) {
+                self.note(job, format!("{what}: {answer}"));
             }
             if value.is_none() && event.retries_left > 0 {
                 self.events.push(Event {
@@ -2203,6 +2944,7 @@ impl Sim {
             self.figures.relaunched += report.relaunched as u64;
             self.figures.unroutable_ended += report.unroutable as u64;
         }
+        self.carry_out_reruns();
     }
 
     async fn move_jobs(&mut self) {
@@ -2247,8 +2989,12 @@ impl Sim {
                 *acc.entry(m.job_id).or_default() += 1;
                 acc
             });
+        problems.extend(self.interruption_problems());
         for job in self.jobs.values() {
             match &job.state {
+                // Re-runs and interrupted jobs are counted by `interruption_problems`.
+                JobState::Ran if job.rerun_of.is_some() => {}
+                JobState::Interrupted(_) => {}
                 JobState::Ran => self.figures.ran += 1,
                 JobState::Cancelled => self.figures.cancelled += 1,
                 JobState::RanElsewhere => self.figures.ran_elsewhere += 1,
@@ -2288,6 +3034,114 @@ impl Sim {
             problems.truncate(3);
             self.fail(format!("{count} problem(s) at the end:\n  {}", problems.join("\n  ")));
         }
+    }
+
+    /// The interruption invariants: every job interrupted while running (and failed by GitHub)
+    /// is re-run exactly once, its re-run launched on-demand only and succeeding; nothing else
+    /// is re-run. Counts the interruption figures on the way.
+    fn interruption_problems(&mut self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut figures = std::mem::take(&mut self.figures.interruptions);
+        let (calls, launched_for) = {
+            let ledger = self.chaos.ledger.lock().unwrap();
+            figures.backoffs_started = ledger.backoffs_started;
+            figures.backoffs_ended = ledger.backoffs_ended;
+            figures.on_demand_for_backoff = ledger.on_demand_for_backoff;
+            (ledger.rerun_calls.clone(), ledger.launched_for.clone())
+        };
+        let mut taken: BTreeMap<u64, u64> = BTreeMap::new();
+        for call in &calls {
+            let state = self.jobs.get(&call.job_id).map(|job| &job.state);
+            if !matches!(state, Some(JobState::Interrupted(_))) {
+                problems.push(format!(
+                    "minute {}: re-run of job {} asked ({:?}), which was not interrupted while running (GitHub: {state:?}). \
+                     History:\n      {}",
+                    call.minute,
+                    call.job_id,
+                    call.answer,
+                    self.history(call.job_id)
+                ));
+            }
+            if taken.get(&call.job_id).is_some_and(|n| *n > 0) {
+                problems.push(format!(
+                    "minute {}: re-run of job {} asked again ({:?}) after GitHub took one. History:\n      {}",
+                    call.minute,
+                    call.job_id,
+                    call.answer,
+                    self.history(call.job_id)
+                ));
+            }
+            match call.answer {
+                RerunAnswer::Taken { .. } => {
+                    *taken.entry(call.job_id).or_default() += 1;
+                    figures.reruns_asked += 1;
+                }
+                RerunAnswer::Refused => figures.reruns_refused += 1,
+                RerunAnswer::Failed => {}
+            }
+        }
+        for job in self.jobs.values() {
+            if let JobState::Interrupted(instance_id) = &job.state {
+                figures.interrupted += 1;
+                let reruns = taken.get(&job.id).copied().unwrap_or(0);
+                let launched_for_other_run = self
+                    .fleet
+                    .instance(instance_id)
+                    .is_some_and(|i| i.run_id() != job.run_id);
+                if reruns == 0 && launched_for_other_run {
+                    figures.interrupted_on_another_runs_runner += 1;
+                } else if reruns != 1 {
+                    // GitHub gives a queued job to any idle runner with its labels.
+                    let launched_for = self
+                        .fleet
+                        .instance(instance_id)
+                        .and_then(|i| i.tag(TAG_JOB_ID).map(str::to_string))
+                        .unwrap_or_default();
+                    let whose = if launched_for == job.id.to_string() {
+                        "launched for it".to_string()
+                    } else {
+                        format!("launched for job {launched_for}, whose runner GitHub gave this job")
+                    };
+                    problems.push(format!(
+                        "job {} was interrupted while running on {instance_id} ({whose}) and GitHub failed it, but \
+                         GitHub re-ran it {reruns} times (once expected). History:\n      {}",
+                        job.id,
+                        self.history(job.id)
+                    ));
+                }
+            }
+            let Some(interrupted) = job.rerun_of else {
+                continue;
+            };
+            let launches = launched_for.get(&job.id).cloned().unwrap_or_default();
+            let on_spot: Vec<&String> = launches
+                .iter()
+                .filter(|(_, capacity)| *capacity == Capacity::Spot)
+                .map(|(instance_id, _)| instance_id)
+                .collect();
+            if !on_spot.is_empty() {
+                problems.push(format!(
+                    "job {} (the re-run of interrupted job {interrupted}) was launched on spot: {on_spot:?} (its launches: \
+                     {launches:?}). History:\n      {}",
+                    job.id,
+                    self.history(job.id)
+                ));
+            } else if !launches.is_empty() {
+                figures.reruns_on_demand += 1;
+            }
+            match &job.state {
+                JobState::Ran => figures.reruns_succeeded += 1,
+                // Interrupted again (on a runner launched for another job): its own re-run is checked above.
+                JobState::Interrupted(_) => {}
+                other => problems.push(format!(
+                    "job {} (the re-run of interrupted job {interrupted}) did not succeed: {other:?}. History:\n      {}",
+                    job.id,
+                    self.history(job.id)
+                )),
+            }
+        }
+        self.figures.interruptions = figures;
+        problems
     }
 }
 
