@@ -1,7 +1,7 @@
 # Spot interruptions: what EC2 took back, which re-runs sophons asked GitHub for, and which templates launch
 # on-demand for a while (crates/core/src/interruptions.rs). One table, four kinds of item (pk / sk):
 #
-# - `interrupted` / <job_id>: a job whose spot instance EC2 took back while it ran. stop-runner records it when it
+# - `interrupted` / <job_id>#<instance id>: a job whose spot instance EC2 took back while it ran (one item per lost instance). stop-runner records it when it
 #   hears of the interruption (the warning or the termination, events.tf; the command's end; the sweep) and the
 #   sweep follows it (Query of the partition) until GitHub concludes the job: a job that failed there is re-run
 #   once, then the item is deleted. Kept 3 days at most.
