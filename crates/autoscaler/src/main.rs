@@ -8,15 +8,15 @@ use std::sync::Arc;
 
 use lambda_http::{Error, Request, service_fn};
 use sophons_core::Config;
+use sophons_core::parameters::{Parameters, Prefetched, SsmParameters};
 use sophons_core::queue::SqsQueue;
-use sophons_core::secrets::{Prefetched, Secrets, SsmSecrets};
 use sophons_core::webhook::Webhook;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     sophons_core::logging::init();
     let sdk = sophons_core::aws::load().await;
-    let ssm = SsmSecrets::new(&sdk);
+    let ssm = SsmParameters::new(&sdk);
 
     if std::env::args().any(|arg| arg == "--check-config") {
         return match Config::load(&ssm).await {

@@ -202,7 +202,7 @@ async fn run() -> Result<(), String> {
     // on its own (no SOPHONS_SECRET_PARAMS), one round trip after the other.
     let one_by_one: Vec<(&str, String)> = cold_env
         .iter()
-        .filter(|(name, _)| *name != sophons_core::secrets::SECRET_PARAMS_ENV)
+        .filter(|(name, _)| *name != sophons_core::parameters::SECRET_PARAMS_ENV)
         .cloned()
         .collect();
     for (name, path) in binaries

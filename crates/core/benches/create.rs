@@ -11,7 +11,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use serde_json::json;
 use sophons_core::Config;
 use sophons_core::create::{CreateRunner, Outcome};
-use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeQueue, FakeSecrets};
+use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeParameters, FakeQueue};
 use sophons_core::job::{JobMessage, MESSAGE_VERSION};
 use sophons_core::ports::Ports;
 use tokio::time::Instant;
@@ -63,7 +63,7 @@ fn world() -> CreateRunner {
     let ports = Ports {
         fleet: Arc::new(FakeFleet::default()),
         github: Arc::new(FakeGithub::new()),
-        secrets: Arc::new(FakeSecrets::default()),
+        parameters: Arc::new(FakeParameters::default()),
         slots: Arc::new(sophons_core::slots::FakeSlots::default()),
         commands: Arc::new(FakeCommands::default()),
         queue: Arc::new(FakeQueue::default()),

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::secrets::Secrets;
+use crate::parameters::Parameters;
 
 pub const CONFIG_ENV: &str = "SOPHONS_CONFIG";
 pub const CONFIG_PARAM_ENV: &str = "SOPHONS_CONFIG_PARAM";
@@ -293,12 +293,12 @@ fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
 
 impl Config {
     /// Reads the document named by the environment: inline JSON wins over a parameter name.
-    pub async fn load(secrets: &dyn Secrets) -> Result<Self, ConfigError> {
+    pub async fn load(parameters: &dyn Parameters) -> Result<Self, ConfigError> {
         if let Ok(json) = std::env::var(CONFIG_ENV) {
             return Self::parse(&json);
         }
         let name = std::env::var(CONFIG_PARAM_ENV).map_err(|_| ConfigError::Missing)?;
-        let json = secrets.get(&name).await.map_err(|error| ConfigError::Unreadable {
+        let json = parameters.get(&name).await.map_err(|error| ConfigError::Unreadable {
             name: name.clone(),
             reason: error.to_string(),
         })?;

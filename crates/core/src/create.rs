@@ -1048,7 +1048,7 @@ impl CreateRunner {
             .iter()
             .map(|prefix| (names::JIT_OWNER_TAG.to_string(), format!("{prefix}{instance_id}")))
             .collect();
-        if let Err(error) = self.ports.secrets.put_secure(&parameter, &jit.encoded, &owner).await {
+        if let Err(error) = self.ports.parameters.put_secure(&parameter, &jit.encoded, &owner).await {
             let delay = if error.is_retryable() {
                 TRANSIENT_DELAY_SECONDS
             } else {

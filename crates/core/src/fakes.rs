@@ -6,8 +6,8 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
+use crate::parameters::{Listed, Parameters, ParametersError};
 use crate::queue::{Queue, QueueError, Received};
-use crate::secrets::{Listed, Secrets, SecretsError};
 
 /// A message the fake queue took.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,13 +134,13 @@ impl Queue for FakeQueue {
 }
 
 /// Parameter Store's limits, which it enforces (moto does not): an Advanced value holds 8 KB (a
-/// Standard one 4 KB: `secrets::STANDARD_TIER_VALUE_MAX`); a name at most 1,011 characters.
+/// Standard one 4 KB: `parameters::STANDARD_TIER_VALUE_MAX`); a name at most 1,011 characters.
 pub const ADVANCED_VALUE_LIMIT: usize = 8192;
 pub const PARAMETER_NAME_LIMIT: usize = 1011;
 
-fn check_parameter(name: &str, value: &str, value_limit: usize) -> Result<(), SecretsError> {
+fn check_parameter(name: &str, value: &str, value_limit: usize) -> Result<(), ParametersError> {
     if value.len() > value_limit {
-        return Err(SecretsError::Invalid {
+        return Err(ParametersError::Invalid {
             name: name.into(),
             reason: format!(
                 "ValidationException: the value is {} characters, the tier holds {value_limit}",
@@ -149,7 +149,7 @@ fn check_parameter(name: &str, value: &str, value_limit: usize) -> Result<(), Se
         });
     }
     if name.len() > PARAMETER_NAME_LIMIT {
-        return Err(SecretsError::Invalid {
+        return Err(ParametersError::Invalid {
             name: name.into(),
             reason: format!("ValidationException: the name is longer than {PARAMETER_NAME_LIMIT} characters"),
         });
@@ -160,13 +160,13 @@ fn check_parameter(name: &str, value: &str, value_limit: usize) -> Result<(), Se
 /// Parameter Store in memory, with its size limits: `put_secure` writes Standard or Advanced (up
 /// to 8 KB).
 #[derive(Default)]
-pub struct FakeSecrets {
+pub struct FakeParameters {
     values: Mutex<BTreeMap<String, String>>,
     modified: Mutex<BTreeMap<String, std::time::SystemTime>>,
     tags: Mutex<BTreeMap<String, BTreeMap<String, String>>>,
 }
 
-impl FakeSecrets {
+impl FakeParameters {
     pub fn with(values: &[(&str, &str)]) -> Self {
         Self {
             values: Mutex::new(values.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
@@ -191,17 +191,17 @@ impl FakeSecrets {
 }
 
 #[async_trait]
-impl Secrets for FakeSecrets {
-    async fn get(&self, name: &str) -> Result<String, SecretsError> {
+impl Parameters for FakeParameters {
+    async fn get(&self, name: &str) -> Result<String, ParametersError> {
         self.values
             .lock()
             .unwrap()
             .get(name)
             .cloned()
-            .ok_or_else(|| SecretsError::NotFound(name.into()))
+            .ok_or_else(|| ParametersError::NotFound(name.into()))
     }
 
-    async fn put_secure(&self, name: &str, value: &str, tags: &[(String, String)]) -> Result<(), SecretsError> {
+    async fn put_secure(&self, name: &str, value: &str, tags: &[(String, String)]) -> Result<(), ParametersError> {
         check_parameter(name, value, ADVANCED_VALUE_LIMIT)?;
         self.values.lock().unwrap().insert(name.into(), value.into());
         self.modified
@@ -214,14 +214,14 @@ impl Secrets for FakeSecrets {
         Ok(())
     }
 
-    async fn delete(&self, name: &str) -> Result<(), SecretsError> {
+    async fn delete(&self, name: &str) -> Result<(), ParametersError> {
         self.values.lock().unwrap().remove(name);
         self.modified.lock().unwrap().remove(name);
         self.tags.lock().unwrap().remove(name);
         Ok(())
     }
 
-    async fn list(&self, path: &str) -> Result<Vec<Listed>, SecretsError> {
+    async fn list(&self, path: &str) -> Result<Vec<Listed>, ParametersError> {
         let prefix = format!("{}/", path.trim_end_matches('/'));
         let modified = self.modified.lock().unwrap();
         let tags = self.tags.lock().unwrap();

@@ -17,7 +17,7 @@ use octocrab::service::middleware::retry::RetryConfig;
 use serde::Deserialize;
 
 use crate::config::{GithubConfig, Scope};
-use crate::secrets::Secrets;
+use crate::parameters::Parameters;
 
 /// Where a runner registers: the organisation, or the job's repository.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -325,7 +325,7 @@ impl Credential {
 #[derive(Debug, thiserror::Error)]
 pub enum GithubSetupError {
     #[error("cannot read the GitHub credential: {0}")]
-    Secret(#[from] crate::secrets::SecretsError),
+    Secret(#[from] crate::parameters::ParametersError),
     #[error("github.api_url `{0}` is not a usable URL")]
     ApiUrl(String),
     #[error("the GitHub App private key in `{0}` is not an RSA key in PEM form: {1}")]
@@ -336,7 +336,7 @@ pub enum GithubSetupError {
 
 impl OctocrabGithub {
     /// Reads the credential the config names (once per cold start) and builds the client.
-    pub async fn connect(github: &GithubConfig, secrets: &dyn Secrets) -> Result<Self, GithubSetupError> {
+    pub async fn connect(github: &GithubConfig, parameters: &dyn Parameters) -> Result<Self, GithubSetupError> {
         let builder = Octocrab::builder()
             // The adapter retries itself (see the module's comment).
             .add_retry_config(RetryConfig::None)
@@ -346,7 +346,7 @@ impl OctocrabGithub {
             .set_read_timeout(Some(Duration::from_secs(10)));
         let (client, credential) = match (&github.token_param, &github.app) {
             (_, Some(app)) => {
-                let pem = secrets.get(&app.private_key_param).await?;
+                let pem = parameters.get(&app.private_key_param).await?;
                 let key = octocrab::EncodingKey::from_rsa_pem(pem.as_bytes())
                     .map_err(|e| GithubSetupError::AppKey(app.private_key_param.clone(), e.to_string()))?;
                 let client = builder
@@ -357,7 +357,7 @@ impl OctocrabGithub {
                 (client, Credential::App)
             }
             (Some(token_param), None) => {
-                let token = secrets.get(token_param).await?;
+                let token = parameters.get(token_param).await?;
                 let client = builder
                     .personal_token(token)
                     .build()

@@ -8,8 +8,8 @@ use crate::config::Config;
 use crate::fleet::{Ec2Fleet, Fleet};
 use crate::github::{Github, OctocrabGithub};
 use crate::interruptions::{DynamoInterruptions, Interruptions};
+use crate::parameters::{Parameters, Prefetched, SsmParameters};
 use crate::queue::{Queue, SqsQueue};
-use crate::secrets::{Prefetched, Secrets, SsmSecrets};
 use crate::slots::{DynamoSlots, Slots};
 use crate::waiting::{DynamoWaiting, Waiting};
 
@@ -17,7 +17,7 @@ use crate::waiting::{DynamoWaiting, Waiting};
 pub struct Ports {
     pub fleet: Arc<dyn Fleet>,
     pub github: Arc<dyn Github>,
-    pub secrets: Arc<dyn Secrets>,
+    pub parameters: Arc<dyn Parameters>,
     pub slots: Arc<dyn Slots>,
     pub commands: Arc<dyn Commands>,
     pub queue: Arc<dyn Queue>,
@@ -68,7 +68,7 @@ impl Ports {
             tracing::warn!(job_id, instance_id, %error, "cannot cancel the spot request");
         }
         let parameter = crate::names::jit_parameter(deployment, instance_id);
-        if let Err(error) = self.secrets.delete(&parameter).await {
+        if let Err(error) = self.parameters.delete(&parameter).await {
             tracing::error!(job_id, instance_id, %error, "cannot delete the JIT parameter; the sweep will retry");
         }
         if let Some(runner_id) = runner_id {
@@ -98,7 +98,7 @@ impl Ports {
     /// A failure is logged (naming the parameter or key to fix) and fails the cold start.
     pub async fn connect() -> Result<(Arc<Config>, Self), Box<dyn std::error::Error + Send + Sync>> {
         let sdk = crate::aws::load().await;
-        let ssm = SsmSecrets::new(&sdk);
+        let ssm = SsmParameters::new(&sdk);
         let cold_start = Prefetched::cold_start(&ssm).await;
         let config = Arc::new(
             Config::load(&cold_start)
@@ -112,7 +112,7 @@ impl Ports {
         let ports = Self {
             fleet: Arc::new(Ec2Fleet::new(&sdk)),
             github: Arc::new(github),
-            secrets: Arc::new(ssm),
+            parameters: Arc::new(ssm),
             slots: Arc::new(DynamoSlots::new(&sdk, &config.slots_table)),
             commands: Arc::new(SsmCommands::new(&sdk)),
             queue: Arc::new(SqsQueue::new(&sdk)),

@@ -817,7 +817,7 @@ impl StopRunner {
     ) -> BTreeSet<String> {
         let mut launching = BTreeSet::new();
         let prefix = names::jit_prefix(&self.config.deployment);
-        let parameters = match self.ports.secrets.list(&prefix).await {
+        let parameters = match self.ports.parameters.list(&prefix).await {
             Ok(parameters) => parameters,
             Err(error) => {
                 tracing::warn!(%error, "sweep: cannot list JIT parameters");
@@ -839,7 +839,7 @@ impl StopRunner {
                 launching.insert(instance_id);
                 continue;
             }
-            match self.ports.secrets.delete(&parameter.name).await {
+            match self.ports.parameters.delete(&parameter.name).await {
                 Ok(()) => report.parameters_deleted += 1,
                 Err(error) => {
                     tracing::warn!(parameter = parameter.name, %error, "sweep: cannot delete a leftover parameter");

@@ -13,12 +13,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sophons_core::config::Config;
 use sophons_core::create::{Backoff, CreateRunner, Outcome};
-use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeQueue, FakeSecrets};
+use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeParameters, FakeQueue};
 use sophons_core::fleet::{Fleet, FleetError, Instance, InstanceQuery, LaunchRequest, Launched};
 use sophons_core::github::{Github, GithubError, JitConfig, JobStatus, Runner, RunnerScope};
 use sophons_core::job::{JobMessage, MESSAGE_VERSION, now_rfc3339};
+use sophons_core::parameters::{Listed, Parameters, ParametersError};
 use sophons_core::ports::Ports;
-use sophons_core::secrets::{Listed, Secrets, SecretsError};
 use sophons_core::slots::{ClaimAnswer, ClaimedSlot, FakeSlots, SlotClaim, Slots, SlotsError};
 use tokio::time::Instant;
 
@@ -43,23 +43,23 @@ struct Counted<T> {
 }
 
 #[async_trait]
-impl Secrets for Counted<FakeSecrets> {
-    async fn get(&self, name: &str) -> Result<String, SecretsError> {
+impl Parameters for Counted<FakeParameters> {
+    async fn get(&self, name: &str) -> Result<String, ParametersError> {
         self.calls.count("ssm:GetParameter");
         self.inner.get(name).await
     }
-    async fn put_secure(&self, name: &str, value: &str, tags: &[(String, String)]) -> Result<(), SecretsError> {
+    async fn put_secure(&self, name: &str, value: &str, tags: &[(String, String)]) -> Result<(), ParametersError> {
         self.calls.count("ssm:PutParameter");
         if !tags.is_empty() {
             self.calls.count("ssm:AddTagsToResource");
         }
         self.inner.put_secure(name, value, tags).await
     }
-    async fn delete(&self, name: &str) -> Result<(), SecretsError> {
+    async fn delete(&self, name: &str) -> Result<(), ParametersError> {
         self.calls.count("ssm:DeleteParameter");
         self.inner.delete(name).await
     }
-    async fn list(&self, path: &str) -> Result<Vec<Listed>, SecretsError> {
+    async fn list(&self, path: &str) -> Result<Vec<Listed>, ParametersError> {
         // GetParametersByPath answers 10 a page.
         let listed = self.inner.list(path).await?;
         for _ in 0..listed.len().div_ceil(10).max(1) {
@@ -204,8 +204,8 @@ async fn a_matrix_burst_is_bounded_by_githubs_registration_rate_not_by_our_own_w
             inner: Arc::new(FakeGithub::new()),
             calls: calls.clone(),
         }),
-        secrets: Arc::new(Counted {
-            inner: Arc::new(FakeSecrets::default()),
+        parameters: Arc::new(Counted {
+            inner: Arc::new(FakeParameters::default()),
             calls: calls.clone(),
         }),
         slots: Arc::new(Counted {

@@ -12,20 +12,20 @@ use serde_json::json;
 use sophons_core::commands::CommandError;
 use sophons_core::config::Config;
 use sophons_core::create::{Backoff, CreateRunner, HandBack, Outcome};
-use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeQueue, FakeSecrets, Lag};
+use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeParameters, FakeQueue, Lag};
 use sophons_core::fleet::{Capacity, Fleet, FleetError, Instance, InstanceState};
 use sophons_core::github::{GithubError, RunnerScope};
 use sophons_core::job::{JobMessage, MESSAGE_VERSION};
+use sophons_core::parameters::Parameters;
 use sophons_core::ports::Ports;
 use sophons_core::queue::Queue;
-use sophons_core::secrets::Secrets;
 use sophons_core::slots::{FakeSlots, SlotClaim, Slots};
 use tokio::time::Instant;
 
 struct World {
     fleet: Arc<FakeFleet>,
     github: Arc<FakeGithub>,
-    secrets: Arc<FakeSecrets>,
+    parameters: Arc<FakeParameters>,
     slots: Arc<FakeSlots>,
     commands: Arc<FakeCommands>,
     queue: Arc<FakeQueue>,
@@ -34,7 +34,7 @@ struct World {
 
 impl World {
     fn stored(&self) -> Vec<String> {
-        common::stored(&self.secrets, &self.slots)
+        common::stored(&self.parameters, &self.slots)
     }
 }
 
@@ -52,7 +52,7 @@ fn world_with(edit: impl FnOnce(&mut serde_json::Value)) -> World {
         create: Arc::new(CreateRunner::new(config, fakes.ports()).with_backoff(backoff)),
         fleet: fakes.fleet,
         github: fakes.github,
-        secrets: fakes.secrets,
+        parameters: fakes.parameters,
         slots: fakes.slots,
         commands: fakes.commands,
         queue: fakes.queue,
@@ -130,7 +130,7 @@ async fn a_queued_job_gets_one_tagged_spot_instance_a_registered_runner_and_a_st
     assert_eq!(runners[0].group_id, 1);
 
     let parameter = format!("/sophons/jit/{instance_id}");
-    let stored = world.secrets.get(&parameter).await.unwrap();
+    let stored = world.parameters.get(&parameter).await.unwrap();
     assert!(
         stored.starts_with(&format!("jit-secret-{}-", runners[0].runner.id)),
         "the runner's own JIT config"
@@ -630,7 +630,7 @@ async fn an_abandoned_instance_that_cannot_be_terminated_is_not_replaced_by_a_se
     let ports = Ports {
         fleet: Arc::new(NoTerminate(fleet.clone())),
         github: Arc::new(FakeGithub::new()),
-        secrets: Arc::new(FakeSecrets::default()),
+        parameters: Arc::new(FakeParameters::default()),
         slots: Arc::new(FakeSlots::default()),
         commands: Arc::new(FakeCommands::default()),
         queue: Arc::new(FakeQueue::default()),
@@ -723,7 +723,7 @@ fn yielding_world() -> World {
     let ports = Ports {
         fleet: Arc::new(YieldingFleet(world.fleet.clone())),
         github: world.github.clone(),
-        secrets: world.secrets.clone(),
+        parameters: world.parameters.clone(),
         slots: world.slots.clone(),
         commands: world.commands.clone(),
         queue: world.queue.clone(),
@@ -777,7 +777,7 @@ async fn concurrent_invocations_never_launch_past_max_runners() {
         Ports {
             fleet: Arc::new(YieldingFleet(world.fleet.clone())),
             github: world.github.clone(),
-            secrets: world.secrets.clone(),
+            parameters: world.parameters.clone(),
             slots: world.slots.clone(),
             commands: world.commands.clone(),
             queue: world.queue.clone(),
@@ -1001,7 +1001,7 @@ async fn jit_configs_as_large_as_githubs_are_stored_for_the_runner() {
     let world = world();
     let instance_id = served_instance(&serve(&world, &message(48, "template_cpu")).await);
     let value = world
-        .secrets
+        .parameters
         .get(&sophons_core::names::jit_parameter("sophons", &instance_id))
         .await
         .unwrap();
@@ -1036,7 +1036,7 @@ async fn the_jit_parameter_is_tagged_with_the_arn_of_its_instance() {
     let world = world();
     let instance_id = served_instance(&serve(&world, &message(50, "template_cpu")).await);
     let tags = world
-        .secrets
+        .parameters
         .tags_of(&sophons_core::names::jit_parameter("sophons", &instance_id));
     assert_eq!(
         tags.get(sophons_core::names::JIT_OWNER_TAG).map(String::as_str),
@@ -1117,7 +1117,7 @@ fn always_asking_for_the_release(world: World) -> World {
     let ports = Ports {
         fleet: world.fleet.clone(),
         github: world.github.clone(),
-        secrets: world.secrets.clone(),
+        parameters: world.parameters.clone(),
         slots: world.slots.clone(),
         commands: world.commands.clone(),
         queue: world.queue.clone(),

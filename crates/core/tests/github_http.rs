@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sophons_core::config::{AppConfig, GithubConfig, Scope};
-use sophons_core::fakes::FakeSecrets;
+use sophons_core::fakes::FakeParameters;
 use sophons_core::github::{Github, GithubError, JobStatus, OctocrabGithub, RunnerScope};
 use testkit::github::GithubServer;
 
@@ -28,8 +28,8 @@ fn github_config(url: &str, scope: Scope) -> GithubConfig {
 
 async fn pat_client(fake: &GithubServer) -> OctocrabGithub {
     fake.set_token(TOKEN);
-    let secrets = FakeSecrets::with(&[("/sophons/github/token", TOKEN)]);
-    OctocrabGithub::connect(&github_config(&fake.url(), Scope::Org), &secrets)
+    let parameters = FakeParameters::with(&[("/sophons/github/token", TOKEN)]);
+    OctocrabGithub::connect(&github_config(&fake.url(), Scope::Org), &parameters)
         .await
         .unwrap()
 }
@@ -165,8 +165,8 @@ async fn server_errors_and_rate_limits_are_told_apart_from_refusals() {
 async fn a_wrong_token_is_unauthorized() {
     let fake = GithubServer::start().await;
     fake.set_token("the-right-one");
-    let secrets = FakeSecrets::with(&[("/sophons/github/token", "a-wrong-one")]);
-    let github = OctocrabGithub::connect(&github_config(&fake.url(), Scope::Org), &secrets)
+    let parameters = FakeParameters::with(&[("/sophons/github/token", "a-wrong-one")]);
+    let github = OctocrabGithub::connect(&github_config(&fake.url(), Scope::Org), &parameters)
         .await
         .unwrap();
     assert!(matches!(
@@ -182,7 +182,7 @@ async fn a_github_app_exchanges_its_jwt_for_an_installation_token() {
     fake.set_job_status("my-org/app", 1, "queued");
     let pem = std::fs::read_to_string(testkit::workspace_root().join("crates/testkit/fixtures/keys/test-app-key.pem"))
         .unwrap();
-    let secrets = FakeSecrets::with(&[("/sophons/github/app-key", pem.as_str())]);
+    let parameters = FakeParameters::with(&[("/sophons/github/app-key", pem.as_str())]);
     let mut config = github_config(&fake.url(), Scope::Org);
     config.token_param = None;
     config.app = Some(AppConfig {
@@ -190,7 +190,7 @@ async fn a_github_app_exchanges_its_jwt_for_an_installation_token() {
         installation_id: 5678,
         private_key_param: "/sophons/github/app-key".into(),
     });
-    let github = OctocrabGithub::connect(&config, &secrets).await.unwrap();
+    let github = OctocrabGithub::connect(&config, &parameters).await.unwrap();
     assert_eq!(github.job_status("my-org/app", 1).await.unwrap(), JobStatus::Queued);
     github
         .register_runner(&RunnerScope::Org("my-org".into()), "sophons-i-app", &labels(), 1)
@@ -208,7 +208,7 @@ async fn a_github_app_exchanges_its_jwt_for_an_installation_token() {
 
 #[tokio::test]
 async fn an_app_key_that_is_not_pem_fails_the_cold_start_clearly() {
-    let secrets = FakeSecrets::with(&[("/k", "not a key")]);
+    let parameters = FakeParameters::with(&[("/k", "not a key")]);
     let mut config = github_config("https://api.github.com", Scope::Org);
     config.token_param = None;
     config.app = Some(AppConfig {
@@ -216,7 +216,10 @@ async fn an_app_key_that_is_not_pem_fails_the_cold_start_clearly() {
         installation_id: 2,
         private_key_param: "/k".into(),
     });
-    let error = OctocrabGithub::connect(&config, &secrets).await.err().expect("refused");
+    let error = OctocrabGithub::connect(&config, &parameters)
+        .await
+        .err()
+        .expect("refused");
     assert!(error.to_string().contains("`/k`"), "{error}");
 }
 

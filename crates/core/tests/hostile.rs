@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use sophons_core::commands::runner_commands;
 use sophons_core::config::Config;
 use sophons_core::create::{Backoff, CreateRunner, Outcome};
-use sophons_core::fakes::{self, FakeCommands, FakeFleet, FakeGithub, FakeQueue, FakeSecrets};
+use sophons_core::fakes::{self, FakeCommands, FakeFleet, FakeGithub, FakeParameters, FakeQueue};
 use sophons_core::job::JobMessage;
 use sophons_core::names;
 use sophons_core::ports::Ports;
@@ -55,7 +55,7 @@ struct World {
     queue: Arc<FakeQueue>,
     fleet: Arc<FakeFleet>,
     github: Arc<FakeGithub>,
-    secrets: Arc<FakeSecrets>,
+    parameters: Arc<FakeParameters>,
     commands: Arc<FakeCommands>,
     create: CreateRunner,
     config: Arc<Config>,
@@ -68,12 +68,12 @@ fn world_with(edit: impl FnOnce(&mut Value)) -> World {
     let queue = Arc::new(FakeQueue::default());
     let fleet = Arc::new(FakeFleet::default());
     let github = Arc::new(FakeGithub::new());
-    let secrets = Arc::new(FakeSecrets::default());
+    let parameters = Arc::new(FakeParameters::default());
     let commands = Arc::new(FakeCommands::default());
     let ports = Ports {
         fleet: fleet.clone(),
         github: github.clone(),
-        secrets: secrets.clone(),
+        parameters: parameters.clone(),
         slots: Arc::new(sophons_core::slots::FakeSlots::default()),
         commands: commands.clone(),
         queue: queue.clone(),
@@ -89,7 +89,7 @@ fn world_with(edit: impl FnOnce(&mut Value)) -> World {
         queue,
         fleet,
         github,
-        secrets,
+        parameters,
         commands,
         create: CreateRunner::new(config.clone(), ports).with_backoff(backoff),
         config,
@@ -215,7 +215,7 @@ async fn serve_safely(world: &World, message: &JobMessage, hostile: &[&str]) -> 
     }
 
     // SSM: names of a-zA-Z0-9_.-/, at most 1011 characters and 15 levels.
-    for name in world.secrets.names() {
+    for name in world.parameters.names() {
         assert!(
             name.len() <= 1011 && name.matches('/').count() <= 15,
             "parameter `{name}`"

@@ -9,8 +9,8 @@ use serde_json::json;
 use sophons_core::Config;
 use sophons_core::config::ConfigError;
 use sophons_core::job::JobMessage;
+use sophons_core::parameters::{Parameters, ParametersError, Prefetched, SsmParameters};
 use sophons_core::queue::{DELIVERY_ID_ATTRIBUTE, SqsQueue};
-use sophons_core::secrets::{Prefetched, Secrets, SecretsError, SsmSecrets};
 use sophons_core::slots::{ClaimAnswer, ClaimedSlot, DynamoSlots, SlotClaim, Slots, SlotsError};
 use sophons_core::waiting::{DynamoWaiting, Waiting, WaitingError};
 use sophons_core::webhook::Webhook;
@@ -44,7 +44,7 @@ async fn receive_all(sdk: &aws_config::SdkConfig, queue_url: &str) -> Vec<aws_sd
 #[tokio::test]
 async fn secure_parameters_are_written_read_back_and_deleted() {
     let sdk = moto::sdk_config().await;
-    let ssm = SsmSecrets::new(&sdk);
+    let ssm = SsmParameters::new(&sdk);
     let name = format!("/{}/jit/i-0123", moto::unique("t"));
     ssm.put_secure(&name, "encoded-jit-config", &[]).await.unwrap();
     assert_eq!(ssm.get(&name).await.unwrap(), "encoded-jit-config");
@@ -60,7 +60,7 @@ async fn secure_parameters_are_written_read_back_and_deleted() {
         .r#type;
     assert_eq!(kind, Some(aws_sdk_ssm::types::ParameterType::SecureString));
     ssm.delete(&name).await.unwrap();
-    assert_eq!(ssm.get(&name).await, Err(SecretsError::NotFound(name.clone())));
+    assert_eq!(ssm.get(&name).await, Err(ParametersError::NotFound(name.clone())));
     // Deleting what is gone is not an error: stop-runner and the sweep may both try.
     ssm.delete(&name).await.unwrap();
 }
@@ -207,7 +207,7 @@ async fn jobs_wait_in_dynamodb_oldest_first_and_one_parked_again_is_never_remove
 #[tokio::test]
 async fn the_config_document_is_read_from_its_ssm_parameter() {
     let sdk = moto::sdk_config().await;
-    let ssm = SsmSecrets::new(&sdk);
+    let ssm = SsmParameters::new(&sdk);
     let name = format!("/{}/config", moto::unique("t"));
     let document = config_json("https://sqs.us-east-1.amazonaws.com/123456789012/jobs").to_string();
     ssm.client()
@@ -298,7 +298,7 @@ async fn a_jit_config_larger_than_a_standard_parameter_is_stored() {
     // GitHub's JIT configs are over 4 KB now; SSM's Standard tier holds 4,096 characters, and
     // the guard in front of moto refuses more, as AWS does.
     let sdk = moto::sdk_config().await;
-    let ssm = SsmSecrets::new(&sdk);
+    let ssm = SsmParameters::new(&sdk);
     let name = format!("/{}/jit/i-0123", moto::unique("t"));
     let jit_config = "j".repeat(5_000);
     ssm.put_secure(&name, &jit_config, &[]).await.unwrap();
@@ -309,7 +309,7 @@ async fn a_jit_config_larger_than_a_standard_parameter_is_stored() {
 #[tokio::test]
 async fn a_jit_parameter_carries_the_arn_of_the_instance_it_is_for_even_when_rewritten() {
     let sdk = moto::sdk_config().await;
-    let ssm = SsmSecrets::new(&sdk);
+    let ssm = SsmParameters::new(&sdk);
     let name = format!("/{}/jit/i-0456", moto::unique("t"));
     let arn = "arn:aws:ec2:us-east-1:123456789012:instance/i-0456";
     let owner = [(sophons_core::names::JIT_OWNER_TAG.to_string(), arn.to_string())];
@@ -333,7 +333,7 @@ async fn a_jit_parameter_carries_the_arn_of_the_instance_it_is_for_even_when_rew
 #[tokio::test]
 async fn a_cold_start_reads_its_parameters_together_and_any_other_on_its_own() {
     let sdk = moto::sdk_config().await;
-    let ssm = SsmSecrets::new(&sdk);
+    let ssm = SsmParameters::new(&sdk);
     let prefix = format!("/{}", moto::unique("t"));
     ssm.put_secure(&format!("{prefix}/config"), "{\"document\": 1}", &[])
         .await
@@ -366,7 +366,7 @@ async fn a_cold_start_reads_its_parameters_together_and_any_other_on_its_own() {
     assert_eq!(cold_start.get(&format!("{prefix}/other")).await.unwrap(), "read later");
     assert_eq!(
         cold_start.get(&format!("{prefix}/missing")).await,
-        Err(SecretsError::NotFound(format!("{prefix}/missing"))),
+        Err(ParametersError::NotFound(format!("{prefix}/missing"))),
         "a parameter that does not exist is reported as a read of its own would"
     );
 }

@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
 use sophons_core::config::Config;
 use sophons_core::create::CreateRunner;
-use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeSecrets};
+use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeParameters};
 use sophons_core::fleet::{TAG_COMMAND_ID, TAG_JOB_ID};
 use sophons_core::job::{JobMessage, MESSAGE_VERSION, rfc3339};
 use sophons_core::ports::Ports;
@@ -223,7 +223,7 @@ async fn run(with_waiting_list: bool, seed: u64) -> Measured {
     let ports = Ports {
         fleet: fleet.clone(),
         github: github.clone(),
-        secrets: Arc::new(FakeSecrets::default()),
+        parameters: Arc::new(FakeParameters::default()),
         slots: Arc::new(FakeSlots::default()),
         commands: Arc::new(FakeCommands::default()),
         queue: queue.clone(),

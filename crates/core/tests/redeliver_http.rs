@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 use sophons_core::Config;
-use sophons_core::fakes::{FakeQueue, FakeSecrets};
+use sophons_core::fakes::{FakeParameters, FakeQueue};
 use sophons_core::github::OctocrabGithub;
 use sophons_core::job::JobMessage;
 use sophons_core::redeliver::{Redeliver, RedeliveryReport, Stopped};
@@ -33,8 +33,8 @@ fn config(fake: &GithubServer, edit: impl FnOnce(&mut Value)) -> Config {
 
 async fn redeliverer(fake: &GithubServer, config: &Config) -> Redeliver {
     fake.set_token(TOKEN);
-    let secrets = FakeSecrets::with(&[("/sophons/github/token", TOKEN)]);
-    let github = OctocrabGithub::connect(&config.github, &secrets).await.unwrap();
+    let parameters = FakeParameters::with(&[("/sophons/github/token", TOKEN)]);
+    let github = OctocrabGithub::connect(&config.github, &parameters).await.unwrap();
     Redeliver::new(config, Arc::new(github)).expect("a hook is configured")
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use sophons_core::Config;
-use sophons_core::fakes::FakeSecrets;
+use sophons_core::fakes::FakeParameters;
 use sophons_core::github::{Github, GithubError, JobDetails, OctocrabGithub, RunDetails};
 use testkit::github::GithubServer;
 
@@ -24,8 +24,8 @@ async fn adapter_and_run(fake: &GithubServer) -> OctocrabGithub {
     let mut value = common::config_json("https://sqs.us-east-1.amazonaws.com/123456789012/sophons-jobs");
     value["github"]["api_url"] = json!(fake.url());
     let config = Config::parse(&value.to_string()).unwrap();
-    let secrets = FakeSecrets::with(&[("/sophons/github/token", TOKEN)]);
-    OctocrabGithub::connect(&config.github, &secrets).await.unwrap()
+    let parameters = FakeParameters::with(&[("/sophons/github/token", TOKEN)]);
+    OctocrabGithub::connect(&config.github, &parameters).await.unwrap()
 }
 
 fn seconds(n: u64) -> Duration {
@@ -241,7 +241,7 @@ async fn the_sweep_reruns_an_interrupted_job_through_the_adapter_and_its_new_att
     let ports = Ports {
         fleet: Arc::new(FakeFleet::default()),
         github: Arc::new(github),
-        secrets: Arc::new(FakeSecrets::default()),
+        parameters: Arc::new(FakeParameters::default()),
         slots: Arc::new(sophons_core::slots::FakeSlots::default()),
         commands: Arc::new(FakeCommands::default()),
         queue: Arc::new(FakeQueue::default()),

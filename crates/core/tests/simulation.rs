@@ -29,7 +29,7 @@ use serde_json::json;
 use sophons_core::commands::{CommandError, CommandRequest, CommandStatus, Commands};
 use sophons_core::config::Config;
 use sophons_core::create::{Backoff, CreateRunner, Outcome};
-use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeSecrets, Lag};
+use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeParameters, Lag};
 use sophons_core::fleet::{
     Capacity, Fleet, FleetError, Instance, InstanceQuery, LaunchRequest, Launched, TAG_JOB_ID, TAG_RELAUNCHES,
     TAG_RUNNER_FAILURES, TAG_TEMPLATE, pool_errors_outcome,
@@ -41,10 +41,10 @@ use sophons_core::github::{
 use sophons_core::interruptions::{FakeInterruptions, Interrupted, Interruptions, InterruptionsError, Rerun};
 use sophons_core::job::{JobMessage, MESSAGE_VERSION, now_rfc3339, rfc3339};
 use sophons_core::names;
+use sophons_core::parameters::{Parameters, ParametersError};
 use sophons_core::queue::{Queue, QueueError, Received};
 use sophons_core::redeliver::Redeliver;
 use sophons_core::redrive::MoveJobs;
-use sophons_core::secrets::{Secrets, SecretsError};
 use sophons_core::slots::{ClaimAnswer, ClaimedSlot, FakeSlots, SlotClaim, Slots, SlotsError};
 use sophons_core::stop::{self, SPOT_WARNING_DETAIL_TYPE, SSM_DETAIL_TYPE, STATE_CHANGE_DETAIL_TYPE, StopRunner};
 use sophons_core::waiting::{FakeWaiting, Parked, Waiting, WaitingError};
@@ -577,21 +577,21 @@ impl Commands for ChaosCommands {
     }
 }
 
-struct ChaosSecrets {
-    inner: Arc<FakeSecrets>,
+struct ChaosParameters {
+    inner: Arc<FakeParameters>,
     chaos: Arc<Chaos>,
 }
 
 #[async_trait]
-impl Secrets for ChaosSecrets {
-    async fn get(&self, name: &str) -> Result<String, SecretsError> {
+impl Parameters for ChaosParameters {
+    async fn get(&self, name: &str) -> Result<String, ParametersError> {
         self.inner.get(name).await
     }
 
-    async fn put_secure(&self, name: &str, value: &str, tags: &[(String, String)]) -> Result<(), SecretsError> {
+    async fn put_secure(&self, name: &str, value: &str, tags: &[(String, String)]) -> Result<(), ParametersError> {
         self.chaos.step().await;
         if self.chaos.fault("SSM throttled", self.chaos.rates.ssm_throttled) {
-            return Err(SecretsError::Throttled(name.into()));
+            return Err(ParametersError::Throttled(name.into()));
         }
         let answer_lost = self
             .chaos
@@ -606,7 +606,7 @@ impl Secrets for ChaosSecrets {
             .insert(name.to_string(), minute);
         self.chaos.step().await;
         if answer_lost {
-            return Err(SecretsError::Failed {
+            return Err(ParametersError::Failed {
                 name: name.into(),
                 reason: "timeout".into(),
             });
@@ -614,10 +614,10 @@ impl Secrets for ChaosSecrets {
         Ok(())
     }
 
-    async fn delete(&self, name: &str) -> Result<(), SecretsError> {
+    async fn delete(&self, name: &str) -> Result<(), ParametersError> {
         self.chaos.step().await;
         if self.chaos.fault("SSM 5xx", self.chaos.rates.ssm_failed) {
-            return Err(SecretsError::Failed {
+            return Err(ParametersError::Failed {
                 name: name.into(),
                 reason: "InternalServerError".into(),
             });
@@ -625,10 +625,10 @@ impl Secrets for ChaosSecrets {
         self.inner.delete(name).await
     }
 
-    async fn list(&self, path: &str) -> Result<Vec<sophons_core::secrets::Listed>, SecretsError> {
+    async fn list(&self, path: &str) -> Result<Vec<sophons_core::parameters::Listed>, ParametersError> {
         self.chaos.step().await;
         if self.chaos.fault("SSM throttled", self.chaos.rates.ssm_throttled) {
-            return Err(SecretsError::Throttled(path.into()));
+            return Err(ParametersError::Throttled(path.into()));
         }
         // Last writes in simulated time (as `Chaos::aged` does for instances).
         let written = self.chaos.ledger.lock().unwrap().claims.clone();
@@ -1740,7 +1740,7 @@ struct Sim {
     chaos: Arc<Chaos>,
     fleet: Arc<FakeFleet>,
     github: Arc<FakeGithub>,
-    secrets: Arc<FakeSecrets>,
+    parameters: Arc<FakeParameters>,
     slots: Arc<FakeSlots>,
     commands: Arc<FakeCommands>,
     queue: Arc<SimQueue>,
@@ -1820,7 +1820,7 @@ impl Sim {
             });
         }
         let github = Arc::new(FakeGithub::new());
-        let secrets = Arc::new(FakeSecrets::default());
+        let parameters = Arc::new(FakeParameters::default());
         let slots = Arc::new(FakeSlots::default());
         let commands = Arc::new(FakeCommands::default());
         let queue = Arc::new(SimQueue {
@@ -1842,8 +1842,8 @@ impl Sim {
             inner: github.clone(),
             chaos: chaos.clone(),
         });
-        let secrets_port: Arc<dyn Secrets> = Arc::new(ChaosSecrets {
-            inner: secrets.clone(),
+        let parameters_port: Arc<dyn Parameters> = Arc::new(ChaosParameters {
+            inner: parameters.clone(),
             chaos: chaos.clone(),
         });
         let slots_port: Arc<dyn Slots> = Arc::new(ChaosSlots {
@@ -1866,7 +1866,7 @@ impl Sim {
             sophons_core::ports::Ports {
                 fleet: fleet_port.clone(),
                 github: github_port.clone(),
-                secrets: secrets_port.clone(),
+                parameters: parameters_port.clone(),
                 slots: slots_port.clone(),
                 commands: commands_port.clone(),
                 queue: queue_port.clone(),
@@ -1884,7 +1884,7 @@ impl Sim {
             sophons_core::ports::Ports {
                 fleet: fleet_port,
                 github: github_port.clone(),
-                secrets: secrets_port,
+                parameters: parameters_port,
                 slots: slots_port,
                 commands: commands_port,
                 queue: queue_port.clone(),
@@ -1950,7 +1950,7 @@ impl Sim {
             chaos,
             fleet,
             github,
-            secrets,
+            parameters,
             slots,
             commands,
             queue,
@@ -2106,7 +2106,7 @@ impl Sim {
             self.events.len(),
             self.machines.iter().filter(|m| m.phase != Phase::Done).count(),
             live,
-            self.secrets.names(),
+            self.parameters.names(),
             self.slots.all(),
             self.github.runners().len(),
             self.interruptions.followed()
@@ -2661,14 +2661,14 @@ impl Sim {
         }
         // The runner script: read and delete the JIT parameter, start the runner with it.
         let parameter = names::jit_parameter(&self.config.deployment, &instance_id);
-        let value = self.secrets.get(&parameter).now().and_then(Result::ok);
+        let value = self.parameters.get(&parameter).now().and_then(Result::ok);
         let runner_id = value
             .as_deref()
             .and_then(|v| v.strip_prefix("jit-secret-"))
             .and_then(|rest| rest.split('-').next())
             .and_then(|id| id.parse::<u64>().ok())
             .filter(|id| self.github.runners().iter().any(|r| r.runner.id == *id));
-        let _ = self.secrets.delete(&parameter).now();
+        let _ = self.parameters.delete(&parameter).now();
         let Some(runner_id) = runner_id else {
             self.chaos.count("runner script found no JIT parameter or runner");
             self.died_before_its_job(index, "no JIT parameter or runner");
@@ -2969,7 +2969,7 @@ impl Sim {
         self.check_violations();
         let mut problems = Vec::new();
         let leaked_instances: Vec<String> = self.fleet.live_instances().into_iter().map(|i| i.id).collect();
-        let leaked_parameters = self.secrets.names();
+        let leaked_parameters = self.parameters.names();
         let leaked_slots = self.slots.all();
         let leaked_runners: Vec<u64> = self.github.runners().iter().map(|r| r.runner.id).collect();
         let leaks = leaked_instances.len() + leaked_parameters.len() + leaked_slots.len() + leaked_runners.len();

@@ -10,11 +10,11 @@ use serde_json::json;
 use sophons_core::commands::CommandStatus;
 use sophons_core::config::Config;
 use sophons_core::create::{CreateRunner, Outcome};
-use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeQueue, FakeSecrets, Lag};
+use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeParameters, FakeQueue, Lag};
 use sophons_core::fleet::{Instance, InstanceState};
 use sophons_core::github::{Github, GithubError, RunnerScope};
 use sophons_core::job::{JobMessage, MESSAGE_VERSION};
-use sophons_core::secrets::Secrets;
+use sophons_core::parameters::Parameters;
 use sophons_core::slots::{FakeSlots, SlotClaim, Slots};
 use sophons_core::stop::{Handled, StopRunner, Stopped};
 use tokio::time::Instant;
@@ -24,7 +24,7 @@ const QUEUE: &str = "https://sqs.us-east-1.amazonaws.com/123456789012/jobs";
 struct World {
     fleet: Arc<FakeFleet>,
     github: Arc<FakeGithub>,
-    secrets: Arc<FakeSecrets>,
+    parameters: Arc<FakeParameters>,
     slots: Arc<FakeSlots>,
     commands: Arc<FakeCommands>,
     queue: Arc<FakeQueue>,
@@ -34,7 +34,7 @@ struct World {
 
 impl World {
     fn stored(&self) -> Vec<String> {
-        common::stored(&self.secrets, &self.slots)
+        common::stored(&self.parameters, &self.slots)
     }
 }
 
@@ -48,7 +48,7 @@ fn world_with(edit: impl FnOnce(&mut serde_json::Value)) -> World {
         stop: StopRunner::new(config, fakes.ports()),
         fleet: fakes.fleet,
         github: fakes.github,
-        secrets: fakes.secrets,
+        parameters: fakes.parameters,
         slots: fakes.slots,
         commands: fakes.commands,
         queue: fakes.queue,
@@ -386,13 +386,17 @@ async fn the_sweep_ends_an_idle_runner_whose_job_went_elsewhere() {
 async fn the_sweep_deletes_leftover_parameters_and_ghost_runners() {
     let world = world();
     let (live, _) = running_job(&world, 16).await;
-    world.secrets.put_secure("/sophons/jit/i-gone", "x", &[]).await.unwrap();
+    world
+        .parameters
+        .put_secure("/sophons/jit/i-gone", "x", &[])
+        .await
+        .unwrap();
     // Written longer ago than any launch takes (a fresh one may be a launch EC2 lists late).
     world
-        .secrets
+        .parameters
         .set_modified("/sophons/jit/i-gone", SystemTime::now() - Duration::from_secs(3600));
     world
-        .secrets
+        .parameters
         .put_secure("/other-deployment/jit/i-gone", "x", &[])
         .await
         .unwrap();
@@ -566,7 +570,7 @@ async fn a_job_whose_relaunch_could_not_be_sent_is_not_lost() {
         sophons_core::ports::Ports {
             fleet: world.fleet.clone(),
             github: world.github.clone(),
-            secrets: world.secrets.clone(),
+            parameters: world.parameters.clone(),
             slots: world.slots.clone(),
             commands: world.commands.clone(),
             queue: Arc::new(FirstSendFails {
@@ -642,7 +646,7 @@ async fn the_sweep_does_not_end_an_untagged_instance_while_github_cannot_list_it
         sophons_core::ports::Ports {
             fleet: world.fleet.clone(),
             github: Arc::new(RunnerListFails(world.github.clone())),
-            secrets: world.secrets.clone(),
+            parameters: world.parameters.clone(),
             slots: world.slots.clone(),
             commands: world.commands.clone(),
             queue: world.queue.clone(),

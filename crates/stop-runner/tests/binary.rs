@@ -12,9 +12,9 @@ use sophons_core::create::{CreateRunner, Outcome};
 use sophons_core::fleet::Ec2Fleet;
 use sophons_core::github::OctocrabGithub;
 use sophons_core::job::{JobMessage, MESSAGE_VERSION};
+use sophons_core::parameters::SsmParameters;
 use sophons_core::ports::Ports;
 use sophons_core::queue::SqsQueue;
-use sophons_core::secrets::SsmSecrets;
 use testkit::runtime_api::LambdaProcess;
 use testkit::stack::{Stack, scheduled_event, ssm_status_event};
 
@@ -24,7 +24,7 @@ fn binary() -> &'static Path {
 
 async fn github(stack: &Stack) -> OctocrabGithub {
     let config = sophons_core::Config::parse(&stack.document.to_string()).unwrap();
-    OctocrabGithub::connect(&config.github, &SsmSecrets::new(&stack.sdk))
+    OctocrabGithub::connect(&config.github, &SsmParameters::new(&stack.sdk))
         .await
         .unwrap()
 }
@@ -35,7 +35,7 @@ async fn serve(stack: &Stack, job_id: u64) -> (String, String) {
     let ports = Ports {
         fleet: Arc::new(Ec2Fleet::new(&stack.sdk)),
         github: Arc::new(github(stack).await),
-        secrets: Arc::new(SsmSecrets::new(&stack.sdk)),
+        parameters: Arc::new(SsmParameters::new(&stack.sdk)),
         slots: Arc::new(sophons_core::slots::DynamoSlots::new(&stack.sdk, &stack.slots_table)),
         commands: Arc::new(SsmCommands::new(&stack.sdk)),
         queue: Arc::new(SqsQueue::new(&stack.sdk)),

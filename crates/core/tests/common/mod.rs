@@ -65,8 +65,8 @@ pub fn body_of(response: &lambda_http::Response<lambda_http::Body>) -> Value {
 
 /// What a deployment stores in the fakes: parameter names, and each launch-slot claim as
 /// `/sophons/slots/<template>/<slot>` (where the claims were parameters before), sorted.
-pub fn stored(secrets: &sophons_core::fakes::FakeSecrets, slots: &sophons_core::slots::FakeSlots) -> Vec<String> {
-    let mut names = secrets.names();
+pub fn stored(parameters: &sophons_core::fakes::FakeParameters, slots: &sophons_core::slots::FakeSlots) -> Vec<String> {
+    let mut names = parameters.names();
     names.extend(
         slots
             .all()
@@ -114,7 +114,7 @@ impl Rng {
 pub struct Fakes {
     pub fleet: std::sync::Arc<sophons_core::fakes::FakeFleet>,
     pub github: std::sync::Arc<sophons_core::fakes::FakeGithub>,
-    pub secrets: std::sync::Arc<sophons_core::fakes::FakeSecrets>,
+    pub parameters: std::sync::Arc<sophons_core::fakes::FakeParameters>,
     pub slots: std::sync::Arc<sophons_core::slots::FakeSlots>,
     pub commands: std::sync::Arc<sophons_core::fakes::FakeCommands>,
     pub queue: std::sync::Arc<sophons_core::fakes::FakeQueue>,
@@ -127,7 +127,7 @@ impl Fakes {
         Self {
             fleet: Default::default(),
             github: std::sync::Arc::new(sophons_core::fakes::FakeGithub::new()),
-            secrets: Default::default(),
+            parameters: Default::default(),
             slots: Default::default(),
             commands: Default::default(),
             queue: Default::default(),
@@ -150,7 +150,7 @@ impl Fakes {
         sophons_core::ports::Ports {
             fleet: self.fleet.clone(),
             github: self.github.clone(),
-            secrets: self.secrets.clone(),
+            parameters: self.parameters.clone(),
             slots: self.slots.clone(),
             commands: self.commands.clone(),
             queue: self.queue.clone(),

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-pub enum SecretsError {
+pub enum ParametersError {
     #[error("SSM parameter `{0}` does not exist in this region")]
     NotFound(String),
     #[error("SSM refused access to parameter `{name}`: {reason}")]
@@ -19,7 +19,7 @@ pub enum SecretsError {
     Invalid { name: String, reason: String },
 }
 
-impl SecretsError {
+impl ParametersError {
     /// Worth trying again later (the message is handed back, the step retried).
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Throttled(_) | Self::Failed { .. })
@@ -40,27 +40,27 @@ pub struct Listed {
 }
 
 #[async_trait]
-pub trait Secrets: Send + Sync {
+pub trait Parameters: Send + Sync {
     /// The decrypted value of a parameter.
-    async fn get(&self, name: &str) -> Result<String, SecretsError>;
+    async fn get(&self, name: &str) -> Result<String, ParametersError>;
     /// Writes a SecureString of up to 8 KB (Intelligent-Tiering when the value fits in 4 KB, so
     /// Standard; Advanced above), replacing any earlier value, and tags it (the tags replace
     /// earlier values of the same keys).
-    async fn put_secure(&self, name: &str, value: &str, tags: &[(String, String)]) -> Result<(), SecretsError>;
+    async fn put_secure(&self, name: &str, value: &str, tags: &[(String, String)]) -> Result<(), ParametersError>;
     /// Deletes a parameter; a parameter already gone is not an error.
-    async fn delete(&self, name: &str) -> Result<(), SecretsError>;
+    async fn delete(&self, name: &str) -> Result<(), ParametersError>;
     /// The parameters below a path (recursively), with their last write and, for String
     /// parameters, their value (SecureStrings are not decrypted).
-    async fn list(&self, path: &str) -> Result<Vec<Listed>, SecretsError>;
+    async fn list(&self, path: &str) -> Result<Vec<Listed>, ParametersError>;
 }
 
 /// The real adapter over the SSM API.
 #[derive(Clone)]
-pub struct SsmSecrets {
+pub struct SsmParameters {
     client: aws_sdk_ssm::Client,
 }
 
-impl SsmSecrets {
+impl SsmParameters {
     pub fn new(sdk: &aws_config::SdkConfig) -> Self {
         Self {
             client: aws_sdk_ssm::Client::new(sdk),
@@ -72,26 +72,26 @@ impl SsmSecrets {
     }
 }
 
-fn classify<E, R>(name: &str, error: &aws_sdk_ssm::error::SdkError<E, R>) -> SecretsError
+fn classify<E, R>(name: &str, error: &aws_sdk_ssm::error::SdkError<E, R>) -> ParametersError
 where
     E: aws_sdk_ssm::error::ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
 {
     let reason = crate::aws::describe(error);
     match crate::aws::code(error) {
-        Some("ParameterNotFound") => SecretsError::NotFound(name.into()),
-        Some("AccessDeniedException") => SecretsError::AccessDenied {
+        Some("ParameterNotFound") => ParametersError::NotFound(name.into()),
+        Some("AccessDeniedException") => ParametersError::AccessDenied {
             name: name.into(),
             reason,
         },
-        Some("ThrottlingException" | "TooManyUpdates") => SecretsError::Throttled(name.into()),
+        Some("ThrottlingException" | "TooManyUpdates") => ParametersError::Throttled(name.into()),
         Some("ValidationException" | "ParameterMaxVersionLimitExceeded" | "HierarchyLevelLimitExceededException") => {
-            SecretsError::Invalid {
+            ParametersError::Invalid {
                 name: name.into(),
                 reason,
             }
         }
-        _ => SecretsError::Failed {
+        _ => ParametersError::Failed {
             name: name.into(),
             reason,
         },
@@ -99,8 +99,8 @@ where
 }
 
 #[async_trait]
-impl Secrets for SsmSecrets {
-    async fn get(&self, name: &str) -> Result<String, SecretsError> {
+impl Parameters for SsmParameters {
+    async fn get(&self, name: &str) -> Result<String, ParametersError> {
         let output = self
             .client
             .get_parameter()
@@ -112,10 +112,10 @@ impl Secrets for SsmSecrets {
         output
             .parameter
             .and_then(|parameter| parameter.value)
-            .ok_or_else(|| SecretsError::NotFound(name.into()))
+            .ok_or_else(|| ParametersError::NotFound(name.into()))
     }
 
-    async fn put_secure(&self, name: &str, value: &str, tags: &[(String, String)]) -> Result<(), SecretsError> {
+    async fn put_secure(&self, name: &str, value: &str, tags: &[(String, String)]) -> Result<(), ParametersError> {
         self.client
             .put_parameter()
             .name(name)
@@ -161,17 +161,17 @@ impl Secrets for SsmSecrets {
         Ok(())
     }
 
-    async fn delete(&self, name: &str) -> Result<(), SecretsError> {
+    async fn delete(&self, name: &str) -> Result<(), ParametersError> {
         match self.client.delete_parameter().name(name).send().await {
             Ok(_) => Ok(()),
             Err(error) => match classify(name, &error) {
-                SecretsError::NotFound(_) => Ok(()),
+                ParametersError::NotFound(_) => Ok(()),
                 other => Err(other),
             },
         }
     }
 
-    async fn list(&self, path: &str) -> Result<Vec<Listed>, SecretsError> {
+    async fn list(&self, path: &str) -> Result<Vec<Listed>, ParametersError> {
         let mut names = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -214,14 +214,14 @@ pub const SECRET_PARAMS_ENV: &str = "SOPHONS_SECRET_PARAMS";
 /// A cold start thus waits on one Parameter Store round trip, not one per parameter in a row. It
 /// lives only through the cold start (the values are secret).
 pub struct Prefetched<'a> {
-    inner: &'a SsmSecrets,
+    inner: &'a SsmParameters,
     values: std::collections::HashMap<String, String>,
 }
 
 impl<'a> Prefetched<'a> {
     /// Reads what the environment names. A failure here is not an error: each parameter is then
     /// read on its own, and that read's error is the one reported.
-    pub async fn cold_start(inner: &'a SsmSecrets) -> Self {
+    pub async fn cold_start(inner: &'a SsmParameters) -> Self {
         let mut names: Vec<String> = std::env::var(SECRET_PARAMS_ENV)
             .unwrap_or_default()
             .split(',')
@@ -238,7 +238,7 @@ impl<'a> Prefetched<'a> {
     }
 
     /// Reads `names` in one GetParameters call (the first 10: its limit).
-    pub async fn read(inner: &'a SsmSecrets, mut names: Vec<String>) -> Self {
+    pub async fn read(inner: &'a SsmParameters, mut names: Vec<String>) -> Self {
         names.dedup();
         names.truncate(10);
         let mut values = std::collections::HashMap::new();
@@ -272,20 +272,20 @@ impl<'a> Prefetched<'a> {
 }
 
 #[async_trait]
-impl Secrets for Prefetched<'_> {
-    async fn get(&self, name: &str) -> Result<String, SecretsError> {
+impl Parameters for Prefetched<'_> {
+    async fn get(&self, name: &str) -> Result<String, ParametersError> {
         match self.values.get(name) {
             Some(value) => Ok(value.clone()),
             None => self.inner.get(name).await,
         }
     }
-    async fn put_secure(&self, name: &str, value: &str, tags: &[(String, String)]) -> Result<(), SecretsError> {
+    async fn put_secure(&self, name: &str, value: &str, tags: &[(String, String)]) -> Result<(), ParametersError> {
         self.inner.put_secure(name, value, tags).await
     }
-    async fn delete(&self, name: &str) -> Result<(), SecretsError> {
+    async fn delete(&self, name: &str) -> Result<(), ParametersError> {
         self.inner.delete(name).await
     }
-    async fn list(&self, path: &str) -> Result<Vec<Listed>, SecretsError> {
+    async fn list(&self, path: &str) -> Result<Vec<Listed>, ParametersError> {
         self.inner.list(path).await
     }
 }
