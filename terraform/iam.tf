@@ -12,7 +12,9 @@
 #   create-runner parks them, create-runner and stop-runner wake them (read the oldest, send each to the jobs
 #   queue, delete it). Spot interruptions are items of the interruptions table (interruptions.tf): stop-runner
 #   records them and follows the interrupted jobs, create-runner reads them to launch re-runs and backed-off
-#   templates on-demand. No other role has any DynamoDB action, and none has one beyond those tables.
+#   templates on-demand, and the autoscaler records which job each runner ran (PutItem of `ran#` items only, by
+#   a condition on the partition key). move-jobs and the runner instances have no DynamoDB action, and no role has
+#   one beyond those tables.
 # - Describe/Get actions that AWS does not scope to resources are the only statements on "*".
 
 locals {
@@ -113,7 +115,7 @@ data "aws_iam_policy_document" "own_instances" {
 }
 
 ################################################################################
-# autoscaler: verify the webhook, queue the job
+# autoscaler: verify the webhook, queue the job, record which job each runner ran
 ################################################################################
 
 data "aws_iam_policy_document" "autoscaler" {
@@ -143,6 +145,37 @@ data "aws_iam_policy_document" "autoscaler" {
     sid       = "QueueJobs"
     actions   = ["sqs:SendMessage", "sqs:GetQueueUrl"]
     resources = [aws_sqs_queue.jobs.arn]
+  }
+
+  # GitHub gives a queued job to any idle runner with its labels, so a runner may run a job of another workflow
+  # run than the one its instance was launched for. The `in_progress` delivery names the runner: the webhook keeps
+  # which job it took (PutItem ran#<instance id> / job, unconditional; a redelivery writes the same again), and
+  # stop-runner's sweep reads it back (FollowInterruptedJobs) to re-run the job an interrupted runner really ran.
+  # Only items whose partition key starts with ran#: the webhook, the one function the internet reaches, can never
+  # write (or read) a re-run claim, a spot loss, a back-off or an interrupted job.
+  # dynamodb:LeadingKeys "represents the first key attribute of a table—in other words, the partition key", is
+  # checked for PutItem, and must be used with ForAllValues (Amazon DynamoDB Developer Guide, "Using IAM policy
+  # conditions for fine-grained access control":
+  # https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/specifying-conditions.html); StringLike
+  # matches the * wildcard (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_condition_operators.html).
+  # ForAllValues is also true when the key is missing from the request, so the Null test requires it
+  # (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_condition-single-vs-multi-valued-context-keys.html).
+  statement {
+    sid       = "RecordWhichJobEachRunnerRan"
+    actions   = ["dynamodb:PutItem"]
+    resources = [aws_dynamodb_table.interruptions.arn]
+
+    condition {
+      test     = "ForAllValues:StringLike"
+      variable = "dynamodb:LeadingKeys"
+      values   = ["ran#*"]
+    }
+
+    condition {
+      test     = "Null"
+      variable = "dynamodb:LeadingKeys"
+      values   = ["false"]
+    }
   }
 }
 

@@ -1,5 +1,6 @@
-# Spot interruptions: what EC2 took back, which re-runs sophons asked GitHub for, and which templates launch
-# on-demand for a while (crates/core/src/interruptions.rs). One table, four kinds of item (pk / sk):
+# Spot interruptions: what EC2 took back, which re-runs sophons asked GitHub for, which templates launch
+# on-demand for a while, and which job each runner ran (crates/core/src/interruptions.rs). One table, five kinds
+# of item (pk / sk):
 #
 # - `interrupted` / <job_id>#<instance id>: a job whose spot instance EC2 took back while it ran (one item per lost instance). stop-runner records it when it
 #   hears of the interruption (the warning or the termination, events.tf; the command's end; the sweep) and the
@@ -15,9 +16,15 @@
 # - `backoff` / <template>: the template launches on-demand until the item's ends_at; spot_backoff_after losses
 #   within the window start spot_backoff_on_demand_minutes of it (a conditional PutItem), the sweep deletes it once
 #   it is over.
+# - `ran#<instance id>` / `job`: the job the instance's runner ran (job_id, repository, run_id, attempt,
+#   job_name). GitHub gives a queued job to any idle runner with its labels, so it may be a job of another workflow
+#   run than the one the instance was launched for. The autoscaler writes it (an unconditional PutItem) when
+#   GitHub's `in_progress` delivery names a runner of this deployment; the sweep reads it back (Query of the
+#   partition) to follow the job an interrupted runner really ran. Kept 4 days.
 #
 # Every item carries expires_at, set by the Lambda that writes it past the item's use, so that TTL removes what
-# nothing deleted. Only create-runner and stop-runner touch the table (iam.tf).
+# nothing deleted. create-runner and stop-runner read and write the table; the autoscaler writes `ran#` items
+# only (iam.tf).
 resource "aws_dynamodb_table" "interruptions" {
   #checkov:skip=CKV_AWS_119:Items hold job ids, repository and job names, template names, instance ids and times, no secret; the AWS owned key encrypts them at rest without a key policy to keep in step with the Lambda roles.
   name         = "${var.deployment}-interruptions"

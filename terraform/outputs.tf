@@ -39,7 +39,7 @@ output "waiting_table_name" {
 }
 
 output "interruptions_table_name" {
-  description = "DynamoDB table of spot interruptions (key: pk, sk): jobs whose spot instance EC2 took back, the re-runs sophons asked GitHub for, each template's spot losses and back-offs."
+  description = "DynamoDB table of spot interruptions (key: pk, sk): jobs whose spot instance EC2 took back, the re-runs sophons asked GitHub for, each template's spot losses and back-offs, and which job each runner ran."
   value       = aws_dynamodb_table.interruptions.name
 }
 

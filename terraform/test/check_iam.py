@@ -24,8 +24,11 @@ as narrow as the design says:
     the waiting table create-runner may PutItem, Query, UpdateItem and DeleteItem (park, wake, take off),
     stop-runner Query, UpdateItem and DeleteItem (wake; it never parks); on the interruptions table create-runner
     may GetItem, PutItem and Query (re-runs and back-offs launch on-demand, spot losses counted; it never deletes),
-    stop-runner GetItem, PutItem, Query and DeleteItem (record interruptions, follow them; it never scans); every
-    one of those is granted; the autoscaler, move-jobs and the runner instances have no DynamoDB action at all;
+    stop-runner GetItem, PutItem, Query and DeleteItem (record interruptions, follow them; it never scans), the
+    autoscaler PutItem only, and only on items whose partition key starts with `ran#` (which job each runner ran):
+    its statement must carry ForAllValues:StringLike dynamodb:LeadingKeys = ran#* and a Null test requiring that
+    key, or the webhook could write re-run claims, spot losses, back-offs and interrupted jobs; every one of those
+    is granted; move-jobs and the runner instances have no DynamoDB action at all;
   * sqs:SendMessage only on the jobs queue (only SQS itself moves messages to the dead-letter queue), and every
     function that puts jobs there may: the autoscaler (new jobs), create-runner (woken jobs), stop-runner
     (relaunches, woken jobs) and move-jobs (jobs back from the dead-letter queue);
@@ -79,9 +82,9 @@ PARAMETER_TAGGING = {"ssm:AddTagsToResource", "ssm:RemoveTagsFromResource"}
 
 # The DynamoDB actions each role may have, per table: the config document's key naming the table -> function ->
 # actions (terraform/iam.tf: ClaimLaunchSlots and FreeLaunchSlots on the slots table, ParkJobsWaitingForRoom and
-# WakeWaitingJobs on the waiting table, LaunchRerunsAndBackedOffTemplatesOnDemand and FollowInterruptedJobs on the
-# interruptions table). A role may have each of them, must have all of them, and nothing else; roles not named
-# here may have none. Lower case: IAM compares action names case-insensitively.
+# WakeWaitingJobs on the waiting table, LaunchRerunsAndBackedOffTemplatesOnDemand, FollowInterruptedJobs and
+# RecordWhichJobEachRunnerRan on the interruptions table). A role may have each of them, must have all of them, and
+# nothing else; roles not named here may have none. Lower case: IAM compares action names case-insensitively.
 TABLE_ACTIONS = {
     "slots_table": {
         "create-runner": {"dynamodb:getitem", "dynamodb:putitem", "dynamodb:deleteitem", "dynamodb:query"},
@@ -94,13 +97,20 @@ TABLE_ACTIONS = {
     "interruptions_table": {
         "create-runner": {"dynamodb:getitem", "dynamodb:putitem", "dynamodb:query"},
         "stop-runner": {"dynamodb:putitem", "dynamodb:query", "dynamodb:deleteitem"},
+        "autoscaler": {"dynamodb:putitem"},
     },
+}
+# Roles limited to some partitions of a table: (config key of the table, function) -> the one dynamodb:LeadingKeys
+# pattern its statements there may allow. The webhook writes which job each runner ran (ran#<instance id>) and
+# nothing else of the interruptions table (terraform/iam.tf: RecordWhichJobEachRunnerRan).
+LEADING_KEYS = {
+    ("interruptions_table", "autoscaler"): "ran#*",
 }
 # What each table's part is, for the message when a role lacks an action on it.
 TABLE_PARTS = {
     "slots_table": "its part in the launch slots",
     "waiting_table": "its part in the waiting list",
-    "interruptions_table": "its part in the spot interruptions (re-runs and back-offs)",
+    "interruptions_table": "its part in the spot interruptions (re-runs, back-offs, which job each runner ran)",
 }
 
 # The functions that send to the jobs queue, each of which must be allowed to (terraform/iam.tf: QueueJobs,
@@ -257,6 +267,27 @@ def own_instance_only(statement):
                 if as_list(value) == [CALLING_INSTANCE]:
                     return True
     return False
+
+
+def leading_keys_only(statement, pattern):
+    """Whether a statement applies only to items whose partition key matches `pattern`.
+
+    ForAllValues:StringLike on dynamodb:LeadingKeys with `pattern` as its only value, and Null = false on the same
+    key: ForAllValues is true of a request that has no such key at all. Any other test of the key (another
+    operator, ...IfExists, another value) does not count as the limit.
+    """
+    limited = required = False
+    for operator, conditions in (statement.get("Condition") or {}).items():
+        for key, value in conditions.items():
+            if key.lower() != "dynamodb:leadingkeys":
+                continue
+            if operator == "ForAllValues:StringLike" and as_list(value) == [pattern]:
+                limited = True
+            elif operator == "Null" and [str(v).lower() for v in as_list(value)] == ["false"]:
+                required = True
+            else:
+                return False
+    return limited and required
 
 
 def check(deployment):
@@ -464,9 +495,14 @@ def check(deployment):
                         error(role, statement, f"{action} on {resource}, which is none of the slots, waiting and interruptions tables")
                         continue
                     allowed = TABLE_ACTIONS[key].get(function, set())
+                    pattern = LEADING_KEYS.get((key, function))
                     if action.lower() not in allowed:
                         error(role, statement, f"{action} on the {key.removesuffix('_table')} table: this role may have "
                                                f"{sorted(allowed) or 'no DynamoDB action'} there")
+                    elif pattern and not leading_keys_only(statement, pattern):
+                        error(role, statement, f"{action} on the {key.removesuffix('_table')} table not limited to partition "
+                                               f"keys {pattern}: needs ForAllValues:StringLike dynamodb:LeadingKeys = "
+                                               f"{pattern} and Null dynamodb:LeadingKeys = false")
                     else:
                         granted.setdefault((role, key), set()).add(action.lower())
     for key, functions in TABLE_ACTIONS.items():
@@ -552,6 +588,8 @@ def self_test(deployment):
     table = deployment.slots_table_arn
     waiting = deployment.waiting_table_arn
     interruptions = deployment.interruptions_table_arn
+    autoscaler_role = f"{name}-autoscaler-lambda"
+    ran = "RecordWhichJobEachRunnerRan"
 
     def mutated(role, edit):
         broken = copy.deepcopy(deployment)
@@ -585,6 +623,13 @@ def self_test(deployment):
                     for existing in [k for k in conditions if k.lower() == key.lower()]:
                         del conditions[existing]
                     conditions[key] = value
+        return edit
+
+    def drop_operator(sid, operator):
+        def edit(statements):
+            for statement in statements:
+                if statement.get("Sid") == sid:
+                    statement.get("Condition", {}).pop(operator, None)
         return edit
 
     def set_resource(sid, resource):
@@ -679,6 +724,16 @@ def self_test(deployment):
         "the webhook's autoscaler reads back-offs": (f"{name}-autoscaler-lambda", grant("dynamodb:GetItem", interruptions)),
         "move-jobs reads the interruptions": (f"{name}-move-jobs-lambda", grant("dynamodb:Query", interruptions)),
         "runner records its own interruption": (deployment.runner_role["name"], grant("dynamodb:PutItem", interruptions)),
+        "the webhook writes any item of the interruptions table": (autoscaler_role, drop_condition(ran)),
+        "the webhook writes every partition (LeadingKeys *)": (autoscaler_role, set_condition(
+            ran, "ForAllValues:StringLike", "dynamodb:LeadingKeys", "*")),
+        "the webhook writes re-run claims too": (autoscaler_role, set_condition(
+            ran, "ForAllValues:StringLike", "dynamodb:LeadingKeys", ["ran#*", "rerun#*"])),
+        "the webhook writes a request without a partition key (no Null test)": (autoscaler_role, drop_operator(ran, "Null")),
+        "the webhook reads which job ran": (autoscaler_role, lambda s: s.append(
+            {"Effect": "Allow", "Action": "dynamodb:Query", "Resource": interruptions,
+             "Condition": {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": "ran#*"}, "Null": {"dynamodb:LeadingKeys": "false"}}})),
+        "the webhook cannot record which job each runner ran": (autoscaler_role, drop_statement(ran)),
         "create-runner cannot tell a re-run": (create_role, drop_action("LaunchRerunsAndBackedOffTemplatesOnDemand", "dynamodb:Query")),
         "create-runner cannot record spot losses": (create_role, drop_action("LaunchRerunsAndBackedOffTemplatesOnDemand", "dynamodb:PutItem")),
         "stop-runner cannot record interruptions": (stop_role, drop_statement("FollowInterruptedJobs")),

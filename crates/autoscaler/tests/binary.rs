@@ -13,6 +13,7 @@ struct Deployment {
     queue_url: String,
     env: Vec<(&'static str, String)>,
     sqs: aws_sdk_sqs::Client,
+    interruptions: sophons_core::interruptions::DynamoInterruptions,
 }
 
 async fn deploy() -> Deployment {
@@ -28,6 +29,7 @@ async fn deploy() -> Deployment {
         .unwrap()
         .queue_url
         .unwrap();
+    let interruptions_table = moto::interruptions_table(&sdk, &format!("{prefix}-interruptions")).await;
     let secret_param = format!("/{prefix}/github/webhook-secret");
     ssm.put_parameter()
         .name(&secret_param)
@@ -42,6 +44,7 @@ async fn deploy() -> Deployment {
         "dlq_url": format!("{queue_url}-dlq"),
         "webhook_secret_param": secret_param,
         "slots_table": "sophons-slots",
+        "interruptions_table": interruptions_table,
         "max_body_bytes": 65536,
         "github": { "owner": "my-org", "scope": "org", "token_param": "/sophons/github/token" },
         "runner_script": { "bucket": "sophons-scripts", "key": "runner.sh" },
@@ -60,7 +63,12 @@ async fn deploy() -> Deployment {
         .unwrap();
     let mut env = moto::env();
     env.push(("SOPHONS_CONFIG_PARAM", config_param));
-    Deployment { queue_url, env, sqs }
+    Deployment {
+        queue_url,
+        env,
+        sqs,
+        interruptions: sophons_core::interruptions::DynamoInterruptions::new(&sdk, &interruptions_table),
+    }
 }
 
 fn binary() -> &'static Path {
@@ -238,6 +246,30 @@ async fn the_queue_refusing_the_message_gives_500_from_the_binary() {
         (500, Some("queue_failed")),
         "{body}"
     );
+}
+
+#[tokio::test]
+async fn a_job_started_on_a_runner_of_ours_is_kept_in_the_interruptions_table_by_the_binary() {
+    use sophons_core::interruptions::Interruptions;
+    let deployment = deploy().await;
+    let mut lambda = LambdaProcess::spawn(binary(), "autoscaler", &deployment.env).await;
+    // GitHub's documented in_progress delivery, on a runner of ours.
+    let mut started = testkit::fixture("workflow_job.in_progress");
+    started["workflow_job"]["runner_name"] = json!("sophons-i-0123456789abcdef0");
+    started["repository"]["full_name"] = json!("my-org/app");
+    let started = started.to_string().into_bytes();
+    let event = testkit::apigw::delivery("workflow_job", "d-started", &sign(SECRET, &started), &started);
+    let (status, body) = status_of(&mut lambda, event).await;
+    assert_eq!((status, body["decision"].as_str()), (202, Some("recorded")), "{body}");
+    let ran = deployment
+        .interruptions
+        .ran_on("i-0123456789abcdef0")
+        .await
+        .unwrap()
+        .expect("kept in DynamoDB");
+    let fixture = testkit::fixture("workflow_job.in_progress");
+    assert_eq!(ran.job_id, fixture["workflow_job"]["id"].as_u64().unwrap());
+    assert_eq!(ran.repository, "my-org/app");
 }
 
 #[tokio::test]

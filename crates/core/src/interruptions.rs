@@ -33,6 +33,12 @@
 //! | `rerun#<owner/repo>#<run id>` | job name | a claimed re-run (kept 30 days, GitHub's limit) |
 //! | `spot#<template>` | instance id, or `capacity#<job id>#<ms>` | a spot loss (kept for the window) |
 //! | `backoff` | template | a back-off and when it ends |
+//! | `ran#<instance id>` | `job` | the job the instance's runner ran (kept 4 days) |
+//!
+//! The last is the webhook's: GitHub gives a queued job to any idle runner with its labels, so
+//! the runner launched for one job may run another, of another run or repository. GitHub's
+//! `in_progress` delivery names the runner that took the job; the webhook keeps it, and the sweep
+//! follows the job the interrupted runner ran.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
@@ -43,7 +49,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 
 use crate::config::Config;
 use crate::fleet::{Capacity, Instance};
-use crate::github::GithubError;
+use crate::github::{GithubError, JobDetails};
 use crate::job::JobMessage;
 use crate::logging::step;
 use crate::ports::Ports;
@@ -54,6 +60,12 @@ pub const WARNING: Duration = Duration::from_secs(120);
 /// How long a recorded job is followed: GitHub marks a job whose runner vanished as failed within
 /// minutes, but its run completes only when its other jobs do.
 pub const FOLLOWED_FOR: Duration = Duration::from_secs(3 * 24 * 60 * 60);
+/// How long the sweep waits for the record of which job an interrupted runner ran, when neither
+/// the job it was launched for nor another of that run ran on it: a failed `in_progress` delivery
+/// is redelivered by move-jobs, hourly.
+pub const RAN_RECORD_AWAITED: Duration = Duration::from_secs(2 * 60 * 60);
+/// How long the record of which job a runner ran is kept.
+const RAN_KEPT_FOR: Duration = Duration::from_secs(4 * 24 * 60 * 60);
 /// GitHub re-runs a run up to 30 days after it started.
 const CLAIM_KEPT_FOR: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
@@ -64,7 +76,7 @@ pub enum InterruptionsError {
     )]
     NoTable(String),
     #[error(
-        "interruptions table `{table}`: access denied ({reason}); create-runner needs dynamodb:GetItem, PutItem and Query on it, stop-runner also DeleteItem"
+        "interruptions table `{table}`: access denied ({reason}); create-runner needs dynamodb:GetItem, PutItem and Query on it, stop-runner PutItem, Query and DeleteItem, the autoscaler PutItem on items `ran#...`"
     )]
     AccessDenied { table: String, reason: String },
     #[error("interruptions table `{table}`: {reason}")]
@@ -99,8 +111,25 @@ pub struct Rerun {
     pub job_id: u64,
 }
 
+/// The job a runner of ours ran, from GitHub's `in_progress` delivery (the webhook writes it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ran {
+    pub instance_id: String,
+    pub job_id: u64,
+    /// `owner/name`.
+    pub repository: String,
+    pub run_id: u64,
+    pub run_attempt: u32,
+    pub job_name: String,
+}
+
 #[async_trait]
 pub trait Interruptions: Send + Sync {
+    /// Keeps which job an instance's runner ran (the webhook, from the `in_progress` delivery;
+    /// a redelivery writes the same again).
+    async fn ran(&self, ran: &Ran) -> Result<(), InterruptionsError>;
+    /// Which job an instance's runner ran, if the webhook heard it.
+    async fn ran_on(&self, instance_id: &str) -> Result<Option<Ran>, InterruptionsError>;
     /// Records a job to follow; answers false when it was recorded already.
     async fn record(&self, interrupted: &Interrupted) -> Result<bool, InterruptionsError>;
     /// Every recorded job, read consistently.
@@ -343,7 +372,15 @@ pub async fn follow(config: &Config, ports: &Ports) -> Followed {
     };
     for interrupted in recorded {
         let (job_id, run_id) = (interrupted.job_id, interrupted.run_id);
-        let next = match next_step(config, ports, &interrupted).await {
+        let ran = match store.ran_on(&interrupted.instance_id).await {
+            Ok(ran) => ran,
+            Err(error) => {
+                followed.errors += 1;
+                tracing::warn!(job_id, run_id, %error, "sweep: cannot read which job the interrupted runner ran; the next sweep reads it again");
+                continue;
+            }
+        };
+        let next = match next_step(config, ports, &interrupted, ran.as_ref()).await {
             Ok(next) => next,
             Err(error) => {
                 followed.errors += 1;
@@ -420,55 +457,27 @@ async fn settle(store: &dyn Interruptions, interrupted: &Interrupted, followed: 
     }
 }
 
-/// From GitHub's view of the job and its run: wait, settle, or re-run.
+/// From GitHub's view of the job and its run: wait, settle, or re-run. `ran` is the job the
+/// webhook heard the interrupted runner take, if it did.
 ///
-/// Long because it is GitHub's facts checked in order (the job, the runner it ran on, its conclusion, its time,
-/// its run), each settling or waiting with its reason.
-async fn next_step(config: &Config, ports: &Ports, interrupted: &Interrupted) -> Result<Next, GithubError> {
-    let Interrupted {
-        job_id,
-        repository,
-        run_id,
-        ..
-    } = interrupted;
+/// Long because it is GitHub's facts checked in order (the job, its conclusion, its time, its run), each settling
+/// or waiting with its reason.
+async fn next_step(
+    config: &Config,
+    ports: &Ports,
+    interrupted: &Interrupted,
+    ran: Option<&Ran>,
+) -> Result<Next, GithubError> {
+    let job_id = interrupted.job_id;
     if SystemTime::now().duration_since(interrupted.at).unwrap_or_default() > FOLLOWED_FOR {
         return Ok(Next::Settle(format!(
             "followed for {} days without a conclusion",
             FOLLOWED_FOR.as_secs() / 86_400
         )));
     }
-    let job = match ports.github.job(repository, *job_id).await {
-        Ok(job) => job,
-        Err(GithubError::NotFound(_)) => return Ok(Next::Settle("GitHub does not know the job (any more)".into())),
-        Err(error) => return Err(error),
-    };
-    let ours = crate::names::runner_name(&config.deployment, &interrupted.instance_id);
-    // GitHub gives a queued job to any idle runner with its labels: the interrupted runner may
-    // have run another job than the one it was launched for, most likely one of the same run
-    // (a matrix). That is the job to follow.
-    let job = if job.runner_name.as_deref() == Some(ours.as_str()) {
-        job
-    } else {
-        match ports.github.run_jobs(repository, *run_id).await {
-            Ok(jobs) => match jobs
-                .into_iter()
-                .find(|other| other.runner_name.as_deref() == Some(ours.as_str()))
-            {
-                Some(other) => other,
-                None => {
-                    return Ok(Next::Settle(match job.runner_name {
-                        Some(runner) => format!("it ran on runner `{runner}`, and no job of its run on the interrupted one"),
-                        None => "no job of its run had started on the interrupted runner (a job still queued was sent back for a new runner)".into(),
-                    }));
-                }
-            },
-            Err(error) if error.is_retryable() => return Err(error),
-            Err(error) => {
-                return Ok(Next::Settle(format!(
-                    "no job ran on the interrupted runner as far as GitHub says ({error})"
-                )));
-            }
-        }
+    let (repository, job) = match job_ran(config, ports, interrupted, ran).await? {
+        Ok(found) => found,
+        Err(next) => return Ok(next),
     };
     if job.status != "completed" {
         return Ok(Next::Wait("GitHub has not concluded the job yet"));
@@ -486,7 +495,7 @@ async fn next_step(config: &Config, ports: &Ports, interrupted: &Interrupted) ->
     if interrupted.warned && completed.is_some_and(|completed| completed + WARNING < interrupted.at) {
         return Ok(Next::Settle("it failed before EC2 warned of the interruption".into()));
     }
-    let run = ports.github.workflow_run(repository, job.run_id).await?;
+    let run = ports.github.workflow_run(&repository, job.run_id).await?;
     if run.run_attempt > job.run_attempt {
         return Ok(Next::Settle(format!(
             "run {} was re-run already (attempt {})",
@@ -496,22 +505,93 @@ async fn next_step(config: &Config, ports: &Ports, interrupted: &Interrupted) ->
     if run.status != "completed" {
         return Ok(Next::Wait("GitHub re-runs a job once its run has completed"));
     }
-    if job.id != *job_id {
+    if job.id != job_id {
         tracing::info!(
             job_id,
             ran_job_id = job.id,
             run_id = job.run_id,
-            "the interrupted runner had run job {} of the same run, not job {job_id}: that job is the one re-run",
-            job.id
+            repository,
+            "the interrupted runner had run job {} (run {} of {repository}), not job {job_id}: that job is the one re-run",
+            job.id,
+            job.run_id
         );
     }
     Ok(Next::Rerun(Rerun {
-        repository: repository.clone(),
+        repository,
         run_id: job.run_id,
         job_name: job.name,
         attempt: job.run_attempt,
         job_id: job.id,
     }))
+}
+
+/// The job the interrupted runner ran, with its repository; or what to do when none is known.
+///
+/// GitHub gives a queued job to any idle runner with its labels: the runner may have run another
+/// job than the one it was launched for. The webhook's record of the `in_progress` delivery says
+/// which; without it, the launched-for job is taken if it ran there, else a job of the same run
+/// (a matrix). When none is found, the record is awaited for a while (a failed delivery comes
+/// back with move-jobs' redelivery) before the job is settled.
+async fn job_ran(
+    config: &Config,
+    ports: &Ports,
+    interrupted: &Interrupted,
+    ran: Option<&Ran>,
+) -> Result<Result<(String, JobDetails), Next>, GithubError> {
+    let Interrupted {
+        job_id,
+        repository,
+        run_id,
+        ..
+    } = interrupted;
+    let ours = crate::names::runner_name(&config.deployment, &interrupted.instance_id);
+    if let Some(ran) = ran {
+        return match ports.github.job(&ran.repository, ran.job_id).await {
+            Ok(job) => Ok(Ok((ran.repository.clone(), job))),
+            Err(GithubError::NotFound(_)) => Ok(Err(Next::Settle(format!(
+                "GitHub does not know job {} of {}, which the runner ran (any more)",
+                ran.job_id, ran.repository
+            )))),
+            Err(error) => Err(error),
+        };
+    }
+    let job = match ports.github.job(repository, *job_id).await {
+        Ok(job) => job,
+        Err(GithubError::NotFound(_)) => {
+            return Ok(Err(Next::Settle("GitHub does not know the job (any more)".into())));
+        }
+        Err(error) => return Err(error),
+    };
+    if job.runner_name.as_deref() == Some(ours.as_str()) {
+        return Ok(Ok((repository.clone(), job)));
+    }
+    let other = match ports.github.run_jobs(repository, *run_id).await {
+        Ok(jobs) => jobs
+            .into_iter()
+            .find(|other| other.runner_name.as_deref() == Some(ours.as_str())),
+        Err(error) if error.is_retryable() => return Err(error),
+        Err(error) => {
+            tracing::debug!(job_id, run_id, %error, "cannot list the jobs of the interrupted job's run");
+            None
+        }
+    };
+    if let Some(other) = other {
+        return Ok(Ok((repository.clone(), other)));
+    }
+    if SystemTime::now().duration_since(interrupted.at).unwrap_or_default() < RAN_RECORD_AWAITED {
+        return Ok(Err(Next::Wait(
+            "no job of its run ran on the interrupted runner; awaiting the webhook's record of the job it ran",
+        )));
+    }
+    Ok(Err(Next::Settle(match job.runner_name {
+        Some(runner) => format!(
+            "it ran on runner `{runner}`, and no job is known to have run on the interrupted one (no `in_progress` delivery named it)"
+        ),
+        None => {
+            "no job is known to have run on the interrupted runner (a job still queued was sent back for a new runner)"
+                .into()
+        }
+    })))
 }
 
 /// Claims the re-run, then asks GitHub. Answers false when another claim stands; an error when
@@ -601,6 +681,13 @@ fn interrupted_key(job_id: u64, instance_id: &str) -> String {
 fn rerun_pk(repository: &str, run_id: u64) -> String {
     format!("rerun#{repository}#{run_id}")
 }
+
+fn ran_pk(instance_id: &str) -> String {
+    format!("ran#{instance_id}")
+}
+
+/// The one item of a `ran#` partition: an ephemeral runner runs one job.
+const RAN_SK: &str = "job";
 
 fn spot_pk(template: &str) -> String {
     format!("spot#{template}")
@@ -730,6 +817,38 @@ impl DynamoInterruptions {
 
 #[async_trait]
 impl Interruptions for DynamoInterruptions {
+    async fn ran(&self, ran: &Ran) -> Result<(), InterruptionsError> {
+        let mut item = Self::key(&ran_pk(&ran.instance_id), RAN_SK);
+        item.insert(JOB_ID.into(), n(ran.job_id));
+        item.insert("repository".into(), s(&ran.repository));
+        item.insert("run_id".into(), n(ran.run_id));
+        item.insert(ATTEMPT.into(), n(ran.run_attempt));
+        item.insert("job_name".into(), s(&ran.job_name));
+        item.insert(EXPIRES_AT.into(), expires(SystemTime::now(), RAN_KEPT_FOR));
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|error| self.classify(&error))?;
+        Ok(())
+    }
+
+    async fn ran_on(&self, instance_id: &str) -> Result<Option<Ran>, InterruptionsError> {
+        // A Query rather than a GetItem: stop-runner reads partitions, and needs no more.
+        Ok(self.partition(&ran_pk(instance_id)).await?.iter().find_map(|item| {
+            Some(Ran {
+                instance_id: instance_id.to_string(),
+                job_id: number(item, JOB_ID)?,
+                repository: text(item, "repository")?,
+                run_id: number(item, "run_id")?,
+                run_attempt: number(item, ATTEMPT).unwrap_or(1) as u32,
+                job_name: text(item, "job_name").unwrap_or_default(),
+            })
+        }))
+    }
+
     async fn record(&self, interrupted: &Interrupted) -> Result<bool, InterruptionsError> {
         let mut item = Self::key(
             INTERRUPTED,
@@ -897,6 +1016,7 @@ struct FakeState {
     reruns: BTreeMap<(String, u64, String), Rerun>,
     losses: BTreeMap<String, BTreeMap<String, SystemTime>>,
     backoffs: BTreeMap<String, SystemTime>,
+    ran: BTreeMap<String, Ran>,
 }
 
 impl FakeInterruptions {
@@ -947,6 +1067,21 @@ impl FakeInterruptions {
 
 #[async_trait]
 impl Interruptions for FakeInterruptions {
+    async fn ran(&self, ran: &Ran) -> Result<(), InterruptionsError> {
+        self.fault()?;
+        self.state
+            .lock()
+            .unwrap()
+            .ran
+            .insert(ran.instance_id.clone(), ran.clone());
+        Ok(())
+    }
+
+    async fn ran_on(&self, instance_id: &str) -> Result<Option<Ran>, InterruptionsError> {
+        self.fault()?;
+        Ok(self.state.lock().unwrap().ran.get(instance_id).cloned())
+    }
+
     async fn record(&self, interrupted: &Interrupted) -> Result<bool, InterruptionsError> {
         self.fault()?;
         let mut state = self.state.lock().unwrap();

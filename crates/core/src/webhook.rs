@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::config::Config;
+use crate::interruptions::{Interruptions, Ran};
 use crate::job::{JobMessage, MESSAGE_VERSION, now_rfc3339};
 use crate::metrics::{Emf, name as metric};
 use crate::queue::Queue;
@@ -74,6 +75,10 @@ pub enum Decision {
     Forbidden,
     Enqueued,
     QueueFailed,
+    /// An `in_progress` delivery naming a runner of ours: which job it ran is kept.
+    Recorded,
+    /// ... and keeping it failed (the 5xx makes the delivery one move-jobs redelivers).
+    RecordFailed,
 }
 
 impl Decision {
@@ -84,10 +89,10 @@ impl Decision {
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Pong => StatusCode::OK,
-            Self::Ignored | Self::Enqueued => StatusCode::ACCEPTED,
+            Self::Ignored | Self::Enqueued | Self::Recorded => StatusCode::ACCEPTED,
             Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::Forbidden => StatusCode::FORBIDDEN,
-            Self::QueueFailed => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::QueueFailed | Self::RecordFailed => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -103,6 +108,8 @@ impl Decision {
             Self::Forbidden => "forbidden",
             Self::Enqueued => "enqueued",
             Self::QueueFailed => "queue_failed",
+            Self::Recorded => "recorded",
+            Self::RecordFailed => "record_failed",
         }
     }
 }
@@ -181,6 +188,8 @@ struct JobFields<'a> {
     started_at: Option<Cow<'a, str>>,
     #[serde(borrow)]
     completed_at: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    runner_name: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -209,6 +218,7 @@ pub struct Webhook {
     config: Arc<Config>,
     secret: Vec<u8>,
     queue: Arc<dyn Queue>,
+    interruptions: Option<Arc<dyn Interruptions>>,
 }
 
 impl Webhook {
@@ -217,7 +227,15 @@ impl Webhook {
             config,
             secret: secret.into(),
             queue,
+            interruptions: None,
         }
+    }
+
+    /// Keeps, from each `in_progress` delivery, which job a runner of ours took (the interruptions
+    /// table): the sweep follows that job when EC2 takes the runner's spot instance back.
+    pub fn with_interruptions(mut self, interruptions: Arc<dyn Interruptions>) -> Self {
+        self.interruptions = Some(interruptions);
+        self
     }
 
     /// The Lambda entry point: answers the request and writes its one log line.
@@ -337,7 +355,12 @@ impl Webhook {
             {
                 progress.emit();
             }
-            let mut answer = Answer::new(Decision::Ignored, format!("action `{action}` needs no runner"));
+            let recorded = match (&delivery.workflow_job, action.as_ref()) {
+                (Some(job), "in_progress") => self.record_ran(job, delivery.repository.as_ref()).await,
+                _ => None,
+            };
+            let mut answer = recorded
+                .unwrap_or_else(|| Answer::new(Decision::Ignored, format!("action `{action}` needs no runner")));
             answer.action = Some(action.into_owned());
             if let Some(job) = delivery.workflow_job {
                 answer.job_id = job.id;
@@ -349,6 +372,57 @@ impl Webhook {
         let mut answer = self.queued(delivery, delivery_id).await;
         answer.action = Some("queued".into());
         answer
+    }
+
+    /// Keeps which job a runner of this deployment took, when the delivery names one and the
+    /// interruptions table is configured; `None` for any other runner (or none).
+    async fn record_ran(&self, job: &JobFields<'_>, repository: Option<&RepositoryFields<'_>>) -> Option<Answer> {
+        let store = self.interruptions.as_ref()?;
+        let instance_id = job
+            .runner_name
+            .as_deref()?
+            .strip_prefix(&self.config.deployment)?
+            .strip_prefix('-')
+            .filter(|id| is_instance_id(id))?;
+        let (Some(job_id), Some(run_id)) = (job.id, job.run_id) else {
+            return Some(Answer::new(
+                Decision::BadRequest,
+                "in_progress workflow_job of our runner has no `workflow_job.id` or `workflow_job.run_id`",
+            ));
+        };
+        // The sweep splices the name into GitHub API paths, as create-runner does.
+        let full_name = repository.and_then(|r| r.full_name.as_deref()).unwrap_or_default();
+        if !is_repository_of(full_name, &self.config.github.owner) {
+            return Some(Answer::new(
+                Decision::Forbidden,
+                format!(
+                    "repository `{full_name}` is not `{}/<name>`: which job runner `{instance_id}` ran is not kept",
+                    self.config.github.owner
+                ),
+            ));
+        }
+        let ran = Ran {
+            instance_id: instance_id.to_string(),
+            job_id,
+            repository: full_name.to_string(),
+            run_id,
+            run_attempt: job.run_attempt.unwrap_or(1),
+            job_name: job.name.as_deref().unwrap_or_default().to_string(),
+        };
+        Some(match store.ran(&ran).await {
+            Ok(()) => Answer::new(
+                Decision::Recorded,
+                format!(
+                    "job {job_id} runs on instance {instance_id}: kept, for a re-run if EC2 takes the instance back"
+                ),
+            ),
+            Err(error) => Answer::new(
+                Decision::RecordFailed,
+                format!(
+                    "cannot keep which job instance {instance_id} runs ({error}); move-jobs redelivers the delivery"
+                ),
+            ),
+        })
     }
 
     /// What a later delivery of one of our jobs tells about it (`JobStartedAfter` when it starts,
@@ -511,6 +585,12 @@ impl Webhook {
         }
         None
     }
+}
+
+/// `i-` and 8 or 17 hexadecimal digits, as EC2 names instances.
+fn is_instance_id(id: &str) -> bool {
+    id.strip_prefix("i-")
+        .is_some_and(|hex| matches!(hex.len(), 8 | 17) && hex.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 fn is_repository_of(full_name: &str, owner: &str) -> bool {

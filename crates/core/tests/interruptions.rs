@@ -13,9 +13,10 @@ use sophons_core::create::{CreateRunner, Outcome};
 use sophons_core::fakes::{FakeFleet, FakeGithub, FakeQueue};
 use sophons_core::fleet::{Capacity, FleetError};
 use sophons_core::github::{GithubError, JobDetails, RunDetails};
-use sophons_core::interruptions::{FakeInterruptions, InterruptionsError};
+use sophons_core::interruptions::{FakeInterruptions, InterruptionsError, RAN_RECORD_AWAITED};
 use sophons_core::job::{JobMessage, MESSAGE_VERSION, now_rfc3339, rfc3339};
 use sophons_core::stop::{Handled, StopRunner, Stopped};
+use sophons_core::webhook::Webhook;
 use tokio::time::Instant;
 
 const QUEUE: &str = "https://sqs.us-east-1.amazonaws.com/123456789012/jobs";
@@ -23,6 +24,7 @@ const REPOSITORY: &str = "my-org/app";
 const RUN: u64 = 7;
 
 struct World {
+    config: Arc<Config>,
     fleet: Arc<FakeFleet>,
     queue: Arc<FakeQueue>,
     github: Arc<FakeGithub>,
@@ -40,7 +42,8 @@ fn world_with(edit: impl FnOnce(&mut Value)) -> World {
     let ports = fakes.ports();
     World {
         create: Arc::new(CreateRunner::new(config.clone(), ports.clone())),
-        stop: StopRunner::new(config, ports),
+        stop: StopRunner::new(config.clone(), ports),
+        config,
         queue: fakes.queue,
         fleet: fakes.fleet,
         github: fakes.github,
@@ -174,6 +177,23 @@ fn github_says(
     );
 }
 
+/// The webhook hears GitHub's `in_progress` delivery: job `job_id` (`name`, of run `run_id` in
+/// `repository`) started on the runner of `instance_id`.
+async fn started(world: &World, instance_id: &str, repository: &str, run_id: u64, job_id: u64, name: &str) {
+    let mut payload = testkit::fixture("workflow_job.in_progress");
+    payload["workflow_job"]["id"] = json!(job_id);
+    payload["workflow_job"]["run_id"] = json!(run_id);
+    payload["workflow_job"]["name"] = json!(name);
+    payload["workflow_job"]["runner_name"] = json!(format!("sophons-{instance_id}"));
+    payload["repository"]["full_name"] = json!(repository);
+    payload["repository"]["owner"]["login"] = json!("my-org");
+    let webhook =
+        Webhook::new(world.config.clone(), common::SECRET, world.queue.clone()).with_interruptions(world.store.clone());
+    let request = common::signed("workflow_job", "d-started", payload.to_string().as_bytes());
+    let response = webhook.handle(common::request(&request)).await;
+    assert_eq!(common::body_of(&response)["decision"], "recorded");
+}
+
 async fn sweep(world: &World) -> sophons_core::interruptions::Followed {
     world.stop.sweep(far()).await.interrupted
 }
@@ -288,7 +308,7 @@ async fn a_job_that_failed_before_the_warning_is_not_rerun() {
 }
 
 #[tokio::test]
-async fn a_job_that_ran_on_another_runner_is_not_rerun() {
+async fn a_job_that_ran_on_another_runner_is_not_rerun_once_no_record_of_what_ours_ran_came() {
     let world = world();
     warned_job(&world).await;
     github_says(
@@ -299,8 +319,62 @@ async fn a_job_that_ran_on_another_runner_is_not_rerun() {
         SystemTime::now(),
         "completed",
     );
+    // The runner may have run a job of another run; its `in_progress` delivery may come late
+    // (move-jobs redelivers a failed one within the hour).
+    let followed = sweep(&world).await;
+    assert_eq!((followed.following, followed.settled), (1, 0), "{followed:?}");
+    world.store.age(RAN_RECORD_AWAITED + Duration::from_secs(1));
     assert_eq!(sweep(&world).await.settled, 1);
     assert!(world.github.reruns().is_empty());
+}
+
+#[tokio::test]
+async fn the_job_of_another_run_the_interrupted_runner_ran_is_rerun_from_the_webhooks_record_and_launches_on_demand() {
+    let world = world();
+    let instance_id = warned_job(&world).await;
+    // GitHub gave job 1 to another runner, and job 55 of run 99 in another repository to ours.
+    github_says(
+        &world,
+        1,
+        "i-someone-else",
+        Some("success"),
+        SystemTime::now(),
+        "completed",
+    );
+    started(&world, &instance_id, "my-org/other", 99, 55, "lint").await;
+    let job_55 = |status: &str, conclusion: Option<&str>| JobDetails {
+        id: 55,
+        run_id: 99,
+        run_attempt: 1,
+        name: "lint".into(),
+        status: status.into(),
+        conclusion: conclusion.map(str::to_string),
+        runner_name: Some(format!("sophons-{instance_id}")),
+        started_at: Some(now_rfc3339()),
+        completed_at: conclusion.map(|_| now_rfc3339()),
+    };
+    let run_99 = |status: &str| RunDetails {
+        id: 99,
+        run_attempt: 1,
+        status: status.into(),
+        conclusion: (status == "completed").then(|| "failure".into()),
+    };
+    world.github.set_job("my-org/other", job_55("in_progress", None));
+    world.github.set_run("my-org/other", run_99("in_progress"));
+    assert_eq!(sweep(&world).await.following, 1);
+    world
+        .github
+        .set_job("my-org/other", job_55("completed", Some("failure")));
+    world.github.set_run("my-org/other", run_99("completed"));
+    assert_eq!(sweep(&world).await.rerun, 1);
+    assert_eq!(world.github.reruns(), vec![("my-org/other".to_string(), 55)]);
+
+    let mut rerun = job(155, "lint", 2);
+    rerun.repository = "my-org/other".into();
+    rerun.name = "other".into();
+    rerun.run_id = 99;
+    let (_, capacity) = serve(&world, &rerun).await;
+    assert_eq!(capacity, Capacity::OnDemand);
 }
 
 #[tokio::test]
@@ -404,7 +478,9 @@ async fn a_job_still_queued_when_its_instance_went_is_sent_back_not_rerun() {
         matches!(handled, Handled::Stop(Stopped::Ended { relaunched: true, .. })),
         "{handled:?}"
     );
-    // Followed anyway, in case the runner had run another job of the run; none had: settled.
+    // Followed anyway, in case the runner had run another job; none had: settled once no
+    // record of one came.
+    world.store.age(RAN_RECORD_AWAITED + Duration::from_secs(1));
     let followed = sweep(&world).await;
     assert_eq!((followed.rerun, followed.settled), (0, 1), "{followed:?}");
     assert!(world.github.reruns().is_empty());

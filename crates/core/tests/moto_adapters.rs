@@ -373,7 +373,9 @@ async fn a_cold_start_reads_its_parameters_together_and_any_other_on_its_own() {
 
 #[tokio::test]
 async fn interruptions_in_dynamodb_are_recorded_once_claimed_once_and_back_offs_start_and_end_once() {
-    use sophons_core::interruptions::{DynamoInterruptions, Interrupted, Interruptions, InterruptionsError, Rerun};
+    use sophons_core::interruptions::{
+        DynamoInterruptions, Interrupted, Interruptions, InterruptionsError, Ran, Rerun,
+    };
     use std::time::{Duration, SystemTime};
     let sdk = moto::sdk_config().await;
     let table = moto::interruptions_table(&sdk, &moto::unique("interruptions")).await;
@@ -488,6 +490,34 @@ async fn interruptions_in_dynamodb_are_recorded_once_claimed_once_and_back_offs_
         "a new one may start"
     );
 
+    // Which job a runner ran: the webhook writes it (a redelivery writes it again), the sweep
+    // reads it by instance; another instance's is not mixed in.
+    let ran = Ran {
+        instance_id: "i-0123456789abcdef0".into(),
+        job_id: 55,
+        repository: "my-org/other".into(),
+        run_id: 99,
+        run_attempt: 2,
+        job_name: "lint (ubuntu, 3.11)".into(),
+    };
+    assert_eq!(store.ran_on(&ran.instance_id).await, Ok(None));
+    store.ran(&ran).await.unwrap();
+    store.ran(&ran).await.unwrap();
+    store
+        .ran(&Ran {
+            instance_id: "i-0123456789abcdef1".into(),
+            job_id: 56,
+            ..ran.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.ran_on(&ran.instance_id).await, Ok(Some(ran.clone())));
+    assert_eq!(
+        store.ran_on("i-0123456789abcdef1").await.unwrap().map(|r| r.job_id),
+        Some(56)
+    );
+
     let missing = DynamoInterruptions::new(&sdk, "no-such-table");
     assert!(matches!(missing.recorded().await, Err(InterruptionsError::NoTable(_))));
+    assert!(matches!(missing.ran(&ran).await, Err(InterruptionsError::NoTable(_))));
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use common::*;
 use serde_json::{Value, json};
 use sophons_core::fakes::FakeQueue;
+use sophons_core::interruptions::Interruptions;
 use sophons_core::job::JobMessage;
 use sophons_core::queue::QueueError;
 use sophons_core::webhook::{Webhook, verify_signature};
@@ -349,4 +350,95 @@ fn a_job_of_ours_that_starts_and_ends_gives_its_start_and_duration_from_githubs_
     assert!(metric(hosted.as_bytes()).is_none());
     assert!(metric(&ours("workflow_job.waiting")).is_none());
     assert!(metric(&ours("workflow_job.queued")).is_none());
+}
+
+/// GitHub's documented `in_progress` delivery, as if runner `runner` of ours took it, in
+/// `my-org/app`. The field is in GitHub's own example (`workflow_job.runner_name`).
+fn started_on(runner: &str) -> Vec<u8> {
+    let mut payload = testkit::fixture("workflow_job.in_progress");
+    payload["workflow_job"]["runner_name"] = json!(runner);
+    payload["repository"]["full_name"] = json!("my-org/app");
+    payload["repository"]["owner"]["login"] = json!("my-org");
+    payload.to_string().into_bytes()
+}
+
+fn webhook_keeping_runs() -> (Webhook, Arc<sophons_core::interruptions::FakeInterruptions>) {
+    let store = Arc::new(sophons_core::interruptions::FakeInterruptions::default());
+    let (webhook, _) = webhook();
+    (webhook.with_interruptions(store.clone()), store)
+}
+
+#[tokio::test]
+async fn a_job_started_on_a_runner_of_ours_is_kept_with_its_run_and_name() {
+    let (webhook, store) = webhook_keeping_runs();
+    let payload = started_on("sophons-i-0123456789abcdef0");
+    let (status, body) = send(&webhook, signed("workflow_job", "d", &payload)).await;
+    assert_eq!((status, body["decision"].as_str()), (202, Some("recorded")), "{body}");
+    let fixture = testkit::fixture("workflow_job.in_progress");
+    let ran = store.ran_on("i-0123456789abcdef0").await.unwrap().expect("kept");
+    assert_eq!(ran.job_id, fixture["workflow_job"]["id"].as_u64().unwrap());
+    assert_eq!(ran.run_id, fixture["workflow_job"]["run_id"].as_u64().unwrap());
+    assert_eq!(ran.repository, "my-org/app");
+    assert_eq!(ran.job_name, fixture["workflow_job"]["name"].as_str().unwrap());
+    assert_eq!(ran.run_attempt, 1);
+}
+
+#[tokio::test]
+async fn a_job_started_on_a_runner_not_of_this_deployment_is_not_kept() {
+    let (webhook, store) = webhook_keeping_runs();
+    for runner in [
+        "GitHub Actions 5",
+        "other-deployment-i-0123456789abcdef0",
+        "sophons-i-not-an-instance",
+        "sophons-i-0123456789abcdef0/../x",
+        "sophons-",
+    ] {
+        let (status, body) = send(&webhook, signed("workflow_job", "d", &started_on(runner))).await;
+        assert_eq!(
+            (status, body["decision"].as_str()),
+            (202, Some("ignored")),
+            "{runner}: {body}"
+        );
+    }
+    assert_eq!(store.ran_on("i-0123456789abcdef0").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_job_started_on_a_runner_of_ours_in_a_repository_not_the_owners_is_refused_and_not_kept() {
+    let (webhook, store) = webhook_keeping_runs();
+    let mut payload: Value = serde_json::from_slice(&started_on("sophons-i-0123456789abcdef0")).unwrap();
+    payload["repository"]["full_name"] = json!("someone-else/app");
+    let (status, body) = send(&webhook, signed("workflow_job", "d", payload.to_string().as_bytes())).await;
+    assert_eq!((status, body["decision"].as_str()), (403, Some("forbidden")), "{body}");
+    assert_eq!(store.ran_on("i-0123456789abcdef0").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_started_job_that_cannot_be_kept_is_answered_500_so_move_jobs_redelivers_it() {
+    use sophons_core::interruptions::InterruptionsError;
+    let (webhook, store) = webhook_keeping_runs();
+    store.fail_next([InterruptionsError::Failed {
+        table: "sophons-interruptions".into(),
+        reason: "ProvisionedThroughputExceededException".into(),
+    }]);
+    let payload = started_on("sophons-i-0123456789abcdef0");
+    let (status, body) = send(&webhook, signed("workflow_job", "d", &payload)).await;
+    assert_eq!(
+        (status, body["decision"].as_str()),
+        (500, Some("record_failed")),
+        "{body}"
+    );
+    assert!(body["reason"].as_str().unwrap().contains("redeliver"), "{body}");
+    // The redelivery is kept.
+    let (status, _) = send(&webhook, signed("workflow_job", "d", &payload)).await;
+    assert_eq!(status, 202);
+    assert!(store.ran_on("i-0123456789abcdef0").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn without_the_interruptions_table_a_started_job_is_only_ignored() {
+    let (webhook, _) = webhook();
+    let payload = started_on("sophons-i-0123456789abcdef0");
+    let (status, body) = send(&webhook, signed("workflow_job", "d", &payload)).await;
+    assert_eq!((status, body["decision"].as_str()), (202, Some("ignored")), "{body}");
 }
