@@ -38,7 +38,7 @@ use sophons_core::github::{
     DeliveriesPage, Github, GithubError, Hook, HookDelivery, JitConfig, JobDetails, JobStatus, RunDetails, Runner,
     RunnerScope,
 };
-use sophons_core::interruptions::{FakeInterruptions, Interrupted, Interruptions, InterruptionsError, Rerun};
+use sophons_core::interruptions::{FakeInterruptions, Interrupted, Interruptions, InterruptionsError, Ran, Rerun};
 use sophons_core::job::{JobMessage, MESSAGE_VERSION, now_rfc3339, rfc3339};
 use sophons_core::names;
 use sophons_core::parameters::{Parameters, ParametersError};
@@ -48,6 +48,7 @@ use sophons_core::redrive::MoveJobs;
 use sophons_core::slots::{ClaimAnswer, ClaimedSlot, FakeSlots, SlotClaim, Slots, SlotsError};
 use sophons_core::stop::{self, SPOT_WARNING_DETAIL_TYPE, SSM_DETAIL_TYPE, STATE_CHANGE_DETAIL_TYPE, StopRunner};
 use sophons_core::waiting::{FakeWaiting, Parked, Waiting, WaitingError};
+use sophons_core::webhook::Webhook;
 use tokio::time::Instant;
 
 const QUEUE: &str = "https://sqs.us-east-1.amazonaws.com/123456789012/jobs";
@@ -1069,6 +1070,17 @@ impl ChaosInterruptions {
 
 #[async_trait]
 impl Interruptions for ChaosInterruptions {
+    async fn ran(&self, ran: &Ran) -> Result<(), InterruptionsError> {
+        self.fault().await?;
+        self.inner.ran(ran).await?;
+        self.answer_lost().await
+    }
+
+    async fn ran_on(&self, instance_id: &str) -> Result<Option<Ran>, InterruptionsError> {
+        self.fault().await?;
+        self.inner.ran_on(instance_id).await
+    }
+
     async fn record(&self, interrupted: &Interrupted) -> Result<bool, InterruptionsError> {
         self.fault().await?;
         let recorded = self.inner.record(interrupted).await?;
@@ -1598,9 +1610,13 @@ struct InterruptionFigures {
     /// Jobs GitHub failed because EC2 took their spot instance back while they ran.
     interrupted: u64,
     /// Of those, jobs that ran on a runner launched for a job of another run (GitHub gives a
-    /// queued job to any idle runner with its labels): not re-run, a known gap (the sweep
-    /// finds the job a runner ran only among its own job's run).
+    /// queued job to any idle runner with its labels): found from the webhook's record of the
+    /// `in_progress` delivery.
     interrupted_on_another_runs_runner: u64,
+    /// `in_progress` deliveries that failed (or whose record failed: 500), and their
+    /// redeliveries by move-jobs.
+    started_failed: u64,
+    started_redelivered: u64,
     warnings_lost: u64,
     warnings_late: u64,
     state_changes_lost: u64,
@@ -1619,6 +1635,8 @@ impl InterruptionFigures {
     fn add(&mut self, other: &InterruptionFigures) {
         self.interrupted += other.interrupted;
         self.interrupted_on_another_runs_runner += other.interrupted_on_another_runs_runner;
+        self.started_failed += other.started_failed;
+        self.started_redelivered += other.started_redelivered;
         self.warnings_lost += other.warnings_lost;
         self.warnings_late += other.warnings_late;
         self.state_changes_lost += other.state_changes_lost;
@@ -1639,12 +1657,16 @@ impl InterruptionFigures {
         );
         println!(
             "  re-runs: asked {} (refused by GitHub before the run completed {}), launched on-demand {}, succeeded {}; \
-             not re-run because they ran on a runner launched for a job of another run (known gap) {}",
+             of the interrupted jobs, {} ran on a runner launched for a job of another run",
             self.reruns_asked,
             self.reruns_refused,
             self.reruns_on_demand,
             self.reruns_succeeded,
             self.interrupted_on_another_runs_runner
+        );
+        println!(
+            "  in_progress deliveries that failed (or whose record failed) {}, redelivered by move-jobs {}",
+            self.started_failed, self.started_redelivered
         );
         println!(
             "  spot back-offs: started {}, ended {}; launches on-demand because of a back-off {}",
@@ -1746,6 +1768,8 @@ struct Sim {
     queue: Arc<SimQueue>,
     waiting: Arc<FakeWaiting>,
     interruptions: Arc<FakeInterruptions>,
+    /// The webhook, for the `in_progress` deliveries: it keeps which job each runner of ours took.
+    webhook: Webhook,
     create: CreateRunner,
     stop: StopRunner,
     move_jobs: MoveJobs,
@@ -1894,6 +1918,12 @@ impl Sim {
         );
         let move_jobs = MoveJobs::new(config.clone(), queue_port, github_port.clone());
         let redeliver = Redeliver::new(&config, github_port).expect("the config names the webhook");
+        let webhook = Webhook::new(
+            config.clone(),
+            common::SECRET,
+            Arc::new(sophons_core::fakes::FakeQueue::default()),
+        )
+        .with_interruptions(interruptions.clone());
 
         // The day's jobs: arrivals, duplicate deliveries, and what GitHub does to them meanwhile.
         let mut rng = Rng(seed ^ 0x5EED);
@@ -1956,6 +1986,7 @@ impl Sim {
             queue,
             waiting,
             interruptions,
+            webhook,
             create,
             stop,
             move_jobs,
@@ -2272,18 +2303,86 @@ impl Sim {
         }
     }
 
+    /// GitHub's `in_progress` delivery of job `id`, which the runner of `instance_id` took: the
+    /// webhook keeps which job the runner ran. A delivery fails as queued ones do, and the
+    /// webhook answers 500 when the table fails; GitHub records either, for move-jobs to redeliver.
+    fn deliver_started(&mut self, id: u64, instance_id: &str) {
+        let failed = self.chaos.fault(
+            "webhook in_progress delivery failed (5xx, throttled, no answer)",
+            self.chaos.rates.delivery_failed,
+        );
+        let status = if failed {
+            502
+        } else {
+            self.post_started(id, instance_id)
+        };
+        if status >= 300 {
+            self.figures.interruptions.started_failed += 1;
+        }
+        self.github.add_delivery(HookDelivery {
+            id: self.github.deliveries().len() as u64 + 1,
+            guid: format!("started-{id}-{instance_id}"),
+            delivered_at: now_rfc3339(),
+            redelivery: false,
+            status_code: status,
+            event: "workflow_job".into(),
+            action: Some("in_progress".into()),
+        });
+    }
+
+    /// The webhook takes an `in_progress` delivery (the table failing as DynamoDB does); answers
+    /// its status.
+    fn post_started(&mut self, id: u64, instance_id: &str) -> u16 {
+        let job = &self.jobs[&id];
+        let payload = json!({
+            "action": "in_progress",
+            "workflow_job": {
+                "id": id, "run_id": job.run_id, "run_attempt": job.attempt, "name": JOB_NAME,
+                "labels": ["self-hosted", job.template], "status": "in_progress",
+                "runner_name": names::runner_name(&self.config.deployment, instance_id),
+            },
+            "repository": { "full_name": REPOSITORY, "name": "app", "private": true, "owner": { "login": "my-org" } },
+        });
+        if self.chaos.fault(
+            "DynamoDB interruptions table failed (webhook)",
+            self.chaos.rates.interruptions_failed,
+        ) {
+            self.interruptions.fail_next([InterruptionsError::Failed {
+                table: "interruptions".into(),
+                reason: "ThrottlingException".into(),
+            }]);
+        }
+        let request = common::signed("workflow_job", &format!("started-{id}"), payload.to_string().as_bytes());
+        let response = self
+            .webhook
+            .handle(common::request(&request))
+            .now()
+            .expect("the webhook over the in-memory table never waits");
+        response.status().as_u16()
+    }
+
     /// GitHub carries out the redeliveries move-jobs asked for: each posts the delivery again,
     /// and this time the webhook takes it.
     fn carry_out_redeliveries(&mut self) {
         let asked = self.github.redelivered();
         let deliveries = self.github.deliveries();
         for delivery_id in asked.iter().skip(self.redeliveries_done) {
-            let Some(id) = deliveries
+            let guid = deliveries
                 .iter()
                 .find(|d| d.id == *delivery_id)
-                .and_then(|d| d.guid.strip_prefix("delivery-"))
-                .and_then(|id| id.parse::<u64>().ok())
-            else {
+                .map(|d| d.guid.clone())
+                .unwrap_or_default();
+            if let Some((job, instance_id)) = guid
+                .strip_prefix("started-")
+                .and_then(|rest| rest.split_once('-'))
+                .and_then(|(job, instance_id)| Some((job.parse::<u64>().ok()?, instance_id.to_string())))
+            {
+                self.figures.interruptions.started_redelivered += 1;
+                let status = self.post_started(job, &instance_id);
+                self.note(job, format!("in_progress delivery redelivered by move-jobs: {status}"));
+                continue;
+            }
+            let Some(id) = guid.strip_prefix("delivery-").and_then(|id| id.parse::<u64>().ok()) else {
                 continue;
             };
             self.figures.redelivered += 1;
@@ -2722,6 +2821,7 @@ impl Sim {
             }
         }
         self.set_job(job, JobState::Running(instance_id.clone()));
+        self.deliver_started(job, &instance_id);
         if let Some(runner_id) = self.machines[index].runner_id {
             self.github.set_runner_status(runner_id, "online", true);
         }
@@ -3088,9 +3188,10 @@ impl Sim {
                     .fleet
                     .instance(instance_id)
                     .is_some_and(|i| i.run_id() != job.run_id);
-                if reruns == 0 && launched_for_other_run {
+                if launched_for_other_run {
                     figures.interrupted_on_another_runs_runner += 1;
-                } else if reruns != 1 {
+                }
+                if reruns != 1 {
                     // GitHub gives a queued job to any idle runner with its labels.
                     let launched_for = self
                         .fleet
