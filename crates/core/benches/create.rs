@@ -4,6 +4,10 @@
 //! lines are rendered as JSON into a sink, as the Lambda renders them to stdout.
 //! Target: at most 5 ms per job.
 
+// The integration tests' `Fakes`: the bench builds its world as they do.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,9 +15,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use serde_json::json;
 use sophons_core::Config;
 use sophons_core::create::{CreateRunner, Outcome};
-use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeParameters, FakeQueue};
 use sophons_core::job::{JobMessage, MESSAGE_VERSION};
-use sophons_core::ports::Ports;
 use tokio::time::Instant;
 
 fn config() -> Arc<Config> {
@@ -60,17 +62,7 @@ fn message(job_id: u64) -> String {
 
 /// A fresh deployment over the fakes: every job is the first of its kind.
 fn world() -> CreateRunner {
-    let ports = Ports {
-        fleet: Arc::new(FakeFleet::default()),
-        github: Arc::new(FakeGithub::new()),
-        parameters: Arc::new(FakeParameters::default()),
-        slots: Arc::new(sophons_core::slots::FakeSlots::default()),
-        commands: Arc::new(FakeCommands::default()),
-        queue: Arc::new(FakeQueue::default()),
-        waiting: None,
-        interruptions: None,
-    };
-    CreateRunner::new(config(), ports)
+    CreateRunner::new(config(), common::Fakes::new().ports())
 }
 
 fn per_job(c: &mut Criterion) {

@@ -16,7 +16,7 @@ use crate::fleet::{
     TAG_JOB_NAME, TAG_RELAUNCHES, TAG_REPOSITORY, TAG_RUN_ATTEMPT, TAG_RUN_ID, TAG_RUNNER_FAILURES, TAG_RUNNER_ID,
     TAG_SLOT, TAG_TEMPLATE, TAG_WORKFLOW,
 };
-use crate::github::{GithubError, JobStatus, RunnerScope};
+use crate::github::{GithubError, JitConfig, JobStatus, RunnerScope};
 use crate::job::JobMessage;
 use crate::metrics::{Emf, name as metric};
 use crate::names;
@@ -122,10 +122,28 @@ struct SetupFailure {
     runner_id: Option<u64>,
 }
 
+impl SetupFailure {
+    /// A failure of this handler's own instance.
+    fn new(reason: String, delay_seconds: u32, runner_id: Option<u64>) -> Self {
+        Self {
+            reason,
+            delay_seconds,
+            not_ours: false,
+            runner_id,
+        }
+    }
+}
+
 /// A runner registered and its command sent.
 struct StartedRunner {
     runner_id: u64,
     command_id: String,
+}
+
+/// The runner's command, sent after `attempts` SendCommands.
+struct SentCommand {
+    command_id: String,
+    attempts: u32,
 }
 
 /// One record's launch: the message, its template, its receive, the slot it claimed, and its
@@ -845,68 +863,90 @@ impl CreateRunner {
 
     /// Launch, register, start. Answers the outcome and whether the record's launch slot is
     /// still held by an instance (kept) or must be given back.
-    ///
-    /// Long because each way a launch or a start fails has its own outcome and decides the slot's fate; the
-    /// steps themselves are `launch` and `start_runner`.
     async fn launch_and_start(&self, attempt: &Attempt<'_>, held: &mut Held<'_>) -> (Outcome, SlotFate) {
-        let message = attempt.message;
-        let job_id = message.job_id;
         let launch = self.launch(attempt).await;
         held.launched();
         let launched = match launch {
             Ok(launched) => launched,
-            Err(FleetError::TokenMismatch(reason)) => {
-                // Same job, relaunch, trip and receive, other slot: a handler serving a duplicate
-                // of this message launched with this token first. Its launch may have failed and
-                // been ended since, and its message may be the duplicate already acknowledged
-                // (the soak found a job lost that way), so the job is looked at again shortly,
-                // with the next receive's token: a live instance of the job is acknowledged then.
-                return (
-                    Outcome::HandedBack {
-                        kind: HandBack::InFlight,
-                        delay_seconds: TRANSIENT_DELAY_SECONDS,
-                        reason: format!(
-                            "job {job_id}: another handler launched with the same launch token ({reason}); checking \
-                             again in {TRANSIENT_DELAY_SECONDS} s whether its instance serves the job"
-                        ),
-                    },
-                    SlotFate::GiveBack,
-                );
-            }
-            Err(error) => {
-                let delay_seconds = match error {
-                    FleetError::Unavailable(_) => TRANSIENT_DELAY_SECONDS,
-                    _ => self.config.retry_delay_seconds,
-                };
-                if let FleetError::Rejected(_) = error {
-                    tracing::error!(job_id, template = message.template, %error, "launch refused: check the launch template `{}` and the function's permissions", attempt.template.launch_template);
-                }
-                // A request that failed on its way (timeout, 5xx, throttling) may have launched
-                // an instance whose answer was lost, tagged with this slot and not listed yet:
-                // the slot stays claimed until the sweep finds no instance holding it. A definite
-                // answer (no capacity, refused) launched nothing.
-                let fate = if matches!(error, FleetError::Unavailable(_)) {
-                    SlotFate::Kept
-                } else {
-                    SlotFate::GiveBack
-                };
-                let reason = match fate {
-                    SlotFate::Kept => {
-                        format!("launch for job {job_id} failed, it may have launched an instance: {error}")
-                    }
-                    SlotFate::GiveBack => format!("no instance launched for job {job_id}: {error}"),
-                };
-                let kind = HandBack::LaunchFailed;
-                return (
-                    Outcome::HandedBack {
-                        delay_seconds,
-                        reason,
-                        kind,
-                    },
-                    fate,
-                );
-            }
+            Err(error) => return self.launch_failed(attempt, error),
         };
+        self.report_launched(attempt, &launched);
+
+        let scope = RunnerScope::for_job(&self.config.github, &attempt.message.repository);
+        match self.start_runner(attempt, &launched, &scope).await {
+            Ok(started) => (
+                Outcome::Served {
+                    instance_id: launched.instance_id,
+                    instance_type: launched.instance_type,
+                    capacity: launched.capacity,
+                    runner_id: started.runner_id,
+                    command_id: started.command_id,
+                },
+                SlotFate::Kept,
+            ),
+            Err(failure) => self.start_failed(attempt, &launched, &scope, failure).await,
+        }
+    }
+
+    /// A launch that failed: each way has its own outcome, and decides whether the slot is kept.
+    fn launch_failed(&self, attempt: &Attempt<'_>, error: FleetError) -> (Outcome, SlotFate) {
+        let message = attempt.message;
+        let job_id = message.job_id;
+        if let FleetError::TokenMismatch(reason) = &error {
+            // Same job, relaunch, trip and receive, other slot: a handler serving a duplicate
+            // of this message launched with this token first. Its launch may have failed and
+            // been ended since, and its message may be the duplicate already acknowledged
+            // (the soak found a job lost that way), so the job is looked at again shortly,
+            // with the next receive's token: a live instance of the job is acknowledged then.
+            return (
+                Outcome::HandedBack {
+                    kind: HandBack::InFlight,
+                    delay_seconds: TRANSIENT_DELAY_SECONDS,
+                    reason: format!(
+                        "job {job_id}: another handler launched with the same launch token ({reason}); checking \
+                         again in {TRANSIENT_DELAY_SECONDS} s whether its instance serves the job"
+                    ),
+                },
+                SlotFate::GiveBack,
+            );
+        }
+        let delay_seconds = match error {
+            FleetError::Unavailable(_) => TRANSIENT_DELAY_SECONDS,
+            _ => self.config.retry_delay_seconds,
+        };
+        if let FleetError::Rejected(_) = error {
+            tracing::error!(job_id, template = message.template, %error, "launch refused: check the launch template `{}` and the function's permissions", attempt.template.launch_template);
+        }
+        // A request that failed on its way (timeout, 5xx, throttling) may have launched
+        // an instance whose answer was lost, tagged with this slot and not listed yet:
+        // the slot stays claimed until the sweep finds no instance holding it. A definite
+        // answer (no capacity, refused) launched nothing.
+        let fate = if matches!(error, FleetError::Unavailable(_)) {
+            SlotFate::Kept
+        } else {
+            SlotFate::GiveBack
+        };
+        let reason = match fate {
+            SlotFate::Kept => {
+                format!("launch for job {job_id} failed, it may have launched an instance: {error}")
+            }
+            SlotFate::GiveBack => format!("no instance launched for job {job_id}: {error}"),
+        };
+        let kind = HandBack::LaunchFailed;
+        (
+            Outcome::HandedBack {
+                delay_seconds,
+                reason,
+                kind,
+            },
+            fate,
+        )
+    }
+
+    /// The launch's metric (time from queued to launched) and log lines.
+    fn report_launched(&self, attempt: &Attempt<'_>, launched: &Launched) {
+        let message = attempt.message;
+        let job_id = message.job_id;
         if let Some(after) = crate::metrics::since(&message.created_at) {
             Emf::new(&self.config.deployment)
                 .dimension("template", &message.template)
@@ -930,82 +970,88 @@ impl CreateRunner {
             launched.instance_type,
             launched.capacity.as_str()
         );
-
-        let scope = RunnerScope::for_job(&self.config.github, &message.repository);
-        match self.start_runner(attempt, &launched, &scope).await {
-            Ok(started) => (
-                Outcome::Served {
-                    instance_id: launched.instance_id,
-                    instance_type: launched.instance_type,
-                    capacity: launched.capacity,
-                    runner_id: started.runner_id,
-                    command_id: started.command_id,
-                },
-                SlotFate::Kept,
-            ),
-            Err(failure) => {
-                if failure.not_ours {
-                    // The token answered another handler's instance, which holds its own slot.
-                    return (Outcome::Acknowledged(failure.reason), SlotFate::GiveBack);
-                }
-                tracing::warn!(
-                    job_id,
-                    instance_id = launched.instance_id,
-                    reason = failure.reason,
-                    "cleaning up after a failed start"
-                );
-                let ending = crate::ports::Ending {
-                    instance_id: &launched.instance_id,
-                    // Not known without a DescribeInstances: the instant fleet's one-time spot
-                    // request closes when its instance ends.
-                    spot_request_id: None,
-                    runner_id: failure.runner_id,
-                    scope: &scope,
-                    job_id,
-                };
-                let ended = self.ports.end_instance(&self.config.deployment, &ending).await;
-                // An instance that could not be ended keeps its slot (by its tag) until the sweep
-                // ends it and frees the slot; one that was ended frees it now.
-                let fate = if ended { SlotFate::GiveBack } else { SlotFate::Kept };
-                (
-                    Outcome::HandedBack {
-                        kind: HandBack::StartFailed,
-                        delay_seconds: failure.delay_seconds,
-                        reason: failure.reason,
-                    },
-                    fate,
-                )
-            }
-        }
     }
 
-    /// Register (JIT config into its parameter) and start (SendCommand, then tag).
-    ///
-    /// Long because registering, storing the JIT config, sending the command and tagging each fail in their own
-    /// way, and a failure must say whether the runner exists.
+    /// A start that failed: the instance is ended (with its runner, if registered) and the job
+    /// handed back, unless the instance is another handler's.
+    async fn start_failed(
+        &self,
+        attempt: &Attempt<'_>,
+        launched: &Launched,
+        scope: &RunnerScope,
+        failure: SetupFailure,
+    ) -> (Outcome, SlotFate) {
+        if failure.not_ours {
+            // The token answered another handler's instance, which holds its own slot.
+            return (Outcome::Acknowledged(failure.reason), SlotFate::GiveBack);
+        }
+        let job_id = attempt.message.job_id;
+        tracing::warn!(
+            job_id,
+            instance_id = launched.instance_id,
+            reason = failure.reason,
+            "cleaning up after a failed start"
+        );
+        let ending = crate::ports::Ending {
+            instance_id: &launched.instance_id,
+            // Not known without a DescribeInstances: the instant fleet's one-time spot
+            // request closes when its instance ends.
+            spot_request_id: None,
+            runner_id: failure.runner_id,
+            scope,
+            job_id,
+        };
+        let ended = self.ports.end_instance(&self.config.deployment, &ending).await;
+        // An instance that could not be ended keeps its slot (by its tag) until the sweep
+        // ends it and frees the slot; one that was ended frees it now.
+        let fate = if ended { SlotFate::GiveBack } else { SlotFate::Kept };
+        (
+            Outcome::HandedBack {
+                kind: HandBack::StartFailed,
+                delay_seconds: failure.delay_seconds,
+                reason: failure.reason,
+            },
+            fate,
+        )
+    }
+
+    /// Register (JIT config into its parameter) and start (SendCommand, then tag). Each step
+    /// fails in its own way; a failure after the registration carries the runner's id.
     async fn start_runner(
         &self,
         attempt: &Attempt<'_>,
         launched: &Launched,
         scope: &RunnerScope,
     ) -> Result<StartedRunner, SetupFailure> {
-        let Attempt {
-            message,
-            release,
-            started,
-            deadline,
-            ..
-        } = *attempt;
+        let jit = self.register(attempt, launched, scope).await?;
+        let parameter = self.store_jit_config(attempt, launched, &jit).await?;
+        let sent = self.send_command(attempt, launched, &parameter, jit.runner_id).await?;
+        self.tag_with_command(launched, &sent.command_id, jit.runner_id).await?;
+        tracing::info!(
+            job_id = attempt.message.job_id,
+            instance_id = launched.instance_id,
+            command_id = sent.command_id,
+            attempts = sent.attempts,
+            step = crate::logging::step::COMMAND_SENT,
+            elapsed_ms = attempt.started.elapsed().as_millis() as u64
+        );
+        Ok(StartedRunner {
+            runner_id: jit.runner_id,
+            command_id: sent.command_id,
+        })
+    }
+
+    /// The instance's runner, registered with GitHub: its JIT config.
+    async fn register(
+        &self,
+        attempt: &Attempt<'_>,
+        launched: &Launched,
+        scope: &RunnerScope,
+    ) -> Result<JitConfig, SetupFailure> {
+        let message = attempt.message;
         let job_id = message.job_id;
         let instance_id = &launched.instance_id;
-        let fail = |reason: String, delay_seconds: u32, runner_id: Option<u64>| SetupFailure {
-            reason,
-            delay_seconds,
-            not_ours: false,
-            runner_id,
-        };
-        let template = &self.config.templates[&message.template];
-        let labels = runner_labels(&message.template, template);
+        let labels = runner_labels(&message.template, attempt.template);
         let runner_name = names::runner_name(&self.config.deployment, instance_id);
         let jit = match self
             .ports
@@ -1030,7 +1076,11 @@ impl CreateRunner {
                 } else {
                     self.config.retry_delay_seconds
                 };
-                return Err(fail(format!("runner registration failed: {error}"), delay, None));
+                return Err(SetupFailure::new(
+                    format!("runner registration failed: {error}"),
+                    delay,
+                    None,
+                ));
             }
         };
         tracing::info!(
@@ -1038,9 +1088,21 @@ impl CreateRunner {
             instance_id,
             runner_id = jit.runner_id,
             step = crate::logging::step::REGISTERED,
-            elapsed_ms = started.elapsed().as_millis() as u64
+            elapsed_ms = attempt.started.elapsed().as_millis() as u64
         );
-        let runner_id = Some(jit.runner_id);
+        Ok(jit)
+    }
+
+    /// The JIT config, stored in the instance's parameter for the runner script to read; answers
+    /// the parameter's name.
+    async fn store_jit_config(
+        &self,
+        attempt: &Attempt<'_>,
+        launched: &Launched,
+        jit: &JitConfig,
+    ) -> Result<String, SetupFailure> {
+        let job_id = attempt.message.job_id;
+        let instance_id = &launched.instance_id;
         let parameter = names::jit_parameter(&self.config.deployment, instance_id);
         let owner: Vec<(String, String)> = self
             .config
@@ -1055,29 +1117,45 @@ impl CreateRunner {
                 tracing::error!(job_id, %error, "the JIT config cannot be stored; no runner can start until this is fixed");
                 self.config.retry_delay_seconds
             };
-            return Err(fail(format!("cannot store the JIT config: {error}"), delay, runner_id));
+            return Err(SetupFailure::new(
+                format!("cannot store the JIT config: {error}"),
+                delay,
+                Some(jit.runner_id),
+            ));
         }
+        Ok(parameter)
+    }
 
+    /// SendCommand of the runner script, tried again with backoff while the instance's SSM agent
+    /// registers, until the start deadline (or the Lambda's, less the margin kept for cleaning up).
+    async fn send_command(
+        &self,
+        attempt: &Attempt<'_>,
+        launched: &Launched,
+        parameter: &str,
+        runner_id: u64,
+    ) -> Result<SentCommand, SetupFailure> {
         let request = CommandRequest {
-            instance_id: instance_id.clone(),
+            instance_id: launched.instance_id.clone(),
             commands: runner_commands(
                 &self.config.runner_script.bucket,
                 &self.config.runner_script.key,
-                &parameter,
-                &script_env(release, template),
+                parameter,
+                &script_env(attempt.release, attempt.template),
             ),
             execution_timeout_seconds: self.config.command.timeout_seconds,
             log_group: self.config.command.log_group.clone(),
-            comment: names::command_comment(&self.config.deployment, job_id),
+            comment: names::command_comment(&self.config.deployment, attempt.message.job_id),
         };
+        let Attempt { started, deadline, .. } = *attempt;
         let give_up = (started + Duration::from_secs(self.config.command.start_deadline_seconds.into()))
             .min(deadline.checked_sub(DEADLINE_MARGIN).unwrap_or(deadline));
         let mut delay = self.backoff.first;
         let mut attempts = 0u32;
-        let command_id = loop {
+        loop {
             attempts += 1;
             match self.ports.commands.send(&request).await {
-                Ok(command_id) => break command_id,
+                Ok(command_id) => return Ok(SentCommand { command_id, attempts }),
                 Err(CommandError::NotReady(_)) if Instant::now() + delay < give_up => {
                     if !delay.is_zero() {
                         tokio::time::sleep(jittered(delay)).await;
@@ -1085,37 +1163,35 @@ impl CreateRunner {
                     delay = (delay * 2).min(self.backoff.max);
                 }
                 Err(error) => {
-                    return Err(fail(
+                    return Err(SetupFailure::new(
                         format!("runner not started after {attempts} attempt(s): {error}"),
                         TRANSIENT_DELAY_SECONDS,
-                        runner_id,
+                        Some(runner_id),
                     ));
                 }
             }
-        };
+        }
+    }
+
+    /// Tags the instance with its command and runner: the tag that says it was started.
+    async fn tag_with_command(
+        &self,
+        launched: &Launched,
+        command_id: &str,
+        runner_id: u64,
+    ) -> Result<(), SetupFailure> {
         let tags = vec![
-            (TAG_COMMAND_ID.to_string(), command_id.clone()),
-            (TAG_RUNNER_ID.to_string(), jit.runner_id.to_string()),
+            (TAG_COMMAND_ID.to_string(), command_id.to_string()),
+            (TAG_RUNNER_ID.to_string(), runner_id.to_string()),
         ];
-        if let Err(error) = self.ports.fleet.tag(instance_id, &tags).await {
-            return Err(fail(
+        if let Err(error) = self.ports.fleet.tag(&launched.instance_id, &tags).await {
+            return Err(SetupFailure::new(
                 format!("cannot tag the instance with its command: {error}"),
                 TRANSIENT_DELAY_SECONDS,
-                runner_id,
+                Some(runner_id),
             ));
         }
-        tracing::info!(
-            job_id,
-            instance_id,
-            command_id,
-            attempts,
-            step = crate::logging::step::COMMAND_SENT,
-            elapsed_ms = started.elapsed().as_millis() as u64
-        );
-        Ok(StartedRunner {
-            runner_id: jit.runner_id,
-            command_id,
-        })
+        Ok(())
     }
 
     async fn launch(&self, attempt: &Attempt<'_>) -> Result<Launched, FleetError> {

@@ -13,10 +13,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sophons_core::config::Config;
 use sophons_core::create::{Backoff, CreateRunner, Outcome};
-use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeParameters, FakeQueue};
+use sophons_core::fakes::{FakeFleet, FakeGithub, FakeParameters};
 use sophons_core::fleet::{Fleet, FleetError, Instance, InstanceQuery, LaunchRequest, Launched};
 use sophons_core::github::{Github, GithubError, JitConfig, JobStatus, Runner, RunnerScope};
-use sophons_core::job::{JobMessage, MESSAGE_VERSION, now_rfc3339};
+use sophons_core::job::{JobMessage, now_rfc3339};
 use sophons_core::parameters::{Listed, Parameters, ParametersError};
 use sophons_core::ports::Ports;
 use sophons_core::slots::{ClaimAnswer, ClaimedSlot, FakeSlots, SlotClaim, Slots, SlotsError};
@@ -37,9 +37,19 @@ impl Calls {
     }
 }
 
+/// A fake that counts the calls made to it, per API.
 struct Counted<T> {
     inner: Arc<T>,
     calls: Arc<Calls>,
+}
+
+impl<T> Counted<T> {
+    fn over(inner: &Arc<T>, calls: &Arc<Calls>) -> Arc<Self> {
+        Arc::new(Self {
+            inner: inner.clone(),
+            calls: calls.clone(),
+        })
+    }
 }
 
 #[async_trait]
@@ -195,27 +205,13 @@ async fn a_matrix_burst_is_bounded_by_githubs_registration_rate_not_by_our_own_w
     document["templates"]["template_cpu"]["max_runners"] = serde_json::json!(BURST);
     let config = Arc::new(Config::parse(&document.to_string()).unwrap());
     let calls = Arc::new(Calls::default());
+    let fakes = common::Fakes::new();
     let ports = Ports {
-        fleet: Arc::new(Counted {
-            inner: Arc::new(FakeFleet::default()),
-            calls: calls.clone(),
-        }),
-        github: Arc::new(Counted {
-            inner: Arc::new(FakeGithub::new()),
-            calls: calls.clone(),
-        }),
-        parameters: Arc::new(Counted {
-            inner: Arc::new(FakeParameters::default()),
-            calls: calls.clone(),
-        }),
-        slots: Arc::new(Counted {
-            inner: Arc::new(FakeSlots::default()),
-            calls: calls.clone(),
-        }),
-        commands: Arc::new(FakeCommands::default()),
-        queue: Arc::new(FakeQueue::default()),
-        waiting: None,
-        interruptions: None,
+        fleet: Counted::over(&fakes.fleet, &calls),
+        github: Counted::over(&fakes.github, &calls),
+        parameters: Counted::over(&fakes.parameters, &calls),
+        slots: Counted::over(&fakes.slots, &calls),
+        ..fakes.ports()
     };
     let create = CreateRunner::new(config, ports).with_backoff(Backoff {
         first: Duration::ZERO,
@@ -225,24 +221,10 @@ async fn a_matrix_burst_is_bounded_by_githubs_registration_rate_not_by_our_own_w
     let mut served = 0;
     for job_id in 1..=BURST {
         let message = JobMessage {
-            version: MESSAGE_VERSION,
-            delivery_id: format!("d-{job_id}"),
-            job_id,
-            run_id: 7,
-            run_attempt: 1,
-            repository: "my-org/app".into(),
-            owner: "my-org".into(),
-            name: "app".into(),
-            labels: vec!["self-hosted".into(), "template_cpu".into()],
-            template: "template_cpu".into(),
-            workflow_name: "CI".into(),
             job_name: format!("matrix ({job_id})"),
-            job_url: String::new(),
             created_at: now_rfc3339(),
             received_at: now_rfc3339(),
-            relaunches: 0,
-            runner_failures: 0,
-            trip: 0,
+            ..common::job_message(job_id, "template_cpu")
         };
         if matches!(
             create.serve(&message.encode(), 1, deadline).await,

@@ -14,10 +14,9 @@ use serde_json::{Value, json};
 use sophons_core::commands::runner_commands;
 use sophons_core::config::Config;
 use sophons_core::create::{Backoff, CreateRunner, Outcome};
-use sophons_core::fakes::{self, FakeCommands, FakeFleet, FakeGithub, FakeParameters, FakeQueue};
+use sophons_core::fakes;
 use sophons_core::job::JobMessage;
 use sophons_core::names;
-use sophons_core::ports::Ports;
 use sophons_core::release::RunnerRelease;
 use sophons_core::webhook::{Decision, Webhook};
 use tokio::time::Instant;
@@ -52,11 +51,7 @@ const UNICODE: [&str; 5] = [
 
 struct World {
     webhook: Webhook,
-    queue: Arc<FakeQueue>,
-    fleet: Arc<FakeFleet>,
-    github: Arc<FakeGithub>,
-    parameters: Arc<FakeParameters>,
-    commands: Arc<FakeCommands>,
+    fakes: Fakes,
     create: CreateRunner,
     config: Arc<Config>,
 }
@@ -65,33 +60,15 @@ fn world_with(edit: impl FnOnce(&mut Value)) -> World {
     let mut document = config_json(QUEUE);
     edit(&mut document);
     let config = Arc::new(Config::parse(&document.to_string()).unwrap());
-    let queue = Arc::new(FakeQueue::default());
-    let fleet = Arc::new(FakeFleet::default());
-    let github = Arc::new(FakeGithub::new());
-    let parameters = Arc::new(FakeParameters::default());
-    let commands = Arc::new(FakeCommands::default());
-    let ports = Ports {
-        fleet: fleet.clone(),
-        github: github.clone(),
-        parameters: parameters.clone(),
-        slots: Arc::new(sophons_core::slots::FakeSlots::default()),
-        commands: commands.clone(),
-        queue: queue.clone(),
-        waiting: None,
-        interruptions: None,
-    };
+    let fakes = Fakes::new();
     let backoff = Backoff {
         first: Duration::from_millis(5),
         max: Duration::from_millis(50),
     };
     World {
-        webhook: Webhook::new(config.clone(), SECRET, queue.clone()),
-        queue,
-        fleet,
-        github,
-        parameters,
-        commands,
-        create: CreateRunner::new(config.clone(), ports).with_backoff(backoff),
+        webhook: Webhook::new(config.clone(), SECRET, fakes.queue.clone()),
+        create: CreateRunner::new(config.clone(), fakes.ports()).with_backoff(backoff),
+        fakes,
         config,
     }
 }
@@ -102,7 +79,7 @@ fn world() -> World {
 
 /// Posts a signed queued delivery; answers the row and the message it enqueued, if any.
 async fn deliver(world: &World, payload: &Value, delivery_id: &str) -> (Decision, Option<JobMessage>) {
-    let before = world.queue.sent().len();
+    let before = world.fakes.queue.sent().len();
     let body = payload.to_string().into_bytes();
     let response = world
         .webhook
@@ -125,7 +102,7 @@ async fn deliver(world: &World, payload: &Value, delivery_id: &str) -> (Decision
     .find(|row| row.as_str() == decision)
     .unwrap_or_else(|| panic!("`{decision}` is not a row of the table"));
     assert_eq!(response.status(), decision.status());
-    let sent = world.queue.sent();
+    let sent = world.fakes.queue.sent();
     let message = match decision {
         Decision::Enqueued => {
             assert_eq!(sent.len(), before + 1);
@@ -145,7 +122,7 @@ fn far() -> Instant {
 
 /// Serves the message and checks every limit; answers the instance id.
 async fn serve_safely(world: &World, message: &JobMessage, hostile: &[&str]) -> String {
-    let before_launches = world.fleet.launches().len();
+    let before_launches = world.fakes.fleet.launches().len();
     let outcome = world.create.serve(&message.encode(), 1, far()).await;
     let Outcome::Served { instance_id, .. } = outcome else {
         panic!("a hostile value must not fail the job: {outcome:?}");
@@ -155,7 +132,7 @@ async fn serve_safely(world: &World, message: &JobMessage, hostile: &[&str]) -> 
     // The command: exactly the fixed lines, their only arguments the script's location, the
     // parameter's name and the runner release GitHub named (with the template's packages),
     // single-quoted.
-    let (request, _) = world.commands.sent().pop().unwrap();
+    let (request, _) = world.fakes.commands.sent().pop().unwrap();
     let script = &world.config.runner_script;
     let release = RunnerRelease::from_downloads(&fakes::runner_downloads_of(fakes::FAKE_RUNNER_VERSION)).unwrap();
     let mut env = release.script_env();
@@ -191,9 +168,9 @@ async fn serve_safely(world: &World, message: &JobMessage, hostile: &[&str]) -> 
     );
 
     // EC2 tags: keys ≤ 128, values ≤ 256 characters, no control characters.
-    let launches = world.fleet.launches();
+    let launches = world.fakes.fleet.launches();
     assert!(launches.len() > before_launches);
-    let tagged = world.fleet.instance(&instance_id).unwrap().tags;
+    let tagged = world.fakes.fleet.instance(&instance_id).unwrap().tags;
     for (key, value) in launches
         .last()
         .unwrap()
@@ -215,7 +192,7 @@ async fn serve_safely(world: &World, message: &JobMessage, hostile: &[&str]) -> 
     }
 
     // SSM: names of a-zA-Z0-9_.-/, at most 1011 characters and 15 levels.
-    for name in world.parameters.names() {
+    for name in world.fakes.parameters.names() {
         assert!(
             name.len() <= 1011 && name.matches('/').count() <= 15,
             "parameter `{name}`"
@@ -228,6 +205,7 @@ async fn serve_safely(world: &World, message: &JobMessage, hostile: &[&str]) -> 
 
     // GitHub: the runner registers with 1 to 100 labels.
     let runner = world
+        .fakes
         .github
         .runners()
         .into_iter()
@@ -294,24 +272,16 @@ fn named(value: &str, job_id: u64) -> Value {
 /// A message as a redrive or an older webhook might have written it, `value` in every name.
 fn message_naming(value: &str, job_id: u64) -> JobMessage {
     JobMessage {
-        version: sophons_core::job::MESSAGE_VERSION,
         delivery_id: format!("{value}-{job_id}"),
-        job_id,
-        run_id: 7,
-        run_attempt: 1,
         repository: format!("my-org/{value}"),
-        owner: "my-org".into(),
         name: value.into(),
         labels: vec!["self-hosted".into(), value.into(), "template_cpu".into()],
-        template: "template_cpu".into(),
         workflow_name: value.into(),
         job_name: value.into(),
         job_url: value.into(),
         created_at: value.into(),
         received_at: value.into(),
-        relaunches: 0,
-        runner_failures: 0,
-        trip: 0,
+        ..job_message(job_id, "template_cpu")
     }
 }
 
@@ -344,7 +314,7 @@ async fn quotes_and_metacharacters_in_the_script_location_stay_inside_one_quoted
     });
     let message = message_naming("app", 1);
     serve_safely(&world, &message, &[]).await;
-    let (request, _) = world.commands.sent().pop().unwrap();
+    let (request, _) = world.fakes.commands.sent().pop().unwrap();
     assert!(
         request.commands[2].contains(r"'s3://sophons-scripts/it'\''s/$(id)/`x`;"),
         "{:?}",
@@ -357,7 +327,7 @@ async fn newlines_and_control_characters_are_dropped_from_ec2_tag_values() {
     through_both_paths(&CONTROL).await;
     let world = world();
     let instance_id = serve_safely(&world, &message_naming("a\nb\u{0}c", 1), &[]).await;
-    let instance = world.fleet.instance(&instance_id).unwrap();
+    let instance = world.fakes.fleet.instance(&instance_id).unwrap();
     assert_eq!(instance.tag("sophons:repository"), Some("my-org/abc"));
 }
 
@@ -367,7 +337,7 @@ async fn unicode_names_are_served_and_ec2_tag_values_are_cut_to_256_characters()
     let world = world();
     let long = "🚀".repeat(300);
     let instance_id = serve_safely(&world, &message_naming(&long, 1), &[]).await;
-    let repository = world.fleet.instance(&instance_id).unwrap().tags["sophons:repository"].clone();
+    let repository = world.fakes.fleet.instance(&instance_id).unwrap().tags["sophons:repository"].clone();
     assert_eq!(repository.chars().count(), 256);
     assert!(format!("my-org/{long}").starts_with(&repository));
 }
@@ -409,7 +379,7 @@ async fn a_job_asking_for_100_labels_a_template_holds_is_served_with_1_to_100_ru
     assert_eq!(message.labels.len(), 100);
     serve_safely(&world, &message, &[]).await;
     assert_eq!(
-        world.github.runners()[0].labels,
+        world.fakes.github.runners()[0].labels,
         vec!["self-hosted", "template_cpu", "linux", "x64"]
     );
 }
@@ -435,7 +405,7 @@ async fn a_very_long_label_is_ignored_and_one_over_the_body_limit_is_413() {
     let longer = "é".repeat(40_000);
     let (decision, _) = deliver(&world, &queued_payload(&["self-hosted", &longer]), "d-longer").await;
     assert_eq!(decision, Decision::TooLarge);
-    assert!(world.queue.sent().is_empty());
+    assert!(world.fakes.queue.sent().is_empty());
 }
 
 #[tokio::test]

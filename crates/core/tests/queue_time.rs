@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::Rng;
+use common::{Fakes, Rng};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,15 +21,12 @@ use async_trait::async_trait;
 use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
 use sophons_core::config::Config;
 use sophons_core::create::CreateRunner;
-use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeParameters};
 use sophons_core::fleet::{TAG_COMMAND_ID, TAG_JOB_ID};
-use sophons_core::job::{JobMessage, MESSAGE_VERSION, rfc3339};
+use sophons_core::job::{JobMessage, rfc3339};
 use sophons_core::ports::Ports;
 use sophons_core::queue::{Queue, QueueError, Received};
 use sophons_core::redrive::MoveJobs;
-use sophons_core::slots::FakeSlots;
 use sophons_core::stop::StopRunner;
-use sophons_core::waiting::FakeWaiting;
 use tokio::time::Instant;
 
 const QUEUE: &str = "https://sqs.us-east-1.amazonaws.com/123456789012/jobs";
@@ -216,23 +213,19 @@ async fn run(with_waiting_list: bool, seed: u64) -> Measured {
     let mut document = common::config_json(QUEUE);
     document["templates"][TEMPLATE]["max_runners"] = MAX_RUNNERS.into();
     let config = Arc::new(Config::parse(&document.to_string()).unwrap());
-    let fleet = Arc::new(FakeFleet::default());
-    let github = Arc::new(FakeGithub::new());
+    let fakes = if with_waiting_list {
+        Fakes::new().with_waiting()
+    } else {
+        Fakes::new()
+    };
     let queue = Arc::new(SimQueue::default());
-    let waiting = Arc::new(FakeWaiting::default());
     let ports = Ports {
-        fleet: fleet.clone(),
-        github: github.clone(),
-        parameters: Arc::new(FakeParameters::default()),
-        slots: Arc::new(FakeSlots::default()),
-        commands: Arc::new(FakeCommands::default()),
         queue: queue.clone(),
-        waiting: with_waiting_list.then(|| waiting.clone() as Arc<dyn sophons_core::waiting::Waiting>),
-        interruptions: None,
+        ..fakes.ports()
     };
     let create = Arc::new(CreateRunner::new(config.clone(), ports.clone()));
     let stop = StopRunner::new(config.clone(), ports.clone());
-    let move_jobs = MoveJobs::new(config.clone(), queue.clone(), github.clone());
+    let move_jobs = MoveJobs::new(config.clone(), queue.clone(), fakes.github.clone());
     let far = || Instant::now() + Duration::from_secs(900);
 
     // The burst: GitHub queues every job at t = 0, one millisecond apart (its order).
@@ -240,24 +233,10 @@ async fn run(with_waiting_list: bool, seed: u64) -> Measured {
     for job_id in 1..=BURST {
         let created = rfc3339(queued_at + Duration::from_millis(job_id));
         let message = JobMessage {
-            version: MESSAGE_VERSION,
-            delivery_id: format!("d-{job_id}"),
-            job_id,
-            run_id: 7,
-            run_attempt: 1,
-            repository: "my-org/app".into(),
-            owner: "my-org".into(),
-            name: "app".into(),
-            labels: vec!["self-hosted".into(), TEMPLATE.into()],
-            template: TEMPLATE.into(),
-            workflow_name: "CI".into(),
             job_name: format!("matrix ({job_id})"),
-            job_url: String::new(),
             created_at: created.clone(),
             received_at: created,
-            relaunches: 0,
-            runner_failures: 0,
-            trip: 0,
+            ..common::job_message(job_id, TEMPLATE)
         };
         queue
             .send(QUEUE, &message.encode(), &message.delivery_id)
@@ -279,7 +258,7 @@ async fn run(with_waiting_list: bool, seed: u64) -> Measured {
         queue.now.store(now, Ordering::SeqCst);
         // Runners whose job ended: SSM's status event reaches stop-runner a second later.
         for (job_id, instance_id, command_id) in ends.remove(&now).unwrap_or_default() {
-            github.set_job_status("my-org/app", job_id, "completed");
+            fakes.github.set_job_status("my-org/app", job_id, "completed");
             stop.command_ended(&instance_id, &command_id, "Success").await;
             free_since.push_back(now);
             finished += 1;
@@ -309,7 +288,7 @@ async fn run(with_waiting_list: bool, seed: u64) -> Measured {
                 queue.delete_receipt(receipt);
             }
         }
-        let live = fleet.live_instances();
+        let live = fakes.fleet.live_instances();
         peak_live = peak_live.max(live.len());
         for instance in live {
             if !seen.insert(instance.id.clone()) {

@@ -102,6 +102,25 @@ pub struct WorkflowJob {
     pub completed_at: Option<u64>,
 }
 
+impl WorkflowJob {
+    /// Job `id` of attempt `run_attempt` of run `run_id`, queued `now`: no runner has taken it.
+    fn queued(id: u64, run_id: u64, run_attempt: u32, name: String, labels: Vec<String>, now: u64) -> Self {
+        Self {
+            id,
+            run_id,
+            run_attempt,
+            name,
+            labels,
+            status: "queued".into(),
+            conclusion: None,
+            runner_name: None,
+            created_at: now,
+            started_at: now,
+            completed_at: None,
+        }
+    }
+}
+
 /// A repository the fake serves contents and workflow runs for.
 #[derive(Default)]
 struct Repository {
@@ -573,35 +592,10 @@ impl GithubServer {
             "run {run_id} or job {job_id} exists"
         );
         inner.last_workflow_id = inner.last_workflow_id.max(run_id).max(job_id);
-        let now = now_secs();
-        inner.workflow_runs.push(WorkflowRun {
-            id: run_id,
-            repository: owner_repo.into(),
-            workflow: "ci.yml".into(),
-            head_branch: "main".into(),
-            display_title: "CI".into(),
-            name: "CI".into(),
-            inputs: json!({}),
-            status: "queued".into(),
-            conclusion: None,
-            created_at: now,
-            run_attempt: 1,
-            run_started_at: now,
-            job: WorkflowJob {
-                id: job_id,
-                run_id,
-                run_attempt: 1,
-                name: job_name.into(),
-                labels: labels.iter().map(|l| l.to_string()).collect(),
-                status: "queued".into(),
-                conclusion: None,
-                runner_name: None,
-                created_at: now,
-                started_at: now,
-                completed_at: None,
-            },
-            earlier_jobs: Vec::new(),
-        });
+        let labels = labels.iter().map(|l| l.to_string()).collect();
+        inner
+            .workflow_runs
+            .push(WorkflowRun::queued(owner_repo, run_id, job_id, job_name, labels));
     }
 
     /// Makes run `run_id` created `age` ago, for GitHub's 30-day re-run window.
@@ -666,6 +660,28 @@ fn workflow_run_of_job(inner: &mut Inner, job_id: u64) -> &mut WorkflowRun {
 }
 
 impl WorkflowRun {
+    /// Run `id` of `repository` as GitHub queues it: attempt 1, its one job `job_id` queued with
+    /// it. A push of `ci.yml` on `main` (workflow `CI`, no inputs) unless the caller says otherwise.
+    fn queued(repository: &str, id: u64, job_id: u64, job_name: &str, labels: Vec<String>) -> Self {
+        let now = now_secs();
+        Self {
+            id,
+            repository: repository.into(),
+            workflow: "ci.yml".into(),
+            head_branch: "main".into(),
+            display_title: "CI".into(),
+            name: "CI".into(),
+            inputs: json!({}),
+            status: "queued".into(),
+            conclusion: None,
+            created_at: now,
+            run_attempt: 1,
+            run_started_at: now,
+            job: WorkflowJob::queued(job_id, id, 1, job_name.into(), labels, now),
+            earlier_jobs: Vec::new(),
+        }
+    }
+
     /// Its jobs of every attempt, the latest first.
     fn jobs(&self) -> impl Iterator<Item = &WorkflowJob> {
         std::iter::once(&self.job).chain(self.earlier_jobs.iter().rev())
@@ -1034,34 +1050,13 @@ fn dispatch_workflow(inner: &mut Inner, repository: &str, workflow: &str, body: 
     let (job_name, labels) = first_job(&text, &inputs);
     let (run_id, job_id) = (inner.last_workflow_id + 1, inner.last_workflow_id + 2);
     inner.last_workflow_id += 2;
-    let now = now_secs();
     inner.workflow_runs.push(WorkflowRun {
-        id: run_id,
-        repository: repository.into(),
         workflow: workflow.into(),
         head_branch: branch,
         display_title,
         name,
         inputs,
-        status: "queued".into(),
-        conclusion: None,
-        created_at: now,
-        run_attempt: 1,
-        run_started_at: now,
-        job: WorkflowJob {
-            id: job_id,
-            run_id,
-            run_attempt: 1,
-            name: job_name,
-            labels,
-            status: "queued".into(),
-            conclusion: None,
-            runner_name: None,
-            created_at: now,
-            started_at: now,
-            completed_at: None,
-        },
-        earlier_jobs: Vec::new(),
+        ..WorkflowRun::queued(repository, run_id, job_id, &job_name, labels)
     });
     if body["return_run_details"].as_bool() == Some(true) && !inner.dispatch_without_run_ids {
         answer(
@@ -1307,17 +1302,14 @@ fn new_attempt(inner: &mut Inner, run_id: u64) {
     run.run_started_at = now;
     run.status = "queued".into();
     run.conclusion = None;
-    let job = WorkflowJob {
-        id: job_id,
-        run_attempt: run.run_attempt,
-        status: "queued".into(),
-        conclusion: None,
-        runner_name: None,
-        created_at: now,
-        started_at: now,
-        completed_at: None,
-        ..run.job.clone()
-    };
+    let job = WorkflowJob::queued(
+        job_id,
+        run_id,
+        run.run_attempt,
+        run.job.name.clone(),
+        run.job.labels.clone(),
+        now,
+    );
     let earlier = std::mem::replace(&mut run.job, job);
     run.earlier_jobs.push(earlier);
     let payload = queued_delivery(run);

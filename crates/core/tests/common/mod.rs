@@ -4,6 +4,7 @@
 use lambda_http::Request;
 use serde_json::{Value, json};
 use sophons_core::Config;
+use sophons_core::job::{JobMessage, MESSAGE_VERSION};
 use sophons_core::webhook::sign;
 
 pub const SECRET: &str = "It's a Secret to Everybody";
@@ -46,6 +47,31 @@ pub fn queued_payload(labels: &[&str]) -> Value {
     payload["repository"]["owner"]["login"] = json!("my-org");
     payload["repository"]["private"] = json!(true);
     payload
+}
+
+/// A job of `my-org/app` (run 7, attempt 1) for `template`, never relaunched, with no times: a
+/// test sets what it is about on top, `JobMessage { job_name, ..job_message(1, "template_cpu") }`.
+pub fn job_message(job_id: u64, template: &str) -> JobMessage {
+    JobMessage {
+        version: MESSAGE_VERSION,
+        delivery_id: format!("d-{job_id}"),
+        job_id,
+        run_id: 7,
+        run_attempt: 1,
+        repository: "my-org/app".into(),
+        owner: "my-org".into(),
+        name: "app".into(),
+        labels: vec!["self-hosted".into(), template.into()],
+        template: template.into(),
+        workflow_name: "CI".into(),
+        job_name: "build".into(),
+        job_url: String::new(),
+        created_at: String::new(),
+        received_at: String::new(),
+        relaunches: 0,
+        runner_failures: 0,
+        trip: 0,
+    }
 }
 
 pub fn signed(event: &str, delivery_id: &str, payload: &[u8]) -> Value {
