@@ -75,3 +75,20 @@ where
 {
     code(error) == Some("ConditionalCheckFailedException")
 }
+
+/// An unconditional PutItem, which replaces any item of the same key; each table's adapter reads
+/// the error as its own (`table_fault`).
+pub async fn put_item(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    item: std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>,
+) -> Result<
+    (),
+    aws_sdk_dynamodb::error::SdkError<
+        aws_sdk_dynamodb::operation::put_item::PutItemError,
+        aws_sdk_dynamodb::config::http::HttpResponse,
+    >,
+> {
+    client.put_item().table_name(table).set_item(Some(item)).send().await?;
+    Ok(())
+}

@@ -764,6 +764,13 @@ impl DynamoInterruptions {
         }
     }
 
+    /// A PutItem that replaces any item of the same key.
+    async fn put(&self, item: Item) -> Result<(), InterruptionsError> {
+        crate::aws::put_item(&self.client, &self.table, item)
+            .await
+            .map_err(|error| self.classify(&error))
+    }
+
     /// A PutItem under a condition (names `#pk`, `#job_id`, `#attempt` and `#ends_at` may be
     /// used in it): answers false when the condition failed.
     async fn put_if(
@@ -825,14 +832,7 @@ impl Interruptions for DynamoInterruptions {
         item.insert(ATTEMPT.into(), n(ran.run_attempt));
         item.insert("job_name".into(), s(&ran.job_name));
         item.insert(EXPIRES_AT.into(), expires(SystemTime::now(), RAN_KEPT_FOR));
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|error| self.classify(&error))?;
-        Ok(())
+        self.put(item).await
     }
 
     async fn ran_on(&self, instance_id: &str) -> Result<Option<Ran>, InterruptionsError> {
@@ -954,13 +954,7 @@ impl Interruptions for DynamoInterruptions {
         let mut item = Self::key(&spot_pk(template), key);
         item.insert(AT.into(), n(millis(at)));
         item.insert(EXPIRES_AT.into(), expires(at, keep_for));
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|error| self.classify(&error))?;
+        self.put(item).await?;
         // TTL deletes within days, not at `expires_at`: the window is counted here.
         let since = millis(since);
         Ok(self

@@ -310,14 +310,9 @@ impl Waiting for DynamoWaiting {
         item.insert(BODY.into(), AttributeValue::S(body.to_string()));
         item.insert(DELIVERY_ID.into(), AttributeValue::S(delivery_id.to_string()));
         item.insert(EXPIRES_AT.into(), AttributeValue::N(expires_at(place).to_string()));
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
+        crate::aws::put_item(&self.client, &self.table, item)
             .await
-            .map_err(|error| self.classify(&error))?;
-        Ok(())
+            .map_err(|error| self.classify(&error))
     }
 
     async fn oldest(&self, template: &str, limit: u32) -> Result<Vec<Parked>, WaitingError> {

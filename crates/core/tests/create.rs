@@ -15,7 +15,7 @@ use sophons_core::create::{Backoff, CreateRunner, HandBack, Outcome};
 use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeParameters, FakeQueue, Lag};
 use sophons_core::fleet::{Capacity, Fleet, FleetError, Instance, InstanceState};
 use sophons_core::github::{GithubError, RunnerScope};
-use sophons_core::job::{JobMessage, MESSAGE_VERSION};
+use sophons_core::job::JobMessage;
 use sophons_core::parameters::Parameters;
 use sophons_core::ports::Ports;
 use sophons_core::queue::Queue;
@@ -65,24 +65,11 @@ fn world() -> World {
 
 fn message(job_id: u64, template: &str) -> JobMessage {
     JobMessage {
-        version: MESSAGE_VERSION,
         delivery_id: format!("delivery-{job_id}"),
-        job_id,
-        run_id: 7,
-        run_attempt: 1,
-        repository: "my-org/app".into(),
-        owner: "my-org".into(),
-        name: "app".into(),
-        labels: vec!["self-hosted".into(), template.into()],
-        template: template.into(),
-        workflow_name: "CI".into(),
-        job_name: "build".into(),
         job_url: "https://github.com/my-org/app/actions/runs/7/job/1".into(),
         created_at: "2026-11-28T06:00:00Z".into(),
         received_at: "2026-11-28T06:00:01.000Z".into(),
-        relaunches: 0,
-        runner_failures: 0,
-        trip: 0,
+        ..common::job_message(job_id, template)
     }
 }
 

@@ -14,7 +14,7 @@ use sophons_core::fakes::{FakeFleet, FakeGithub, FakeQueue};
 use sophons_core::fleet::{Capacity, FleetError};
 use sophons_core::github::{GithubError, JobDetails, RunDetails};
 use sophons_core::interruptions::{FakeInterruptions, InterruptionsError, RAN_RECORD_AWAITED};
-use sophons_core::job::{JobMessage, MESSAGE_VERSION, now_rfc3339, rfc3339};
+use sophons_core::job::{JobMessage, now_rfc3339, rfc3339};
 use sophons_core::stop::{Handled, StopRunner, Stopped};
 use sophons_core::webhook::Webhook;
 use tokio::time::Instant;
@@ -62,24 +62,12 @@ fn far() -> Instant {
 /// Job `job_id` named `name` of run `RUN`, attempt `attempt`, on template_cpu.
 fn job(job_id: u64, name: &str, attempt: u32) -> JobMessage {
     JobMessage {
-        version: MESSAGE_VERSION,
-        delivery_id: format!("d-{job_id}"),
-        job_id,
         run_id: RUN,
         run_attempt: attempt,
-        repository: REPOSITORY.into(),
-        owner: "my-org".into(),
-        name: "app".into(),
-        labels: vec!["self-hosted".into(), "template_cpu".into()],
-        template: "template_cpu".into(),
-        workflow_name: "CI".into(),
         job_name: name.into(),
-        job_url: String::new(),
         created_at: now_rfc3339(),
         received_at: now_rfc3339(),
-        relaunches: 0,
-        runner_failures: 0,
-        trip: 0,
+        ..common::job_message(job_id, "template_cpu")
     }
 }
 
@@ -207,6 +195,21 @@ async fn warned_job(world: &World) -> String {
     instance_id
 }
 
+/// A warned job GitHub gave to another runner, which ran it to success: answers the instance
+/// launched for it, whose runner took another job.
+async fn warned_job_run_elsewhere(world: &World) -> String {
+    let instance_id = warned_job(world).await;
+    github_says(
+        world,
+        1,
+        "i-someone-else",
+        Some("success"),
+        SystemTime::now(),
+        "completed",
+    );
+    instance_id
+}
+
 #[tokio::test]
 async fn a_warned_job_github_failed_is_rerun_once_after_its_run_completes_and_the_rerun_launches_on_demand() {
     let world = world();
@@ -331,16 +334,8 @@ async fn a_job_that_ran_on_another_runner_is_not_rerun_once_no_record_of_what_ou
 #[tokio::test]
 async fn the_job_of_another_run_the_interrupted_runner_ran_is_rerun_from_the_webhooks_record_and_launches_on_demand() {
     let world = world();
-    let instance_id = warned_job(&world).await;
     // GitHub gave job 1 to another runner, and job 55 of run 99 in another repository to ours.
-    github_says(
-        &world,
-        1,
-        "i-someone-else",
-        Some("success"),
-        SystemTime::now(),
-        "completed",
-    );
+    let instance_id = warned_job_run_elsewhere(&world).await;
     started(&world, &instance_id, "my-org/other", 99, 55, "lint").await;
     let job_55 = |status: &str, conclusion: Option<&str>| JobDetails {
         id: 55,
@@ -380,16 +375,8 @@ async fn the_job_of_another_run_the_interrupted_runner_ran_is_rerun_from_the_web
 #[tokio::test]
 async fn the_job_of_the_same_run_the_interrupted_runner_ran_instead_is_the_one_rerun() {
     let world = world();
-    let instance_id = warned_job(&world).await;
     // GitHub gave job 1 to another runner, and job 2 of the same run to ours (same labels).
-    github_says(
-        &world,
-        1,
-        "i-someone-else",
-        Some("success"),
-        SystemTime::now(),
-        "completed",
-    );
+    let instance_id = warned_job_run_elsewhere(&world).await;
     github_says(&world, 2, &instance_id, Some("failure"), SystemTime::now(), "completed");
     assert_eq!(sweep(&world).await.rerun, 1);
     assert_eq!(world.github.reruns(), vec![(REPOSITORY.to_string(), 2)]);

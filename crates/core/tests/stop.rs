@@ -13,7 +13,7 @@ use sophons_core::create::{CreateRunner, Outcome};
 use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeParameters, FakeQueue, Lag};
 use sophons_core::fleet::{Instance, InstanceState};
 use sophons_core::github::{Github, GithubError, RunnerScope};
-use sophons_core::job::{JobMessage, MESSAGE_VERSION};
+use sophons_core::job::JobMessage;
 use sophons_core::parameters::Parameters;
 use sophons_core::slots::{FakeSlots, SlotClaim, Slots};
 use sophons_core::stop::{Handled, StopRunner, Stopped};
@@ -61,24 +61,8 @@ fn world() -> World {
 
 fn message(job_id: u64, relaunches: u32) -> JobMessage {
     JobMessage {
-        version: MESSAGE_VERSION,
-        delivery_id: format!("d-{job_id}"),
-        job_id,
-        run_id: 7,
-        run_attempt: 1,
-        repository: "my-org/app".into(),
-        owner: "my-org".into(),
-        name: "app".into(),
-        labels: vec!["self-hosted".into(), "template_cpu".into()],
-        template: "template_cpu".into(),
-        workflow_name: "CI".into(),
-        job_name: "build".into(),
-        job_url: String::new(),
-        created_at: String::new(),
-        received_at: String::new(),
         relaunches,
-        runner_failures: 0,
-        trip: 0,
+        ..common::job_message(job_id, "template_cpu")
     }
 }
 

@@ -11,7 +11,7 @@ use sophons_core::config::Config;
 use sophons_core::create::{CreateRunner, HandBack, Outcome};
 use sophons_core::fakes::{FakeFleet, FakeGithub, FakeQueue};
 use sophons_core::fleet::InstanceState;
-use sophons_core::job::{JobMessage, MESSAGE_VERSION, rfc3339};
+use sophons_core::job::{JobMessage, rfc3339};
 use sophons_core::ports::Ports;
 use sophons_core::slots::FakeSlots;
 use sophons_core::stop::StopRunner;
@@ -55,24 +55,10 @@ fn world() -> World {
 fn job(job_id: u64, ago: Duration) -> JobMessage {
     let queued = rfc3339(SystemTime::now() - ago);
     JobMessage {
-        version: MESSAGE_VERSION,
-        delivery_id: format!("d-{job_id}"),
-        job_id,
-        run_id: 7,
-        run_attempt: 1,
-        repository: "my-org/app".into(),
-        owner: "my-org".into(),
-        name: "app".into(),
-        labels: vec!["self-hosted".into(), TEMPLATE.into()],
-        template: TEMPLATE.into(),
-        workflow_name: "CI".into(),
         job_name: format!("build-{job_id}"),
-        job_url: String::new(),
         created_at: queued.clone(),
         received_at: queued,
-        relaunches: 0,
-        runner_failures: 0,
-        trip: 0,
+        ..common::job_message(job_id, TEMPLATE)
     }
 }
 
