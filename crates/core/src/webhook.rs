@@ -614,7 +614,7 @@ fn log(answer: &Answer, elapsed_us: u128) {
     let run_attempt = answer.run_attempt.unwrap_or_default();
     let status = answer.decision.status().as_u16();
     let decision = answer.decision.as_str();
-    if answer.decision == Decision::QueueFailed {
+    if matches!(answer.decision, Decision::QueueFailed | Decision::RecordFailed) {
         tracing::error!(
             delivery_id = fields.0,
             event = fields.1,
