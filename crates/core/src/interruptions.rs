@@ -529,9 +529,9 @@ async fn next_step(
 ///
 /// GitHub gives a queued job to any idle runner with its labels: the runner may have run another
 /// job than the one it was launched for. The webhook's record of the `in_progress` delivery says
-/// which; without it, the launched-for job is taken if it ran there, else a job of the same run
-/// (a matrix). When none is found, the record is awaited for a while (a failed delivery comes
-/// back with move-jobs' redelivery) before the job is settled.
+/// which; without it, the launched-for job is taken if it ran there. Otherwise the record is
+/// awaited for a while (a failed delivery comes back with move-jobs' redelivery); then a job of
+/// the same run that ran there (a matrix) is the last look before the job is settled.
 async fn job_ran(
     config: &Config,
     ports: &Ports,
@@ -565,6 +565,13 @@ async fn job_ran(
     if job.runner_name.as_deref() == Some(ours.as_str()) {
         return Ok(Ok((repository.clone(), job)));
     }
+    // The record names a job of the same run too; the run's jobs are listed once, when it has
+    // not come (a lost delivery), which spares GitHub's rate limit two calls a sweep.
+    if SystemTime::now().duration_since(interrupted.at).unwrap_or_default() < RAN_RECORD_AWAITED {
+        return Ok(Err(Next::Wait(
+            "the job it was launched for ran elsewhere or not yet; awaiting the webhook's record of the job the runner ran",
+        )));
+    }
     let other = match ports.github.run_jobs(repository, *run_id).await {
         Ok(jobs) => jobs
             .into_iter()
@@ -577,11 +584,6 @@ async fn job_ran(
     };
     if let Some(other) = other {
         return Ok(Ok((repository.clone(), other)));
-    }
-    if SystemTime::now().duration_since(interrupted.at).unwrap_or_default() < RAN_RECORD_AWAITED {
-        return Ok(Err(Next::Wait(
-            "no job of its run ran on the interrupted runner; awaiting the webhook's record of the job it ran",
-        )));
     }
     Ok(Err(Next::Settle(match job.runner_name {
         Some(runner) => format!(

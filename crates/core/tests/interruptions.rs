@@ -373,12 +373,15 @@ async fn the_job_of_another_run_the_interrupted_runner_ran_is_rerun_from_the_web
 }
 
 #[tokio::test]
-async fn the_job_of_the_same_run_the_interrupted_runner_ran_instead_is_the_one_rerun() {
+async fn the_job_of_the_same_run_the_interrupted_runner_ran_is_rerun_even_when_the_webhooks_record_never_came() {
     let world = world();
-    // GitHub gave job 1 to another runner, and job 2 of the same run to ours (same labels).
+    // GitHub gave job 1 to another runner, and job 2 of the same run to ours (same labels); its
+    // in_progress delivery never reached the webhook.
     let instance_id = warned_job_run_elsewhere(&world).await;
     github_says(&world, 2, &instance_id, Some("failure"), SystemTime::now(), "completed");
-    assert_eq!(sweep(&world).await.rerun, 1);
+    assert_eq!(sweep(&world).await.following, 1, "the webhook's record is awaited");
+    world.store.age(RAN_RECORD_AWAITED + Duration::from_secs(1));
+    assert_eq!(sweep(&world).await.rerun, 1, "then the run's jobs are looked at");
     assert_eq!(world.github.reruns(), vec![(REPOSITORY.to_string(), 2)]);
 }
 
