@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
+use sophons_core::interruptions::Interruptions;
 use sophons_core::logging::step;
 use sophons_core::webhook::sign;
 use testkit::github::GithubServer;
@@ -176,6 +177,10 @@ pub struct Report {
     pub max_runners: BTreeMap<String, usize>,
     pub dlq: DlqStory,
     pub sweep: Value,
+    /// GitHub's `in_progress` deliveries (a runner took its job), by the webhook's answer, and
+    /// the jobs whose runner the interruptions table then named.
+    pub started: BTreeMap<String, usize>,
+    pub started_kept: BTreeSet<u64>,
     /// Where the serving loop's time went, by function invoked or moto call made.
     pub spent: BTreeMap<&'static str, Spent>,
     /// The metrics the Lambdas wrote (EMF lines in their output), read as CloudWatch reads them.
@@ -300,6 +305,14 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
             .as_deref()
             .unwrap_or("{}"),
     )?;
+    // The interruptions table Terraform made and named in the document: the webhook's record of
+    // which job each runner took is read back from it.
+    let interruptions = sophons_core::interruptions::DynamoInterruptions::new(
+        &sdk,
+        document["interruptions_table"]
+            .as_str()
+            .ok_or("the config document names no interruptions_table")?,
+    );
     let max_runners: BTreeMap<String, usize> = document["templates"]
         .as_object()
         .map(|t| {
@@ -464,6 +477,28 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
                     github.set_runner_status(runner.id, "online", true);
                 }
                 github.set_job_status(REPOSITORY, job_id, "in_progress");
+                // GitHub's in_progress delivery: the webhook keeps which job this runner took.
+                let mut started = payload(job_id, &["self-hosted"]);
+                started["action"] = json!("in_progress");
+                started["workflow_job"]["status"] = json!("in_progress");
+                started["workflow_job"]["runner_name"] = json!(runner_name);
+                let body = started.to_string().into_bytes();
+                let event = testkit::apigw::delivery(
+                    "workflow_job",
+                    &format!("started-{job_id}"),
+                    &sign(SECRET.as_bytes(), &body),
+                    &body,
+                );
+                let answer = invoke(&mut lambdas, &ledger, "autoscaler", event).await?;
+                let decision: Value = serde_json::from_str(answer["body"].as_str().unwrap_or("{}")).unwrap_or_default();
+                let decision = decision["decision"].as_str().unwrap_or_default().to_string();
+                *report.started.entry(decision).or_default() += 1;
+                let since = Instant::now();
+                let kept = interruptions.ran_on(&instance_id).await.map_err(|e| e.to_string())?;
+                if kept.is_some_and(|ran| ran.job_id == job_id) {
+                    report.started_kept.insert(job_id);
+                }
+                ledger.charge("the webhook's record (Query)", since);
                 let tx = ended_tx.clone();
                 let work_ms = 300 + (job_id % 7) * 100;
                 tokio::spawn(async move {
@@ -1036,6 +1071,11 @@ fn print_report(report: &Report) {
             .join(", ")
     );
     println!("== sweep: {}", report.sweep);
+    println!(
+        "== in_progress deliveries (a runner took its job) → autoscaler: {:?}; jobs the interruptions table names for their runner: {}",
+        report.started,
+        report.started_kept.len()
+    );
     println!("== time by call (deliveries and serving)");
     for (what, spent) in &report.spent {
         println!(

@@ -86,6 +86,21 @@ async fn the_whole_system_serves_every_matching_job_once_and_leaves_nothing_behi
             timeline.stages
         );
     }
+    // Every runner's in_progress delivery was kept: the interruptions table (Terraform's, named in
+    // the document) names the job each runner took, for a re-run if EC2 took it back.
+    let ran: std::collections::BTreeSet<u64> = instances
+        .per_job
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(job_id, _)| *job_id)
+        .collect();
+    assert_eq!(
+        report.started.get("recorded").copied(),
+        Some(ran.len()),
+        "{:?}",
+        report.started
+    );
+    assert_eq!(report.started_kept, ran, "the table names each runner's job");
     let queue_time = demo::QueueTime::of(&report.timelines);
     assert_eq!(queue_time.jobs, instances.per_job.values().filter(|n| **n > 0).count());
     assert!(report.clean());
