@@ -409,7 +409,7 @@ impl Webhook {
             run_attempt: job.run_attempt.unwrap_or(1),
             job_name: job.name.as_deref().unwrap_or_default().to_string(),
         };
-        Some(match store.ran(&ran).await {
+        let mut answer = match store.ran(&ran).await {
             Ok(()) => Answer::new(
                 Decision::Recorded,
                 format!(
@@ -422,7 +422,9 @@ impl Webhook {
                     "cannot keep which job instance {instance_id} runs ({error}); move-jobs redelivers the delivery"
                 ),
             ),
-        })
+        };
+        answer.repository = Some(ran.repository);
+        Some(answer)
     }
 
     /// What a later delivery of one of our jobs tells about it (`JobStartedAfter` when it starts,

@@ -436,6 +436,19 @@ async fn a_started_job_that_cannot_be_kept_is_answered_500_so_move_jobs_redelive
 }
 
 #[tokio::test]
+async fn a_started_job_of_our_runner_without_its_ids_is_refused_with_400() {
+    let (webhook, _) = webhook_keeping_runs();
+    let mut payload: Value = serde_json::from_slice(&started_on("sophons-i-0123456789abcdef0")).unwrap();
+    payload["workflow_job"]["run_id"] = Value::Null;
+    let (status, body) = send(&webhook, signed("workflow_job", "d", payload.to_string().as_bytes())).await;
+    assert_eq!(
+        (status, body["decision"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
+}
+
+#[tokio::test]
 async fn without_the_interruptions_table_a_started_job_is_only_ignored() {
     let (webhook, _) = webhook();
     let payload = started_on("sophons-i-0123456789abcdef0");
