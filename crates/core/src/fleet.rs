@@ -33,6 +33,9 @@ pub const TAG_RUNNER_FAILURES: &str = "sophons:runner-failures";
 pub const TAG_SLOT: &str = "sophons:slot";
 /// On an instance EC2 ended (a spot reclaim): its job was sent back, so it is not sent again.
 pub const TAG_RELAUNCHED: &str = "sophons:relaunched";
+/// On an instance EC2 took back: whether its interruption was recorded when it was looked after
+/// (`false`: the sweep records it, though its job was sent back already).
+pub const TAG_INTERRUPTION_RECORDED: &str = "sophons:interruption-recorded";
 
 /// EC2 error codes that mean "no room in this pool": worth another pool, on-demand, or later.
 const CAPACITY_CODES: &[&str] = &[
@@ -147,6 +150,11 @@ impl Instance {
     /// EC2 ended it and stop-runner (or the sweep) looked after its job already.
     pub fn looked_after(&self) -> bool {
         self.tag(TAG_RELAUNCHED).is_some()
+    }
+
+    /// Looked after, but the record of its interruption failed: the sweep records it.
+    pub fn interruption_unrecorded(&self) -> bool {
+        self.tag(TAG_INTERRUPTION_RECORDED) == Some("false")
     }
 
     fn number<T: std::str::FromStr>(&self, key: &str) -> Option<T> {

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::commands::CommandStatus;
 use crate::config::Config;
-use crate::fleet::{Instance, InstanceQuery, InstanceState, TAG_RELAUNCHED, TAG_REPOSITORY};
+use crate::fleet::{Instance, InstanceQuery, InstanceState, TAG_INTERRUPTION_RECORDED, TAG_RELAUNCHED, TAG_REPOSITORY};
 use crate::github::{JobStatus, Runner, RunnerScope};
 use crate::job::{JobMessage, MESSAGE_VERSION, now_rfc3339};
 use crate::metrics::{Emf, name as metric};
@@ -408,6 +408,7 @@ impl StopRunner {
             Relaunch::NotNeeded => false,
             Relaunch::Retry => return false, // nothing marked: the next event or sweep tries again
         };
+        let mut mark = vec![(TAG_RELAUNCHED.to_string(), relaunched.to_string())];
         // Counted once per reclaim looked after (the mark below keeps it from being looked after again).
         if instance.state_reason.as_deref() == Some(SPOT_RECLAIM_REASON) {
             // Followed for a re-run (recorded already if the warning came; this covers a warning
@@ -420,6 +421,9 @@ impl StopRunner {
                 // Not marked: the next event or sweep looks after it again, and records it.
                 return false;
             }
+            // Its job sent back, it is marked looked after (not sent twice); the sweep still
+            // records the interruption when this record failed.
+            mark.push((TAG_INTERRUPTION_RECORDED.to_string(), recorded.to_string()));
             Emf::new(&self.config.deployment)
                 .dimension(
                     "template",
@@ -430,13 +434,24 @@ impl StopRunner {
                 .property("instance_id", instance.id.as_str())
                 .emit();
         }
-        let mark = [(TAG_RELAUNCHED.to_string(), relaunched.to_string())];
         if let Err(error) = self.ports.fleet.tag(&instance.id, &mark).await {
             // Harmless: a job sent back twice gets one instance (create-runner finds the first).
             tracing::warn!(job_id, instance_id = instance.id, %error, "cannot mark the ended instance; a later sweep may send its job back again");
         }
         self.end(instance, None).await;
         relaunched
+    }
+
+    /// An instance EC2 took back whose job was sent back but whose interruption could not be
+    /// recorded then: recorded now, and marked so.
+    async fn record_late(&self, instance: &Instance) {
+        let how = "the sweep, after a failed record";
+        if crate::interruptions::record(&self.config, &self.ports, instance, SystemTime::now(), false, how).await {
+            let mark = [(TAG_INTERRUPTION_RECORDED.to_string(), "true".to_string())];
+            if let Err(error) = self.ports.fleet.tag(&instance.id, &mark).await {
+                tracing::warn!(instance_id = instance.id, %error, "cannot mark the interruption recorded; the next sweep records it again");
+            }
+        }
     }
 
     /// The runner ended without running its job: it died before taking it (bad AMI, script
@@ -675,6 +690,8 @@ impl StopRunner {
                 if self.reclaimed(instance).await {
                     report.relaunched += 1;
                 }
+            } else if instance.interruption_unrecorded() {
+                self.record_late(instance).await;
             }
             return false;
         }

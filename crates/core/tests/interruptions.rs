@@ -634,6 +634,33 @@ async fn an_end_whose_record_failed_is_looked_after_again_and_recorded() {
 }
 
 #[tokio::test]
+async fn a_reclaim_whose_job_was_sent_back_but_whose_record_failed_is_recorded_by_the_sweep() {
+    let world = world();
+    let (instance_id, _) = serve(&world, &job(1, "build", 1)).await;
+    world.fleet.reclaim(&instance_id);
+    world.store.fail_next([InterruptionsError::Failed {
+        table: "t".into(),
+        reason: "ThrottlingException".into(),
+    }]);
+    // Still queued on GitHub: sent back, and marked so (not sent twice), the record failed.
+    let handled = world.stop.handle(terminated(&instance_id), far()).await;
+    assert!(
+        matches!(handled, Handled::Stop(Stopped::Ended { relaunched: true, .. })),
+        "{handled:?}"
+    );
+    assert!(world.store.followed().is_empty(), "the record failed");
+    let sent = world.queue.sent().len();
+    // (GitHub gave the runner the job as it went: followed until GitHub concludes it.)
+    github_says(&world, 1, &instance_id, None, SystemTime::now(), "in_progress");
+    let report = world.stop.sweep(far()).await;
+    assert_eq!(report.reclaimed, 0, "looked after already");
+    assert_eq!(world.queue.sent().len(), sent, "not sent back twice");
+    assert_eq!(world.store.followed(), vec![1], "the sweep recorded it");
+    world.stop.sweep(far()).await;
+    assert_eq!(world.store.followed(), vec![1], "once");
+}
+
+#[tokio::test]
 async fn a_job_that_lost_one_instance_at_boot_and_the_next_while_running_is_rerun() {
     let world = world();
     let message = job(1, "build", 1);

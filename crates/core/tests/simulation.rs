@@ -31,8 +31,8 @@ use sophons_core::config::Config;
 use sophons_core::create::{Backoff, CreateRunner, Outcome};
 use sophons_core::fakes::{FakeCommands, FakeFleet, FakeGithub, FakeParameters, Lag};
 use sophons_core::fleet::{
-    Capacity, Fleet, FleetError, Instance, InstanceQuery, LaunchRequest, Launched, TAG_JOB_ID, TAG_RELAUNCHES,
-    TAG_RUNNER_FAILURES, TAG_TEMPLATE, pool_errors_outcome,
+    Capacity, Fleet, FleetError, Instance, InstanceQuery, LaunchRequest, Launched, TAG_INTERRUPTION_RECORDED,
+    TAG_JOB_ID, TAG_RELAUNCHED, TAG_RELAUNCHES, TAG_RUNNER_FAILURES, TAG_TEMPLATE, pool_errors_outcome,
 };
 use sophons_core::github::{
     DeliveriesPage, Github, GithubError, Hook, HookDelivery, JitConfig, JobDetails, JobStatus, RunDetails, Runner,
@@ -3203,9 +3203,33 @@ impl Sim {
                     } else {
                         format!("launched for job {launched_for}, whose runner GitHub gave this job")
                     };
+                    // What the interruptions table and the instance say, to tell where it went.
+                    let followed = self.interruptions.followed().contains(&job.id);
+                    let claims: Vec<_> = self
+                        .interruptions
+                        .reruns()
+                        .into_iter()
+                        .filter(|r| r.run_id == job.run_id)
+                        .collect();
+                    let ran = self
+                        .interruptions
+                        .ran_on(instance_id)
+                        .now()
+                        .and_then(Result::ok)
+                        .flatten();
+                    let tags = self.fleet.instance(instance_id).map(|i| {
+                        (
+                            i.state,
+                            i.state_reason.clone(),
+                            i.tag(TAG_RELAUNCHED).map(str::to_string),
+                            i.tag(TAG_INTERRUPTION_RECORDED).map(str::to_string),
+                        )
+                    });
                     problems.push(format!(
                         "job {} was interrupted while running on {instance_id} ({whose}) and GitHub failed it, but \
-                         GitHub re-ran it {reruns} times (once expected). History:\n      {}",
+                         GitHub re-ran it {reruns} times (once expected). Still followed: {followed}; claims of its \
+                         run: {claims:?}; the webhook's record for the instance: {ran:?}; the instance (state, reason, \
+                         relaunched, interruption-recorded): {tags:?}. History:\n      {}",
                         job.id,
                         self.history(job.id)
                     ));
