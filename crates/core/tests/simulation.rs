@@ -194,6 +194,8 @@ struct Ledger {
     launched_at: HashMap<String, u64>,
     /// Live (pending/running) instances: job id and template.
     live: BTreeMap<String, (u64, String)>,
+    /// The launch slot each instance was launched with.
+    slot_of: BTreeMap<String, String>,
     /// `InvalidInstanceId` answers still to give per new instance (the agent registering).
     not_ready: HashMap<String, u32>,
     /// Commands SSM took, for the driver to start boxes: (command id, instance id).
@@ -318,6 +320,10 @@ impl Chaos {
             .push((instance.id.clone(), capacity));
         ledger.launched_at.insert(instance.id.clone(), self.now());
         ledger.live.insert(instance.id.clone(), (job, template.clone()));
+        ledger.slot_of.insert(
+            instance.id.clone(),
+            instance.tag("sophons:slot").unwrap_or("none").to_string(),
+        );
         let now = self.now();
         let others: Vec<String> = ledger
             .live
@@ -334,8 +340,22 @@ impl Chaos {
         let live = ledger.live.values().filter(|(_, t)| *t == template).count();
         let max = self.max_runners.get(&template).copied().unwrap_or(0);
         if live > max {
+            let beside: Vec<String> = ledger
+                .live
+                .iter()
+                .filter(|(id, (_, t))| *t == template && **id != instance.id)
+                .map(|(id, (j, _))| {
+                    format!(
+                        "{id} (job {j}, slot {})",
+                        ledger.slot_of.get(id).map_or("?", String::as_str)
+                    )
+                })
+                .collect();
             ledger.violations.push(format!(
-                "minute {now}: template `{template}` has {live} live instances, max_runners is {max}"
+                "minute {now}: template `{template}` has {live} live instances, max_runners is {max}: job {job} \
+                 launched {} (slot {}) beside {beside:?}",
+                instance.id,
+                instance.tag("sophons:slot").unwrap_or("none")
             ));
         }
     }
