@@ -25,13 +25,15 @@ pub fn slot_of(instance: &Instance) -> Option<(&str, u32)> {
 }
 
 /// Frees the launch slot an ended instance held (stop-runner, after terminating it), unless it
-/// has been claimed again since: by another job, or by this job's relaunch (a claim made after
-/// the instance's launch). Answers the template whose slot was freed.
+/// has been claimed again since: by another job, by this job's relaunch (a claim with another
+/// relaunch count), or by a retry of the same launch (a claim made after the instance's launch).
+/// Answers the template whose slot was freed.
 pub async fn free_slot_of_ended<'i>(slots: &dyn Slots, instance: &'i Instance, job_id: u64) -> Option<&'i str> {
     let (template, slot) = slot_of(instance)?;
     match slots.get(template, slot).await {
         Ok(Some(claim))
             if claim.job_id == job_id
+                && claim.relaunches == instance.relaunches()
                 && instance
                     .launched_at
                     .is_none_or(|launched| claim.at <= launched + std::time::Duration::from_secs(5)) =>

@@ -794,6 +794,25 @@ async fn an_ended_instance_leaves_its_slot_to_its_jobs_relaunch_that_claimed_it_
 }
 
 #[tokio::test]
+async fn an_ended_instance_leaves_its_slot_to_its_jobs_relaunch_that_claimed_it_within_seconds_of_its_launch() {
+    let world = world();
+    let (instance_id, command_id) = running_job(&world, 47).await;
+    world.slots.remove("template_cpu", 7);
+    // The relaunch's claim is told by its relaunch count, whatever the clocks say (an instance
+    // ended seconds after its launch, EC2's launch time and the Lambda's clock apart).
+    let launched = world.fleet.instance(&instance_id).unwrap().launched_at.unwrap();
+    let claim = SlotClaim {
+        job_id: 47,
+        relaunches: 1,
+        at: launched,
+    };
+    world.slots.put("template_cpu", 7, claim);
+    world.github.set_job_status("my-org/app", 47, "completed");
+    world.stop.command_ended(&instance_id, &command_id, "Success").await;
+    assert_eq!(world.slots.get("template_cpu", 7).await, Ok(Some(claim.stored())));
+}
+
+#[tokio::test]
 async fn the_sweep_frees_a_stale_launch_slot_and_keeps_a_fresh_one() {
     let world = world();
     let long_ago = SystemTime::now() - sophons_core::stop::SLOT_CLAIM_GRACE - Duration::from_secs(60);
