@@ -24,7 +24,7 @@ as narrow as the design says:
     the waiting table create-runner may PutItem, Query, UpdateItem and DeleteItem (park, wake, take off),
     stop-runner Query, UpdateItem and DeleteItem (wake; it never parks); on the interruptions table create-runner
     may GetItem, PutItem and Query (re-runs and back-offs launch on-demand, spot losses counted; it never deletes),
-    stop-runner GetItem, PutItem, Query and DeleteItem (record interruptions, follow them; it never scans), the
+    stop-runner PutItem, Query and DeleteItem (record interruptions, follow them; it never scans), the
     autoscaler PutItem only, and only on items whose partition key starts with `ran#` (which job each runner ran):
     its statement must carry ForAllValues:StringLike dynamodb:LeadingKeys = ran#* and a Null test requiring that
     key, or the webhook could write re-run claims, spot losses, back-offs and interrupted jobs; every one of those
